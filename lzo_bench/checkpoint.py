@@ -1,0 +1,70 @@
+"""Checkpoints: plain dicts of tensors and primitives, loadable with ``torch.load(weights_only=True)``.
+
+Layout (``format = "lzo-bench-checkpoint"``, ``format_version = 1``)::
+
+    {"format", "format_version", "lzo_bench_version",
+     "network": NetworkSpec as dict, "dataset": DatasetInfo as dict,
+     "train": TrainConfig as dict, "epoch": int,
+     "state_dict": {"weights.0": W_1 [n_in, N_1], …, "weights.L": W_out [N_L, C]}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lzo_bench import __version__
+from lzo_bench.data.base import DatasetInfo
+from lzo_bench.fsio import atomic_torch_save
+from lzo_bench.model import SNN, NetworkSpec
+
+if TYPE_CHECKING:
+    from lzo_bench.train import TrainConfig
+
+CHECKPOINT_FORMAT = "lzo-bench-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is missing, is not an lzo-bench checkpoint, or is of an incompatible version."""
+
+
+def save_checkpoint(
+    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: "TrainConfig", epoch: int
+) -> Path:
+    return atomic_torch_save(path, {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "lzo_bench_version": __version__,
+        "network": network.to_dict(),
+        "dataset": asdict(dataset),
+        "train": cfg.to_dict(),
+        "epoch": epoch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    })
+
+
+def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
+    """The network (on CPU, eval mode) and the raw checkpoint dict; a run folder works too."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass a run folder or its checkpoint.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a non-checkpoint file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an lzo-bench checkpoint")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt.get('format_version')}, this lzo-bench reads "
+            f"format {CHECKPOINT_VERSION}; re-train or use a matching lzo-bench version"
+        )
+    model = SNN(NetworkSpec.from_dict(ckpt["network"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

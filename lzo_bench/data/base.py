@@ -1,0 +1,73 @@
+"""A dataset of binary spike trains held in memory, and the batch iterator over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a trained network needs to know about its data (recorded in checkpoints)."""
+
+    name: str
+    n_units: int
+    n_classes: int
+    default_steps: int
+    dt_ms: float
+    encoding: str
+    tau_mem_ms: float = 10.0
+    tau_out_ms: float = 10.0
+    reduce: str = "max"
+    lr: float = 2e-4
+    batch_size: int = 256
+    init: str = "normal"
+    init_gain: float = 10.0
+    f_up: float = 1.0
+
+
+@dataclass(frozen=True)
+class SpikeDataset:
+    """``spikes [n, T, units]`` (bool, at most one spike per unit and bin) and ``labels [n]``."""
+
+    spikes: torch.Tensor
+    labels: torch.Tensor
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        if self.spikes.ndim != 3 or self.spikes.shape[0] != self.labels.shape[0]:
+            raise ValueError(
+                f"spikes must be [n, T, units] with n = len(labels); got {tuple(self.spikes.shape)}"
+                f" and {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.spikes.shape[0]
+
+    @property
+    def steps(self) -> int:
+        return self.spikes.shape[1]
+
+    @property
+    def n_units(self) -> int:
+        return self.spikes.shape[2]
+
+
+def batches(
+    data: SpikeDataset,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x [T, B, units] float32, y [B])``; shuffled when a generator is given.
+
+    The last batch may be smaller than ``batch_size``.
+    """
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        x = data.spikes[idx].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
+        yield x, data.labels[idx].to(device)

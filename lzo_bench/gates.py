@@ -1,0 +1,131 @@
+"""The three backward rules ("gates") for the Heaviside spike ``s = H(v)``, ``v = u − θ``.
+
+The forward is always ``H(v)``; the backward multiplies the incoming gradient by ``γ(v)``:
+
+* ``surrogate``:  ``γ = g(v)``, the expected LocalZO surrogate of the distribution (eqs. 10–12);
+* ``sparsegrad``: ``γ = g(v)·1(|v| < B_th)`` (eq. 4), ``B_th`` by default the expected LocalZO
+  threshold ``δ·E[max_k |z_k|]`` (§4.5);
+* ``localzo``:    ``γ = (c/m) Σ_k 1(|v| < δ|z_k|)·|z_k|^α / (2δ)`` (eqs. 7–8), with a fresh
+  ``z_k ~ λ`` per neuron, time step, batch row and sample from the counter-based generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from lzo_bench.distributions import Distribution, get_distribution
+from lzo_bench.rng import DrawKey, draw_uniform
+from lzo_bench.theory import expected_threshold
+
+
+class Method(str, Enum):
+    SURROGATE = "surrogate"
+    SPARSEGRAD = "sparsegrad"
+    LOCALZO = "localzo"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """Everything the backward rule needs, validated once."""
+
+    method: Method
+    dist: Distribution
+    delta: float
+    samples: int
+    bth: float
+
+    @classmethod
+    def build(
+        cls,
+        method: Method | str,
+        dist: str | Distribution = "normal",
+        delta: float = 0.05,
+        samples: int = 1,
+        bth: float | None = None,
+    ) -> "GateSpec":
+        try:
+            method = Method(method)
+        except ValueError:
+            raise ValueError(
+                f"unknown method {method!r}; choose one of: {', '.join(m.value for m in Method)}"
+            ) from None
+        dist = get_distribution(dist) if isinstance(dist, str) else dist
+        if not (delta > 0 and math.isfinite(delta)):
+            raise ValueError(f"delta must be > 0, got {delta}")
+        if samples < 1:
+            raise ValueError(f"samples must be ≥ 1, got {samples}")
+        if bth is None:
+            bth = expected_threshold(dist, samples, delta)
+        elif not (bth > 0 and math.isfinite(bth)):
+            raise ValueError(f"bth must be > 0, got {bth}")
+        return cls(method, dist, float(delta), int(samples), float(bth))
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.method is not Method.SURROGATE
+
+    def band(self) -> float:
+        """Half-width outside which the gate is exactly zero (``inf`` for the dense rule)."""
+        if self.method is Method.SPARSEGRAD:
+            return self.bth
+        if self.method is Method.LOCALZO:
+            return self.delta * self.dist.max_abs
+        return math.inf
+
+
+def surrogate_gate(v: torch.Tensor, spec: GateSpec) -> torch.Tensor:
+    """``γ = g(v)`` — the expected surrogate, dense."""
+    return spec.dist.scale * spec.dist.expected_surrogate(v, spec.delta)
+
+
+def sparsegrad_gate(v: torch.Tensor, spec: GateSpec) -> torch.Tensor:
+    """``γ = g(v)·1(|v| < B_th)`` — exactly zero outside the band."""
+    inside = v.abs() < spec.bth
+    return torch.where(inside, surrogate_gate(v, spec), torch.zeros_like(v))
+
+
+def localzo_values(
+    v: torch.Tensor,
+    spec: GateSpec,
+    key: DrawKey,
+    layer: int,
+    t: torch.Tensor,
+    b: torch.Tensor,
+    j: torch.Tensor,
+) -> torch.Tensor:
+    """LocalZO gate at the listed positions ``(t, b, j)`` whose potentials are ``v`` (1-D).
+
+    ``γ = (c/m) Σ_k 1(|v| < δ|z_k|)·|z_k|^α / (2δ)`` with ``|z_k|`` drawn by inverse CDF from
+    the Philox uniform keyed by ``(seed, update, layer, b, t, j, k)``.
+    """
+    dist, delta = spec.dist, spec.delta
+    av = v.abs().to(torch.float32)
+    acc = torch.zeros_like(av)
+    for k in range(spec.samples):
+        z = dist.abs_icdf(draw_uniform(key, layer, t, b, j, k))
+        term = z.pow(dist.alpha) / (2.0 * delta)
+        acc = acc + torch.where(av < delta * z, term, torch.zeros_like(term))
+    return (acc * (dist.scale / spec.samples)).to(v.dtype)
+
+
+def localzo_gate(v: torch.Tensor, spec: GateSpec, key: DrawKey, layer: int) -> torch.Tensor:
+    """Dense ``[T, B, N]`` LocalZO gate; draws are made only where ``|v| < δ·max|z|``."""
+    out = torch.zeros_like(v)
+    cand = (v.abs() < spec.band()).nonzero(as_tuple=True)
+    if cand[0].numel():
+        t, b, j = cand
+        out[cand] = localzo_values(v[cand], spec, key, layer, t, b, j)
+    return out
+
+
+def gate_values(v: torch.Tensor, spec: GateSpec, key: DrawKey, layer: int) -> torch.Tensor:
+    """The gate ``γ(v)`` of ``spec.method`` for potentials ``v`` of shape ``[T, B, N]``."""
+    if spec.method is Method.SURROGATE:
+        return surrogate_gate(v, spec)
+    if spec.method is Method.SPARSEGRAD:
+        return sparsegrad_gate(v, spec)
+    return localzo_gate(v, spec, key, layer)

@@ -1,0 +1,80 @@
+"""Discrete LIF layer, pure PyTorch — the reference every other backend must equal.
+
+Per layer, neuron ``j``, step ``t`` (paper eq. 1, DESIGN.md §3)::
+
+    I[t] = x[t] @ W
+    u[t] = β·u[t−1] + I[t] − θ·s[t−1]      (subtractive reset, NOT differentiated)
+    s[t] = H(u[t] − θ)
+
+One matrix product for all ``T·B`` rows, then the scan over time. The spike's backward is
+``∂s/∂v := γ(v)`` with ``γ`` from :mod:`lzo_bench.gates`, so with the reset detached autograd
+computes ``∂L/∂u[t] = e[t] + β·∂L/∂u[t+1]``, ``e[t] = ∂L/∂s[t]·γ[t]`` (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from lzo_bench.gates import GateSpec, gate_values
+from lzo_bench.rng import DrawKey
+
+
+class LayerOut(NamedTuple):
+    spikes: torch.Tensor  # [T, B, N]
+    active: int           # (b, t, j) entries the backward must touch
+
+
+class _Heaviside(torch.autograd.Function):
+    """``s = H(v)`` forward, ``∂L/∂v = ∂L/∂s · γ`` backward with a precomputed gate ``γ``."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(gate)
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None
+
+
+def lif_potentials(current: torch.Tensor, beta: float, theta: float) -> torch.Tensor:
+    """``v[t] = u[t] − θ`` for all steps of input current ``[T, B, N]``; the reset is detached."""
+    u = torch.zeros_like(current[0])
+    s = torch.zeros_like(u)
+    vs = []
+    for i_t in current.unbind(0):
+        u = beta * u + i_t - theta * s
+        v_t = u - theta
+        s = (v_t > 0).to(u.dtype)
+        vs.append(v_t)
+    return torch.stack(vs)
+
+
+def lif_layer(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    beta: float,
+    theta: float,
+    spec: GateSpec | None,
+    key: DrawKey | None,
+    layer: int,
+) -> LayerOut:
+    """Spikes of one LIF layer for input spikes ``x [T, B, N_in]`` and weights ``W [N_in, N]``.
+
+    ``spec=None`` is inference: no gate is computed and nothing is kept for a backward.
+    ``active`` counts the non-zero gate entries of a sparse rule; the dense ``surrogate`` rule
+    touches every entry, so there it is ``T·B·N``.
+    """
+    steps, batch, _ = x.shape
+    current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)
+    v = lif_potentials(current, beta, theta)
+    if spec is None:
+        return LayerOut((v > 0).to(v.dtype), 0)
+    if key is None:
+        raise ValueError("a DrawKey is needed to compute gates")
+    gate = gate_values(v.detach(), spec, key, layer)
+    active = int(torch.count_nonzero(gate)) if spec.is_sparse else gate.numel()
+    return LayerOut(_Heaviside.apply(v, gate), active)

@@ -1,0 +1,146 @@
+"""The feed-forward spiking network of the paper (§5) and SparseGrad: LIF layers, leaky readout.
+
+Hidden layers follow :mod:`lzo_bench.lif`. The readout is a non-spiking leaky integrator::
+
+    o[t] = β_r·o[t−1] + (1 − β_r)·(s_L[t] @ W_out)
+
+reduced over time by ``max_t o[t]`` (or ``Σ_t o[t]`` for SHD) into logits, then
+log-softmax and NLL. The SparseGrad spike-count regularisers are added per hidden layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lzo_bench.backends import Backend, TORCH_BACKEND
+from lzo_bench.gates import GateSpec
+from lzo_bench.rng import DrawKey
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Shape and constants of the network; enough to rebuild it from a checkpoint."""
+
+    n_in: int
+    hidden: tuple[int, ...]
+    n_out: int
+    beta: float
+    beta_out: float
+    theta: float = 1.0
+    reduce: str = "max"  # "max" or "sum" over time
+    init: str = "normal"  # "normal": N(0, gain·(1−β)/√fan_in); "uniform": U(±gain/√fan_in)
+    init_gain: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(n < 1 for n in self.hidden):
+            raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
+        if self.reduce not in ("max", "sum"):
+            raise ValueError(f"reduce must be 'max' or 'sum', got {self.reduce!r}")
+        if self.init not in ("normal", "uniform"):
+            raise ValueError(f"init must be 'normal' or 'uniform', got {self.init!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkSpec":
+        return cls(**{**d, "hidden": tuple(d["hidden"])})
+
+
+@dataclass(frozen=True)
+class SpikeRegularizer:
+    """SparseGrad's spike-count regularisers, per hidden layer and sample ``b``::
+
+        upper = λ_up · relu(mean_j count[b, j] − f_up)
+        lower = λ_low · Σ_j relu(f_low − count[b, j])² / N
+
+    summed over layers and averaged over the batch; ``count[b, j] = Σ_t s[t, b, j]``.
+    """
+
+    lambda_up: float = 0.06
+    f_up: float = 1.0
+    lambda_low: float = 100.0
+    f_low: float = 1e-3
+    enabled: bool = field(default=True)
+
+    def __call__(self, spikes: list[torch.Tensor]) -> torch.Tensor:
+        total = spikes[0].new_zeros(())
+        if not self.enabled:
+            return total
+        for s in spikes:
+            count = s.sum(0)  # [B, N]
+            upper = self.lambda_up * F.relu(count.mean(1) - self.f_up)
+            lower = self.lambda_low * F.relu(self.f_low - count).pow(2).sum(1) / count.shape[1]
+            total = total + (upper + lower).mean()
+        return total
+
+
+class Forward(NamedTuple):
+    logits: torch.Tensor        # [B, C]
+    spikes: list[torch.Tensor]  # per hidden layer, [T, B, N]
+    active: list[int]           # per hidden layer, entries the backward touches
+
+
+def leaky_readout(s: torch.Tensor, w_out: torch.Tensor, beta_out: float) -> torch.Tensor:
+    """``o[t] = β_r·o[t−1] + (1 − β_r)·(s[t] @ W_out)`` for ``s [T, B, N]`` → ``o [T, B, C]``."""
+    steps, batch, _ = s.shape
+    a = (s.reshape(steps * batch, -1) @ w_out).view(steps, batch, -1)
+    o = torch.zeros_like(a[0])
+    outs = []
+    for a_t in a.unbind(0):
+        o = beta_out * o + (1.0 - beta_out) * a_t
+        outs.append(o)
+    return torch.stack(outs)
+
+
+class SNN(nn.Module):
+    """Feed-forward LIF network; weights are stored ``[fan_in, fan_out]`` as in ``x @ W``."""
+
+    def __init__(self, spec: NetworkSpec, generator: torch.Generator | None = None):
+        super().__init__()
+        self.spec = spec
+        sizes = (spec.n_in, *spec.hidden, spec.n_out)
+        self.weights = nn.ParameterList(
+            nn.Parameter(self._init(fan_in, fan_out, generator))
+            for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+        )
+
+    def _init(self, fan_in: int, fan_out: int, generator: torch.Generator | None) -> torch.Tensor:
+        w = torch.empty(fan_in, fan_out)
+        if self.spec.init == "normal":
+            std = self.spec.init_gain * (1.0 - self.spec.beta) / math.sqrt(fan_in)
+            return w.normal_(0.0, std, generator=generator)
+        bound = self.spec.init_gain / math.sqrt(fan_in)
+        return w.uniform_(-bound, bound, generator=generator)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        gate: GateSpec | None = None,
+        key: DrawKey | None = None,
+        backend: Backend = TORCH_BACKEND,
+    ) -> Forward:
+        """Logits for input spikes ``x [T, B, n_in]``; ``gate=None`` runs inference only."""
+        spikes, active = [], []
+        h = x
+        for layer, w in enumerate(self.weights[:-1]):
+            out = backend.layer(h, w, self.spec.beta, self.spec.theta, gate, key, layer)
+            spikes.append(out.spikes)
+            active.append(out.active)
+            h = out.spikes
+        o = leaky_readout(h, self.weights[-1], self.spec.beta_out)
+        logits = o.amax(0) if self.spec.reduce == "max" else o.sum(0)
+        return Forward(logits, spikes, active)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``NLL(log_softmax(logits))``, mean over the batch."""
+    return F.nll_loss(F.log_softmax(logits, dim=1), labels)

@@ -1,0 +1,83 @@
+"""Terminal output through rich: the training progress bar and the summary table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lzo_bench.train import EpochRecord, RunResult
+
+console = Console()
+
+
+def _pct(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+class RichReporter:
+    """Two progress bars (epochs, batches of the current epoch) with loss, accuracy and active %."""
+
+    def __init__(self, con: Console | None = None):
+        self.console = con or console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+
+    def start(self, result: RunResult, n_batches: int) -> None:
+        self.n_batches = n_batches
+        self.progress.start()
+        self.epochs = self.progress.add_task("epoch", total=result.config.epochs, info="")
+        self.batches = self.progress.add_task("batch", total=n_batches, info="")
+
+    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None:
+        self.progress.update(
+            self.batches, completed=index,
+            info=f"loss {loss:.3f}  acc {acc:5.1f} %  active {_pct(active_pct)} %",
+        )
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.progress.update(
+            self.epochs, completed=record.epoch,
+            info=f"train {record.train_acc:5.1f} %  test {record.test_acc:5.1f} %",
+        )
+        if record.epoch < self.progress.tasks[self.epochs].total:
+            self.progress.reset(self.batches, total=self.n_batches, info="")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def summary_table(result: RunResult) -> Table:
+    """Final accuracies, active % per layer and mean phase times per update."""
+    final = result.final or {}
+    g = result.gate
+    table = Table(title=f"lzo-bench train — {result.config.dataset}, {g.method.value}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("method", f"{g.method.value} ({g.dist.name}, δ={g.delta:g}, m={g.samples}, B_th={g.bth:.4f})"),
+        ("status", result.status),
+        ("epochs", str(final.get("epoch", 0))),
+        ("train accuracy", f"{final['train_acc']:.2f} %" if final else "n/a"),
+        ("test accuracy", f"{final['test_acc']:.2f} %" if final else "n/a"),
+    ]
+    for i, p in enumerate(final.get("active_pct", [])):
+        rows.append((f"active neurons, layer {i + 1}", f"{p:.3f} %"))
+    if final:
+        rows += [
+            ("forward per update", f"{final['fwd_ms']:.2f} ms"),
+            ("backward per update", f"{final['bwd_ms']:.2f} ms"),
+            ("optimizer per update", f"{final['opt_ms']:.2f} ms"),
+            ("wall time", f"{final['wall_s']:.1f} s"),
+        ]
+    rows += [("backend", result.backend.name), ("run folder", str(result.out))]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

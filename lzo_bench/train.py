@@ -1,0 +1,337 @@
+"""Training: configuration, the update loop, and the run folder it leaves behind.
+
+A run folder holds ``config.json`` (the resolved configuration), ``metrics.json`` (``status``,
+per-epoch ``history``, per-update ``updates``, ``final``) and ``checkpoint.pt`` (state dict +
+network spec, loadable without this module). Each is rewritten atomically after every finished
+epoch, so an interrupted or diverged run keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from lzo_bench import __version__
+from lzo_bench.backends import Backend, BackendName, select_backend
+from lzo_bench.checkpoint import save_checkpoint
+from lzo_bench.data import DATASET_INFO, SpikeDataset, batches, load_dataset
+from lzo_bench.distributions import DISTRIBUTIONS
+from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
+from lzo_bench.gates import GateSpec, Method
+from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.rng import DrawKey
+
+
+class ConfigError(ValueError):
+    """A bad option value; ``option`` names the command-line option at fault."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        super().__init__(f"{option} {message}")
+
+
+class TrainingDiverged(RuntimeError):
+    def __init__(self, epoch: int, update: int, out: Path):
+        self.epoch, self.update, self.out = epoch, update, out
+        super().__init__(
+            f"loss became NaN/inf at epoch {epoch}, update {update}; stopped. The last good "
+            f"checkpoint (if any epoch finished) is kept in {out}. Try a smaller --lr."
+        )
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, epochs_done: int, out: Path):
+        self.epochs_done, self.out = epochs_done, out
+        super().__init__(f"interrupted after {epochs_done} finished epoch(s); kept in {out}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``lzo-bench train`` takes. ``None`` means: the dataset's default."""
+
+    dataset: str = "digits"
+    method: str = "localzo"
+    dist: str = "normal"
+    delta: float = 0.05
+    samples: int = 1
+    bth: float | None = None
+    epochs: int = 20
+    batch_size: int | None = None
+    lr: float | None = None
+    hidden: tuple[int, ...] = (200, 200)
+    steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"
+    regularize: bool = True
+    out: str | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad option."""
+        if self.dataset not in DATASET_INFO:
+            raise ConfigError("--dataset", f"must be one of: {', '.join(DATASET_INFO)} (got {self.dataset!r})")
+        if self.method not in {m.value for m in Method}:
+            raise ConfigError("--method", f"must be one of: {', '.join(m.value for m in Method)} (got {self.method!r})")
+        if self.dist not in DISTRIBUTIONS:
+            raise ConfigError("--dist", f"must be one of: {', '.join(DISTRIBUTIONS)} (got {self.dist!r})")
+        for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(option, f"must be > 0 (got {value})")
+        for option, value in (("--samples", self.samples), ("--epochs", self.epochs),
+                              ("--batch-size", self.batch_size), ("--steps", self.steps)):
+            if value is not None and value < 1:
+                raise ConfigError(option, f"must be ≥ 1 (got {value})")
+        if not self.hidden or any(n < 1 for n in self.hidden):
+            raise ConfigError("--hidden", f"needs one or more positive layer sizes, e.g. 200,200 (got {list(self.hidden)})")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError("--device", f"must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device", "is cuda but no CUDA device is available here; use --device cpu")
+        BackendName(self.backend)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every dataset default filled in and the device made concrete."""
+        info = DATASET_INFO[self.dataset]
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return replace(
+            self,
+            batch_size=self.batch_size or info.batch_size,
+            lr=self.lr or info.lr,
+            steps=self.steps or info.default_steps,
+            device=device,
+        )
+
+    def default_out(self) -> Path:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{self.dataset}-{self.method}-{self.dist}-seed{self.seed}-{stamp}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: float
+    active_pct: list[float]
+    fwd_ms: float
+    bwd_ms: float
+    opt_ms: float
+    updates: int
+    wall_s: float
+
+
+@dataclass
+class RunResult:
+    out: Path
+    config: TrainConfig
+    gate: GateSpec
+    backend: Backend
+    history: list[EpochRecord] = field(default_factory=list)
+    update_loss: list[float] = field(default_factory=list)
+    update_active_pct: list[list[float]] = field(default_factory=list)
+    status: str = "running"
+    wall_s: float = 0.0
+
+    @property
+    def final(self) -> dict | None:
+        if not self.history:
+            return None
+        last = self.history[-1]
+        n = sum(r.updates for r in self.history)
+        return {
+            "epoch": last.epoch,
+            "train_acc": last.train_acc,
+            "test_acc": last.test_acc,
+            "train_loss": last.train_loss,
+            "active_pct": last.active_pct,
+            "fwd_ms": sum(r.fwd_ms * r.updates for r in self.history) / n,
+            "bwd_ms": sum(r.bwd_ms * r.updates for r in self.history) / n,
+            "opt_ms": sum(r.opt_ms * r.updates for r in self.history) / n,
+            "updates": n,
+            "wall_s": self.wall_s,
+        }
+
+    def metrics(self) -> dict:
+        return {
+            "status": self.status,
+            "history": [asdict(r) for r in self.history],
+            "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct},
+            "final": self.final,
+        }
+
+
+class Reporter(Protocol):
+    def start(self, result: RunResult, n_batches: int) -> None: ...
+    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
+    def epoch(self, record: EpochRecord) -> None: ...
+    def stop(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, result: RunResult, n_batches: int) -> None: ...
+    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
+    def epoch(self, record: EpochRecord) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: SNN, data: SpikeDataset, batch_size: int, device: torch.device) -> float:
+    """Test accuracy in percent (inference forward: no gates)."""
+    correct = 0
+    for x, y in batches(data, batch_size, device):
+        correct += int((model(x).logits.argmax(1) == y).sum())
+    return 100.0 * correct / len(data)
+
+
+def prepare_out_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else cfg.default_out()
+    try:
+        ensure_writable_dir(out)
+    except OSError as e:
+        raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
+    if (out / "metrics.json").exists() and not cfg.overwrite:
+        raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
+    return out
+
+
+def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
+    info = DATASET_INFO[cfg.dataset]
+    return NetworkSpec(
+        n_in=n_in,
+        hidden=tuple(cfg.hidden),
+        n_out=n_out,
+        beta=math.exp(-info.dt_ms / info.tau_mem_ms),
+        beta_out=math.exp(-info.dt_ms / info.tau_out_ms),
+        reduce=info.reduce,
+        init=info.init,
+        init_gain=info.init_gain,
+    )
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
+    """Train per ``cfg``; raises :class:`ConfigError`, :class:`TrainingDiverged`, :class:`TrainingInterrupted`."""
+    reporter = reporter or NullReporter()
+    cfg.validate()
+    cfg = cfg.resolved()
+    try:
+        gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth)
+    except ValueError as e:
+        raise ConfigError("--dist", str(e)) from None
+    out = prepare_out_dir(cfg)
+    cfg = replace(cfg, out=str(out))
+    backend = select_backend(cfg.backend)
+    device = torch.device(cfg.device)
+
+    train_set, test_set = load_dataset(cfg.dataset, cfg.steps)
+    info = DATASET_INFO[cfg.dataset]
+    net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
+    torch.manual_seed(cfg.seed)
+    model = SNN(net_spec, torch.Generator().manual_seed(cfg.seed)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    regularizer = SpikeRegularizer(f_up=info.f_up, enabled=cfg.regularize)
+
+    result = RunResult(out, cfg, gate, backend)
+    atomic_write_json(out / "config.json", {
+        "train": cfg.to_dict(),
+        "gate": {"method": gate.method.value, "dist": gate.dist.name, "delta": gate.delta,
+                 "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
+        "network": net_spec.to_dict(),
+        "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
+        "backend": backend.name,
+        "environment": {"lzo_bench": __version__, "torch": torch.__version__,
+                        "python": platform.python_version(), "device": str(device),
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    })
+
+    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    reporter.start(result, n_batches)
+    started = time.perf_counter()
+    update = 0
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            loss_sum = correct = seen = 0.0
+            active = [0] * len(cfg.hidden)
+            entries = 0
+            fwd = bwd = opt = 0.0
+            for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, device, shuffle)):
+                t0 = time.perf_counter()
+                out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
+                loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.spikes)
+                _sync(device)
+                t1 = time.perf_counter()
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    result.status = "diverged"
+                    result.wall_s = time.perf_counter() - started
+                    atomic_write_json(out / "metrics.json", result.metrics())
+                    raise TrainingDiverged(epoch, update, out)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                _sync(device)
+                t2 = time.perf_counter()
+                optimizer.step()
+                _sync(device)
+                t3 = time.perf_counter()
+                fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
+
+                steps, b = x.shape[0], x.shape[1]
+                batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, cfg.hidden)]
+                active = [a + c for a, c in zip(active, out_fw.active)]
+                entries += steps * b
+                loss_sum += loss_value * b
+                correct += float((out_fw.logits.argmax(1) == y).sum())
+                seen += b
+                update += 1
+                result.update_loss.append(loss_value)
+                result.update_active_pct.append(batch_pct)
+                reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
+
+            n_upd = i + 1
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=loss_sum / seen,
+                train_acc=100.0 * correct / seen,
+                test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device),
+                active_pct=[100.0 * a / (entries * n) for a, n in zip(active, cfg.hidden)],
+                fwd_ms=1e3 * fwd / n_upd,
+                bwd_ms=1e3 * bwd / n_upd,
+                opt_ms=1e3 * opt / n_upd,
+                updates=n_upd,
+                wall_s=time.perf_counter() - epoch_start,
+            )
+            result.history.append(record)
+            result.wall_s = time.perf_counter() - started
+            result.status = "completed" if epoch == cfg.epochs else "running"
+            save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch)
+            atomic_write_json(out / "metrics.json", result.metrics())
+            reporter.epoch(record)
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        result.wall_s = time.perf_counter() - started
+        atomic_write_json(out / "metrics.json", result.metrics())
+        raise TrainingInterrupted(len(result.history), out) from None
+    finally:
+        reporter.stop()
+    return result

@@ -1,0 +1,108 @@
+"""The command line through Typer's CliRunner: help, a tiny run, and every bad input."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from lzo_bench import train as train_mod
+from lzo_bench.cli import app
+
+runner = CliRunner()
+
+
+def plain(text: str) -> str:
+    """Output without ANSI codes, box drawing and line wrapping."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    text = re.sub(r"[│╭╮╰╯─]", " ", text)
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+def test_help(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_help_lists_train_options():
+    out = plain(runner.invoke(app, ["train", "--help"]).output)
+    for option in ("--method", "--dist", "--delta", "--samples", "--bth", "--epochs", "--batch-size",
+                   "--lr", "--hidden", "--steps", "--seed", "--device", "--out", "--backend"):
+        assert option in out
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("lzo-bench ")
+
+
+def test_tiny_train_run(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--epochs", "1", "--hidden", "16,12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = plain(result.output)
+    assert "backend: torch" in text and "test accuracy" in text and "active neurons, layer 2" in text
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "checkpoint.pt"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert {"train_acc", "test_acc", "active_pct"} <= metrics["final"].keys()
+    assert len(metrics["final"]["active_pct"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["hidden"] == [16, 12] and config["gate"]["method"] == "localzo"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "magic"], "'magic' is not one of 'surrogate', 'sparsegrad', 'localzo'"),
+    (["--dist", "cauchy"], "'cauchy' is not one of 'normal', 'uniform', 'laplace'"),
+    (["--delta", "0"], "error: --delta must be > 0 (got 0.0)"),
+    (["--delta", "-0.1"], "error: --delta must be > 0 (got -0.1)"),
+    (["--samples", "0"], "error: --samples must be ≥ 1 (got 0)"),
+    (["--epochs", "0"], "error: --epochs must be ≥ 1 (got 0)"),
+    (["--hidden", ""], "error: --hidden needs one or more positive layer sizes"),
+    (["--hidden", "200,,x"], "error: --hidden needs one or more positive layer sizes"),
+    (["--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
+    (["--device", "cuda"], "error: --device is cuda but no CUDA device is available here"),
+])
+def test_bad_input_exit_code_and_message(args, message, tmp_path):
+    result = runner.invoke(app, ["train", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert message in plain(result.output)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_unwritable_out_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["train", "--epochs", "1", "--out", str(blocker / "run")])
+    assert result.exit_code == 2
+    assert "error: --out cannot be written" in plain(result.output)
+
+
+def test_ctrl_c_keeps_finished_epochs_and_exits_130(tmp_path, monkeypatch):
+    real = train_mod.classification_loss
+    calls = {"n": 0}
+
+    def interrupted(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_mod, "classification_loss", interrupted)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--epochs", "3", "--hidden", "16,16", "--out", str(out)])
+    assert result.exit_code == 130
+    assert "interrupted after 1 finished epoch(s)" in plain(result.output)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) == 1
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_nan_loss_exits_1_naming_epoch_and_update(tmp_path, monkeypatch):
+    real = train_mod.classification_loss
+    monkeypatch.setattr(train_mod, "classification_loss", lambda lo, la: real(lo, la) * float("nan"))
+    result = runner.invoke(app, ["train", "--epochs", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "loss became NaN/inf at epoch 1, update 0" in plain(result.output)

@@ -1,0 +1,119 @@
+"""Training runs: learning on digits, the run folder, divergence and interruption."""
+
+import json
+
+import pytest
+import torch
+
+from lzo_bench import train as train_mod
+from lzo_bench.checkpoint import CheckpointError, load_checkpoint
+from lzo_bench.data import batches, load_dataset
+from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted, train
+
+
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+def test_short_run_beats_chance_by_a_wide_margin(tmp_path, method):
+    result = train(TrainConfig(method=method, epochs=3, out=str(tmp_path / method)))
+    assert result.final["test_acc"] > 60.0  # chance is 10 %
+    if method != "surrogate":
+        assert all(0 < p < 5 for p in result.final["active_pct"])
+    else:
+        assert result.final["active_pct"] == [100.0, 100.0]
+
+
+def test_run_folder_contents_and_checkpoint_roundtrip(tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig(epochs=2, hidden=(30, 20), out=str(out)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert {"train_acc", "test_acc", "active_pct"} <= metrics["final"].keys()
+    assert len(metrics["final"]["active_pct"]) == 2
+    assert len(metrics["updates"]["loss"]) == metrics["final"]["updates"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["gate"]["bth"] == pytest.approx(result.gate.bth)
+    assert config["network"]["hidden"] == [30, 20]
+    # the checkpoint loads with weights_only and reproduces the test accuracy
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 2 and ckpt["network"]["hidden"] == [30, 20]
+    _, test = load_dataset("digits", 40)
+    correct = sum(int((model(x).logits.argmax(1) == y).sum()) for x, y in batches(test, 256))
+    assert 100.0 * correct / len(test) == pytest.approx(metrics["final"]["test_acc"])
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"format": "lzo-bench-checkpoint", "format_version": 99}, bad)
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.classification_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] == 30 else loss  # 23 updates per epoch
+
+    monkeypatch.setattr(train_mod, "classification_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, update 29"):
+        train(TrainConfig(epochs=3, hidden=(20, 20), out=str(out)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and len(metrics["history"]) == 1
+    _, ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 1
+
+
+def test_interrupt_keeps_finished_epochs(tmp_path, monkeypatch):
+    real = train_mod.classification_loss
+    calls = {"n": 0}
+
+    def interrupted(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise KeyboardInterrupt
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_mod, "classification_loss", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(TrainConfig(epochs=5, hidden=(20, 20), out=str(out)))
+    assert info.value.epochs_done == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) == 2
+    assert load_checkpoint(out)[1]["epoch"] == 2
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    ({"delta": 0.0}, "--delta"), ({"samples": 0}, "--samples"), ({"epochs": 0}, "--epochs"),
+    ({"hidden": ()}, "--hidden"), ({"bth": -1.0}, "--bth"), ({"method": "x"}, "--method"),
+    ({"dist": "x"}, "--dist"), ({"lr": float("nan")}, "--lr"), ({"batch_size": 0}, "--batch-size"),
+])
+def test_config_errors_name_the_option(kwargs, option):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**kwargs).validate()
+    assert info.value.option == option
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="--out cannot be written"):
+        train(TrainConfig(epochs=1, out=str(blocker / "run")))
+
+
+def test_existing_run_is_not_overwritten_silently(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out)))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out)))
+    train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out), overwrite=True))
