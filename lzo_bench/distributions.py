@@ -69,6 +69,10 @@ class Distribution:
     def abs_cdf(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def abs_pdf(self, x: np.ndarray) -> np.ndarray:
+        """Density of ``|z|``, ``2λ(x)`` for ``x ≥ 0``."""
+        raise NotImplementedError
+
     def expected_surrogate(self, v: torch.Tensor, delta: float) -> torch.Tensor:
         raise NotImplementedError
 
@@ -98,6 +102,9 @@ class Normal(Distribution):
     def abs_cdf(self, x: np.ndarray) -> np.ndarray:
         return special.erf(np.asarray(x) / SQRT2)
 
+    def abs_pdf(self, x: np.ndarray) -> np.ndarray:
+        return math.sqrt(2.0 / math.pi) * np.exp(-0.5 * np.asarray(x) ** 2)
+
     def expected_surrogate(self, v: torch.Tensor, delta: float) -> torch.Tensor:
         return torch.exp(-(v * v) / (2.0 * delta * delta)) / (delta * math.sqrt(2.0 * math.pi))
 
@@ -116,6 +123,10 @@ class Uniform(Distribution):
 
     def abs_cdf(self, x: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(x) / SQRT3, 0.0, 1.0)
+
+    def abs_pdf(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return np.where((x >= 0) & (x <= SQRT3), 1.0 / SQRT3, 0.0)
 
     def expected_surrogate(self, v: torch.Tensor, delta: float) -> torch.Tensor:
         r2 = (v * v) / (delta * delta)
@@ -141,9 +152,62 @@ class Laplace(Distribution):
     def abs_cdf(self, x: np.ndarray) -> np.ndarray:
         return 1.0 - np.exp(-SQRT2 * np.clip(np.asarray(x), 0.0, None))
 
+    def abs_pdf(self, x: np.ndarray) -> np.ndarray:
+        return SQRT2 * np.exp(-SQRT2 * np.asarray(x))
+
     def expected_surrogate(self, v: torch.Tensor, delta: float) -> torch.Tensor:
         r = v.abs() / delta
         return (r + 1.0 / SQRT2) * torch.exp(-SQRT2 * r) / (2.0 * delta)
+
+
+@dataclass(frozen=True, eq=False)
+class TableDistribution(Distribution):
+    """A distribution given by an inverse-CDF table of ``|z|`` (paper §4.6.3).
+
+    ``table[i] = F⁻¹(i/(n−1))`` on a regular grid of ``[0, 1]``; a uniform ``u`` is mapped by
+    linear interpolation between neighbouring entries. ``z_grid``/``cdf`` hold the dense
+    Riemann-sum CDF on ``[0, z_max]`` the table was inverted from. Built by
+    :func:`lzo_bench.theory.theorem3_distribution` for a surrogate at a fixed ``δ``.
+    """
+
+    table: torch.Tensor = None  # type: ignore[assignment]
+    z_grid: np.ndarray = None  # type: ignore[assignment]
+    cdf: np.ndarray = None  # type: ignore[assignment]
+    z_max: float = math.inf
+    delta: float = math.nan
+    surrogate: object = None
+    c: float = math.nan
+    mass: float = 1.0
+
+    def abs_icdf(self, u: torch.Tensor) -> torch.Tensor:
+        table = self.table.to(u.device)
+        pos = u.to(torch.float32) * (table.numel() - 1)
+        i = pos.floor().clamp_(0, table.numel() - 2)
+        frac = pos - i
+        i = i.long()
+        lo = table[i]
+        return lo + frac * (table[i + 1] - lo)
+
+    def abs_cdf(self, x: np.ndarray) -> np.ndarray:
+        return np.interp(np.asarray(x, dtype=np.float64), self.z_grid, self.cdf)
+
+    def abs_pdf(self, x: np.ndarray) -> np.ndarray:
+        dz = self.z_grid[1] - self.z_grid[0]
+        mid = self.z_grid[:-1] + 0.5 * dz
+        return np.interp(np.asarray(x, dtype=np.float64), mid, np.diff(self.cdf) / dz, right=0.0)
+
+    def expected_surrogate(self, v: torch.Tensor, delta: float) -> torch.Tensor:
+        """The surrogate ``g`` this table reproduces (Theorem 3: ``c·E[G²] = g``)."""
+        if not math.isclose(delta, self.delta, rel_tol=1e-12):
+            raise ValueError(
+                f"{self.name} was built for δ = {self.delta:g}; its λ depends on δ, so it cannot "
+                f"serve δ = {delta:g}"
+            )
+        return self.surrogate.torch(v)  # type: ignore[union-attr]
+
+    @property
+    def support(self) -> float:
+        return self.z_max
 
 
 DISTRIBUTIONS: dict[str, Distribution] = {d.name: d for d in (Normal(), Uniform(), Laplace())}

@@ -14,12 +14,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 import torch
 
-from lzo_bench.distributions import Distribution, get_distribution
+from lzo_bench.distributions import DISTRIBUTIONS, Distribution, get_distribution
 from lzo_bench.rng import DrawKey, draw_uniform
-from lzo_bench.theory import expected_threshold
+from lzo_bench.surrogates import fast_sigmoid, sigmoid
+from lzo_bench.theory import expected_threshold, sigmoid_a, theorem3_distribution
+
+#: Distributions built from a surrogate by Theorem 3: name → (surrogate factory, α, default k(δ)).
+SURROGATE_DISTRIBUTIONS = {
+    "sigmoid": (sigmoid, 1, lambda delta: sigmoid_a() / delta),      # k = a/δ makes c = 1 (§5.2)
+    "fast-sigmoid": (fast_sigmoid, -1, lambda delta: 100.0),          # k = 100 as SparseGrad (§5.2)
+}
+DIST_NAMES = (*DISTRIBUTIONS, *SURROGATE_DISTRIBUTIONS)
+
+
+@lru_cache(maxsize=32)
+def resolve_distribution(name: str, delta: float, k: float | None = None) -> Distribution:
+    """The distribution called ``name``; sigmoid/fast-sigmoid are built by Theorem 3 for ``δ`` and ``k``."""
+    if name in SURROGATE_DISTRIBUTIONS:
+        factory, alpha, default_k = SURROGATE_DISTRIBUTIONS[name]
+        return theorem3_distribution(factory(default_k(delta) if k is None else k), delta, alpha, name=name)
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {name!r}; choose one of: {', '.join(DIST_NAMES)}")
+    if k is not None:
+        raise ValueError(f"k applies to {' and '.join(SURROGATE_DISTRIBUTIONS)} only, not to {name}")
+    return get_distribution(name)
 
 
 class Method(str, Enum):
@@ -46,6 +68,7 @@ class GateSpec:
         delta: float = 0.05,
         samples: int = 1,
         bth: float | None = None,
+        k: float | None = None,
     ) -> "GateSpec":
         try:
             method = Method(method)
@@ -53,9 +76,9 @@ class GateSpec:
             raise ValueError(
                 f"unknown method {method!r}; choose one of: {', '.join(m.value for m in Method)}"
             ) from None
-        dist = get_distribution(dist) if isinstance(dist, str) else dist
         if not (delta > 0 and math.isfinite(delta)):
             raise ValueError(f"delta must be > 0, got {delta}")
+        dist = resolve_distribution(dist, float(delta), k) if isinstance(dist, str) else dist
         if samples < 1:
             raise ValueError(f"samples must be ≥ 1, got {samples}")
         if bth is None:
@@ -78,8 +101,8 @@ class GateSpec:
 
 
 def surrogate_gate(v: torch.Tensor, spec: GateSpec) -> torch.Tensor:
-    """``γ = g(v)`` — the expected surrogate, dense."""
-    return spec.dist.scale * spec.dist.expected_surrogate(v, spec.delta)
+    """``γ = g(v) = c·E[G²(v)]`` — the surrogate LocalZO reproduces in expectation, dense."""
+    return spec.dist.expected_surrogate(v, spec.delta)
 
 
 def sparsegrad_gate(v: torch.Tensor, spec: GateSpec) -> torch.Tensor:

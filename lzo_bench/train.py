@@ -22,9 +22,8 @@ from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, select_backend
 from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, SpikeDataset, batches, load_dataset
-from lzo_bench.distributions import DISTRIBUTIONS
 from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
-from lzo_bench.gates import GateSpec, Method
+from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
 
@@ -59,6 +58,7 @@ class TrainConfig:
     dataset: str = "digits"
     method: str = "localzo"
     dist: str = "normal"
+    k: float | None = None
     delta: float = 0.05
     samples: int = 1
     bth: float | None = None
@@ -80,9 +80,11 @@ class TrainConfig:
             raise ConfigError("--dataset", f"must be one of: {', '.join(DATASET_INFO)} (got {self.dataset!r})")
         if self.method not in {m.value for m in Method}:
             raise ConfigError("--method", f"must be one of: {', '.join(m.value for m in Method)} (got {self.method!r})")
-        if self.dist not in DISTRIBUTIONS:
-            raise ConfigError("--dist", f"must be one of: {', '.join(DISTRIBUTIONS)} (got {self.dist!r})")
-        for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr)):
+        if self.dist not in DIST_NAMES:
+            raise ConfigError("--dist", f"must be one of: {', '.join(DIST_NAMES)} (got {self.dist!r})")
+        if self.k is not None and self.dist not in SURROGATE_DISTRIBUTIONS:
+            raise ConfigError("--k", f"applies to --dist {' or '.join(SURROGATE_DISTRIBUTIONS)} only (got --dist {self.dist})")
+        for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(option, f"must be > 0 (got {value})")
         for option, value in (("--samples", self.samples), ("--epochs", self.epochs),
@@ -234,7 +236,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     cfg.validate()
     cfg = cfg.resolved()
     try:
-        gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth)
+        gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
     except ValueError as e:
         raise ConfigError("--dist", str(e)) from None
     out = prepare_out_dir(cfg)
@@ -253,7 +255,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     result = RunResult(out, cfg, gate, backend)
     atomic_write_json(out / "config.json", {
         "train": cfg.to_dict(),
-        "gate": {"method": gate.method.value, "dist": gate.dist.name, "delta": gate.delta,
+        "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
+                 "scale": gate.dist.scale, "delta": gate.delta,
                  "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
         "network": net_spec.to_dict(),
         "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},

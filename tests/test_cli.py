@@ -55,7 +55,9 @@ def test_tiny_train_run(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--method", "magic"], "'magic' is not one of 'surrogate', 'sparsegrad', 'localzo'"),
-    (["--dist", "cauchy"], "'cauchy' is not one of 'normal', 'uniform', 'laplace'"),
+    (["--dist", "cauchy"], "'cauchy' is not one of 'normal', 'uniform', 'laplace', 'sigmoid', 'fast-sigmoid'"),
+    (["--dist", "normal", "--k", "3"], "error: --k applies to --dist sigmoid or fast-sigmoid only"),
+    (["--dist", "sigmoid", "--k", "0"], "error: --k must be > 0 (got 0.0)"),
     (["--delta", "0"], "error: --delta must be > 0 (got 0.0)"),
     (["--delta", "-0.1"], "error: --delta must be > 0 (got -0.1)"),
     (["--samples", "0"], "error: --samples must be ≥ 1 (got 0)"),

@@ -85,7 +85,8 @@ def hand_forward_backward(ws, x, y, spec, key, net, reg):
 @pytest.mark.parametrize("method,dist,m", [
     ("surrogate", "normal", 1), ("sparsegrad", "normal", 1), ("localzo", "normal", 1),
     ("surrogate", "laplace", 1), ("sparsegrad", "uniform", 5), ("localzo", "laplace", 3),
-    ("localzo", "uniform", 2),
+    ("localzo", "uniform", 2), ("localzo", "sigmoid", 1), ("sparsegrad", "fast-sigmoid", 1),
+    ("localzo", "fast-sigmoid", 2),
 ])
 def test_reference_equals_hand_bptt(method, dist, m):
     torch.manual_seed(0)
