@@ -1,7 +1,8 @@
 """Which implementation of the LIF layer runs, and why.
 
-Order of preference is ``cuda → cpp → torch`` (DESIGN.md §6). This version ships the
-pure-PyTorch reference only; the C++/CUDA extension plugs in here as further backends.
+Order of preference is ``cuda → cpp → torch`` (DESIGN.md §6): the ``lzo`` C++/CUDA ops
+(:mod:`lzo_bench.ops`) on the device of the data, else the pure-PyTorch reference
+(:mod:`lzo_bench.lif`). ``--backend`` forces one; ``describe()`` gives the one line to print.
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
+import torch
+
 from lzo_bench import lif
+from lzo_bench.gates import GateSpec
 
 
 class BackendName(str, Enum):
     AUTO = "auto"
+    CUDA = "cuda"
+    CPP = "cpp"
     TORCH = "torch"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend asked for with ``--backend`` cannot run here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -28,14 +38,68 @@ class Backend:
         return f"backend: {self.name} ({self.reason})"
 
 
-TORCH_BACKEND = Backend(
-    "torch", lif.lif_layer, "pure-PyTorch reference; no C++/CUDA extension in this build"
-)
+def extension_layer(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    beta: float,
+    theta: float,
+    spec: GateSpec | None,
+    key,
+    layer: int,
+    prev: lif.LayerOut | None = None,
+) -> lif.LayerOut:
+    """One LIF layer through ``torch.ops.lzo.lif_forward``; the input gradient of a sparse rule
+    is computed only at ``prev``'s active entries."""
+    from lzo_bench import ops
+
+    prev_idx = prev.active_idx if prev is not None and spec is not None and spec.is_sparse else None
+    spikes, idx, _gate, _saved = ops.lif_forward(x, weight, beta, theta, spec, key, layer, prev_idx)
+    if spec is None:
+        return lif.LayerOut(spikes, 0, None)
+    if not spec.is_sparse:
+        return lif.LayerOut(spikes, spikes.numel(), None)
+    return lif.LayerOut(spikes, int(idx.numel()), idx)
 
 
-def select_backend(requested: BackendName | str = BackendName.AUTO) -> Backend:
-    """The backend to run: the requested one, or for ``auto`` the fastest available."""
+def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
+    """The C++/CUDA backend for ``device``; raises BackendUnavailable with the reason."""
+    from lzo_bench import ops
+
+    if spec is not None:
+        try:
+            ops.check_supported(spec)
+        except ops.UnsupportedGate as e:
+            raise BackendUnavailable(str(e)) from None
+    cuda = device.type == "cuda"
+    try:
+        ext = ops.build(cuda=True if cuda else None)
+    except Exception as e:  # a compiler error is long; its first line says what failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendUnavailable(f"the C++ extension failed to build: {first}") from None
+    if cuda and not ext.cuda:
+        raise BackendUnavailable("the extension was built without CUDA")
+    if cuda:
+        return Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}")
+    return Backend("cpp", extension_layer, "lzo C++ ops on the CPU")
+
+
+def select_backend(
+    requested: BackendName | str = BackendName.AUTO,
+    device: torch.device | str = "cpu",
+    spec: GateSpec | None = None,
+) -> Backend:
+    """The backend to run: the requested one, or for ``auto`` the fastest that works here."""
     requested = BackendName(requested)
+    device = torch.device(device)
     if requested is BackendName.TORCH:
-        return Backend("torch", lif.lif_layer, "requested with --backend torch")
-    return TORCH_BACKEND
+        return Backend("torch", lif.lif_layer, "pure-PyTorch reference, requested with --backend torch")
+    if requested is BackendName.CUDA and device.type != "cuda":
+        raise BackendUnavailable("--backend cuda needs --device cuda")
+    if requested is BackendName.CPP and device.type != "cpu":
+        raise BackendUnavailable("--backend cpp runs on the CPU; use --device cpu or --backend cuda")
+    try:
+        return _extension(device, spec)
+    except BackendUnavailable as e:
+        if requested is not BackendName.AUTO:
+            raise
+        return Backend("torch", lif.lif_layer, f"pure-PyTorch reference; fell back because {e}")

@@ -90,10 +90,6 @@ def train(
         out=out, overwrite=overwrite,
     )
     try:
-        cfg.validate()
-        from lzo_bench.backends import select_backend
-
-        console.print(select_backend(cfg.backend).describe())
         result = run_training(cfg, RichReporter(console))
     except ConfigError as e:
         raise fail(str(e)) from None

@@ -49,6 +49,11 @@ class Method(str, Enum):
     SPARSEGRAD = "sparsegrad"
     LOCALZO = "localzo"
 
+    @property
+    def index(self) -> int:
+        """The code the C++/CUDA kernels use (``lzo_math.h``: SURROGATE 0, SPARSEGRAD 1, LOCALZO 2)."""
+        return list(Method).index(self)
+
 
 @dataclass(frozen=True)
 class GateSpec:

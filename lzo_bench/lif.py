@@ -22,8 +22,9 @@ from lzo_bench.rng import DrawKey
 
 
 class LayerOut(NamedTuple):
-    spikes: torch.Tensor  # [T, B, N]
-    active: int           # (b, t, j) entries the backward must touch
+    spikes: torch.Tensor                      # [T, B, N]
+    active: int                               # (b, t, j) entries the backward must touch
+    active_idx: torch.Tensor | None = None    # their flat indices, where a backend keeps a list
 
 
 class _Heaviside(torch.autograd.Function):
@@ -61,12 +62,14 @@ def lif_layer(
     spec: GateSpec | None,
     key: DrawKey | None,
     layer: int,
+    prev: LayerOut | None = None,
 ) -> LayerOut:
     """Spikes of one LIF layer for input spikes ``x [T, B, N_in]`` and weights ``W [N_in, N]``.
 
     ``spec=None`` is inference: no gate is computed and nothing is kept for a backward.
     ``active`` counts the non-zero gate entries of a sparse rule; the dense ``surrogate`` rule
-    touches every entry, so there it is ``T·B·N``.
+    touches every entry, so there it is ``T·B·N``. ``prev`` (the previous layer's output) is
+    not needed here: autograd back-propagates densely.
     """
     steps, batch, _ = x.shape
     current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)

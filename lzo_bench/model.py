@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lzo_bench.backends import Backend, TORCH_BACKEND
+from lzo_bench.backends import Backend, select_backend
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 
@@ -126,13 +126,17 @@ class SNN(nn.Module):
         x: torch.Tensor,
         gate: GateSpec | None = None,
         key: DrawKey | None = None,
-        backend: Backend = TORCH_BACKEND,
+        backend: Backend | None = None,
     ) -> Forward:
-        """Logits for input spikes ``x [T, B, n_in]``; ``gate=None`` runs inference only."""
+        """Logits for input spikes ``x [T, B, n_in]``; ``gate=None`` runs inference only.
+
+        ``backend=None`` is the pure-PyTorch reference.
+        """
+        backend = backend or select_backend("torch")
         spikes, active = [], []
-        h = x
+        h, out = x, None
         for layer, w in enumerate(self.weights[:-1]):
-            out = backend.layer(h, w, self.spec.beta, self.spec.theta, gate, key, layer)
+            out = backend.layer(h, w, self.spec.beta, self.spec.theta, gate, key, layer, out)
             spikes.append(out.spikes)
             active.append(out.active)
             h = out.spikes

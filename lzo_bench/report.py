@@ -31,6 +31,7 @@ class RichReporter:
         )
 
     def start(self, result: RunResult, n_batches: int) -> None:
+        self.console.print(result.backend.describe(), highlight=False)
         self.n_batches = n_batches
         self.progress.start()
         self.epochs = self.progress.add_task("epoch", total=result.config.epochs, info="")

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from lzo_bench import __version__
-from lzo_bench.backends import Backend, BackendName, select_backend
+from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, SpikeDataset, batches, load_dataset
 from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
@@ -197,11 +197,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: SNN, data: SpikeDataset, batch_size: int, device: torch.device) -> float:
+def evaluate(
+    model: SNN, data: SpikeDataset, batch_size: int, device: torch.device, backend: Backend | None = None
+) -> float:
     """Test accuracy in percent (inference forward: no gates)."""
     correct = 0
     for x, y in batches(data, batch_size, device):
-        correct += int((model(x).logits.argmax(1) == y).sum())
+        correct += int((model(x, backend=backend).logits.argmax(1) == y).sum())
     return 100.0 * correct / len(data)
 
 
@@ -241,8 +243,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
         raise ConfigError("--dist", str(e)) from None
     out = prepare_out_dir(cfg)
     cfg = replace(cfg, out=str(out))
-    backend = select_backend(cfg.backend)
     device = torch.device(cfg.device)
+    try:
+        backend = select_backend(cfg.backend, device, gate)
+    except BackendUnavailable as e:
+        raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 
     train_set, test_set = load_dataset(cfg.dataset, cfg.steps)
     info = DATASET_INFO[cfg.dataset]
@@ -260,7 +265,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                  "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
         "network": net_spec.to_dict(),
         "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
-        "backend": backend.name,
+        "backend": {"name": backend.name, "reason": backend.reason},
         "environment": {"lzo_bench": __version__, "torch": torch.__version__,
                         "python": platform.python_version(), "device": str(device),
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
@@ -316,7 +321,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 epoch=epoch,
                 train_loss=loss_sum / seen,
                 train_acc=100.0 * correct / seen,
-                test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device),
+                test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device, backend),
                 active_pct=[100.0 * a / (entries * n) for a, n in zip(active, cfg.hidden)],
                 fwd_ms=1e3 * fwd / n_upd,
                 bwd_ms=1e3 * bwd / n_upd,

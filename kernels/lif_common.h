@@ -1,0 +1,108 @@
+// Host-side helpers shared by lif_cpu.cpp and lif_cuda.cu: argument checks and GateParams.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include "lzo_math.h"
+
+namespace lzo {
+
+inline void check_float(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be a float32 tensor, got ",
+              t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              ref.device(), "; move both to one device");
+}
+
+struct LayerShape {
+  int64_t T, B, Nin, N;
+};
+
+inline LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& table, int64_t method, int64_t sample_kind,
+                                     int64_t surrogate_kind, int64_t samples, int64_t alpha) {
+  const char* op = "lzo::lif_forward";
+  check_float(x, op, "x");
+  check_float(weight, op, "weight");
+  check_float(table, op, "table");
+  TORCH_CHECK(x.dim() == 3, op, ": x must have shape [T, B, N_in], got rank ", x.dim());
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
+  TORCH_CHECK(weight.size(0) == x.size(2), op, ": weight.size(0) (", weight.size(0),
+              ") must equal x.size(2) = N_in (", x.size(2), ")");
+  check_same_device(weight, x, op, "weight");
+  check_same_device(table, x, op, "table");
+  TORCH_CHECK(method >= -1 && method <= LOCALZO, op, ": method must be -1 (none), 0 (surrogate), ",
+              "1 (sparsegrad) or 2 (localzo), got ", method);
+  TORCH_CHECK(sample_kind >= 0 && sample_kind <= SAMPLE_TABLE, op, ": sample_kind out of range: ",
+              sample_kind);
+  TORCH_CHECK(surrogate_kind >= 0 && surrogate_kind <= SURR_FAST_SIGMOID, op,
+              ": surrogate_kind out of range: ", surrogate_kind);
+  TORCH_CHECK(samples >= 1 && samples < 65536, op, ": samples must lie in [1, 65535], got ", samples);
+  TORCH_CHECK(alpha != 0, op, ": alpha must be a non-zero integer");
+  TORCH_CHECK(sample_kind != SAMPLE_TABLE || method != LOCALZO || table.numel() >= 2, op,
+              ": table must hold at least 2 quantiles for sample_kind = table, got ", table.numel());
+  TORCH_CHECK(x.size(0) * x.size(1) * weight.size(1) < (int64_t(1) << 40), op,
+              ": layer too large (T*B*N >= 2^40)");
+  return {x.size(0), x.size(1), x.size(2), weight.size(1)};
+}
+
+inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+                              double delta, double bth, double k, double band, double term_scale,
+                              int64_t samples, int64_t alpha, int64_t seed, int64_t update,
+                              int64_t layer, const at::Tensor& table) {
+  GateParams g;
+  g.method = static_cast<int>(method);
+  g.sample_kind = static_cast<int>(sample_kind);
+  g.surrogate_kind = static_cast<int>(surrogate_kind);
+  g.delta = delta;
+  g.bth = static_cast<float>(bth);
+  g.k = static_cast<float>(k);
+  g.band = static_cast<float>(band);
+  g.term_scale = static_cast<float>(term_scale);
+  g.samples = static_cast<int>(samples);
+  g.alpha = static_cast<int>(alpha);
+  g.key0 = static_cast<uint32_t>(static_cast<uint64_t>(seed) & 0xFFFFFFFFu);
+  g.key1 = static_cast<uint32_t>(static_cast<uint64_t>(update) & 0xFFFFFFFFu);
+  g.layer = static_cast<int>(layer);
+  g.table = table.numel() ? table.data_ptr<float>() : nullptr;
+  g.table_size = static_cast<int>(table.numel());
+  return g;
+}
+
+// Row pointers of a flat index list sorted by (t*B + b)*width + col: entries of row r = t*B + b
+// are list[ptr[r] : ptr[r+1]].
+inline at::Tensor row_pointers(const at::Tensor& idx, int64_t rows, int64_t width) {
+  auto bounds = at::arange(rows + 1, idx.options()) * width;
+  return at::searchsorted(idx, bounds);
+}
+
+inline void check_backward_args(const at::Tensor& grad_spikes, const at::Tensor& saved,
+                                const at::Tensor& weight, const at::Tensor& idx,
+                                const at::Tensor& gate, int64_t method) {
+  const char* op = "lzo::lif_backward";
+  check_float(grad_spikes, op, "grad_spikes");
+  check_float(saved, op, "saved");
+  check_float(weight, op, "weight");
+  check_float(gate, op, "gate");
+  TORCH_CHECK(grad_spikes.dim() == 3, op, ": grad_spikes must have shape [T, B, N], got rank ",
+              grad_spikes.dim());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == grad_spikes.size(2), op,
+              ": weight must be [N_in, N] with N = grad_spikes.size(2) (", grad_spikes.size(2), ")");
+  TORCH_CHECK(saved.dim() == 3 && saved.size(2) == weight.size(0) &&
+                  saved.size(0) == grad_spikes.size(0) && saved.size(1) == grad_spikes.size(1),
+              op, ": saved (x or trace) must be [T, B, N_in] matching grad_spikes and weight");
+  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": active_idx must be int64");
+  if (method == SURROGATE) {
+    TORCH_CHECK(gate.sizes() == grad_spikes.sizes(), op, ": a dense gate must match grad_spikes");
+  } else {
+    TORCH_CHECK(gate.dim() == 1 && gate.size(0) == idx.size(0), op,
+                ": active_gate must be 1-D with one value per active index");
+  }
+}
+
+}  // namespace lzo

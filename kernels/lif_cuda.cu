@@ -1,0 +1,212 @@
+// CUDA kernels of the lzo LIF layer ops (schema in lif_cpu.cpp; math in lzo_math.h).
+// Only c10's CUDA headers are used (not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
+// cuBLAS headers), so a bare CUDA toolkit compiles it.
+// All launches go to the current stream. Active entries come out sorted (at::nonzero), so the
+// list is identical to the CPU one; dW accumulates with atomicAdd, so its float rounding
+// order varies between runs (within the tolerance the tests use).
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "lif_common.h"
+
+namespace lzo {
+
+using at::Tensor;
+
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t n) {
+  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20));
+}
+
+__global__ void scan_kernel(const float* __restrict__ cur, float* __restrict__ spikes,
+                            float* __restrict__ gates, GateParams g, int64_t T, int64_t B, int64_t N,
+                            float beta, float theta) {
+  const int64_t rows = B * N;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  const int b = static_cast<int>(r / N), j = static_cast<int>(r % N);
+  float u = 0.0f, s = 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    const float v = lif_step(&u, cur[t * rows + r], s, beta, theta);
+    s = v > 0.0f ? 1.0f : 0.0f;
+    spikes[t * rows + r] = s;
+    if (gates) gates[t * rows + r] = gate(g, v, static_cast<int>(t), b, j);
+  }
+}
+
+__global__ void trace_kernel(const float* __restrict__ x, float* __restrict__ trace, int64_t T,
+                             int64_t rows, float beta) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  float acc = 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    acc = beta * acc + x[t * rows + r];
+    trace[t * rows + r] = acc;
+  }
+}
+
+__global__ void reverse_scan_kernel(float* __restrict__ e, int64_t T, int64_t rows, float beta) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  for (int64_t t = T - 2; t >= 0; --t) e[t * rows + r] = e[t * rows + r] + beta * e[(t + 1) * rows + r];
+}
+
+// One block per active entry (grid-stride), threads over the N_in inputs of its trace row.
+__global__ void sparse_dw_kernel(const int64_t* __restrict__ idx, const float* __restrict__ e,
+                                 const float* __restrict__ trace, float* __restrict__ dw,
+                                 int64_t nnz, int64_t N, int64_t Nin) {
+  for (int64_t k = blockIdx.x; k < nnz; k += gridDim.x) {
+    const int64_t row = idx[k] / N, j = idx[k] % N;
+    const float ev = e[k];
+    const float* xr = trace + row * Nin;
+    for (int64_t i = threadIdx.x; i < Nin; i += blockDim.x) {
+      const float xv = xr[i];
+      if (xv != 0.0f) atomicAdd(&dw[i * N + j], ev * xv);
+    }
+  }
+}
+
+// One thread per active entry (t,b,i) of the previous layer: sum over this layer's entries of
+// row b at t' >= t of beta^(t'-t) e W[i,j].
+__global__ void sparse_dx_kernel(const int64_t* __restrict__ idx, const float* __restrict__ e,
+                                 const int64_t* __restrict__ ptr, const int64_t* __restrict__ pidx,
+                                 const float* __restrict__ w, const float* __restrict__ pw,
+                                 float* __restrict__ dx, int64_t nprev, int64_t T, int64_t B,
+                                 int64_t N, int64_t Nin) {
+  const int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (q >= nprev) return;
+  const int64_t flat = pidx[q];
+  const int64_t row = flat / Nin, i = flat % Nin;
+  const int64_t t = row / B, b = row % B;
+  float acc = 0.0f;
+  for (int64_t tp = t; tp < T; ++tp) {
+    const int64_t r = tp * B + b;
+    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) acc += pw[tp - t] * (e[k] * w[i * N + idx[k] % N]);
+  }
+  dx[flat] = acc;
+}
+
+Tensor beta_powers_cuda(double beta, int64_t T, const at::TensorOptions& opts) {
+  std::vector<float> p(static_cast<size_t>(T + 1));
+  for (int64_t k = 0; k <= T; ++k) p[k] = static_cast<float>(std::pow(beta, static_cast<double>(k)));
+  return at::tensor(p, at::TensorOptions().dtype(at::kFloat)).to(opts.device());
+}
+
+Tensor dense_ghat_cuda(const Tensor& e_dense, double beta) {
+  Tensor ghat = e_dense.contiguous().clone();
+  const int64_t rows = ghat.size(1) * ghat.size(2);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  reverse_scan_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(ghat.data_ptr<float>(), ghat.size(0),
+                                                                 rows, static_cast<float>(beta));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return ghat;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_forward_cuda(
+    const Tensor& x, const Tensor& weight, const Tensor& table, const c10::optional<Tensor>& prev_idx,
+    double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+    double delta, double bth, double k, double band, double term_scale, int64_t samples,
+    int64_t alpha, int64_t seed, int64_t update, int64_t layer) {
+  (void)prev_idx;
+  const auto s = check_forward_args(x, weight, table, method, sample_kind, surrogate_kind, samples, alpha);
+  TORCH_CHECK(x.is_cuda(), "lzo::lif_forward: CUDA kernel called with x on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const Tensor xc = x.contiguous();
+  const Tensor tc = table.contiguous();
+  const Tensor current = at::matmul(xc.view({s.T * s.B, s.Nin}), weight.contiguous()).view({s.T, s.B, s.N});
+  Tensor spikes = at::empty({s.T, s.B, s.N}, x.options());
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band,
+                                   term_scale, samples, alpha, seed, update, layer, tc);
+  const Tensor empty_f = at::empty({0}, x.options());
+  const Tensor empty_i = at::empty({0}, x.options().dtype(at::kLong));
+  Tensor gates = method < 0 ? empty_f : at::empty({s.T, s.B, s.N}, x.options());
+  const int64_t rows = s.B * s.N;
+  scan_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(
+      current.data_ptr<float>(), spikes.data_ptr<float>(), method < 0 ? nullptr : gates.data_ptr<float>(),
+      g, s.T, s.B, s.N, static_cast<float>(beta), static_cast<float>(theta));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (method < 0) return {spikes, empty_i, empty_f, at::empty({0}, x.options())};  // outputs must not alias
+  if (method == SURROGATE) return {spikes, empty_i, gates, empty_f};
+  auto flat = gates.view({-1});
+  Tensor idx = at::nonzero(flat).view({-1});
+  Tensor vals = flat.index_select(0, idx);
+  Tensor trace = at::empty_like(xc);
+  const int64_t in_rows = s.B * s.Nin;
+  trace_kernel<<<blocks_for(in_rows), kThreads, 0, stream>>>(xc.data_ptr<float>(), trace.data_ptr<float>(),
+                                                              s.T, in_rows, static_cast<float>(beta));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {spikes, idx, vals, trace};
+}
+
+std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Tensor& saved,
+                                             const Tensor& weight, const Tensor& idx,
+                                             const Tensor& gate, const c10::optional<Tensor>& prev_idx,
+                                             double beta, int64_t method, bool input_grad) {
+  check_backward_args(grad_spikes, saved, weight, idx, gate, method);
+  TORCH_CHECK(grad_spikes.is_cuda(), "lzo::lif_backward: CUDA kernel called with ", grad_spikes.device());
+  const c10::cuda::CUDAGuard guard(grad_spikes.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t T = grad_spikes.size(0), B = grad_spikes.size(1), N = grad_spikes.size(2);
+  const int64_t Nin = weight.size(0);
+  const Tensor gs = grad_spikes.contiguous();
+  const Tensor w = weight.contiguous();
+  const Tensor sv = saved.contiguous();
+  const Tensor empty = at::empty({0}, gs.options());
+
+  if (method == SURROGATE) {
+    const Tensor ghat = dense_ghat_cuda(gs * gate, beta).view({T * B, N});
+    const Tensor dw = at::matmul(sv.view({T * B, Nin}).t(), ghat);
+    return {input_grad ? at::matmul(ghat, w.t()).view({T, B, Nin}) : empty, dw};
+  }
+  const Tensor ic = idx.contiguous();
+  const int64_t nnz = ic.size(0);
+  const Tensor e = gs.view({-1}).index_select(0, ic) * gate.contiguous();
+  Tensor dw = at::zeros({Nin, N}, gs.options());
+  if (nnz) {
+    const int grid = static_cast<int>(std::min<int64_t>(nnz, 65535));
+    sparse_dw_kernel<<<grid, 128, 0, stream>>>(ic.data_ptr<int64_t>(), e.data_ptr<float>(),
+                                               sv.data_ptr<float>(), dw.data_ptr<float>(), nnz, N, Nin);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (!input_grad) return {empty, dw};
+  if (prev_idx.has_value()) {
+    TORCH_CHECK(prev_idx->scalar_type() == at::kLong, "lzo::lif_backward: prev_idx must be int64");
+    const Tensor pidx = prev_idx->contiguous();
+    Tensor dx = at::zeros({T, B, Nin}, gs.options());
+    const int64_t nprev = pidx.size(0);
+    if (nprev && nnz) {
+      const Tensor ptr = row_pointers(ic, T * B, N);
+      const Tensor pw = beta_powers_cuda(beta, T, gs.options());
+      sparse_dx_kernel<<<blocks_for(nprev), kThreads, 0, stream>>>(
+          ic.data_ptr<int64_t>(), e.data_ptr<float>(), ptr.data_ptr<int64_t>(), pidx.data_ptr<int64_t>(),
+          w.data_ptr<float>(), pw.data_ptr<float>(), dx.data_ptr<float>(), nprev, T, B, N, Nin);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return {dx, dw};
+  }
+  Tensor e_dense = at::zeros({T * B * N}, gs.options());
+  e_dense.index_put_({ic}, e);
+  const Tensor ghat = dense_ghat_cuda(e_dense.view({T, B, N}), beta).view({T * B, N});
+  return {at::matmul(ghat, w.t()).view({T, B, Nin}), dw};
+}
+
+TORCH_LIBRARY_IMPL(lzo, CUDA, m) {
+  m.impl("lif_forward", &lif_forward_cuda);
+  m.impl("lif_backward", &lif_backward_cuda);
+}
+
+}  // namespace lzo

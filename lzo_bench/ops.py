@@ -1,0 +1,205 @@
+"""The ``lzo`` C++/CUDA ops: JIT build, fake (meta) kernels, autograd, and the layer function.
+
+``torch.ops.lzo.lif_forward`` / ``lif_backward`` are defined in ``kernels/lif_cpu.cpp`` (schema and
+CPU kernels) and ``kernels/lif_cuda.cu`` (CUDA kernels); see those files for the math. They are
+compiled on first use with :func:`torch.utils.cpp_extension.load` (ninja), cached by PyTorch under
+``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` overrides). CUDA sources are compiled
+when a GPU is visible and nvcc plus a CUDA build of torch exist, or when asked for
+(:func:`build` ``cuda=True``, as the compile-only CI check does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
+from lzo_bench.gates import GateSpec, Method
+from lzo_bench.rng import DrawKey
+
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "lif_cuda.cu")
+METHOD_NONE = -1
+
+
+class UnsupportedGate(ValueError):
+    """The gate has no C++ form (a user-defined surrogate); the torch backend must run it."""
+
+
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, without its import-time warning about a missing CUDA runtime
+    (expected on CPU machines; :func:`cuda_toolchain` reports what matters)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    return cpp_extension
+
+
+def kernels_dir() -> Path:
+    """``kernels/`` of a checkout, or the copy packaged as ``lzo_bench/kernels`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "kernels", here / "kernels"):
+        if all((candidate / f).is_file() for f in KERNEL_FILES):
+            return candidate
+    raise FileNotFoundError(f"kernel sources {', '.join(KERNEL_FILES)} not found beside {here}")
+
+
+def cuda_toolchain() -> str | None:
+    """Why CUDA sources cannot be compiled here, or ``None`` if they can."""
+    cpp_extension = _cpp_extension()
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build"
+    if cpp_extension.CUDA_HOME is None or shutil.which("nvcc") is None and not (
+        Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc"
+    ).exists():
+        return "nvcc / CUDA_HOME not found"
+    return None
+
+
+@dataclass(frozen=True)
+class Extension:
+    cuda: bool
+    path: str
+
+
+@lru_cache(maxsize=None)
+def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
+    """Compile (once, cached) and load the ops; ``cuda=None`` means: when a GPU can use them."""
+    cpp_extension = _cpp_extension()
+
+    if cuda is None:
+        cuda = torch.cuda.is_available() and cuda_toolchain() is None
+    src = kernels_dir()
+    sources = [str(src / "lif_cpu.cpp")]
+    if cuda:
+        reason = cuda_toolchain()
+        if reason:
+            raise RuntimeError(f"cannot compile the CUDA ops: {reason}")
+        sources.append(str(src / "lif_cuda.cu"))
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
+    name = "lzo_ops_cuda" if cuda else "lzo_ops_cpu"
+    path = cpp_extension.load(
+        name=name,
+        sources=sources,
+        extra_include_paths=[str(src)],
+        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
+        extra_ldflags=["-fopenmp"],
+        extra_cuda_cflags=["-O3", "--fmad=false"],
+        is_python_module=False,
+        with_cuda=cuda,
+        verbose=verbose,
+    )
+    _register_python_side()
+    return Extension(cuda=cuda, path=str(path))
+
+
+_REGISTERED = False
+
+
+def _register_python_side() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+
+    @torch.library.register_fake("lzo::lif_forward")
+    def _forward_fake(x, weight, table, prev_idx, beta, theta, method, sample_kind, surrogate_kind,
+                      delta, bth, k, band, term_scale, samples, alpha, seed, update, layer):
+        torch._check(weight.device == x.device, lambda: f"lzo::lif_forward: weight is on {weight.device} "
+                     f"but x is on {x.device}; move both to one device")
+        torch._check(x.dim() == 3, lambda: "x must have shape [T, B, N_in]")
+        torch._check(weight.dim() == 2 and weight.shape[0] == x.shape[2], lambda: "weight must be [N_in, N]")
+        steps, batch, n_in = x.shape
+        n = weight.shape[1]
+        spikes = x.new_empty((steps, batch, n))
+        empty_i = x.new_empty((0,), dtype=torch.int64)
+        if method == METHOD_NONE:
+            return spikes, empty_i, x.new_empty((0,)), x.new_empty((0,))
+        if method == Method.SURROGATE.index:
+            return spikes, empty_i, x.new_empty((steps, batch, n)), x.new_empty((0,))
+        nnz = torch.library.get_ctx().new_dynamic_size()
+        return spikes, x.new_empty((nnz,), dtype=torch.int64), x.new_empty((nnz,)), x.new_empty((steps, batch, n_in))
+
+    @torch.library.register_fake("lzo::lif_backward")
+    def _backward_fake(grad_spikes, saved, weight, active_idx, active_gate, prev_idx, beta, method, input_grad):
+        steps, batch, _ = grad_spikes.shape
+        n_in = weight.shape[0]
+        dx = grad_spikes.new_empty((steps, batch, n_in)) if input_grad else grad_spikes.new_empty((0,))
+        return dx, weight.new_empty(weight.shape)
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, _table, prev_idx, beta, *_rest = inputs
+        method = inputs[6]
+        _spikes, idx, gate, trace = output
+        ctx.beta, ctx.method = beta, method
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(x if method == Method.SURROGATE.index else trace, weight, idx, gate, prev_idx)
+
+    def _backward(ctx, grad_spikes, _g_idx, _g_gate, _g_saved):
+        saved, weight, idx, gate, prev_idx = ctx.saved_tensors
+        input_grad = ctx.needs_input_grad[0]
+        grads = [None] * 19
+        if ctx.method == METHOD_NONE:  # no gate: the Heaviside's true derivative, 0 a.e.
+            grads[0] = weight.new_zeros(ctx.x_shape) if input_grad else None
+            grads[1] = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+            return tuple(grads)
+        dx, dw = torch.ops.lzo.lif_backward(grad_spikes, saved, weight, idx, gate, prev_idx,
+                                            ctx.beta, ctx.method, input_grad)
+        grads[0] = dx if input_grad else None
+        grads[1] = dw if ctx.needs_input_grad[1] else None
+        return tuple(grads)
+
+    torch.library.register_autograd("lzo::lif_forward", _backward, setup_context=_setup_context)
+
+
+def _kinds(spec: GateSpec) -> tuple[int, int, float]:
+    """``(sample_kind, surrogate_kind, k)`` of the kernels' enums for this gate."""
+    dist = spec.dist
+    closed = {Normal: 0, Uniform: 1, Laplace: 2}
+    if type(dist) in closed:
+        kind = closed[type(dist)]
+        return kind, kind, 0.0
+    if isinstance(dist, TableDistribution):
+        params = dict(dist.surrogate.params)  # type: ignore[union-attr]
+        surr = {"sigmoid": 3, "fast-sigmoid": 4}.get(dist.surrogate.name)  # type: ignore[union-attr]
+        if surr is None:
+            raise UnsupportedGate(f"surrogate {dist.surrogate.name!r} has no C++ form")  # type: ignore[union-attr]
+        return 3, surr, float(params["k"])
+    raise UnsupportedGate(f"distribution {dist.name!r} has no C++ form")
+
+
+def check_supported(spec: GateSpec) -> None:
+    _kinds(spec)
+
+
+def lif_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    beta: float,
+    theta: float,
+    spec: GateSpec | None,
+    key: DrawKey | None,
+    layer: int,
+    prev_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.ops.lzo.lif_forward`` with the gate spelled out as the kernels take it."""
+    if spec is None:
+        empty = x.new_empty((0,))
+        return torch.ops.lzo.lif_forward(x, weight, empty, None, beta, theta, METHOD_NONE, 0, 0,
+                                         1.0, 1.0, 0.0, 0.0, 1.0, 1, 1, 0, 0, layer)
+    sample_kind, surrogate_kind, k = _kinds(spec)
+    table = spec.dist.table.to(x.device) if isinstance(spec.dist, TableDistribution) else x.new_empty((0,))
+    band = spec.band()
+    key = key or DrawKey(0, 0)
+    seed, update = key.words
+    return torch.ops.lzo.lif_forward(
+        x, weight, table, prev_idx, beta, theta, spec.method.index, sample_kind, surrogate_kind,
+        spec.delta, spec.bth, k, band if band != float("inf") else 3.0e38,
+        spec.dist.scale / spec.samples, spec.samples, spec.dist.alpha, seed, update, layer,
+    )
