@@ -81,27 +81,33 @@ inline at::Tensor row_pointers(const at::Tensor& idx, int64_t rows, int64_t widt
   return at::searchsorted(idx, bounds);
 }
 
-inline void check_backward_args(const at::Tensor& grad_spikes, const at::Tensor& saved,
+inline void check_backward_args(const at::Tensor& grad_spikes, const at::Tensor& x,
+                                const at::Tensor& input_idx, const at::Tensor& input_val,
                                 const at::Tensor& weight, const at::Tensor& idx,
                                 const at::Tensor& gate, int64_t method) {
   const char* op = "lzo::lif_backward";
   check_float(grad_spikes, op, "grad_spikes");
-  check_float(saved, op, "saved");
   check_float(weight, op, "weight");
-  check_float(gate, op, "gate");
+  check_float(gate, op, "active_gate");
   TORCH_CHECK(grad_spikes.dim() == 3, op, ": grad_spikes must have shape [T, B, N], got rank ",
               grad_spikes.dim());
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == grad_spikes.size(2), op,
               ": weight must be [N_in, N] with N = grad_spikes.size(2) (", grad_spikes.size(2), ")");
-  TORCH_CHECK(saved.dim() == 3 && saved.size(2) == weight.size(0) &&
-                  saved.size(0) == grad_spikes.size(0) && saved.size(1) == grad_spikes.size(1),
-              op, ": saved (x or trace) must be [T, B, N_in] matching grad_spikes and weight");
   TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": active_idx must be int64");
   if (method == SURROGATE) {
+    check_float(x, op, "x");
+    TORCH_CHECK(x.dim() == 3 && x.size(0) == grad_spikes.size(0) && x.size(1) == grad_spikes.size(1) &&
+                    x.size(2) == weight.size(0),
+                op, ": x must be [T, B, N_in] matching grad_spikes and weight");
     TORCH_CHECK(gate.sizes() == grad_spikes.sizes(), op, ": a dense gate must match grad_spikes");
   } else {
     TORCH_CHECK(gate.dim() == 1 && gate.size(0) == idx.size(0), op,
                 ": active_gate must be 1-D with one value per active index");
+    TORCH_CHECK(input_idx.scalar_type() == at::kLong && input_idx.dim() == 1, op,
+                ": input_idx must be a 1-D int64 tensor");
+    check_float(input_val, op, "input_val");
+    TORCH_CHECK(input_val.dim() == 1 && input_val.size(0) == input_idx.size(0), op,
+                ": input_val must hold one value per input_idx entry");
   }
 }
 

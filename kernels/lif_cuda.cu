@@ -1,4 +1,5 @@
-// CUDA kernels of the lzo LIF layer ops (schema in lif_cpu.cpp; math in lzo_math.h).
+// CUDA kernels of the lzo LIF layer ops (schema and the math of each op in lif_cpu.cpp;
+// per-element math in lzo_math.h).
 // Only c10's CUDA headers are used (not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
 // cuBLAS headers), so a bare CUDA toolkit compiles it.
 // All launches go to the current stream. Active entries come out sorted (at::nonzero), so the
@@ -45,35 +46,51 @@ __global__ void scan_kernel(const float* __restrict__ cur, float* __restrict__ s
   }
 }
 
-__global__ void trace_kernel(const float* __restrict__ x, float* __restrict__ trace, int64_t T,
-                             int64_t rows, float beta) {
-  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (r >= rows) return;
-  float acc = 0.0f;
-  for (int64_t t = 0; t < T; ++t) {
-    acc = beta * acc + x[t * rows + r];
-    trace[t * rows + r] = acc;
-  }
-}
-
 __global__ void reverse_scan_kernel(float* __restrict__ e, int64_t T, int64_t rows, float beta) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   for (int64_t t = T - 2; t >= 0; --t) e[t * rows + r] = e[t * rows + r] + beta * e[(t + 1) * rows + r];
 }
 
-// One block per active entry (grid-stride), threads over the N_in inputs of its trace row.
+// One block per batch row b, walking t upwards with the input trace rebuilt from the events
+// in shared memory (xbar[t] = beta^(t-tr) H, re-based every kRebase steps), threads over i.
+constexpr int64_t kRebase = 32;
+
 __global__ void sparse_dw_kernel(const int64_t* __restrict__ idx, const float* __restrict__ e,
-                                 const float* __restrict__ trace, float* __restrict__ dw,
-                                 int64_t nnz, int64_t N, int64_t Nin) {
-  for (int64_t k = blockIdx.x; k < nnz; k += gridDim.x) {
-    const int64_t row = idx[k] / N, j = idx[k] % N;
-    const float ev = e[k];
-    const float* xr = trace + row * Nin;
-    for (int64_t i = threadIdx.x; i < Nin; i += blockDim.x) {
-      const float xv = xr[i];
-      if (xv != 0.0f) atomicAdd(&dw[i * N + j], ev * xv);
+                                 const int64_t* __restrict__ ptr, const int64_t* __restrict__ in_idx,
+                                 const float* __restrict__ in_val, const int64_t* __restrict__ iptr,
+                                 float* __restrict__ dw, double beta, int64_t T, int64_t B,
+                                 int64_t N, int64_t Nin) {
+  extern __shared__ float h[];
+  const int64_t b = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < Nin; i += blockDim.x) h[i] = 0.0f;
+  __syncthreads();
+  bool any = false;
+  int64_t tr = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = t * B + b;
+    const bool events = iptr[row + 1] > iptr[row];
+    if (!any && !events) continue;
+    if (!any || t - tr > kRebase) {
+      if (any) {
+        const float f = static_cast<float>(pow(beta, static_cast<double>(t - tr)));
+        for (int64_t i = threadIdx.x; i < Nin; i += blockDim.x) h[i] *= f;
+      }
+      tr = t;
     }
+    any = true;
+    const float up = static_cast<float>(pow(beta, -static_cast<double>(t - tr)));
+    for (int64_t q = iptr[row] + threadIdx.x; q < iptr[row + 1]; q += blockDim.x)
+      h[in_idx[q] % Nin] += in_val[q] * up;  // distinct i within a row: no race
+    __syncthreads();
+    const float down = static_cast<float>(pow(beta, static_cast<double>(t - tr)));
+    for (int64_t k = ptr[row]; k < ptr[row + 1]; ++k) {
+      const float f = e[k] * down;
+      const int64_t j = idx[k] % N;
+      for (int64_t i = threadIdx.x; i < Nin; i += blockDim.x)
+        if (h[i] != 0.0f) atomicAdd(&dw[i * N + j], f * h[i]);
+    }
+    __syncthreads();
   }
 }
 
@@ -115,7 +132,7 @@ Tensor dense_ghat_cuda(const Tensor& e_dense, double beta) {
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_forward_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lif_forward_cuda(
     const Tensor& x, const Tensor& weight, const Tensor& table, const c10::optional<Tensor>& prev_idx,
     double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
     double delta, double bth, double k, double band, double term_scale, int64_t samples,
@@ -131,32 +148,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_forward_cuda(
   Tensor spikes = at::empty({s.T, s.B, s.N}, x.options());
   const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band,
                                    term_scale, samples, alpha, seed, update, layer, tc);
-  const Tensor empty_f = at::empty({0}, x.options());
-  const Tensor empty_i = at::empty({0}, x.options().dtype(at::kLong));
-  Tensor gates = method < 0 ? empty_f : at::empty({s.T, s.B, s.N}, x.options());
+  auto empty_f = [&] { return at::empty({0}, x.options()); };  // outputs must not alias
+  auto empty_i = [&] { return at::empty({0}, x.options().dtype(at::kLong)); };
+  Tensor gates = method < 0 ? empty_f() : at::empty({s.T, s.B, s.N}, x.options());
   const int64_t rows = s.B * s.N;
   scan_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(
       current.data_ptr<float>(), spikes.data_ptr<float>(), method < 0 ? nullptr : gates.data_ptr<float>(),
       g, s.T, s.B, s.N, static_cast<float>(beta), static_cast<float>(theta));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (method < 0) return {spikes, empty_i, empty_f, at::empty({0}, x.options())};  // outputs must not alias
-  if (method == SURROGATE) return {spikes, empty_i, gates, empty_f};
+  if (method <= SURROGATE) return {spikes, empty_i(), gates, empty_i(), empty_f()};
   auto flat = gates.view({-1});
   Tensor idx = at::nonzero(flat).view({-1});
   Tensor vals = flat.index_select(0, idx);
-  Tensor trace = at::empty_like(xc);
-  const int64_t in_rows = s.B * s.Nin;
-  trace_kernel<<<blocks_for(in_rows), kThreads, 0, stream>>>(xc.data_ptr<float>(), trace.data_ptr<float>(),
-                                                              s.T, in_rows, static_cast<float>(beta));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {spikes, idx, vals, trace};
+  auto xflat = xc.view({-1});
+  Tensor in_idx = at::nonzero(xflat).view({-1});
+  Tensor in_val = xflat.index_select(0, in_idx);
+  return {spikes, idx, vals, in_idx, in_val};
 }
 
-std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Tensor& saved,
+std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Tensor& x,
+                                             const Tensor& input_idx, const Tensor& input_val,
                                              const Tensor& weight, const Tensor& idx,
                                              const Tensor& gate, const c10::optional<Tensor>& prev_idx,
                                              double beta, int64_t method, bool input_grad) {
-  check_backward_args(grad_spikes, saved, weight, idx, gate, method);
+  check_backward_args(grad_spikes, x, input_idx, input_val, weight, idx, gate, method);
   TORCH_CHECK(grad_spikes.is_cuda(), "lzo::lif_backward: CUDA kernel called with ", grad_spikes.device());
   const c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -164,12 +179,11 @@ std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Te
   const int64_t Nin = weight.size(0);
   const Tensor gs = grad_spikes.contiguous();
   const Tensor w = weight.contiguous();
-  const Tensor sv = saved.contiguous();
   const Tensor empty = at::empty({0}, gs.options());
 
   if (method == SURROGATE) {
     const Tensor ghat = dense_ghat_cuda(gs * gate, beta).view({T * B, N});
-    const Tensor dw = at::matmul(sv.view({T * B, Nin}).t(), ghat);
+    const Tensor dw = at::matmul(x.contiguous().view({T * B, Nin}).t(), ghat);
     return {input_grad ? at::matmul(ghat, w.t()).view({T, B, Nin}) : empty, dw};
   }
   const Tensor ic = idx.contiguous();
@@ -177,9 +191,15 @@ std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Te
   const Tensor e = gs.view({-1}).index_select(0, ic) * gate.contiguous();
   Tensor dw = at::zeros({Nin, N}, gs.options());
   if (nnz) {
-    const int grid = static_cast<int>(std::min<int64_t>(nnz, 65535));
-    sparse_dw_kernel<<<grid, 128, 0, stream>>>(ic.data_ptr<int64_t>(), e.data_ptr<float>(),
-                                               sv.data_ptr<float>(), dw.data_ptr<float>(), nnz, N, Nin);
+    const Tensor ptr = row_pointers(ic, T * B, N);
+    const Tensor ii = input_idx.contiguous();
+    const Tensor iv = input_val.contiguous();
+    const Tensor iptr = row_pointers(ii, T * B, Nin);
+    TORCH_CHECK(Nin * sizeof(float) <= 48 * 1024, "lzo::lif_backward: N_in = ", Nin,
+                " exceeds the 12288 inputs one block's shared memory holds");
+    sparse_dw_kernel<<<static_cast<unsigned>(B), 128, Nin * sizeof(float), stream>>>(
+        ic.data_ptr<int64_t>(), e.data_ptr<float>(), ptr.data_ptr<int64_t>(), ii.data_ptr<int64_t>(),
+        iv.data_ptr<float>(), iptr.data_ptr<int64_t>(), dw.data_ptr<float>(), beta, T, B, N, Nin);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (!input_grad) return {empty, dw};
@@ -189,7 +209,7 @@ std::tuple<Tensor, Tensor> lif_backward_cuda(const Tensor& grad_spikes, const Te
     Tensor dx = at::zeros({T, B, Nin}, gs.options());
     const int64_t nprev = pidx.size(0);
     if (nprev && nnz) {
-      const Tensor ptr = row_pointers(ic, T * B, N);
+      const Tensor ptr = row_pointers(ic, T * B, N);  // (recomputed: cheap, T*B+1 searches)
       const Tensor pw = beta_powers_cuda(beta, T, gs.options());
       sparse_dx_kernel<<<blocks_for(nprev), kThreads, 0, stream>>>(
           ic.data_ptr<int64_t>(), e.data_ptr<float>(), ptr.data_ptr<int64_t>(), pidx.data_ptr<int64_t>(),

@@ -53,12 +53,12 @@ def extension_layer(
     from lzo_bench import ops
 
     prev_idx = prev.active_idx if prev is not None and spec is not None and spec.is_sparse else None
-    spikes, idx, _gate, _saved = ops.lif_forward(x, weight, beta, theta, spec, key, layer, prev_idx)
+    out = ops.lif_forward(x, weight, beta, theta, spec, key, layer, prev_idx)
     if spec is None:
-        return lif.LayerOut(spikes, 0, None)
+        return lif.LayerOut(out.spikes, 0, None)
     if not spec.is_sparse:
-        return lif.LayerOut(spikes, spikes.numel(), None)
-    return lif.LayerOut(spikes, int(idx.numel()), idx)
+        return lif.LayerOut(out.spikes, out.spikes.numel(), None)
+    return lif.LayerOut(out.spikes, int(out.active_idx.numel()), out.active_idx)
 
 
 def _extension(device: torch.device, spec: GateSpec | None) -> Backend:

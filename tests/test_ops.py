@@ -97,7 +97,7 @@ def test_draws_identical_to_reference(device, dist):
     x = (torch.rand(20, 6, 10, generator=torch.Generator().manual_seed(3)) < 0.4).float().to(device)
     w = (torch.rand(10, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1).to(device)
     key = DrawKey(123456789012, 77)
-    _, idx, gate, _ = ops.lif_forward(x, w, 0.9, 1.0, spec, key, 2)
+    _, idx, gate, _, _ = ops.lif_forward(x, w, 0.9, 1.0, spec, key, 2)
     from lzo_bench.lif import lif_potentials
 
     v = lif_potentials((x.reshape(120, 10) @ w).view(20, 6, 12), 0.9, 1.0)
@@ -130,14 +130,17 @@ def test_opcheck_forward_with_table_and_prev_idx():
 @pytest.mark.parametrize("method,input_grad", [(0, True), (0, False), (1, True), (2, False)])
 def test_opcheck_backward(method, input_grad):
     x, w, *_ = _sample_args(method)
+    no_i = torch.zeros(0, dtype=torch.int64)
     if method == 0:
-        saved, idx, gate = x, torch.zeros(0, dtype=torch.int64), torch.rand(5, 3, 6)
+        dense_x, in_idx, in_val, idx, gate = x, no_i, torch.zeros(0), no_i, torch.rand(5, 3, 6)
     else:
-        saved = torch.rand(5, 3, 4)
+        dense_x = torch.zeros(0)
+        in_idx = torch.tensor([0, 3, 13, 40], dtype=torch.int64)
+        in_val = torch.ones(4)
         idx = torch.tensor([1, 7, 30, 80], dtype=torch.int64)
         gate = torch.rand(4)
     prev = torch.tensor([2, 9, 33], dtype=torch.int64) if method and input_grad else None
-    args = (torch.randn(5, 3, 6), saved, w.detach(), idx, gate, prev, 0.9, method, input_grad)
+    args = (torch.randn(5, 3, 6), dense_x, in_idx, in_val, w.detach(), idx, gate, prev, 0.9, method, input_grad)
     torch.library.opcheck(torch.ops.lzo.lif_backward.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -146,8 +149,8 @@ def test_torch_compile_fullgraph_training_step():
     key = DrawKey(1, 2)
 
     def loss_fn(x, w1, w2, g):
-        s1, i1, _, _ = ops.lif_forward(x, w1, 0.9, 1.0, spec, key, 0)
-        s2, _, _, _ = ops.lif_forward(s1, w2, 0.9, 1.0, spec, key, 1, i1)
+        s1, i1, *_ = ops.lif_forward(x, w1, 0.9, 1.0, spec, key, 0)
+        s2, *_ = ops.lif_forward(s1, w2, 0.9, 1.0, spec, key, 1, i1)
         return (s2 * g).sum()
 
     x = (torch.rand(6, 3, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
@@ -183,12 +186,19 @@ def test_bad_input_raises_named_errors(mutate, match):
 
 
 def test_backward_bad_input():
+    no_i = torch.zeros(0, dtype=torch.int64)
     with pytest.raises(RuntimeError, match="grad_spikes must be a float32 tensor"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3, dtype=torch.int32), torch.zeros(2, 2, 4), torch.zeros(4, 3),
-                                   torch.zeros(0, dtype=torch.int64), torch.zeros(0), None, 0.9, 1, False)
+        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3, dtype=torch.int32), torch.zeros(0), no_i, torch.zeros(0),
+                                   torch.zeros(4, 3), no_i, torch.zeros(0), None, 0.9, 1, False)
     with pytest.raises(RuntimeError, match="active_gate must be 1-D with one value per active index"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(2, 2, 4), torch.zeros(4, 3),
+        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(0), no_i, torch.zeros(0), torch.zeros(4, 3),
                                    torch.zeros(2, dtype=torch.int64), torch.zeros(3), None, 0.9, 1, False)
+    with pytest.raises(RuntimeError, match="input_val must hold one value per input_idx entry"):
+        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(0), torch.zeros(2, dtype=torch.int64),
+                                   torch.zeros(1), torch.zeros(4, 3), no_i, torch.zeros(0), None, 0.9, 1, False)
+    with pytest.raises(RuntimeError, match=r"x must be \[T, B, N_in\] matching grad_spikes and weight"):
+        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(2, 2, 5), no_i, torch.zeros(0), torch.zeros(4, 3),
+                                   no_i, torch.zeros(2, 2, 3), None, 0.9, 0, False)
 
 
 def test_backend_selection_and_reasons():

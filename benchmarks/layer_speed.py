@@ -1,0 +1,222 @@
+"""Speed and memory of one LIF layer's training step, methods side by side (issue: C++/CUDA extension).
+
+Workload (default): the paper's N-MNIST layer 2 — B = 256, T = 300, 200 → 200, β = 0.905,
+LocalZO normal, δ = 0.05, m = 1. Input: Bernoulli spikes at ``--rate`` per (step, neuron).
+Weights: N(μ, σ) with μ chosen so the layer fires at about the input rate (``--calibrate``).
+
+Methods, measured interleaved in one process (every repeat runs each method once, in a rotating
+order), after warm-up; medians and the interquartile range over repeats:
+
+  (a) ``autograd-loop``: a plain per-step autograd loop with a surrogate spike function, as users
+      of other SNN libraries write it (one matmul per step);
+  (b) ``fused-dense``:  ``lzo::lif_forward`` with the dense ``surrogate`` gate;
+  (c) ``sparsegrad`` and ``localzo``: the same op with the sparse gates.
+
+The layer's input requires grad (it is layer 2), so every method computes dW and dx; the sparse
+ops compute dx only at the previous layer's active entries, taken as a random set of the same
+density as this layer's. ``--first-layer``: the input needs no gradient, only dW is computed. Memory: bytes saved for backward (exact, via saved-tensor hooks) and,
+on CUDA, the peak allocated during the step above what was allocated before it.
+
+    python benchmarks/layer_speed.py                 # CPU, defaults
+    python benchmarks/layer_speed.py --device cuda   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from lzo_bench import ops
+from lzo_bench.gates import GateSpec
+from lzo_bench.rng import DrawKey
+
+
+class SurrogateSpike(torch.autograd.Function):
+    """H(v) forward, expected-normal surrogate backward — what a hand-written loop uses."""
+
+    @staticmethod
+    def forward(ctx, v, delta):
+        ctx.save_for_backward(v)
+        ctx.delta = delta
+        return (v > 0).float()
+
+    @staticmethod
+    def backward(ctx, g):
+        (v,) = ctx.saved_tensors
+        d = ctx.delta
+        return g * torch.exp(-(v * v) / (2 * d * d)) / (d * math.sqrt(2 * math.pi)), None
+
+
+def autograd_loop(x, w, beta, theta, delta):
+    u = torch.zeros(x.shape[1], w.shape[1], device=x.device)
+    s = torch.zeros_like(u)
+    out = []
+    for x_t in x.unbind(0):
+        u = beta * u + x_t @ w - theta * s.detach()
+        s = SurrogateSpike.apply(u - theta, delta)
+        out.append(s)
+    return torch.stack(out)
+
+
+@dataclass
+class Row:
+    method: str
+    fwd_ms: float
+    fwd_iqr_ms: float
+    bwd_ms: float
+    bwd_iqr_ms: float
+    active_pct: float
+    saved_mib: float
+    peak_mib: float | None
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_bytes(fn) -> tuple[object, int]:
+    """Run ``fn`` and count the bytes of distinct storages saved for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--n-in", type=int, default=200)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=0.01, help="input spikes per (step, neuron)")
+    ap.add_argument("--beta", type=float, default=0.905)
+    ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--first-layer", action="store_true",
+                    help="the input does not require grad (layer 1): no input gradient is computed")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--json", default=None, help="write the results here too")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    ops.build(cuda=True if device.type == "cuda" else None)
+    gen = torch.Generator().manual_seed(0)
+    T, B, Nin, N = args.steps, args.batch, args.n_in, args.n
+    x = (torch.rand(T, B, Nin, generator=gen) < args.rate).float().to(device)
+    sigma = 1.0 / math.sqrt(Nin)
+    # mean weight so that the expected drive per step, rate·Nin·μ, holds u near (1−β)·θ·… :
+    # calibrate μ by bisection on the output rate (target: the input rate).
+    lo, hi = 0.0, 5.0
+    base = torch.randn(Nin, N, generator=gen).to(device) * sigma
+    for _ in range(20):
+        mu = 0.5 * (lo + hi)
+        s, *_ = ops.lif_forward(x, base + mu, args.beta, 1.0, None, None, 0)
+        lo, hi = (mu, hi) if float(s.mean()) < args.rate else (lo, mu)
+    w0 = base + 0.5 * (lo + hi)
+    out_rate = float(ops.lif_forward(x, w0, args.beta, 1.0, None, None, 0)[0].mean())
+
+    specs = {
+        "fused-dense": GateSpec.build("surrogate", "normal", args.delta),
+        "sparsegrad": GateSpec.build("sparsegrad", "normal", args.delta),
+        "localzo": GateSpec.build("localzo", "normal", args.delta),
+    }
+    # the previous layer's active entries: a random set with this layer's localzo density
+    idx_lzo = ops.lif_forward(x, w0, args.beta, 1.0, specs["localzo"], DrawKey(0, 0), 1).active_idx
+    density = idx_lzo.numel() / (T * B * N)
+    n_prev = max(1, int(density * T * B * Nin))
+    prev_idx = torch.randperm(T * B * Nin, generator=gen)[:n_prev].sort().values.to(device)
+    upstream = torch.randn(T, B, N, generator=gen).to(device)
+
+    def step(name: str, update: int):
+        xi = x.detach().requires_grad_(not args.first_layer)
+        w = w0.detach().requires_grad_()
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        t0 = time.perf_counter()
+        if name == "autograd-loop":
+            (spikes, active), saved = saved_bytes(lambda: (autograd_loop(xi, w, args.beta, 1.0, args.delta), T * B * N))
+        else:
+            spec = specs[name]
+            prev = prev_idx if spec.is_sparse and not args.first_layer else None
+            res, saved = saved_bytes(lambda: ops.lif_forward(xi, w, args.beta, 1.0, spec, DrawKey(0, update), 1, prev))
+            spikes = res.spikes
+            active = res.active_idx.numel() if spec.is_sparse else T * B * N
+        sync(device)
+        t1 = time.perf_counter()
+        spikes.backward(upstream)
+        sync(device)
+        t2 = time.perf_counter()
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else None
+        return t1 - t0, t2 - t1, active, saved, peak
+
+    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo"]
+    samples = {n: {"fwd": [], "bwd": [], "active": [], "saved": 0, "peak": []} for n in names}
+    for rep in range(args.warmup + args.repeats):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            f, b, a, sv, pk = step(name, rep)
+            if rep >= args.warmup:
+                d = samples[name]
+                d["fwd"].append(f)
+                d["bwd"].append(b)
+                d["active"].append(a)
+                d["saved"] = sv
+                if pk is not None:
+                    d["peak"].append(pk)
+
+    def med_iqr(v):
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+        return 1e3 * statistics.median(v), 1e3 * (q[2] - q[0])
+
+    rows = []
+    for name in names:
+        d = samples[name]
+        fm, fi = med_iqr(d["fwd"])
+        bm, bi = med_iqr(d["bwd"])
+        rows.append(Row(name, fm, fi, bm, bi, 100 * statistics.mean(d["active"]) / (T * B * N),
+                        d["saved"] / 2**20, max(d["peak"]) if d["peak"] else None))
+    by = {r.method: r for r in rows}
+    header = (f"LIF layer training step, {device.type} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads), T={T} B={B} {Nin}->{N}, beta={args.beta}, delta={args.delta}, "
+              f"input rate {args.rate:.2%}, output rate {out_rate:.2%}, "
+              + ("first layer (no input gradient); " if args.first_layer else f"prev-layer active {density:.3%}; ")
+              + f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up")
+    print(header)
+    cols = ("method", "fwd ms", "bwd ms", "bwd x vs (a)", "bwd x vs (b)", "overall x vs (a)", "overall x vs (b)",
+            "active %", "saved MiB", "peak MiB")
+    print(" | ".join(cols))
+    for r in rows:
+        tot = r.fwd_ms + r.bwd_ms
+        a, b = by["autograd-loop"], by["fused-dense"]
+        print(" | ".join([
+            r.method, f"{r.fwd_ms:.1f} ±{r.fwd_iqr_ms / 2:.1f}", f"{r.bwd_ms:.2f} ±{r.bwd_iqr_ms / 2:.2f}",
+            f"{a.bwd_ms / r.bwd_ms:.1f}", f"{b.bwd_ms / r.bwd_ms:.1f}",
+            f"{(a.fwd_ms + a.bwd_ms) / tot:.2f}", f"{(b.fwd_ms + b.bwd_ms) / tot:.2f}",
+            f"{r.active_pct:.3f}", f"{r.saved_mib:.1f}", "n/a (CPU)" if r.peak_mib is None else f"{r.peak_mib:.1f}",
+        ]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
