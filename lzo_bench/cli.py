@@ -100,6 +100,149 @@ def train(
     console.print(summary_table(result))
 
 
+class ExportFormat(str, Enum):
+    ONNX = "onnx"
+    ONNX_STEP = "onnx-step"
+    NIR = "nir"
+
+
+DEFAULT_EXPORT_NAME = {ExportFormat.ONNX: "model.onnx", ExportFormat.ONNX_STEP: "model_step.onnx", ExportFormat.NIR: "model.nir"}
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="onnx: Scan over time; onnx-step: one time bin per call; nir.")] = ExportFormat.ONNX,
+    out: Annotated[Optional[str], typer.Option(help="Output file; default <run>/model.onnx, model_step.onnx or model.nir.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (13..21).")] = 17,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check parity in onnxruntime after export.")] = True,
+    samples: Annotated[int, typer.Option(help="Test samples for the parity check (≥ 1).")] = 512,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the parity and latency report as JSON.")] = False,
+) -> None:
+    """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
+    import warnings
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from lzo_bench import export as ex
+    from lzo_bench.checkpoint import CheckpointError, load_checkpoint
+    from lzo_bench.fsio import ensure_writable_dir
+
+    if samples < 1:
+        raise fail(f"--samples must be ≥ 1 (got {samples})")
+    try:
+        model, ckpt = load_checkpoint(run)
+        src = ex.ExportSource.from_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise fail(str(e)) from None
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    target = Path(out) if out else run_dir / DEFAULT_EXPORT_NAME[format]
+    try:
+        ensure_writable_dir(target.parent)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another path") from None
+    try:
+        if format is ExportFormat.NIR:
+            graph = ex.nir_graph(src)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ex.write_nir(graph, target)
+            typer.echo(f"warning: {ex.NIR_RESET_NOTE}", err=True)
+            report = _check_nir(target, src) if check else None
+        else:
+            build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
+            onnx_model = build(src, opset)
+            ex.write_onnx(onnx_model, target)
+            report = _check_onnx(format, onnx_model, model, src, opset, samples) if check else None
+    except ex.ExportError as e:
+        raise fail(str(e)) from None
+    payload = {"file": str(target), "format": format.value, "check": report}
+    if json_out:
+        _print_json({**payload, "check": None if report is None else
+                     {k: [asdict(r) for r in v] if isinstance(v, list) else v for k, v in report.items()}})
+    else:
+        typer.echo(f"wrote {target}")
+        if report is not None:
+            _print_export_report(format, report)
+    if report is not None and not report["passed"]:
+        raise fail(f"parity check failed; the exported file is kept at {target} for inspection", 1)
+
+
+def _check_onnx(format, onnx_model, model, src, opset, samples) -> dict:
+    from lzo_bench import export as ex
+    from lzo_bench import export_check as chk
+
+    seq_bytes = (onnx_model if format is ExportFormat.ONNX else ex.sequence_model(src, opset)).SerializeToString()
+    steps_list = sorted({1, 7, src.steps, 3 * src.steps})
+    if format is ExportFormat.ONNX_STEP:
+        rows = [chk.step_parity(onnx_model.SerializeToString(), seq_bytes, src, t, min(samples, 64)) for t in steps_list]
+        return {"parity": rows, "latency": [], "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model)}
+    try:
+        rows = chk.parity(seq_bytes, model, src, steps_list, samples)
+        lat = chk.latency(seq_bytes, model, src)
+    except chk.ProviderFallback as e:
+        raise fail(str(e), 1) from None
+    return {"parity": rows, "latency": lat, "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model)}
+
+
+def _check_nir(path, src) -> dict:
+    import nir
+    import numpy as np
+
+    g = nir.read(path)
+    net = src.network
+    dt = src.dt_ms * 1e-3
+    problems = []
+    for l, n in enumerate(net.hidden):
+        lif = g.nodes[f"lif{l}"]
+        if not isinstance(lif, nir.LIF):
+            problems.append(f"lif{l} is {type(lif).__name__}")
+            continue
+        if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
+                or not np.allclose(lif.v_threshold, net.theta):
+            problems.append(f"lif{l} parameters differ")
+        if not np.array_equal(g.nodes[f"fc{l}"].weight, src.weights[l].T):
+            problems.append(f"fc{l} weights differ")
+    if not np.array_equal(g.nodes["fc_out"].weight, src.weights[-1].T):
+        problems.append("fc_out weights differ")
+    return {"nodes": sorted(g.nodes), "problems": problems, "passed": not problems, "parity": [], "latency": []}
+
+
+def _print_export_report(format, report: dict) -> None:
+    import math
+
+    from rich.table import Table
+
+    from lzo_bench.report import console
+
+    if format is ExportFormat.NIR:
+        console.print(f"NIR read back: {len(report['nodes'])} nodes ({', '.join(report['nodes'])}); "
+                      + ("parameters and weights match" if report["passed"] else "; ".join(report["problems"])),
+                      highlight=False)
+        return
+    table = Table(title=f"ONNX parity ({report['nodes']} nodes, independent of T)")
+    for col in ("provider", "T", "batch", "max |Δlogit|", "spike mismatches", "acc ORT %", "acc torch %", "result"):
+        table.add_column(col, justify="left" if col == "provider" else "right")
+    fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
+    for r in report["parity"]:
+        table.add_row(r.provider.replace("ExecutionProvider", ""), str(r.steps), str(r.batch), f"{r.max_abs_dlogit:.2e}", f"{100 * r.spike_mismatch:.4f} %",
+                      fmt(r.ort_acc), fmt(r.torch_acc), "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    console.print(table)
+    if report["latency"]:
+        lat = Table(title="Latency per sample, medians (ms)")
+        for col in ("provider", "batch", "onnxruntime", "PyTorch eager", "ORT speed-up"):
+            lat.add_column(col, justify="left" if col == "provider" else "right")
+        for r in report["latency"]:
+            lat.add_row(r.provider.replace("ExecutionProvider", ""), str(r.batch), f"{r.ort_ms_per_sample:.3f}", f"{r.torch_ms_per_sample:.3f}",
+                        f"{r.torch_ms_per_sample / r.ort_ms_per_sample:.2f}×")
+        console.print(lat)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        console.print("CUDA: not checked — this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu; README).",
+                      highlight=False)
+
+
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)
 app.add_typer(theory_app, name="theory")
 
