@@ -35,34 +35,9 @@ import torch
 
 from lzo_bench import ops
 from lzo_bench.gates import GateSpec
+from lzo_bench.lif import autograd_loop_layer
+from lzo_bench.profile import saved_bytes
 from lzo_bench.rng import DrawKey
-
-
-class SurrogateSpike(torch.autograd.Function):
-    """H(v) forward, expected-normal surrogate backward — what a hand-written loop uses."""
-
-    @staticmethod
-    def forward(ctx, v, delta):
-        ctx.save_for_backward(v)
-        ctx.delta = delta
-        return (v > 0).float()
-
-    @staticmethod
-    def backward(ctx, g):
-        (v,) = ctx.saved_tensors
-        d = ctx.delta
-        return g * torch.exp(-(v * v) / (2 * d * d)) / (d * math.sqrt(2 * math.pi)), None
-
-
-def autograd_loop(x, w, beta, theta, delta):
-    u = torch.zeros(x.shape[1], w.shape[1], device=x.device)
-    s = torch.zeros_like(u)
-    out = []
-    for x_t in x.unbind(0):
-        u = beta * u + x_t @ w - theta * s.detach()
-        s = SurrogateSpike.apply(u - theta, delta)
-        out.append(s)
-    return torch.stack(out)
 
 
 @dataclass
@@ -80,20 +55,6 @@ class Row:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def saved_bytes(fn) -> tuple[object, int]:
-    """Run ``fn`` and count the bytes of distinct storages saved for backward."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
 
 
 def main() -> None:
@@ -153,7 +114,8 @@ def main() -> None:
             before = torch.cuda.memory_allocated(device)
         t0 = time.perf_counter()
         if name == "autograd-loop":
-            (spikes, active), saved = saved_bytes(lambda: (autograd_loop(xi, w, args.beta, 1.0, args.delta), T * B * N))
+            out, saved = saved_bytes(lambda: autograd_loop_layer(xi, w, args.beta, 1.0, specs["fused-dense"], None, 1))
+            spikes, active = out.spikes, out.active
         else:
             spec = specs[name]
             prev = prev_idx if spec.is_sparse and not args.first_layer else None

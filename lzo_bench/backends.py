@@ -38,6 +38,12 @@ class Backend:
         return f"backend: {self.name} ({self.reason})"
 
 
+AUTOGRAD_LOOP = Backend(
+    "autograd-loop", lif.autograd_loop_layer,
+    "plain per-step autograd loop with a surrogate spike function (the naive baseline)",
+)
+
+
 def extension_layer(
     x: torch.Tensor,
     weight: torch.Tensor,

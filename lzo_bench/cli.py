@@ -75,6 +75,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[BackendName, typer.Option(help="LIF layer implementation.")] = BackendName.AUTO,
     regularize: Annotated[bool, typer.Option(help="SparseGrad spike-count regularisers.")] = True,
+    energy: Annotated[bool, typer.Option("--energy", help="Record GPU energy per epoch and per update (NVML) in metrics.json.")] = False,
     out: Annotated[Optional[str], typer.Option(help="Run folder; default runs/<dataset>-<method>-<dist>-seed<seed>-<time>.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Reuse an --out folder that already holds a run.")] = False,
 ) -> None:
@@ -86,7 +87,7 @@ def train(
     cfg = TrainConfig(
         dataset=dataset.value, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
-        steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize,
+        steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
         out=out, overwrite=overwrite,
     )
     try:
@@ -241,6 +242,75 @@ def _print_export_report(format, report: dict) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         console.print("CUDA: not checked — this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu; README).",
                       highlight=False)
+
+
+@app.command()
+def profile(
+    workload: Annotated[str, typer.Option(help="digits, nmnist, shd or fmnist (real data when on disk, else synthetic spikes of its shape).")] = "digits",
+    updates: Annotated[int, typer.Option(help="Measured updates per method (≥ 3).")] = 30,
+    warmup: Annotated[int, typer.Option(help="Warm-up updates per method, not measured.")] = 5,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods; the plain autograd loop is always added as the baseline.")] = "surrogate,sparsegrad,localzo",
+    dist: Annotated[DistName, typer.Option(help="Distribution of z (and its expected surrogate).")] = "normal",  # type: ignore[assignment]
+    delta: Annotated[float, typer.Option(help="LocalZO δ (> 0).")] = 0.05,
+    samples: Annotated[int, typer.Option("--samples", "-m", help="LocalZO samples m (≥ 1).")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[BackendName, typer.Option(help="LIF layer implementation.")] = BackendName.AUTO,
+    energy: Annotated[bool, typer.Option("--energy", help="Measure energy per update (NVML on GPU, RAPL on CPU).")] = False,
+    energy_seconds: Annotated[float, typer.Option(help="Minimum seconds per energy window (≥ 5 recommended).")] = 5.0,
+    out: Annotated[Optional[str], typer.Option(help="Folder for profile.json, profile.csv, power.csv; default runs/profile-<workload>-<time>.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
+    import json as _json
+    from datetime import datetime
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lzo_bench.backends import BackendUnavailable
+    from lzo_bench.fsio import ensure_writable_dir
+    from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
+    from lzo_bench.report import console, profile_table
+
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    valid = {m.value for m in Method}
+    if not names or any(m not in valid for m in names):
+        raise fail(f"--methods must be a comma-separated subset of {', '.join(sorted(valid))} (got {methods!r})")
+    if workload not in WORKLOADS:
+        raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
+    if updates < 3:
+        raise fail(f"--updates must be ≥ 3 (got {updates})")
+    if warmup < 0:
+        raise fail(f"--warmup must be ≥ 0 (got {warmup})")
+    if not delta > 0:
+        raise fail(f"--delta must be > 0 (got {delta})")
+    if samples < 1:
+        raise fail(f"--samples must be ≥ 1 (got {samples})")
+    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
+        raise fail("--device is cuda but no CUDA device is available here; use --device cpu")
+    target = Path(out) if out else Path("runs") / f"profile-{workload}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    try:
+        ensure_writable_dir(target)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
+                        samples=samples, device=device, backend=backend.value, energy=energy, out=str(target),
+                        energy_cfg=EnergyConfig(min_seconds=energy_seconds))
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("measuring", total=None)
+        try:
+            report = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
+        except BackendUnavailable as e:
+            raise fail(f"--backend {backend.value} is unavailable: {e}") from None
+    write_report(report, target)
+    if json_out:
+        typer.echo(_json.dumps(report, indent=2))
+        return
+    console.print(profile_table(report))
+    e = report["energy"]
+    console.print(f"energy: {'measured' if e['available'] else 'n/a — ' + str(e['reason'])}", highlight=False)
+    console.print(f"wrote {target / 'profile.json'}, {target / 'profile.csv'}", highlight=False)
 
 
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)

@@ -81,3 +81,45 @@ def lif_layer(
     gate = gate_values(v.detach(), spec, key, layer)
     active = int(torch.count_nonzero(gate)) if spec.is_sparse else gate.numel()
     return LayerOut(_Heaviside.apply(v, gate), active)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """``H(v)`` forward; backward ``∂L/∂v = ∂L/∂s · g(v)`` from the saved ``v`` (dense surrogate)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, spec: GateSpec) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(v)
+        ctx.spec = spec
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        from lzo_bench.gates import surrogate_gate
+
+        (v,) = ctx.saved_tensors
+        return grad * surrogate_gate(v, ctx.spec), None
+
+
+def autograd_loop_layer(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    beta: float,
+    theta: float,
+    spec: GateSpec | None,
+    key: DrawKey | None,
+    layer: int,
+    prev: LayerOut | None = None,
+) -> LayerOut:
+    """The naive baseline: a per-step loop with one matmul per step and a surrogate spike function,
+    as users of other SNN libraries write it. Always the dense surrogate ``g`` of ``spec``."""
+    if spec is None:
+        return lif_layer(x, weight, beta, theta, None, None, layer)
+    u = torch.zeros(x.shape[1], weight.shape[1], dtype=x.dtype, device=x.device)
+    s = torch.zeros_like(u)
+    out = []
+    for x_t in x.unbind(0):
+        u = beta * u + x_t @ weight - theta * s.detach()
+        s = _SurrogateSpike.apply(u - theta, spec)
+        out.append(s)
+    spikes = torch.stack(out)
+    return LayerOut(spikes, spikes.numel())

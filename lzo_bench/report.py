@@ -78,7 +78,42 @@ def summary_table(result: RunResult) -> Table:
             ("optimizer per update", f"{final['opt_ms']:.2f} ms"),
             ("wall time", f"{final['wall_s']:.1f} s"),
         ]
+    if result.energy.get("requested"):
+        rows.append(("energy", f"{final['energy_j']:.1f} J" if final and final.get("energy_j") is not None
+                     else f"n/a ({result.energy.get('reason')})"))
     rows += [("backend", result.backend.name), ("run folder", str(result.out))]
     for name, value in rows:
         table.add_row(name, value)
+    return table
+
+
+def _num(v, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def profile_table(report: dict) -> Table:
+    """One row per method: phase times, speedups against ``surrogate``, active %, memory and — when
+    measured — power and energy (energy columns are left out when energy is unavailable)."""
+    w = report["workload"]
+    energy = report["energy"]["available"]
+    table = Table(title=f"lzo-bench profile — {w['name']} ({w['source']}), T={w['steps']}, B={w['batch']}, "
+                        f"{report['device']}; medians of {report['config']['updates']} updates; × = speed-up vs surrogate")
+    cols = ["method", "fwd ms", "bwd ms", "opt ms", "bwd ×", "all ×", "active %", "MiB"]
+    if energy:
+        cols += ["avg W", "J/update", "fwd J", "bwd J", "J ×", "gap %"]
+    table.add_column("method", no_wrap=True, min_width=13)
+    for c in cols[1:]:
+        table.add_column(c, justify="right")
+    for r in report["rows"]:
+        cells = [
+            r["method"], f"{r['fwd_ms']:.1f}", f"{r['bwd_ms']:.1f}", f"{r['opt_ms']:.2f}",
+            f"{r['bwd_speedup_vs_surrogate']:.2f}", f"{r['overall_speedup_vs_surrogate']:.2f}",
+            _pct(r["active_pct"]), f"{r['peak_mib']:.1f}",
+        ]
+        if energy:
+            std = "" if r["j_per_update_std"] is None else f" ±{r['j_per_update_std']:.2g}"
+            cells += [_num(r["avg_w"], ".1f"), _num(r["j_per_update"], ".3g") + std, _num(r["fwd_j"], ".3g"),
+                      _num(r["bwd_j"], ".3g"), _num(r["energy_ratio_vs_surrogate"], ".2f"),
+                      _num(r["sampled_vs_counter_gap_pct"], "+.1f")]
+        table.add_row(*cells)
     return table

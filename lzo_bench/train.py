@@ -22,6 +22,7 @@ from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, SpikeDataset, batches, load_dataset
+from lzo_bench.energy import NullMeter, counter_delta_mj, open_meter
 from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
@@ -71,6 +72,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     regularize: bool = True
+    energy: bool = False
     out: str | None = None
     overwrite: bool = False
 
@@ -135,6 +137,8 @@ class EpochRecord:
     opt_ms: float
     updates: int
     wall_s: float
+    energy_j: float | None = None        # GPU energy over the epoch (NVML counter), None if unavailable
+    j_per_update: float | None = None    # energy_j amortised over the epoch's updates
 
 
 @dataclass
@@ -148,6 +152,7 @@ class RunResult:
     update_active_pct: list[list[float]] = field(default_factory=list)
     status: str = "running"
     wall_s: float = 0.0
+    energy: dict = field(default_factory=lambda: {"requested": False})
 
     @property
     def final(self) -> dict | None:
@@ -166,6 +171,7 @@ class RunResult:
             "opt_ms": sum(r.opt_ms * r.updates for r in self.history) / n,
             "updates": n,
             "wall_s": self.wall_s,
+            "energy_j": sum(r.energy_j for r in self.history) if all(r.energy_j is not None for r in self.history) else None,
         }
 
     def metrics(self) -> dict:
@@ -173,6 +179,7 @@ class RunResult:
             "status": self.status,
             "history": [asdict(r) for r in self.history],
             "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct},
+            "energy": self.energy,
             "final": self.final,
         }
 
@@ -258,6 +265,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     regularizer = SpikeRegularizer(f_up=info.f_up, enabled=cfg.regularize)
 
     result = RunResult(out, cfg, gate, backend)
+    meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+    if cfg.energy:
+        result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
+                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch)"}
     atomic_write_json(out / "config.json", {
         "train": cfg.to_dict(),
         "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
@@ -277,7 +288,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     update = 0
     try:
         for epoch in range(1, cfg.epochs + 1):
+            _sync(device)
             epoch_start = time.perf_counter()
+            energy_start = meter.energy_mj()
             shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             loss_sum = correct = seen = 0.0
             active = [0] * len(cfg.hidden)
@@ -317,6 +330,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
 
             n_upd = i + 1
+            _sync(device)
+            energy_end = meter.energy_mj()
+            epoch_j = None if energy_start is None else counter_delta_mj(energy_start, energy_end) / 1000.0
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=loss_sum / seen,
@@ -328,6 +344,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 opt_ms=1e3 * opt / n_upd,
                 updates=n_upd,
                 wall_s=time.perf_counter() - epoch_start,
+                energy_j=epoch_j,
+                j_per_update=None if epoch_j is None else epoch_j / n_upd,
             )
             result.history.append(record)
             result.wall_s = time.perf_counter() - started

@@ -1,0 +1,453 @@
+"""``lzo-bench profile``: what a training update costs with each backward rule, side by side.
+
+Every method trains its own copy of the same initial network on the same batches; after a
+warm-up the methods take turns (one update each per round, rotating the order), with the device
+synchronised at phase edges — forward (incl. loss), backward, optimizer — and CUDA events on
+GPU. Times are medians over rounds with the interquartile range; speedups are ratios of medians
+against ``surrogate`` (the fused dense op when the extension runs) and the plain autograd loop.
+
+Memory per update: on CUDA the allocator's peak above what was allocated before the update; on
+the CPU the bytes of tensors saved for the backward (exact, saved-tensor hooks), which is the
+memory an update holds between forward and backward.
+
+Energy (``--energy``): see :func:`measure_energy`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lzo_bench import __version__
+from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
+from lzo_bench.data import load_dataset
+from lzo_bench.energy import (
+    EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, estimate,
+    integrate_power_j, open_meter,
+)
+from lzo_bench.fsio import atomic_write_json, atomic_write_text
+from lzo_bench.gates import GateSpec
+from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.rng import DrawKey
+
+BASELINE = "autograd-loop"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A dataset's shape and the paper's network constants for it (DESIGN.md §3)."""
+
+    name: str
+    n_in: int
+    n_out: int
+    steps: int
+    beta: float
+    beta_out: float
+    reduce: str
+    init: str
+    init_gain: float
+    synthetic_rate: float  # input spikes per (step, unit) when the data is not on disk
+    batch: int = 256
+
+
+WORKLOADS = {
+    "digits": Workload("digits", 64, 10, 40, math.exp(-0.1), math.exp(-0.1), "max", "normal", 40.0, 0.012),
+    "nmnist": Workload("nmnist", 1156, 10, 300, math.exp(-0.1), math.exp(-0.1), "max", "uniform", 1.0, 0.012),
+    "shd": Workload("shd", 700, 20, 500, math.exp(-0.2), math.exp(-0.1), "sum", "uniform", 1.0, 0.01),
+    "fmnist": Workload("fmnist", 784, 10, 100, math.exp(-0.1), math.exp(-0.1), "max", "normal", 10.0, 0.005),
+}
+
+
+def workload_batches(w: Workload, updates: int, seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """``updates`` batches ``(x [T, B, n_in], y)``: the real training set when it loads, else
+    synthetic Bernoulli spikes at the workload's stated rate with random labels."""
+    g = torch.Generator().manual_seed(seed)
+    try:
+        train, _ = load_dataset(w.name, w.steps)
+        idx = torch.randint(len(train), (updates, w.batch), generator=g)
+        out = [(train.spikes[i].float().transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
+        return out, f"{w.name} training set"
+    except (ValueError, FileNotFoundError, OSError):
+        out = [((torch.rand(w.steps, w.batch, w.n_in, generator=g) < w.synthetic_rate).float(),
+                torch.randint(w.n_out, (w.batch,), generator=g)) for _ in range(min(updates, 8))]
+        return [out[i % len(out)] for i in range(updates)], f"synthetic spikes at {w.synthetic_rate:.1%} per (step, input)"
+
+
+def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn`` and count the bytes of the distinct storages saved for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@dataclass
+class Runner:
+    """One method's network, optimiser and backend."""
+
+    name: str
+    spec: GateSpec
+    backend: Backend
+    model: SNN
+    optimizer: torch.optim.Optimizer
+    regularizer: SpikeRegularizer
+    fwd: list[float] = field(default_factory=list)
+    bwd: list[float] = field(default_factory=list)
+    opt: list[float] = field(default_factory=list)
+    active: list[list[float]] = field(default_factory=list)
+    peak: list[float] = field(default_factory=list)
+    last_spikes: list[torch.Tensor] | None = None
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor, update: int):
+        out = self.model(x, self.spec, DrawKey(0, update), self.backend)
+        return out, classification_loss(out.logits, y) + self.regularizer(out.spikes)
+
+
+class PhaseClock:
+    """Phase edges: CUDA events (plus a sync per edge) on GPU, perf_counter after a sync elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            torch.cuda.synchronize(self.device)
+            return e
+        return time.perf_counter()
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else 1e3 * (b - a)
+
+
+def timed_update(r: Runner, x: torch.Tensor, y: torch.Tensor, update: int, clock: PhaseClock) -> None:
+    device = clock.device
+    if clock.cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    t0 = clock.mark()
+    (out, loss), saved = saved_bytes(lambda: r.forward_loss(x, y, update))
+    t1 = clock.mark()
+    r.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t2 = clock.mark()
+    r.optimizer.step()
+    t3 = clock.mark()
+    r.fwd.append(clock.ms(t0, t1))
+    r.bwd.append(clock.ms(t1, t2))
+    r.opt.append(clock.ms(t2, t3))
+    steps, batch = x.shape[0], x.shape[1]
+    r.active.append([100.0 * a / (steps * batch * s.shape[2]) for a, s in zip(out.active, out.spikes)])
+    r.peak.append((torch.cuda.max_memory_allocated(device) - base) / 2**20 if clock.cuda else saved / 2**20)
+    r.last_spikes = [s.detach() for s in out.spikes]
+
+
+def neurobench(model: SNN, x: torch.Tensor, spikes: list[torch.Tensor]) -> dict[str, Any]:
+    """NeuroBench-compatible forward-pass metrics per sample.
+
+    ``ActivationSparsity`` = 1 − spikes / (T·Σ N_l) over hidden layers; ``SynapticOperations``:
+    ``Dense`` = T·Σ fan_in·fan_out, ``Effective_ACs`` = Σ (binary input events × fan_out),
+    ``Effective_MACs`` = Σ (non-binary non-zero inputs × fan_out).
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    sizes = [w.shape for w in model.weights]
+    inputs = [x] + spikes
+    dense = steps * sum(fi * fo for fi, fo in sizes)
+    binary = [bool(((t == 0) | (t == 1)).all()) for t in inputs]
+    events = [float((t != 0).sum()) / batch for t in inputs]
+    acs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if b)
+    macs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if not b)
+    total = sum(float(s.sum()) for s in spikes) / batch
+    return {
+        "ActivationSparsity": 1.0 - total / (steps * sum(s.shape[2] for s in spikes)),
+        "SynapticOperations": {"Dense": dense, "Effective_ACs": acs, "Effective_MACs": macs},
+    }
+
+
+@dataclass
+class EnergyConfig:
+    min_seconds: float = 5.0
+    min_updates: int = 32
+    repeats: int = 4
+    idle_seconds: float = 2.0
+
+
+@dataclass
+class MethodEnergy:
+    full: EnergyEstimate
+    forward: EnergyEstimate
+    sampled_gap_pct: float | None  # (∫P dt − counter) / counter over all windows
+
+
+def _window(meter, run_one: Callable[[int], None], cfg: EnergyConfig, sync: Callable[[], None],
+            sampler: PowerSampler | None, label: str, clock: Callable[[], float]) -> tuple[Window, float | None]:
+    sync()
+    if sampler:
+        sampler.mark(f"{label} start")
+    t0_us = time.time_ns() // 1000
+    start, t0 = meter.energy_mj(), clock()
+    n = 0
+    while n < cfg.min_updates or clock() - t0 < cfg.min_seconds:
+        run_one(n)
+        n += 1
+    sync()
+    end, t1 = meter.energy_mj(), clock()
+    t1_us = time.time_ns() // 1000
+    if sampler:
+        sampler.mark(f"{label} end")
+    sampled = integrate_power_j(sampler.samples, t0_us, t1_us) if sampler else None
+    return Window(start, end, t1 - t0, n), sampled
+
+
+Step = Callable[[int], None]
+
+
+def measure_energy(
+    meter, methods: dict[str, tuple[Step, Step]], cfg: EnergyConfig, sync: Callable[[], None],
+    sampler: PowerSampler | None = None, clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[float | None, dict[str, MethodEnergy]]:
+    """Idle power, then per method windows of ≥ ``min_seconds`` and ≥ ``min_updates`` updates of
+    ``methods[name] = (full_update, forward_only)``, repeated ``repeats`` times, methods interleaved.
+
+    Energy per update is the counter difference over a window divided by its updates (the
+    counter moves in steps of ~100 ms, so short windows cannot be split); the forward/backward
+    split is forward-only windows vs full windows (backward J = full − forward, optimiser
+    included), never a split by time share.
+    """
+    sync()
+    s0, t0 = meter.energy_mj(), clock()
+    sleep(cfg.idle_seconds)
+    idle = Window(s0, meter.energy_mj(), clock() - t0, 1)
+    idle_w = idle.energy_j / idle.seconds if idle.end_mj != idle.start_mj and idle.seconds > 0 else None
+    names = list(methods)
+    full: dict[str, list[Window]] = {n: [] for n in names}
+    fwd: dict[str, list[Window]] = {n: [] for n in names}
+    sampled: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for rep in range(cfg.repeats):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            full_update, forward_only = methods[name]
+            for kind, fn, store in (("full", full_update, full), ("forward", forward_only, fwd)):
+                w, s = _window(meter, fn, cfg, sync, sampler, f"{name} {kind} {rep}", clock)
+                store[name].append(w)
+                if s is not None:
+                    sampled[name].append((s, w.energy_j))
+    out = {}
+    for name in names:
+        pairs = sampled[name]
+        counted = sum(c for _, c in pairs)
+        gap = 100.0 * (sum(s for s, _ in pairs) - counted) / counted if pairs and counted > 0 else None
+        out[name] = MethodEnergy(estimate(full[name], idle_w), estimate(fwd[name], idle_w), gap)
+    return idle_w, out
+
+
+def update_steps(r: Runner, batch_for: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[Step, Step]:
+    """``(full_update, forward_only)`` of one method for :func:`measure_energy`."""
+    def full_update(i: int) -> None:
+        x, y = batch_for(i)
+        _, loss = r.forward_loss(x, y, i)
+        r.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        r.optimizer.step()
+
+    def forward_only(i: int) -> None:
+        x, y = batch_for(i)
+        r.forward_loss(x, y, i)
+
+    return full_update, forward_only
+
+
+def counter_period_ms(meter, seconds: float = 1.0) -> float | None:
+    """Median time between changes of the energy counter, polled every 1 ms."""
+    changes, last, t_end = [], meter.energy_mj(), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        v = meter.energy_mj()
+        if v != last:
+            changes.append(time.perf_counter())
+            last = v
+        time.sleep(0.001)
+    gaps = [1e3 * (b - a) for a, b in zip(changes, changes[1:])]
+    return statistics.median(gaps) if gaps else None
+
+
+@dataclass
+class ProfileConfig:
+    workload: str = "digits"
+    updates: int = 30
+    warmup: int = 5
+    methods: tuple[str, ...] = ("surrogate", "sparsegrad", "localzo")
+    dist: str = "normal"
+    delta: float = 0.05
+    samples: int = 1
+    device: str = "auto"
+    backend: str = "auto"
+    energy: bool = False
+    out: str | None = None
+    seed: int = 0
+    energy_cfg: EnergyConfig = field(default_factory=EnergyConfig)
+
+
+def _median_iqr(v: list[float]) -> tuple[float, float]:
+    if len(v) < 2:
+        return (v[0] if v else math.nan), 0.0
+    q = statistics.quantiles(v, n=4)
+    return statistics.median(v), q[2] - q[0]
+
+
+def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | None = None,
+                nvml: Any = None) -> dict[str, Any]:
+    """Measure every method of ``cfg``; returns the report written to ``profile.json``."""
+    progress = progress or (lambda *_: None)
+    if cfg.workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
+    w = WORKLOADS[cfg.workload]
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed)
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
+    net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init=w.init, init_gain=w.init_gain)
+    init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
+
+    def runner(name: str, method: str, backend: Backend | None) -> Runner:
+        spec = GateSpec.build(method, cfg.dist, cfg.delta, cfg.samples)
+        model = SNN(net).to(device)
+        model.load_state_dict(init)
+        return Runner(name, spec, backend or select_backend(cfg.backend, device, spec), model,
+                      torch.optim.Adam(model.parameters(), lr=2e-4), SpikeRegularizer(f_up=1.0))
+
+    runners = [runner(BASELINE, "surrogate", AUTOGRAD_LOOP)] + [runner(m, m, None) for m in cfg.methods]
+    clock = PhaseClock(device)
+    total = len(runners) * (cfg.warmup + cfg.updates)
+    done = 0
+    for rnd in range(cfg.warmup + cfg.updates):
+        x, y = batches[rnd]
+        for r in runners[rnd % len(runners):] + runners[:rnd % len(runners)]:
+            timed_update(r, x, y, rnd, clock)
+            if rnd < cfg.warmup:
+                for lst in (r.fwd, r.bwd, r.opt, r.active, r.peak):
+                    lst.pop()
+            done += 1
+            progress("timing", done, total)
+
+    meter = open_meter(device, nvml) if cfg.energy else NullMeter("not requested (pass --energy)")
+    if cfg.energy and device.type == "cpu":
+        try:
+            meter = RaplMeter()
+        except MeterUnavailable as e:
+            meter = NullMeter(f"{meter.reason}; CPU package energy (RAPL): {e}")
+    energy: dict[str, MethodEnergy] = {}
+    idle_w = period = None
+    info = meter.info() if meter.available else None
+    temp_before = meter.temperature_c() if meter.available else None
+    sampler = None
+    if meter.available:
+        period = counter_period_ms(meter) if isinstance(meter, NvmlMeter) else None
+        sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        try:
+            batch_for = lambda i: batches[i % len(batches)]  # noqa: E731
+            steps = {r.name: update_steps(r, batch_for) for r in runners}
+            idle_w, energy = measure_energy(meter, steps, cfg.energy_cfg, sync, sampler)
+        except MeterUnavailable as e:
+            meter = NullMeter(str(e))
+        finally:
+            if sampler:
+                sampler.stop()
+    temp_after = meter.temperature_c() if meter.available else None
+
+    by = {r.name: r for r in runners}
+    ref_name = "surrogate" if "surrogate" in by else BASELINE
+    med = {r.name: {k: _median_iqr(getattr(r, k)) for k in ("fwd", "bwd", "opt")} for r in runners}
+    rows = []
+    for r in runners:
+        m = med[r.name]
+        e = energy.get(r.name)
+        ref_e = energy.get(ref_name)
+        x_last = batches[-1][0]
+        row = {
+            "method": r.name,
+            "backend": r.backend.name,
+            "fwd_ms": m["fwd"][0], "fwd_iqr_ms": m["fwd"][1],
+            "bwd_ms": m["bwd"][0], "bwd_iqr_ms": m["bwd"][1],
+            "opt_ms": m["opt"][0], "opt_iqr_ms": m["opt"][1],
+            "bwd_speedup_vs_surrogate": med[ref_name]["bwd"][0] / m["bwd"][0],
+            "overall_speedup_vs_surrogate": (med[ref_name]["fwd"][0] + med[ref_name]["bwd"][0]) / (m["fwd"][0] + m["bwd"][0]),
+            "bwd_speedup_vs_autograd_loop": med[BASELINE]["bwd"][0] / m["bwd"][0],
+            "overall_speedup_vs_autograd_loop": (med[BASELINE]["fwd"][0] + med[BASELINE]["bwd"][0]) / (m["fwd"][0] + m["bwd"][0]),
+            "active_pct": [statistics.fmean(a[i] for a in r.active) for i in range(len(net.hidden))],
+            "peak_mib": max(r.peak),
+            "neurobench": neurobench(r.model, x_last, r.last_spikes or []),
+            "avg_w": e.full.avg_w if e else None,
+            "j_per_update": e.full.j_per_update if e else None,
+            "j_per_update_std": e.full.j_per_update_std if e else None,
+            "net_j_per_update": e.full.net_j_per_update if e else None,
+            "fwd_j": e.forward.j_per_update if e else None,
+            "bwd_j": (e.full.j_per_update - e.forward.j_per_update) if e else None,
+            "energy_ratio_vs_surrogate": (e.full.j_per_update / ref_e.full.j_per_update) if e and ref_e else None,
+            "j_per_sample": (e.full.j_per_update / w.batch) if e else None,
+            "sampled_vs_counter_gap_pct": e.sampled_gap_pct if e else None,
+            "energy_windows": e.full.windows if e else 0,
+        }
+        rows.append(row)
+    reason = None if energy else (meter.reason if not meter.available else "no window could be measured")
+    return {
+        "lzo_bench_version": __version__,
+        "workload": asdict(w) | {"source": source, "hidden": [200, 200]},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "energy_cfg"} | {"energy_cfg": asdict(cfg.energy_cfg)},
+        "device": str(device),
+        "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "gpu": asdict(info) if info else None},
+        "memory_measure": "CUDA allocator peak above the update's start" if device.type == "cuda"
+        else "bytes of tensors saved for the backward (CPU)",
+        "energy": {
+            "available": bool(energy),
+            "reason": reason,
+            "meter": type(meter).__name__,
+            "idle_w": idle_w,
+            "counter_period_ms": period,
+            "temperature_c_before": temp_before,
+            "temperature_c_after": temp_after,
+            "power_samples": len(sampler.samples) if sampler else 0,
+        },
+        "rows": rows,
+        "_sampler": sampler,
+    }
+
+
+CSV_COLUMNS = ("method", "backend", "fwd_ms", "bwd_ms", "opt_ms", "bwd_speedup_vs_surrogate",
+               "overall_speedup_vs_surrogate", "bwd_speedup_vs_autograd_loop", "overall_speedup_vs_autograd_loop",
+               "peak_mib", "avg_w", "j_per_update", "j_per_update_std", "net_j_per_update", "fwd_j", "bwd_j",
+               "energy_ratio_vs_surrogate", "j_per_sample", "sampled_vs_counter_gap_pct")
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """``profile.json``, ``profile.csv`` and, with a power trace, ``power.csv`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    sampler = report.pop("_sampler", None)
+    paths = [atomic_write_json(out / "profile.json", report)]
+    n_layers = len(report["rows"][0]["active_pct"]) if report["rows"] else 0
+    header = list(CSV_COLUMNS) + [f"active_pct_l{i + 1}" for i in range(n_layers)]
+    lines = [",".join(header)]
+    for r in report["rows"]:
+        vals = [r[c] for c in CSV_COLUMNS] + r["active_pct"]
+        lines.append(",".join("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in vals))
+    paths.append(atomic_write_text(out / "profile.csv", "\n".join(lines) + "\n"))
+    if sampler is not None and sampler.samples:
+        paths.append(sampler.write_csv(out / "power.csv"))
+    return paths
