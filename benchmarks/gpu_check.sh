@@ -15,3 +15,8 @@ python -m pytest -q tests/test_ops.py -k cuda 2>&1 | tail -15 | tee "$out/tests.
 python -m pytest -q -m gpu tests 2>&1 | tail -5 | tee -a "$out/tests.txt"
 python benchmarks/layer_speed.py --device cuda --repeats 30 --warmup 5 --json "$out/layer2.json" 2>&1 | tee "$out/bench.txt"
 python benchmarks/layer_speed.py --device cuda --repeats 30 --warmup 5 --first-layer --json "$out/layer1.json" 2>&1 | tee -a "$out/bench.txt"
+# whole-update profile with NVML energy (4 methods x 4 repeats x 2 window kinds x >= 5 s ≈ 3 min)
+python cli.py profile --workload nmnist --device cuda --updates 30 --energy --out "$out/profile" 2>&1 | tee "$out/profile.txt"
+python benchmarks/profiler_overhead.py --device cuda --workload nmnist --updates 40 2>&1 | tee -a "$out/profile.txt"
+# train --energy overhead: the same short run with and without it
+for e in "" "--energy" "" "--energy"; do /usr/bin/time -f "train $e: %e s" python cli.py train --device cuda --epochs 3 $e --out "$(mktemp -d)/r" 2>&1 | tail -1; done | tee -a "$out/profile.txt"

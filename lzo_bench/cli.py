@@ -308,6 +308,7 @@ def profile(
         typer.echo(_json.dumps(report, indent=2))
         return
     console.print(profile_table(report))
+    console.print(f"weights: {report['workload']['weights']}", highlight=False)
     e = report["energy"]
     console.print(f"energy: {'measured' if e['available'] else 'n/a — ' + str(e['reason'])}", highlight=False)
     console.print(f"wrote {target / 'profile.json'}, {target / 'profile.csv'}", highlight=False)

@@ -94,6 +94,31 @@ def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, sum(seen.values())
 
 
+SYNTHETIC_HIDDEN_RATE = 0.01
+
+
+@torch.no_grad()
+def calibrate_gain(net: NetworkSpec, x: torch.Tensor, target: float = SYNTHETIC_HIDDEN_RATE) -> tuple[float, float]:
+    """Gain ``g`` of ``N(0, g·(1−β)/√fan_in)`` weights at which hidden layer 1 fires at ``target``
+    spikes per (step, neuron) on ``x`` (bisection in log-space); returns ``(g, rate reached)``.
+
+    Untrained networks with the paper's init are silent on synthetic input; a trained network is
+    not, and a silent one would make every sparse backward trivially empty.
+    """
+    from dataclasses import replace
+
+    lo, hi = 0.1, 1e4
+    rate = 0.0
+    for _ in range(30):
+        g = math.sqrt(lo * hi)
+        model = SNN(replace(net, init="normal", init_gain=g), torch.Generator().manual_seed(0)).to(x.device)
+        rate = float(model(x).spikes[0].mean())
+        lo, hi = (g, hi) if rate < target else (lo, g)
+        if abs(rate - target) < 0.05 * target:
+            break
+    return math.sqrt(lo * hi), rate
+
+
 @dataclass
 class Runner:
     """One method's network, optimiser and backend."""
@@ -321,6 +346,12 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
     net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init=w.init, init_gain=w.init_gain)
+    init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"
+    if source.startswith("synthetic"):
+        gain, rate = calibrate_gain(net, batches[0][0])
+        net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init="normal", init_gain=gain)
+        init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
+                     f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
     init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
 
     def runner(name: str, method: str, backend: Backend | None) -> Runner:
@@ -407,7 +438,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     reason = None if energy else (meter.reason if not meter.available else "no window could be measured")
     return {
         "lzo_bench_version": __version__,
-        "workload": asdict(w) | {"source": source, "hidden": [200, 200]},
+        "workload": asdict(w) | {"source": source, "hidden": [200, 200], "weights": init_note},
         "config": {k: v for k, v in asdict(cfg).items() if k != "energy_cfg"} | {"energy_cfg": asdict(cfg.energy_cfg)},
         "device": str(device),
         "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
