@@ -65,7 +65,9 @@ def train(
     delta: Annotated[float, typer.Option(help="LocalZO δ (> 0).")] = 0.05,
     samples: Annotated[int, typer.Option("--samples", "-m", help="LocalZO samples m per neuron (≥ 1).")] = 1,
     bth: Annotated[Optional[float], typer.Option(help="SparseGrad band B_th (> 0); default δ·E[max_k|z_k|].")] = None,
-    dataset: Annotated[DatasetName, typer.Option(help="Dataset.")] = "digits",  # type: ignore[assignment]
+    dataset: Annotated[DatasetName, typer.Option(help="Dataset: digits is embedded; nmnist, shd, fmnist are read from --data-dir.")] = "digits",  # type: ignore[assignment]
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding NMNIST/, SHD/, FashionMNIST/ (default $LZO_DATA_DIR or ./data).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download N-MNIST / SHD through tonic if missing.")] = False,
     epochs: Annotated[int, typer.Option(help="Epochs (≥ 1).")] = 20,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size; default: the dataset's.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate; default: the dataset's.")] = None,
@@ -85,7 +87,7 @@ def train(
     from lzo_bench.train import train as run_training
 
     cfg = TrainConfig(
-        dataset=dataset.value, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
+        dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
         steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
         out=out, overwrite=overwrite,
@@ -255,6 +257,7 @@ def profile(
     samples: Annotated[int, typer.Option("--samples", "-m", help="LocalZO samples m (≥ 1).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[BackendName, typer.Option(help="LIF layer implementation.")] = BackendName.AUTO,
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the datasets (default $LZO_DATA_DIR or ./data).")] = None,
     energy: Annotated[bool, typer.Option("--energy", help="Measure energy per update (NVML on GPU, RAPL on CPU).")] = False,
     energy_seconds: Annotated[float, typer.Option(help="Minimum seconds per energy window (≥ 5 recommended).")] = 5.0,
     out: Annotated[Optional[str], typer.Option(help="Folder for profile.json, profile.csv, power.csv; default runs/profile-<workload>-<time>.")] = None,
@@ -294,7 +297,7 @@ def profile(
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
-                        samples=samples, device=device, backend=backend.value, energy=energy, out=str(target),
+                        samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
                         energy_cfg=EnergyConfig(min_seconds=energy_seconds))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:

@@ -66,7 +66,7 @@ def inputs(src: ExportSource, steps: int, limit: int) -> tuple[torch.Tensor, tor
     try:
         _, test = load_dataset(src.dataset, steps)
         n = min(limit, len(test))
-        return test.spikes[:n].float().transpose(0, 1).contiguous(), test.labels[:n], f"{src.dataset} test set"
+        return test.dense(slice(0, n)).float().transpose(0, 1).contiguous(), test.labels[:n], f"{src.dataset} test set"
     except (ValueError, FileNotFoundError, OSError):
         g = torch.Generator().manual_seed(0)
         x = (torch.rand(steps, limit, src.network.n_in, generator=g) < 0.02).float()

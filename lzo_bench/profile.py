@@ -27,7 +27,7 @@ import torch
 
 from lzo_bench import __version__
 from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
-from lzo_bench.data import load_dataset
+from lzo_bench.data import DATASET_INFO, load_dataset
 from lzo_bench.energy import (
     EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, estimate,
     integrate_power_j, open_meter,
@@ -57,22 +57,30 @@ class Workload:
     batch: int = 256
 
 
-WORKLOADS = {
-    "digits": Workload("digits", 64, 10, 40, math.exp(-0.1), math.exp(-0.1), "max", "normal", 40.0, 0.012),
-    "nmnist": Workload("nmnist", 1156, 10, 300, math.exp(-0.1), math.exp(-0.1), "max", "uniform", 1.0, 0.012),
-    "shd": Workload("shd", 700, 20, 500, math.exp(-0.2), math.exp(-0.1), "sum", "uniform", 1.0, 0.01),
-    "fmnist": Workload("fmnist", 784, 10, 100, math.exp(-0.1), math.exp(-0.1), "max", "normal", 10.0, 0.005),
-}
+#: input spikes per (step, unit) of the synthetic stand-in for each dataset (about the real rate)
+SYNTHETIC_RATE = {"digits": 0.012, "nmnist": 0.012, "shd": 0.01, "fmnist": 0.005}
 
 
-def workload_batches(w: Workload, updates: int, seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+def workload(name: str) -> Workload:
+    """The paper's constants for dataset ``name`` (from its :class:`DatasetInfo`)."""
+    info = DATASET_INFO[name]
+    return Workload(name, info.n_units, info.n_classes, info.default_steps,
+                    math.exp(-info.dt_ms / info.tau_mem_ms), math.exp(-info.dt_ms / info.tau_out_ms),
+                    info.reduce, info.init, info.init_gain, SYNTHETIC_RATE[name])
+
+
+WORKLOADS = {name: workload(name) for name in DATASET_INFO}
+
+
+def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None = None
+                     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """``updates`` batches ``(x [T, B, n_in], y)``: the real training set when it loads, else
     synthetic Bernoulli spikes at the workload's stated rate with random labels."""
     g = torch.Generator().manual_seed(seed)
     try:
-        train, _ = load_dataset(w.name, w.steps)
+        train, _ = load_dataset(w.name, w.steps, data_dir)
         idx = torch.randint(len(train), (updates, w.batch), generator=g)
-        out = [(train.spikes[i].float().transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
+        out = [(train.dense(i).float().transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
         return out, f"{w.name} training set"
     except (ValueError, FileNotFoundError, OSError):
         out = [((torch.rand(w.steps, w.batch, w.n_in, generator=g) < w.synthetic_rate).float(),
@@ -324,6 +332,7 @@ class ProfileConfig:
     energy: bool = False
     out: str | None = None
     seed: int = 0
+    data_dir: str | None = None
     energy_cfg: EnergyConfig = field(default_factory=EnergyConfig)
 
 
@@ -343,7 +352,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     w = WORKLOADS[cfg.workload]
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed)
+    batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed, cfg.data_dir)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
     net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init=w.init, init_gain=w.init_gain)
     init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"

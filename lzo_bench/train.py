@@ -21,7 +21,7 @@ import torch
 from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import save_checkpoint
-from lzo_bench.data import DATASET_INFO, SpikeDataset, batches, load_dataset
+from lzo_bench.data import DATASET_INFO, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.energy import NullMeter, counter_delta_mj, open_meter
 from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
@@ -57,6 +57,8 @@ class TrainConfig:
     """Everything ``lzo-bench train`` takes. ``None`` means: the dataset's default."""
 
     dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
     method: str = "localzo"
     dist: str = "normal"
     k: float | None = None
@@ -256,7 +258,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     except BackendUnavailable as e:
         raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 
-    train_set, test_set = load_dataset(cfg.dataset, cfg.steps)
+    try:
+        train_set, test_set = load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
+    except DatasetMissing as e:
+        raise ConfigError("--data-dir", f"does not hold the dataset: {e}") from None
     info = DATASET_INFO[cfg.dataset]
     net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
     torch.manual_seed(cfg.seed)

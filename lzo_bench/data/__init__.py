@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-from lzo_bench.data.base import DatasetInfo, SpikeDataset, batches
+import os
+from pathlib import Path
+
+from lzo_bench.data.base import DatasetInfo, EventDataset, SpikeDataset, batches
+from lzo_bench.data.cache import DatasetMissing
 from lzo_bench.data.digits import DIGITS_INFO, load_digits
+from lzo_bench.data.fmnist import FMNIST_INFO, load_fmnist
+from lzo_bench.data.nmnist import NMNIST_INFO, load_nmnist
+from lzo_bench.data.shd import SHD_INFO, load_shd
 
-DATASETS = {"digits": load_digits}
-DATASET_INFO: dict[str, DatasetInfo] = {"digits": DIGITS_INFO}
+DATASETS = {"digits": load_digits, "nmnist": load_nmnist, "shd": load_shd, "fmnist": load_fmnist}
+DATASET_INFO: dict[str, DatasetInfo] = {i.name: i for i in (DIGITS_INFO, NMNIST_INFO, SHD_INFO, FMNIST_INFO)}
 
 
-def load_dataset(name: str, steps: int) -> tuple[SpikeDataset, SpikeDataset]:
-    """``(train, test)`` of dataset ``name`` at ``steps`` time bins; the error lists the choices."""
+def default_data_dir() -> Path:
+    """``$LZO_DATA_DIR`` or ``./data``."""
+    return Path(os.environ.get("LZO_DATA_DIR", "data"))
+
+
+def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, download: bool = False):
+    """``(train, test)`` of dataset ``name`` at ``steps`` time bins; the error lists the choices.
+
+    :class:`DatasetMissing` (a ``FileNotFoundError``) lists the files expected and where.
+    """
     try:
         loader = DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
-    return loader(steps)
+    if name == "digits":
+        return loader(steps)
+    return loader(steps, data_dir or default_data_dir(), download)
 
 
-__all__ = ["DATASETS", "DATASET_INFO", "DIGITS_INFO", "DatasetInfo", "SpikeDataset", "batches", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_INFO", "DIGITS_INFO", "DatasetInfo", "DatasetMissing", "EventDataset",
+           "SpikeDataset", "batches", "default_data_dir", "load_dataset"]

@@ -54,9 +54,47 @@ class SpikeDataset:
     def n_units(self) -> int:
         return self.spikes.shape[2]
 
+    def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Samples ``idx`` as bool ``[n, T, units]``."""
+        return self.spikes[idx]
+
+
+@dataclass(frozen=True)
+class EventDataset:
+    """Binned spikes of many samples kept as events: sample ``i`` holds the flat positions
+    ``events[offsets[i]:offsets[i+1]]`` (``t·units + u``) of its spikes; made dense per batch."""
+
+    events: torch.Tensor   # int32 or int64, flat t*units + u
+    offsets: torch.Tensor  # int64 [n + 1]
+    labels: torch.Tensor
+    n_classes: int
+    steps: int
+    n_units: int
+
+    def __post_init__(self) -> None:
+        if self.offsets.ndim != 1 or self.offsets.numel() != self.labels.numel() + 1:
+            raise ValueError("offsets must have one entry more than labels")
+        if int(self.offsets[-1]) != self.events.numel():
+            raise ValueError(f"offsets end at {int(self.offsets[-1])} but there are {self.events.numel()} events")
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Samples ``idx`` as bool ``[n, T, units]`` (a scatter of their events)."""
+        idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
+        start, stop = self.offsets[idx], self.offsets[idx + 1]
+        counts = stop - start
+        rows = torch.repeat_interleave(torch.arange(idx.numel()), counts)
+        first = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts)
+        pos = self.events[torch.arange(int(counts.sum())) + first].long()
+        out = torch.zeros(idx.numel(), self.steps * self.n_units, dtype=torch.bool)
+        out[rows, pos] = True
+        return out.view(idx.numel(), self.steps, self.n_units)
+
 
 def batches(
-    data: SpikeDataset,
+    data: "SpikeDataset | EventDataset",
     batch_size: int,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
@@ -69,5 +107,5 @@ def batches(
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = data.spikes[idx].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
+        x = data.dense(idx).to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         yield x, data.labels[idx].to(device)

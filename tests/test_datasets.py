@@ -1,0 +1,148 @@
+"""N-MNIST, SHD and Fashion-MNIST from tiny files in their real formats, through tonic's classes."""
+
+import gzip
+import struct
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lzo_bench.data import DatasetMissing, load_dataset
+from lzo_bench.data import fmnist, nmnist, shd
+from lzo_bench.data.fmnist import IdxError, read_idx
+
+
+def nmnist_bytes(events):
+    """5 bytes per event: x, y, p<<7 | t>>16, t>>8, t (N-MNIST's .bin format)."""
+    out = bytearray()
+    for x, y, p, t in events:
+        out += bytes([x, y, (p << 7) | ((t >> 16) & 0x7F), (t >> 8) & 0xFF, t & 0xFF])
+    return bytes(out)
+
+
+SPECIAL = [(1, 0, 0, 0), (1, 0, 1, 400), (33, 33, 1, 1500), (2, 1, 0, 2500), (0, 0, 0, 40_010)]
+# → step round(t/1 ms), unit x + 34y: (0, 1) twice (one spike), (2, 1155), round(2.5) = 2: (2, 36); t ≥ T·1 ms dropped
+
+
+@pytest.fixture(scope="module")
+def nmnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for split, zipname in (("Train", "train.zip"), ("Test", "test.zip")):
+        (root / "NMNIST").mkdir(exist_ok=True)
+        (root / "NMNIST" / zipname).write_bytes(b"")
+        for digit in range(10):
+            d = root / "NMNIST" / split / str(digit)
+            d.mkdir(parents=True)
+            for i in range(1000):  # tonic wants >= 10 000 .bin files per split
+                events = SPECIAL if (digit, i) == (3, 0) else [(digit, i % 34, 0, 1000 * (i % 40))]
+                (d / f"{i:05d}.bin").write_bytes(nmnist_bytes(events))
+    return root
+
+
+def test_nmnist_binning_through_tonic(nmnist_root):
+    train, test = load_dataset("nmnist", 40, nmnist_root)
+    assert (len(train), len(test)) == (10_000, 10_000)
+    assert train.n_units == 1156 and train.steps == 40
+    assert train.labels[3000] == 3 and train.labels[0] == 0 and train.labels[9999] == 9
+    x = train.dense(torch.tensor([3000]))[0]
+    expected = torch.zeros(40, 1156, dtype=torch.bool)
+    expected[0, 1] = expected[2, 1155] = expected[2, 36] = True
+    assert torch.equal(x, expected)
+    # an ordinary file: one event of unit digit + 34·(i mod 34) at step i mod 40
+    y = train.dense(torch.tensor([7 * 1000 + 55]))[0]
+    assert y.sum() == 1 and y[55 % 40, 7 + 34 * (55 % 34)]
+
+
+def test_nmnist_cache_hit_stale_and_corrupt(nmnist_root):
+    _, status = nmnist._split(nmnist_root, False, 40, False)
+    assert status in ("built", "cache hit")
+    assert nmnist._split(nmnist_root, False, 40, False)[1] == "cache hit"
+    assert nmnist._split(nmnist_root, False, 30, False)[1] == "built"  # other T: its own cache
+    cache = next((nmnist_root / "NMNIST" / "lzo_cache").glob("test-*.pt"))
+    blob = torch.load(cache, weights_only=True)
+    blob["events"][0] += 1
+    torch.save(blob, cache)
+    ds, status = nmnist._split(nmnist_root, False, 40, False)
+    assert status == "rebuilt: corrupt cache (checksum mismatch)"
+    cache.write_bytes(b"not a cache")
+    assert nmnist._split(nmnist_root, False, 40, False)[1].startswith("rebuilt: corrupt cache")
+    f = nmnist_root / "NMNIST" / "Test" / "5" / "00001.bin"
+    f.write_bytes(nmnist_bytes([(5, 5, 0, 0)]))
+    ds2, status = nmnist._split(nmnist_root, False, 40, False)
+    assert status == "rebuilt: stale cache (the source files changed)"
+    assert ds2.dense(torch.tensor([5001]))[0, 0, 5 + 34 * 5]
+
+
+def write_shd(root, name, times, units, labels):
+    d = root / "SHD"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.zip").write_bytes(b"")
+    with h5py.File(d / name, "w") as f:
+        ft = f.create_dataset("spikes/times", (len(times),), dtype=h5py.vlen_dtype(np.float32))
+        fu = f.create_dataset("spikes/units", (len(units),), dtype=h5py.vlen_dtype(np.uint16))
+        for i, (t, u) in enumerate(zip(times, units)):
+            ft[i], fu[i] = np.asarray(t, np.float32), np.asarray(u, np.uint16)
+        f["labels"] = np.asarray(labels, np.uint16)
+        f["extra/keys"] = np.array([b"k%d" % i for i in range(20)])
+        f["extra/speaker"] = np.zeros(len(labels), np.uint16)
+
+
+def test_shd_binning_through_tonic(tmp_path):
+    # step round(t / 2 ms): 0 → 0, 3.1 ms → 2 (1.55), 4.9 ms → 2 (2.45), 1.2 s → 600 ≥ T dropped
+    write_shd(tmp_path, "shd_train.h5", [[0.0, 0.0031, 0.0049, 1.2], [0.5]], [[5, 5, 699, 3], [10]], [19, 2])
+    write_shd(tmp_path, "shd_test.h5", [[0.01]], [[0]], [7])
+    train, test = load_dataset("shd", 500, tmp_path)
+    assert (len(train), len(test)) == (2, 1) and train.n_units == 700 and train.n_classes == 20
+    x = train.dense(torch.tensor([0]))[0]
+    expected = torch.zeros(500, 700, dtype=torch.bool)
+    expected[0, 5] = expected[2, 5] = expected[2, 699] = True
+    assert torch.equal(x, expected)
+    assert train.labels.tolist() == [19, 2] and test.dense(torch.tensor([0]))[0, 5, 0]
+    assert train.dense(torch.tensor([1]))[0, 250, 10]
+
+
+def write_idx(path, array, gz):
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fmnist_idx_and_latency_coding(tmp_path, gz):
+    d = tmp_path / "FashionMNIST"
+    d.mkdir()
+    img = np.zeros((2, 28, 28), np.uint8)
+    img[0, 0, 0], img[0, 0, 1], img[0, 0, 2], img[0, 0, 3] = 255, 128, 51, 60
+    for stem, arr in (("train-images-idx3-ubyte", img), ("train-labels-idx1-ubyte", np.array([4, 9])),
+                      ("t10k-images-idx3-ubyte", img[:1]), ("t10k-labels-idx1-ubyte", np.array([1]))):
+        write_idx(d / stem, arr, gz)
+    train, test = load_dataset("fmnist", 100, tmp_path)
+    assert (len(train), len(test)) == (2, 1) and train.labels.tolist() == [4, 9]
+    x = train.dense(torch.tensor([0]))[0]
+    # x = p/255: 1 → ⌊20 ln 1.25⌋ = 4; 128 → ⌊20 ln(0.502/0.302)⌋ = 10; 51 → x = 0.2: none; 60 → ⌊37.94⌋ = 37
+    assert x.sum() == 3 and x[4, 0] and x[10, 1] and x[37, 3]
+    assert 20 * np.log((128 / 255) / (128 / 255 - 0.2)) // 1 == 10 and 20 * np.log((60 / 255) / (60 / 255 - 0.2)) // 1 == 37
+    assert train.dense(torch.tensor([1])).sum() == 0
+
+
+def test_idx_bad_magic(tmp_path):
+    (tmp_path / "x").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(IdxError, match="not an unsigned-byte idx file"):
+        read_idx(tmp_path / "x")
+
+
+@pytest.mark.parametrize("name,fragments", [
+    ("nmnist", ["NMNIST/train.zip", "NMNIST/Train/<digit 0-9>/*.bin", "NMNIST/Test", "--download"]),
+    ("shd", ["SHD/shd_train.h5", "SHD/shd_train.h5.zip", "SHD/shd_test.h5", "--download"]),
+    ("fmnist", ["FashionMNIST/train-images-idx3-ubyte[.gz]", "t10k-labels-idx1-ubyte", "no --download"]),
+])
+def test_missing_files_are_listed(tmp_path, name, fragments):
+    with pytest.raises(DatasetMissing) as info:
+        load_dataset(name, 10, tmp_path)
+    for f in fragments:
+        assert f in str(info.value)
