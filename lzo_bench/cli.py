@@ -59,6 +59,8 @@ def root(
 
 @app.command()
 def train(
+    ctx: typer.Context,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="A profile TOML (profiles/): its dataset, distribution, δ, m, epochs, network; options given here override it.")] = None,
     method: Annotated[Method, typer.Option(help="Backward rule.")] = Method.LOCALZO,
     dist: Annotated[DistName, typer.Option(help="Distribution of z; the surrogate of `surrogate`/`sparsegrad` is its expected LocalZO surrogate.")] = "normal",  # type: ignore[assignment]
     k: Annotated[Optional[float], typer.Option(help="Temperature of sigmoid (default a/δ, so c = 1) or fast-sigmoid (default 100).")] = None,
@@ -86,12 +88,28 @@ def train(
     from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted
     from lzo_bench.train import train as run_training
 
-    cfg = TrainConfig(
+    cfg_kwargs = dict(
         dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
         steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
         out=out, overwrite=overwrite,
     )
+    if profile:
+        from lzo_bench.reproduce import ProfileError, load_profile
+
+        try:
+            prof = load_profile(profile)
+        except ProfileError as e:
+            raise fail(f"--profile: {e}") from None
+        def given(name: str) -> bool:  # typed on the command line, not a default
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name == "COMMANDLINE"
+
+        explicit = {name for name in cfg_kwargs if given(name)}
+        if not given("method"):
+            cfg_kwargs["method"] = prof.methods[-1]
+        cfg_kwargs.update({k: v for k, v in prof.train_kwargs().items() if k not in explicit})
+    cfg = TrainConfig(**cfg_kwargs)
     try:
         result = run_training(cfg, RichReporter(console))
     except ConfigError as e:
@@ -315,6 +333,74 @@ def profile(
     e = report["energy"]
     console.print(f"energy: {'measured' if e['available'] else 'n/a — ' + str(e['reason'])}", highlight=False)
     console.print(f"wrote {target / 'profile.json'}, {target / 'profile.csv'}", highlight=False)
+
+
+@app.command()
+def reproduce(
+    profile: Annotated[str, typer.Argument(help="A profile TOML, e.g. profiles/table2-normal-m1.toml or profiles/digits-quick.toml.")],
+    out: Annotated[Optional[str], typer.Option(help="Grid folder; default runs/reproduce-<profile name>. Rerunning resumes it.")] = None,
+    jobs: Annotated[int, typer.Option(help="Trials trained in parallel processes (one GPU each when several are visible).")] = 1,
+    trials: Annotated[Optional[int], typer.Option(help="Override the profile's trial count.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the profile's epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    backend: Annotated[BackendName, typer.Option(help="LIF layer implementation.")] = BackendName.AUTO,
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the datasets (default $LZO_DATA_DIR or ./data).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download N-MNIST / SHD through tonic if missing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train every method × trial of a profile and print the paper-style table next to the paper's numbers."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lzo_bench.data import DatasetMissing, load_dataset
+    from lzo_bench.fsio import ensure_writable_dir
+    from lzo_bench.plots import PlotUnavailable
+    from lzo_bench.reproduce import ProfileError, figures, load_profile, run_grid, summarize, with_overrides, write_outputs
+    from lzo_bench.report import console, reproduce_table
+    from lzo_bench.train import ConfigError
+
+    if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
+        raise fail("--jobs, --trials and --epochs must be ≥ 1")
+    try:
+        prof = with_overrides(load_profile(profile), epochs=epochs, trials=trials)
+    except ProfileError as e:
+        raise fail(str(e)) from None
+    target = Path(out) if out else Path("runs") / f"reproduce-{prof.name}"
+    try:
+        ensure_writable_dir(target)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    if prof.dataset != "digits":
+        try:
+            load_dataset(prof.dataset, prof.steps or 1, data_dir, download)  # fail fast, with the file list
+        except DatasetMissing as e:
+            raise fail(f"--data-dir does not hold the dataset: {e}") from None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task(f"{prof.name}: training", total=None)
+        try:
+            counts = run_grid(prof, target, jobs, device, backend.value, data_dir, download,
+                              lambda n, total, _: bar.update(task, completed=n, total=total))
+        except ConfigError as e:
+            raise fail(str(e)) from None
+    summary = summarize(prof, target)
+    summary["grid"] = counts | {"jobs": jobs, "out": str(target)}
+    files = write_outputs(summary, target)
+    try:
+        files += figures(prof, target)
+        figure_note = None
+    except PlotUnavailable as e:
+        figure_note = str(e)
+    if json_out:
+        return _print_json(summary)
+    console.print(reproduce_table(summary))
+    console.print(f"trained {counts['trained']} run(s), reused {counts['skipped']} finished; speed-ups are from the "
+                  "training runs' own timings" + (" (runs shared the machine: use lzo-bench profile for clean ratios)" if jobs > 1 else ""),
+                  highlight=False)
+    if figure_note:
+        console.print(f"figures skipped: {figure_note}", highlight=False)
+    console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
 
 
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)

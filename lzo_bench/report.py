@@ -117,3 +117,29 @@ def profile_table(report: dict) -> Table:
                       _num(r["sampled_vs_counter_gap_pct"], "+.1f")]
         table.add_row(*cells)
     return table
+
+
+def reproduce_table(summary: dict) -> Table:
+    """The paper's layout: train / test accuracy (mean ± std), backward and overall speed-up, with
+    the paper's value under each of ours."""
+    prof = summary["profile"]
+    table = Table(title=f"{prof['title']} — {prof['trials']} trial(s) × {prof['epochs']} epoch(s); paper in grey")
+
+    def pm(mean, std):
+        return f"{mean:.2f} ± {std:.2f}"
+
+    def paper(v):
+        return "" if v is None else ("\n[grey62]" + (f"{v[0]:.2f} ± {v[1]:.2f}" if isinstance(v, list) else f"{v:g}") + "[/]")
+
+    for c in ("method", "train %", "test %", "back ×", "over ×", "active %"):
+        table.add_column(c, justify="left" if c == "method" else "right")
+    for r in summary["rows"]:
+        table.add_row(
+            r["method"],
+            pm(r["train_mean"], r["train_std"]) + paper(r["paper_train"]),
+            pm(r["test_mean"], r["test_std"]) + paper(r["paper_test"]),
+            _num(r["backward_speedup"], ".2f") + paper(r["paper_backward"]),
+            _num(r["overall_speedup"], ".2f") + paper(r["paper_overall"]),
+            _pct(r["active_pct"]),
+        )
+    return table

@@ -152,6 +152,8 @@ class RunResult:
     history: list[EpochRecord] = field(default_factory=list)
     update_loss: list[float] = field(default_factory=list)
     update_active_pct: list[list[float]] = field(default_factory=list)
+    update_fwd_ms: list[float] = field(default_factory=list)
+    update_bwd_ms: list[float] = field(default_factory=list)
     status: str = "running"
     wall_s: float = 0.0
     energy: dict = field(default_factory=lambda: {"requested": False})
@@ -180,7 +182,8 @@ class RunResult:
         return {
             "status": self.status,
             "history": [asdict(r) for r in self.history],
-            "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct},
+            "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct,
+                        "fwd_ms": self.update_fwd_ms, "bwd_ms": self.update_bwd_ms},
             "energy": self.energy,
             "final": self.final,
         }
@@ -332,6 +335,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 update += 1
                 result.update_loss.append(loss_value)
                 result.update_active_pct.append(batch_pct)
+                result.update_fwd_ms.append(1e3 * (t1 - t0))
+                result.update_bwd_ms.append(1e3 * (t2 - t1))
                 reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
 
             n_upd = i + 1

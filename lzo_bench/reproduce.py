@@ -1,0 +1,269 @@
+"""Profiles (``profiles/*.toml``) and ``lzo-bench reproduce``: a paper table block, end to end.
+
+A profile names the dataset, network, methods, distribution, δ, m, epochs, trials and seeds, and
+holds the paper's printed numbers for its block under ``[paper.<method>]``. ``reproduce`` trains
+every method × trial (each a normal run folder under ``<out>/<method>-seed<seed>``; finished ones
+are not rerun), then summarises as the paper does:
+
+* train and test accuracy of the last epoch, mean ± sample std over trials;
+* backward and overall speed-up against ``surrogate``: the mean over trials and updates of the
+  per-update ratio ``surrogate ms / method ms`` (runs paired by seed and update index), from the
+  training runs' own timings — with ``--jobs > 1`` the runs share the machine, so use
+  ``lzo-bench profile`` for clean ratios;
+* active neurons per layer, mean over trials of the last epoch.
+
+Figures: training loss per update (the paper's Figure 2) and active % and overall speed-up per
+update (Figure 3), as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lzo_bench.fsio import atomic_write_json, atomic_write_text
+
+PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "epochs", "trials",
+                "seeds", "hidden", "batch_size", "lr", "steps", "paper"}
+
+
+class ProfileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    title: str
+    dataset: str
+    methods: tuple[str, ...]
+    dist: str
+    delta: float
+    samples: int
+    epochs: int
+    trials: int
+    seeds: tuple[int, ...]
+    hidden: tuple[int, ...] = (200, 200)
+    k: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    steps: int | None = None
+    paper: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """The :class:`TrainConfig` fields this profile sets."""
+        return {"dataset": self.dataset, "dist": self.dist, "k": self.k, "delta": self.delta,
+                "samples": self.samples, "epochs": self.epochs, "hidden": self.hidden,
+                "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps}
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and check a profile; :class:`ProfileError` names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"no profile at {path}; the shipped ones are in profiles/ (e.g. profiles/digits-quick.toml)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path} is not valid TOML: {e}") from None
+    unknown = set(raw) - PROFILE_KEYS
+    if unknown:
+        raise ProfileError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(PROFILE_KEYS)}")
+    missing = {"name", "dataset", "methods", "dist", "delta", "samples", "epochs", "trials"} - set(raw)
+    if missing:
+        raise ProfileError(f"{path}: missing keys {sorted(missing)}")
+    trials = int(raw["trials"])
+    seeds = tuple(int(s) for s in raw.get("seeds", range(trials)))
+    if len(seeds) < trials:
+        raise ProfileError(f"{path}: {trials} trials need {trials} seeds, got {len(seeds)}")
+    return Profile(
+        name=raw["name"], title=raw.get("title", raw["name"]), dataset=raw["dataset"],
+        methods=tuple(raw["methods"]), dist=raw["dist"], delta=float(raw["delta"]), samples=int(raw["samples"]),
+        epochs=int(raw["epochs"]), trials=trials, seeds=seeds[:trials], hidden=tuple(raw.get("hidden", (200, 200))),
+        k=raw.get("k"), batch_size=raw.get("batch_size"), lr=raw.get("lr"), steps=raw.get("steps"),
+        paper=raw.get("paper", {}),
+    )
+
+
+def with_overrides(p: Profile, epochs: int | None = None, trials: int | None = None) -> Profile:
+    from dataclasses import replace
+
+    trials = trials or p.trials
+    seeds = p.seeds if trials <= len(p.seeds) else tuple(range(trials))
+    return replace(p, epochs=epochs or p.epochs, trials=trials, seeds=seeds[:trials])
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / f"{method}-seed{seed}"
+
+
+def finished(path: Path) -> bool:
+    try:
+        return json.loads((path / "metrics.json").read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _train_job(kwargs: dict[str, Any], threads: int) -> str:
+    import torch
+
+    from lzo_bench.train import TrainConfig, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    kwargs = dict(kwargs)
+    kwargs["hidden"] = tuple(kwargs["hidden"])
+    train(TrainConfig(**kwargs))
+    return kwargs["out"]
+
+
+def run_grid(
+    p: Profile, out: Path, jobs: int = 1, device: str = "auto", backend: str = "auto",
+    data_dir: str | None = None, download: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """Train every method × trial not finished yet; returns counts of run and skipped."""
+    import torch
+
+    progress = progress or (lambda *_: None)
+    todo, skipped = [], 0
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    for method in p.methods:
+        for i, seed in enumerate(p.seeds):
+            path = run_dir(out, method, seed)
+            if finished(path):
+                skipped += 1
+                continue
+            dev = f"cuda:{len(todo) % gpus}" if gpus > 1 else device
+            todo.append({**p.train_kwargs(), "method": method, "seed": seed, "out": str(path), "overwrite": True,
+                         "device": dev, "backend": backend, "data_dir": data_dir, "download": download})
+    total = len(todo)
+    progress(0, total, "")
+    if jobs <= 1:
+        for n, kw in enumerate(todo, 1):
+            _train_job(kw, 0)
+            progress(n, total, kw["out"])
+    else:
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_job, kw, threads) for kw in todo]
+            for n, fut in enumerate(as_completed(futures), 1):
+                progress(n, total, fut.result())
+    return {"trained": total, "skipped": skipped}
+
+
+def _metrics(path: Path) -> dict[str, Any]:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else (math.nan, math.nan)
+
+
+def _paired_ratio(ref: list[dict], runs: list[dict], key: str) -> list[float]:
+    """Per-update ratios ``ref[key] / run[key]`` paired by seed (list position) and update."""
+    out = []
+    for a, b in zip(ref, runs):
+        ra, rb = a["updates"][key], b["updates"][key]
+        out += [x / y for x, y in zip(ra, rb) if y > 0]
+    return out
+
+
+def summarize(p: Profile, out: Path) -> dict[str, Any]:
+    metrics = {m: [_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    ref = metrics.get("surrogate")
+    rows = []
+    for m in p.methods:
+        runs = metrics[m]
+        train_ms = _mean_std([r["final"]["train_acc"] for r in runs])
+        test_ms = _mean_std([r["final"]["test_acc"] for r in runs])
+        active = [statistics.fmean(r["final"]["active_pct"][i] for r in runs) for i in range(len(p.hidden))]
+        bwd = overall = None
+        if ref is not None:
+            bwd = statistics.fmean(_paired_ratio(ref, runs, "bwd_ms"))
+            tot = lambda r: {"updates": {"t": [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]}}  # noqa: E731
+            overall = statistics.fmean(_paired_ratio([tot(r) for r in ref], [tot(r) for r in runs], "t"))
+        paper = p.paper.get(m, {})
+        rows.append({
+            "method": m, "trials": len(runs),
+            "train_mean": train_ms[0], "train_std": train_ms[1], "test_mean": test_ms[0], "test_std": test_ms[1],
+            "backward_speedup": bwd, "overall_speedup": overall, "active_pct": active,
+            "paper_train": paper.get("train"), "paper_test": paper.get("test"),
+            "paper_backward": paper.get("backward"), "paper_overall": paper.get("overall"),
+        })
+    return {"profile": asdict(p), "rows": rows}
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> list[Path]:
+    paths = [atomic_write_json(out / "reproduce.json", summary)]
+    cols = ["method", "trials", "train_mean", "train_std", "test_mean", "test_std", "backward_speedup",
+            "overall_speedup", "paper_train", "paper_test", "paper_backward", "paper_overall"]
+    lines = [",".join(cols + ["active_pct"])]
+    for r in summary["rows"]:
+        vals = [r[c] for c in cols]
+        cells = ["" if v is None else (f"{v[0]}±{v[1]}" if isinstance(v, list) else
+                                       (f"{v:.6g}" if isinstance(v, float) else str(v))) for v in vals]
+        lines.append(",".join(cells + [" / ".join(f"{a:.4f}" for a in r["active_pct"])]))
+    paths.append(atomic_write_text(out / "reproduce.csv", "\n".join(lines) + "\n"))
+    return paths
+
+
+def _moving_average(v: list[float], n: int) -> list[float]:
+    if n <= 1 or len(v) < n:
+        return v
+    acc, out = 0.0, []
+    for i, x in enumerate(v):
+        acc += x
+        if i >= n:
+            acc -= v[i - n]
+        out.append(acc / min(i + 1, n))
+    return out
+
+
+def figures(p: Profile, out: Path) -> list[Path]:
+    """Figure 2 (training loss per update) and Figure 3 (active % and overall speed-up per update)."""
+    from lzo_bench.plots import _pyplot, _save
+
+    plt = _pyplot()
+    metrics = {m: [_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    mean_over_trials = lambda series: [statistics.fmean(v) for v in zip(*series)]  # noqa: E731
+    color = {m: f"C{i}" for i, m in enumerate(p.methods)}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, runs in metrics.items():
+        ax.plot(mean_over_trials([r["updates"]["loss"] for r in runs]), label=m, lw=1, color=color[m])
+    ax.set_xlabel("gradient update")
+    ax.set_ylabel("training loss (mean over trials)")
+    ax.set_title(p.title, fontsize=9)
+    ax.legend()
+    paths = [_save(fig, out / "figure2_loss.png")]
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    ref = metrics.get("surrogate")
+    for m, runs in metrics.items():
+        active = mean_over_trials([[statistics.fmean(a) for a in r["updates"]["active_pct"]] for r in runs])
+        a1.plot(active, label=m, lw=1, color=color[m])
+        if ref is not None and m != "surrogate":
+            tot = lambda r: [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]  # noqa: E731
+            ratios = mean_over_trials([[x / y for x, y in zip(tot(a), tot(b))] for a, b in zip(ref, runs)])
+            a2.plot(_moving_average(ratios, 10), label=m, lw=1, color=color[m])
+    a1.set_xlabel("gradient update")
+    a1.set_ylabel("active neurons % (mean over layers and trials)")
+    a1.set_yscale("log")
+    a1.legend()
+    a2.set_xlabel("gradient update")
+    a2.set_ylabel("overall speed-up vs surrogate (10-update mean)")
+    a2.legend()
+    fig.suptitle(p.title, fontsize=9)
+    paths.append(_save(fig, out / "figure3_active_speedup.png"))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,124 @@
+"""Profiles, `lzo-bench reproduce` (grid, resume, table, files) and `train --profile`."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lzo_bench.cli import app
+from lzo_bench.data import DATASET_INFO
+from lzo_bench.gates import DIST_NAMES
+from lzo_bench.reproduce import ProfileError, load_profile, summarize
+
+runner = CliRunner()
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@pytest.mark.parametrize("path", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_profiles_load(path):
+    p = load_profile(path)
+    assert p.dataset in DATASET_INFO and p.dist in DIST_NAMES and p.delta == 0.05
+    assert p.methods == ("surrogate", "sparsegrad", "localzo") and len(p.seeds) == p.trials
+    if p.name != "digits-quick":
+        assert (p.epochs, p.trials) == (20, 5)
+        assert {"sparsegrad", "localzo"} <= set(p.paper)
+        for row in p.paper.values():
+            assert len(row["train"]) == 2 and len(row["test"]) == 2 and row["backward"] > 0
+
+
+def test_table_blocks_cover_the_paper():
+    names = {p.stem for p in PROFILES.glob("table*.toml")}
+    assert names == {f"table2-{d}-m{m}" for d in ("normal", "laplace", "uniform") for m in (1, 5)} | {
+        "table3-sigmoid", "table3-fast-sigmoid", "table4-shd-normal", "table4-shd-sigmoid",
+        "table4-fmnist-normal", "table4-fmnist-sigmoid"}
+    assert load_profile(PROFILES / "table2-laplace-m5.toml").paper["localzo"]["backward"] == 69.4
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name = 'x'\nbogus = 1", "unknown keys ['bogus']"),
+    ("name = 'x'\ndataset = 'digits'", "missing keys"),
+    ("name = ", "is not valid TOML"),
+])
+def test_bad_profiles(tmp_path, text, message):
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_profile(tmp_path / "p.toml")
+    result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message.split(" [")[0] in result.output
+
+
+def test_reproduce_digits_quick_and_resume(tmp_path):
+    out = tmp_path / "grid"
+    args = ["reproduce", str(PROFILES / "digits-quick.toml"), "--trials", "2", "--epochs", "1", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for m in ("surrogate", "sparsegrad", "localzo"):
+        assert m in text
+    assert "trained 6 run(s), reused 0 finished" in text
+    for f in ("reproduce.json", "reproduce.csv", "figure2_loss.png", "figure3_active_speedup.png"):
+        assert (out / f).exists() and (out / f).stat().st_size > 0
+    assert (out / "figure2_loss.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (out / "reproduce.csv").read_text().splitlines()
+    assert rows[0].startswith("method,trials,train_mean") and len(rows) == 4
+
+    # interrupt one trial: only that one is trained again
+    victim = out / "localzo-seed1"
+    metrics = json.loads((victim / "metrics.json").read_text())
+    metrics["status"] = "interrupted"
+    (victim / "metrics.json").write_text(json.dumps(metrics))
+    before = {p.name: (p / "checkpoint.pt").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trained 1 run(s), reused 5 finished" in " ".join(result.output.split())
+    after = {p.name: (p / "checkpoint.pt").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
+    assert [n for n in before if before[n] != after[n]] == ["localzo-seed1"]
+
+
+def fake_run(path: Path, train_acc, test_acc, fwd, bwd, active):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({
+        "status": "completed",
+        "final": {"train_acc": train_acc, "test_acc": test_acc, "active_pct": active},
+        "updates": {"fwd_ms": fwd, "bwd_ms": bwd, "loss": [1.0] * len(fwd), "active_pct": [active] * len(fwd)},
+    }))
+
+
+def test_summary_statistics_by_hand(tmp_path):
+    p = load_profile(PROFILES / "digits-quick.toml")
+    fake_run(tmp_path / "surrogate-seed0", 90, 80, [10, 10], [40, 20], [100, 100])
+    fake_run(tmp_path / "surrogate-seed1", 92, 84, [10, 10], [30, 30], [100, 100])
+    fake_run(tmp_path / "sparsegrad-seed0", 80, 70, [5, 5], [4, 4], [0.2, 0.4])
+    fake_run(tmp_path / "sparsegrad-seed1", 84, 72, [5, 5], [3, 6], [0.4, 0.6])
+    fake_run(tmp_path / "localzo-seed0", 85, 75, [10, 10], [20, 20], [0.1, 0.1])
+    fake_run(tmp_path / "localzo-seed1", 85, 77, [10, 10], [10, 10], [0.3, 0.3])
+    rows = {r["method"]: r for r in summarize(p, tmp_path)["rows"]}
+    sg = rows["sparsegrad"]
+    assert (sg["train_mean"], sg["test_mean"]) == (82, 71)
+    assert sg["train_std"] == pytest.approx(statistics.stdev([80, 84]))
+    assert sg["backward_speedup"] == pytest.approx(statistics.fmean([40 / 4, 20 / 4, 30 / 3, 30 / 6]))
+    assert sg["overall_speedup"] == pytest.approx(statistics.fmean([50 / 9, 30 / 9, 40 / 8, 40 / 11]))
+    assert sg["active_pct"] == pytest.approx([0.3, 0.5])
+    assert rows["surrogate"]["backward_speedup"] == 1.0
+    assert rows["localzo"]["backward_speedup"] == pytest.approx(statistics.fmean([2, 1, 3, 3]))
+
+
+def test_train_with_a_profile(tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", "--profile", str(PROFILES / "digits-quick.toml"), "--epochs", "1",
+                                 "--hidden", "16,16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["epochs"] == 1 and cfg["hidden"] == [16, 16]        # given on the command line
+    assert cfg["method"] == "localzo" and cfg["dist"] == "normal"  # from the profile
+    result = runner.invoke(app, ["train", "--profile", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2 and "no profile at" in result.output
+
+
+def test_reproduce_missing_dataset_lists_files(tmp_path):
+    result = runner.invoke(app, ["reproduce", str(PROFILES / "table2-normal-m1.toml"), "--data-dir", str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "NMNIST/train.zip" in result.output and "--download" in result.output
