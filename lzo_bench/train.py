@@ -304,7 +304,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             active = [0] * len(cfg.hidden)
             entries = 0
             fwd = bwd = opt = 0.0
-            for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, device, shuffle)):
+            for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True)):
                 t0 = time.perf_counter()
                 out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
                 loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.spikes)

@@ -146,3 +146,23 @@ def test_missing_files_are_listed(tmp_path, name, fragments):
         load_dataset(name, 10, tmp_path)
     for f in fragments:
         assert f in str(info.value)
+
+
+def test_reused_batch_buffer_equals_fresh_batches(nmnist_root):
+    train, _ = load_dataset("nmnist", 40, nmnist_root)
+    sub_idx = torch.arange(2990, 3010)
+    from lzo_bench.data.base import EventDataset, batches
+
+    sub = EventDataset(*_subset(train, sub_idx))
+    fresh = list((x.clone(), y) for x, y in batches(sub, 6, generator=torch.Generator().manual_seed(0)))
+    reused = [(x.clone(), y) for x, y in batches(sub, 6, generator=torch.Generator().manual_seed(0), reuse_buffer=True)]
+    assert len(fresh) == len(reused) == 4  # 6 + 6 + 6 + 2: the last one needs a new buffer
+    for (a, ya), (b, yb) in zip(fresh, reused):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def _subset(ds, idx):
+    dense = ds.dense(idx)
+    per = [torch.nonzero(d.reshape(-1)).reshape(-1) for d in dense]
+    offsets = torch.tensor([0] + [len(p) for p in per]).cumsum(0)
+    return torch.cat(per), offsets, ds.labels[idx], ds.n_classes, ds.steps, ds.n_units

@@ -80,17 +80,46 @@ class EventDataset:
     def __len__(self) -> int:
         return self.labels.numel()
 
-    def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        """Samples ``idx`` as bool ``[n, T, units]`` (a scatter of their events)."""
+    def _gather(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(idx, row of each event, flat t·units + u of each event)`` of samples ``idx``."""
         idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
         start, stop = self.offsets[idx], self.offsets[idx + 1]
         counts = stop - start
         rows = torch.repeat_interleave(torch.arange(idx.numel()), counts)
         first = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts)
-        pos = self.events[torch.arange(int(counts.sum())) + first].long()
+        return idx, rows, self.events[torch.arange(int(counts.sum())) + first].long()
+
+    def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Samples ``idx`` as bool ``[n, T, units]`` (a scatter of their events)."""
+        idx, rows, pos = self._gather(idx)
         out = torch.zeros(idx.numel(), self.steps * self.n_units, dtype=torch.bool)
         out[rows, pos] = True
         return out.view(idx.numel(), self.steps, self.n_units)
+
+
+class EventBatcher:
+    """Float ``[T, B, units]`` batches of an :class:`EventDataset` written into one reused buffer:
+    only the previous batch's spikes are cleared, so a batch costs O(its events), not O(T·B·units).
+    Each batch is overwritten by the next one: consume it before asking for another."""
+
+    def __init__(self, data: EventDataset):
+        self.data = data
+        self.buf: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        d = self.data
+        idx, rows, pos = d._gather(idx)
+        batch = idx.numel()
+        if self.buf is None or self.buf.shape[1] != batch:
+            self.buf, self.last = torch.zeros(d.steps, batch, d.n_units), None
+        flat = self.buf.view(-1)
+        if self.last is not None:
+            flat[self.last] = 0.0
+        t, u = pos // d.n_units, pos % d.n_units
+        self.last = (t * batch + rows) * d.n_units + u
+        flat[self.last] = 1.0
+        return self.buf
 
 
 def batches(
@@ -98,14 +127,20 @@ def batches(
     batch_size: int,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    reuse_buffer: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x [T, B, units] float32, y [B])``; shuffled when a generator is given.
 
-    The last batch may be smaller than ``batch_size``.
+    The last batch may be smaller than ``batch_size``. ``reuse_buffer`` (event datasets): build
+    each batch in one reused buffer (:class:`EventBatcher`) — each ``x`` is overwritten by the next.
     """
     n = len(data)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    batcher = EventBatcher(data) if reuse_buffer and isinstance(data, EventDataset) else None
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = data.dense(idx).to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
+        if batcher is not None:
+            x = batcher(idx).to(device)
+        else:
+            x = data.dense(idx).to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         yield x, data.labels[idx].to(device)
