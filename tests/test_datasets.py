@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lzo_bench.data import DatasetMissing, load_dataset
-from lzo_bench.data import fmnist, nmnist, shd
+from lzo_bench.data import nmnist
 from lzo_bench.data.fmnist import IdxError, read_idx
 
 

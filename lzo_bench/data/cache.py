@@ -99,3 +99,15 @@ def events_dataset(per_sample: list[np.ndarray], labels: list[int], n_classes: i
     dtype = torch.int32 if steps * n_units < 2**31 else torch.int64
     return EventDataset(torch.from_numpy(events).to(dtype), torch.from_numpy(offsets),
                         torch.tensor(labels, dtype=torch.long), n_classes, steps, n_units)
+
+
+def bin_tonic(ds, units_of: Callable[[np.ndarray], np.ndarray], dt_us: float, steps: int, n_units: int,
+              n_classes: int) -> EventDataset:
+    """Every sample of a tonic event dataset, binned by :func:`bin_events` (``units_of(events)``
+    gives each event's unit)."""
+    per, labels = [], []
+    for i in range(len(ds)):
+        ev, label = ds[i]
+        per.append(bin_events(ev["t"], units_of(ev), dt_us, steps, n_units))
+        labels.append(int(label))
+    return events_dataset(per, labels, n_classes, steps, n_units)

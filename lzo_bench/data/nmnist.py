@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lzo_bench.data.base import DatasetInfo, EventDataset
-from lzo_bench.data.cache import DatasetMissing, bin_events, cached_split, events_dataset
+from lzo_bench.data.cache import DatasetMissing, bin_tonic, cached_split
 
 NMNIST_INFO = DatasetInfo(
     "nmnist", 1156, 10, 300, 1.0, "events: step round(t/1 ms), unit x + 34*y (polarities merged)",
@@ -38,12 +38,7 @@ def _split(root: Path, train: bool, steps: int, download: bool) -> tuple[EventDa
 
     def build() -> EventDataset:
         ds = tonic.datasets.NMNIST(str(root), train=train)
-        per, labels = [], []
-        for i in range(len(ds)):
-            ev, label = ds[i]
-            per.append(bin_events(ev["t"], ev["x"] + 34 * ev["y"], DT_US, steps, 1156))
-            labels.append(int(label))
-        return events_dataset(per, labels, 10, steps, 1156)
+        return bin_tonic(ds, lambda ev: ev["x"] + 34 * ev["y"], DT_US, steps, 1156, 10)
 
     params = {"dataset": "nmnist", "train": train, "steps": steps, "dt_us": DT_US, "units": "x+34y"}
     return cached_split(root / "NMNIST", f"{'train' if train else 'test'}", params, [zipname, folder], build)

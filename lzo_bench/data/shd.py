@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from lzo_bench.data.base import DatasetInfo, EventDataset
-from lzo_bench.data.cache import DatasetMissing, bin_events, cached_split, events_dataset
+from lzo_bench.data.cache import DatasetMissing, bin_tonic, cached_split
 
 SHD_INFO = DatasetInfo(
     "shd", 700, 20, 500, 2.0, "events: step round(t/2 ms), 700 units",
@@ -39,12 +39,7 @@ def _split(root: Path, train: bool, steps: int, download: bool) -> tuple[EventDa
 
     def build() -> EventDataset:
         ds = tonic.datasets.SHD(str(root), train=train)
-        per, labels = [], []
-        for i in range(len(ds)):
-            ev, label = ds[i]
-            per.append(bin_events(ev["t"], ev["x"], DT_US, steps, 700))
-            labels.append(int(label))
-        return events_dataset(per, labels, 20, steps, 700)
+        return bin_tonic(ds, lambda ev: ev["x"], DT_US, steps, 700, 20)
 
     params = {"dataset": "shd", "train": train, "steps": steps, "dt_us": DT_US}
     return cached_split(root / "SHD", "train" if train else "test", params, [h5], build)
