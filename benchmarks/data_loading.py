@@ -24,8 +24,8 @@ import torch
 from lzo_bench.backends import select_backend
 from lzo_bench.data import batches, load_dataset
 from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.profile import calibrate_gain
+from lzo_bench.model import SNN, SpikeRegularizer, classification_loss
+from lzo_bench.profile import WORKLOADS, calibrate_gain
 from lzo_bench.rng import DrawKey
 
 
@@ -65,11 +65,12 @@ def main() -> None:
     print(f"first load (tonic parse, bin, cache): {first:.1f} s; cached load: {again:.2f} s; "
           f"{len(train)} train samples, {train.events.numel() / len(train):.0f} binned spikes per sample")
 
-    net = NetworkSpec(1156, (200, 200), 10, 0.905, 0.905)
+    w = WORKLOADS["nmnist"]
+    net = w.network()
     it = batches(train, 256, generator=torch.Generator().manual_seed(0))
     x0, _ = next(it)
     gain, rate = calibrate_gain(net, x0)
-    net = NetworkSpec(1156, (200, 200), 10, 0.905, 0.905, init="normal", init_gain=gain)
+    net = w.network("normal", gain)
     model = SNN(net, torch.Generator().manual_seed(0))
     spec = GateSpec.build("localzo")
     backend = select_backend("auto", "cpu", spec)

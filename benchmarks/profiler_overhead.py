@@ -18,7 +18,8 @@ import torch
 from lzo_bench.profile import WORKLOADS, PhaseClock, Runner, timed_update, workload_batches
 from lzo_bench.backends import select_backend
 from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer
+from lzo_bench.model import SNN, SpikeRegularizer
+from lzo_bench.train import sync_device
 
 
 def main() -> None:
@@ -32,17 +33,16 @@ def main() -> None:
     w = WORKLOADS[args.workload]
     batches, source = workload_batches(w, args.updates, 0)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
-    net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init=w.init, init_gain=w.init_gain)
+    net = w.network()
     spec = GateSpec.build(args.method)
     model = SNN(net).to(device)
     r = Runner(args.method, spec, select_backend("auto", device, spec), model,
                torch.optim.Adam(model.parameters(), lr=2e-4), SpikeRegularizer())
     clock = PhaseClock(device)
     bare, timed = [], []
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for i, (x, y) in enumerate(batches):
         for kind in ((0, 1) if i % 2 else (1, 0)):
-            sync()
+            sync_device(device)
             t0 = time.perf_counter()
             if kind == 0:
                 _, loss = r.forward_loss(x, y, i)
@@ -51,7 +51,7 @@ def main() -> None:
                 r.optimizer.step()
             else:
                 timed_update(r, x, y, i, clock)
-            sync()
+            sync_device(device)
             (bare if kind == 0 else timed).append(time.perf_counter() - t0)
     b, t = statistics.median(bare[2:]), statistics.median(timed[2:])
     print(f"{args.workload} ({source}), {args.method}, {r.backend.name} on {device}: bare update {1e3 * b:.2f} ms, "

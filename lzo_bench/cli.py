@@ -169,7 +169,7 @@ def export(
                 warnings.simplefilter("ignore")
                 ex.write_nir(graph, target)
             typer.echo(f"warning: {ex.NIR_RESET_NOTE}", err=True)
-            report = _check_nir(target, src) if check else None
+            report = ex.check_nir(target, src) if check else None
         else:
             build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
             onnx_model = build(src, opset)
@@ -204,29 +204,6 @@ def _check_onnx(format, onnx_model, model, src, opset, samples) -> dict:
     except chk.ProviderFallback as e:
         raise fail(str(e), 1) from None
     return {"parity": rows, "latency": lat, "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model)}
-
-
-def _check_nir(path, src) -> dict:
-    import nir
-    import numpy as np
-
-    g = nir.read(path)
-    net = src.network
-    dt = src.dt_ms * 1e-3
-    problems = []
-    for l, n in enumerate(net.hidden):
-        lif = g.nodes[f"lif{l}"]
-        if not isinstance(lif, nir.LIF):
-            problems.append(f"lif{l} is {type(lif).__name__}")
-            continue
-        if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
-                or not np.allclose(lif.v_threshold, net.theta):
-            problems.append(f"lif{l} parameters differ")
-        if not np.array_equal(g.nodes[f"fc{l}"].weight, src.weights[l].T):
-            problems.append(f"fc{l} weights differ")
-    if not np.array_equal(g.nodes["fc_out"].weight, src.weights[-1].T):
-        problems.append("fc_out weights differ")
-    return {"nodes": sorted(g.nodes), "problems": problems, "passed": not problems, "parity": [], "latency": []}
 
 
 def _print_export_report(format, report: dict) -> None:

@@ -278,6 +278,30 @@ def write_nir(graph, path: Path) -> Path:
     return atomic_write_bytes(path, data)
 
 
+def check_nir(path: Path, src: ExportSource) -> dict[str, Any]:
+    """Read ``path`` back with ``nir.read`` and compare node types, LIF parameters and weights with
+    ``src``; ``passed`` is False with the ``problems`` listed."""
+    import nir
+
+    g = nir.read(path)
+    net = src.network
+    dt = src.dt_ms * 1e-3
+    problems = []
+    for l, n in enumerate(net.hidden):
+        lif = g.nodes[f"lif{l}"]
+        if not isinstance(lif, nir.LIF):
+            problems.append(f"lif{l} is {type(lif).__name__}")
+            continue
+        if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
+                or not np.allclose(lif.v_threshold, net.theta):
+            problems.append(f"lif{l} parameters differ")
+        if not np.array_equal(g.nodes[f"fc{l}"].weight, src.weights[l].T):
+            problems.append(f"fc{l} weights differ")
+    if not np.array_equal(g.nodes["fc_out"].weight, src.weights[-1].T):
+        problems.append("fc_out weights differ")
+    return {"nodes": sorted(g.nodes), "problems": problems, "passed": not problems, "parity": [], "latency": []}
+
+
 def node_count(model: onnx.ModelProto) -> int:
     """Nodes of the graph including subgraphs (the Scan body)."""
     def count(g: onnx.GraphProto) -> int:

@@ -15,6 +15,7 @@ Energy (``--energy``): see :func:`measure_energy`.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -36,6 +37,7 @@ from lzo_bench.fsio import atomic_write_json, atomic_write_text
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
+from lzo_bench.train import sync_device
 
 BASELINE = "autograd-loop"
 
@@ -55,6 +57,11 @@ class Workload:
     init_gain: float
     synthetic_rate: float  # input spikes per (step, unit) when the data is not on disk
     batch: int = 256
+
+    def network(self, init: str | None = None, init_gain: float | None = None) -> NetworkSpec:
+        """The paper's 2 × 200 network for this workload (optionally with another init)."""
+        return NetworkSpec(self.n_in, (200, 200), self.n_out, self.beta, self.beta_out, reduce=self.reduce,
+                           init=init or self.init, init_gain=self.init_gain if init_gain is None else init_gain)
 
 
 #: input spikes per (step, unit) of the synthetic stand-in for each dataset (about the real rate)
@@ -354,11 +361,11 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                           ("cpu" if cfg.device == "auto" else cfg.device))
     batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed, cfg.data_dir)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
-    net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init=w.init, init_gain=w.init_gain)
+    net = w.network()
     init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"
     if source.startswith("synthetic"):
         gain, rate = calibrate_gain(net, batches[0][0])
-        net = NetworkSpec(w.n_in, (200, 200), w.n_out, w.beta, w.beta_out, reduce=w.reduce, init="normal", init_gain=gain)
+        net = w.network("normal", gain)
         init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
                      f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
     init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
@@ -398,7 +405,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     if meter.available:
         period = counter_period_ms(meter) if isinstance(meter, NvmlMeter) else None
         sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        sync = functools.partial(sync_device, device)
         try:
             batch_for = lambda i: batches[i % len(batches)]  # noqa: E731
             steps = {r.name: update_steps(r, batch_for) for r in runners}

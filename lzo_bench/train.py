@@ -203,7 +203,7 @@ class NullReporter:
     def stop(self) -> None: ...
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     update = 0
     try:
         for epoch in range(1, cfg.epochs + 1):
-            _sync(device)
+            sync_device(device)
             epoch_start = time.perf_counter()
             energy_start = meter.energy_mj()
             shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 t0 = time.perf_counter()
                 out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
                 loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.spikes)
-                _sync(device)
+                sync_device(device)
                 t1 = time.perf_counter()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -318,10 +318,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                     raise TrainingDiverged(epoch, update, out)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                _sync(device)
+                sync_device(device)
                 t2 = time.perf_counter()
                 optimizer.step()
-                _sync(device)
+                sync_device(device)
                 t3 = time.perf_counter()
                 fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
 
@@ -340,7 +340,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
 
             n_upd = i + 1
-            _sync(device)
+            sync_device(device)
             energy_end = meter.energy_mj()
             epoch_j = None if energy_start is None else counter_delta_mj(energy_start, energy_end) / 1000.0
             record = EpochRecord(
