@@ -83,7 +83,7 @@ def main() -> None:
         x, y = next(loader)
         t1 = time.perf_counter()
         out = model(x, spec, DrawKey(0, u), backend)
-        loss = classification_loss(out.logits, y) + reg(out.spikes)
+        loss = classification_loss(out.logits, y) + reg(out.counts)
         opt.zero_grad()
         loss.backward()
         opt.step()

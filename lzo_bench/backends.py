@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -30,9 +30,13 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Backend:
+    """A LIF implementation: ``layer`` runs one layer on dense tensors; ``network``, where set, runs
+    the whole network sparse end to end (``SNN.forward`` prefers it)."""
+
     name: str
     layer: Callable[..., lif.LayerOut]
     reason: str
+    network: Callable[..., Any] | None = None
 
     def describe(self) -> str:
         return f"backend: {self.name} ({self.reason})"
@@ -86,7 +90,9 @@ def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
         raise BackendUnavailable("the extension was built without CUDA")
     if cuda:
         return Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}")
-    return Backend("cpp", extension_layer, "lzo C++ ops on the CPU")
+    from lzo_bench.event_network import event_network
+
+    return Backend("cpp", extension_layer, "lzo C++ ops on the CPU, event-driven end to end", event_network)
 
 
 def select_backend(

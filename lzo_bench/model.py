@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from lzo_bench.backends import Backend, select_backend
+from lzo_bench.events import SpikeEvents
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 
@@ -62,7 +62,8 @@ class SpikeRegularizer:
         upper = λ_up · relu(mean_j count[b, j] − f_up)
         lower = λ_low · Σ_j relu(f_low − count[b, j])² / N
 
-    summed over layers and averaged over the batch; ``count[b, j] = Σ_t s[t, b, j]``.
+    summed over layers and averaged over the batch; ``count[b, j] = Σ_t s[t, b, j]`` (the
+    forward's ``counts``, ``[B, N]`` per layer).
     """
 
     lambda_up: float = 0.06
@@ -71,22 +72,39 @@ class SpikeRegularizer:
     f_low: float = 1e-3
     enabled: bool = field(default=True)
 
-    def __call__(self, spikes: list[torch.Tensor]) -> torch.Tensor:
-        total = spikes[0].new_zeros(())
+    def __call__(self, counts: list[torch.Tensor]) -> torch.Tensor:
+        total = counts[0].new_zeros(())
         if not self.enabled:
             return total
-        for s in spikes:
-            count = s.sum(0)  # [B, N]
+        for count in counts:
             upper = self.lambda_up * F.relu(count.mean(1) - self.f_up)
             lower = self.lambda_low * F.relu(self.f_low - count).pow(2).sum(1) / count.shape[1]
             total = total + (upper + lower).mean()
         return total
 
 
-class Forward(NamedTuple):
-    logits: torch.Tensor        # [B, C]
-    spikes: list[torch.Tensor]  # per hidden layer, [T, B, N]
-    active: list[int]           # per hidden layer, entries the backward touches
+class Forward:
+    """What a forward pass returns: logits, per hidden layer the spike counts (differentiable, the
+    regulariser's input), the entries the backward touches, and the spikes — dense ``[T, B, N]``
+    tensors, built on first access where the forward produced events."""
+
+    def __init__(self, logits: torch.Tensor, counts: list[torch.Tensor], active: list[int],
+                 spikes: list[torch.Tensor | SpikeEvents]):
+        self.logits = logits    # [B, C]
+        self.counts = counts    # per hidden layer, [B, N]
+        self.active = active    # per hidden layer, entries the backward touches
+        self._spikes = spikes
+
+    @property
+    def spikes(self) -> list[torch.Tensor]:
+        """Per hidden layer, ``[T, B, N]``."""
+        self._spikes = [s.dense() if isinstance(s, SpikeEvents) else s for s in self._spikes]
+        return self._spikes  # type: ignore[return-value]
+
+    @property
+    def spike_events(self) -> list[SpikeEvents]:
+        """Per hidden layer, the spikes as events."""
+        return [s if isinstance(s, SpikeEvents) else SpikeEvents.from_dense(s.detach()) for s in self._spikes]
 
 
 def leaky_readout(s: torch.Tensor, w_out: torch.Tensor, beta_out: float) -> torch.Tensor:
@@ -123,16 +141,22 @@ class SNN(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | SpikeEvents,
         gate: GateSpec | None = None,
         key: DrawKey | None = None,
         backend: Backend | None = None,
     ) -> Forward:
-        """Logits for input spikes ``x [T, B, n_in]``; ``gate=None`` runs inference only.
+        """Logits for input spikes ``x [T, B, n_in]`` (a tensor or its events); ``gate=None`` runs
+        inference only.
 
-        ``backend=None`` is the pure-PyTorch reference.
+        ``backend=None`` is the pure-PyTorch reference. A backend with a whole-network path (the
+        C++ event ops) runs it; the others run layer by layer on dense tensors.
         """
         backend = backend or select_backend("torch")
+        if backend.network is not None and (isinstance(x, SpikeEvents) or x.device.type == "cpu"):
+            return backend.network(self, x, gate, key)
+        if isinstance(x, SpikeEvents):
+            x = x.dense()
         spikes, active = [], []
         h, out = x, None
         for layer, w in enumerate(self.weights[:-1]):
@@ -142,7 +166,7 @@ class SNN(nn.Module):
             h = out.spikes
         o = leaky_readout(h, self.weights[-1], self.spec.beta_out)
         logits = o.amax(0) if self.spec.reduce == "max" else o.sum(0)
-        return Forward(logits, spikes, active)
+        return Forward(logits, [s.sum(0) for s in spikes], active, spikes)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "lif_cuda.cu")
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu")
 METHOD_NONE = -1
 
 
@@ -78,7 +78,7 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
     if cuda is None:
         cuda = torch.cuda.is_available() and cuda_toolchain() is None
     src = kernels_dir()
-    sources = [str(src / "lif_cpu.cpp")]
+    sources = [str(src / "lif_cpu.cpp"), str(src / "snn_cpu.cpp")]
     if cuda:
         reason = cuda_toolchain()
         if reason:
@@ -211,6 +211,20 @@ class LayerOps(NamedTuple):
     input_val: torch.Tensor    # their values
 
 
+def gate_args(spec: GateSpec | None, key: DrawKey | None, device: torch.device) -> tuple:
+    """The gate as the kernels take it: ``(table, method, sample_kind, surrogate_kind, delta, bth, k,
+    band, term_scale, samples, alpha, seed, update)``; ``spec=None`` is inference (method −1)."""
+    if spec is None:
+        return (torch.empty(0, device=device), METHOD_NONE, 0, 0, 1.0, 1.0, 0.0, 0.0, 1.0, 1, 1, 0, 0)
+    sample_kind, surrogate_kind, k = _kinds(spec)
+    table = spec.dist.table.to(device) if isinstance(spec.dist, TableDistribution) else torch.empty(0, device=device)
+    band = spec.band()
+    seed, update = (key or DrawKey(0, 0)).words
+    return (table, spec.method.index, sample_kind, surrogate_kind, spec.delta, spec.bth, k,
+            band if band != float("inf") else 3.0e38, spec.dist.scale / spec.samples, spec.samples,
+            spec.dist.alpha, seed, update)
+
+
 def lif_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -222,17 +236,5 @@ def lif_forward(
     prev_idx: torch.Tensor | None = None,
 ) -> LayerOps:
     """``torch.ops.lzo.lif_forward`` with the gate spelled out as the kernels take it."""
-    if spec is None:
-        empty = x.new_empty((0,))
-        return LayerOps(*torch.ops.lzo.lif_forward(x, weight, empty, None, beta, theta, METHOD_NONE, 0, 0,
-                                                   1.0, 1.0, 0.0, 0.0, 1.0, 1, 1, 0, 0, layer))
-    sample_kind, surrogate_kind, k = _kinds(spec)
-    table = spec.dist.table.to(x.device) if isinstance(spec.dist, TableDistribution) else x.new_empty((0,))
-    band = spec.band()
-    key = key or DrawKey(0, 0)
-    seed, update = key.words
-    return LayerOps(*torch.ops.lzo.lif_forward(
-        x, weight, table, prev_idx, beta, theta, spec.method.index, sample_kind, surrogate_kind,
-        spec.delta, spec.bth, k, band if band != float("inf") else 3.0e38,
-        spec.dist.scale / spec.samples, spec.samples, spec.dist.alpha, seed, update, layer,
-    ))
+    table, *params = gate_args(spec, key, x.device)
+    return LayerOps(*torch.ops.lzo.lif_forward(x, weight, table, prev_idx, beta, theta, *params, layer))

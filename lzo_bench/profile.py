@@ -35,7 +35,9 @@ from lzo_bench.energy import (
 )
 from lzo_bench.fsio import atomic_write_json, atomic_write_text
 from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.event_network import as_events
+from lzo_bench.events import SpikeEvents
+from lzo_bench.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
 from lzo_bench.train import sync_device
 
@@ -122,12 +124,14 @@ def calibrate_gain(net: NetworkSpec, x: torch.Tensor, target: float = SYNTHETIC_
     """
     from dataclasses import replace
 
+    backend = select_backend("auto", x.device)
     lo, hi = 0.1, 1e4
     rate = 0.0
     for _ in range(30):
         g = math.sqrt(lo * hi)
         model = SNN(replace(net, init="normal", init_gain=g), torch.Generator().manual_seed(0)).to(x.device)
-        rate = float(model(x).spikes[0].mean())
+        count = model(x, backend=backend).counts[0]
+        rate = float(count.sum()) / (x.shape[0] * count.numel())
         lo, hi = (g, hi) if rate < target else (lo, g)
         if abs(rate - target) < 0.05 * target:
             break
@@ -149,11 +153,11 @@ class Runner:
     opt: list[float] = field(default_factory=list)
     active: list[list[float]] = field(default_factory=list)
     peak: list[float] = field(default_factory=list)
-    last_spikes: list[torch.Tensor] | None = None
+    last_out: Forward | None = None
 
-    def forward_loss(self, x: torch.Tensor, y: torch.Tensor, update: int):
+    def forward_loss(self, x: torch.Tensor | SpikeEvents, y: torch.Tensor, update: int):
         out = self.model(x, self.spec, DrawKey(0, update), self.backend)
-        return out, classification_loss(out.logits, y) + self.regularizer(out.spikes)
+        return out, classification_loss(out.logits, y) + self.regularizer(out.counts)
 
 
 class PhaseClock:
@@ -175,7 +179,7 @@ class PhaseClock:
         return a.elapsed_time(b) if self.cuda else 1e3 * (b - a)
 
 
-def timed_update(r: Runner, x: torch.Tensor, y: torch.Tensor, update: int, clock: PhaseClock) -> None:
+def timed_update(r: Runner, x: torch.Tensor | SpikeEvents, y: torch.Tensor, update: int, clock: PhaseClock) -> None:
     device = clock.device
     if clock.cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -192,9 +196,9 @@ def timed_update(r: Runner, x: torch.Tensor, y: torch.Tensor, update: int, clock
     r.bwd.append(clock.ms(t1, t2))
     r.opt.append(clock.ms(t2, t3))
     steps, batch = x.shape[0], x.shape[1]
-    r.active.append([100.0 * a / (steps * batch * s.shape[2]) for a, s in zip(out.active, out.spikes)])
+    r.active.append([100.0 * a / (steps * batch * c.shape[1]) for a, c in zip(out.active, out.counts)])
     r.peak.append((torch.cuda.max_memory_allocated(device) - base) / 2**20 if clock.cuda else saved / 2**20)
-    r.last_spikes = [s.detach() for s in out.spikes]
+    r.last_out = out
 
 
 def neurobench(model: SNN, x: torch.Tensor, spikes: list[torch.Tensor]) -> dict[str, Any]:
@@ -296,7 +300,7 @@ def measure_energy(
     return idle_w, out
 
 
-def update_steps(r: Runner, batch_for: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> tuple[Step, Step]:
+def update_steps(r: Runner, batch_for: Callable[[int], tuple[Any, torch.Tensor]]) -> tuple[Step, Step]:
     """``(full_update, forward_only)`` of one method for :func:`measure_energy`."""
     def full_update(i: int) -> None:
         x, y = batch_for(i)
@@ -381,10 +385,14 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     clock = PhaseClock(device)
     total = len(runners) * (cfg.warmup + cfg.updates)
     done = 0
+    # event-driven backends get the batch as events, as the training loader hands it
+    converted: dict[int, SpikeEvents] = {}
+    events = [converted.setdefault(id(x), as_events(x)) for x, _ in batches] if any(
+        r.backend.network for r in runners) else []
     for rnd in range(cfg.warmup + cfg.updates):
         x, y = batches[rnd]
         for r in runners[rnd % len(runners):] + runners[:rnd % len(runners)]:
-            timed_update(r, x, y, rnd, clock)
+            timed_update(r, events[rnd] if r.backend.network else x, y, rnd, clock)
             if rnd < cfg.warmup:
                 for lst in (r.fwd, r.bwd, r.opt, r.active, r.peak):
                     lst.pop()
@@ -407,8 +415,13 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
         sync = functools.partial(sync_device, device)
         try:
-            batch_for = lambda i: batches[i % len(batches)]  # noqa: E731
-            steps = {r.name: update_steps(r, batch_for) for r in runners}
+            def batch_for(r: Runner) -> Callable[[int], tuple[torch.Tensor | SpikeEvents, torch.Tensor]]:
+                def one(i: int):
+                    x, y = batches[i % len(batches)]
+                    return (events[i % len(batches)] if r.backend.network else x), y
+                return one
+
+            steps = {r.name: update_steps(r, batch_for(r)) for r in runners}
             idle_w, energy = measure_energy(meter, steps, cfg.energy_cfg, sync, sampler)
         except MeterUnavailable as e:
             meter = NullMeter(str(e))
@@ -438,7 +451,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             "overall_speedup_vs_autograd_loop": (med[BASELINE]["fwd"][0] + med[BASELINE]["bwd"][0]) / (m["fwd"][0] + m["bwd"][0]),
             "active_pct": [statistics.fmean(a[i] for a in r.active) for i in range(len(net.hidden))],
             "peak_mib": max(r.peak),
-            "neurobench": neurobench(r.model, x_last, r.last_spikes or []),
+            "neurobench": neurobench(r.model, x_last, [s.detach() for s in r.last_out.spikes] if r.last_out else []),
             "avg_w": e.full.avg_w if e else None,
             "j_per_update": e.full.j_per_update if e else None,
             "j_per_update_std": e.full.j_per_update_std if e else None,

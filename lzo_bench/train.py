@@ -307,7 +307,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True)):
                 t0 = time.perf_counter()
                 out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
-                loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.spikes)
+                loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.counts)
                 sync_device(device)
                 t1 = time.perf_counter()
                 loss_value = float(loss.detach())

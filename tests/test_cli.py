@@ -43,7 +43,7 @@ def test_tiny_train_run(tmp_path):
     result = runner.invoke(app, ["train", "--epochs", "1", "--hidden", "16,12", "--out", str(out)])
     assert result.exit_code == 0, result.output
     text = plain(result.output)
-    assert "backend: cpp (lzo C++ ops on the CPU)" in text and "test accuracy" in text and "active neurons, layer 2" in text
+    assert "backend: cpp (lzo C++ ops on the CPU, event-driven end to end)" in text and "test accuracy" in text and "active neurons, layer 2" in text
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "checkpoint.pt"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"

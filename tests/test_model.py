@@ -29,9 +29,9 @@ def test_regularizer_hand_computation():
     # sample 0: mean count 4/3 > 1 → 0.06·(1/3); two silent neurons → 100·2·(1e-3)²/3
     # sample 1: mean count 2 → 0.06·1; no silent neuron
     expected = (0.06 / 3 + 100 * 2 * 1e-6 / 3 + 0.06) / 2
-    got = float(reg([torch.tensor(s)]))
+    got = float(reg([torch.tensor(s).sum(0)]))
     assert got == pytest.approx(expected, rel=1e-12)
-    assert float(SpikeRegularizer(enabled=False)([torch.tensor(s)])) == 0.0
+    assert float(SpikeRegularizer(enabled=False)([torch.tensor(s).sum(0)])) == 0.0
 
 
 def test_init_scales():

@@ -36,7 +36,7 @@ SHAPES = [  # T, B, n_in, hidden
 def grads(model, x, y, spec, key, backend):
     model.zero_grad(set_to_none=True)
     out = model(x, spec, key, backend)
-    loss = classification_loss(out.logits, y) + SpikeRegularizer(f_up=0.3)(out.spikes)
+    loss = classification_loss(out.logits, y) + SpikeRegularizer(f_up=0.3)(out.counts)
     loss.backward()
     return out, [w.grad.clone() for w in model.weights]
 

@@ -99,7 +99,7 @@ def test_reference_equals_hand_bptt(method, dist, m):
     reg = SpikeRegularizer(f_up=0.5, f_low=0.5)
 
     out = model(x, spec, key)
-    loss = classification_loss(out.logits, y) + reg(out.spikes)
+    loss = classification_loss(out.logits, y) + reg(out.counts)
     loss.backward()
     ws = [w.detach() for w in model.weights]
     expected, active = hand_forward_backward(ws, x, y, spec, key, net, reg)

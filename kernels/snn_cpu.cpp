@@ -1,0 +1,696 @@
+// Sparse end to end on the CPU (DESIGN.md section 5b): event-driven forward, fused scan + gate,
+// readout, and a backward that hands gradients between layers as values on the active lists.
+//
+// Event lists are CSR over rows r = b*T + t (batch-row major: one batch row's steps are
+// contiguous, which is the order both the forward scan and the backward walk use):
+//   ptr [B*T + 1] int64, col [nnz] int32, val [nnz] float32 (empty: every value is 1).
+// The same layout holds input spikes, a layer's spikes (its next layer's input) and a layer's
+// active entries (col = neuron j, with their gate values beside).
+//
+// lif_events_forward   I[t,b,:] = sum over events (t,b,i) of val * W[i,:]   (cost nnz(x)*N; one
+//                      GEMM over all rows when the input is dense, see kGemmDensity), then the
+//                      LIF scan u = beta*u + I - theta*s_prev, s = H(u - theta), fused with the gate.
+// readout_forward      o[t] = beta_r*o[t-1] + (1 - beta_r)*(s[t] @ W_out), from the spike events.
+// readout_backward     ghat_o[t] = dL/do[t] + beta_r*ghat_o[t+1], d_a = (1 - beta_r)*ghat_o;
+//                      dW_out[j,:] += d_a[t,b,:] per spike (t,b,j); dL/ds at the last layer's
+//                      active entries = d_a[t,b,:] . W_out[j,:].
+// lif_sparse_backward  e = (dL/ds + dL/dcount) * gamma on the active list; dW from the input trace
+//                      (as lif_cpu.cpp); dL/ds of the previous layer only at its active entries:
+//                      sum over entries t' >= t of beta^(t'-t) e W[i,j]. Nothing of size T*B*N.
+// lif_dense_backward   the dense rule: ghat[t] = e[t] + beta*ghat[t+1]; dW = x^T ghat (events or
+//                      GEMM, the forward's choice); dx = ghat W^T.
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "lif_common.h"
+
+namespace lzo {
+
+using at::Tensor;
+
+namespace {
+
+// Input density (nnz / (rows * N_in)) above which one GEMM over all rows beats adding W rows per
+// event; measured with benchmarks/forward_crossover.py (BENCHMARKS.md).
+constexpr double kGemmDensity = 0.08;
+constexpr int64_t kRebaseSteps = 32;
+
+enum CurrentMode : int64_t { CURRENT_AUTO = 0, CURRENT_EVENTS = 1, CURRENT_GEMM = 2 };
+
+struct EventView {
+  const int64_t* ptr;
+  const int32_t* col;
+  const float* val;  // nullptr: every value is 1
+  float value(int64_t q) const { return val ? val[q] : 1.0f; }
+};
+
+EventView view(const Tensor& ptr, const Tensor& col, const Tensor& val) {
+  return {ptr.data_ptr<int64_t>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr};
+}
+
+void check_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, const char* op,
+                  const char* name) {
+  TORCH_CHECK(ptr.scalar_type() == at::kLong && ptr.dim() == 1 && ptr.is_contiguous(), op, ": ", name,
+              "_ptr must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(ptr.numel() == rows + 1, op, ": ", name, "_ptr must hold B*T + 1 = ", rows + 1,
+              " row pointers, got ", ptr.numel());
+  TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous(), op, ": ", name,
+              "_col must be a contiguous 1-D int32 tensor");
+  TORCH_CHECK(val.numel() == 0 || (val.scalar_type() == at::kFloat && val.is_contiguous() &&
+                                   val.numel() == col.numel()),
+              op, ": ", name, "_val must be empty or hold one float32 per event");
+  TORCH_CHECK(ptr.device().is_cpu() && col.device().is_cpu(), op, ": ", name, " events must be on the CPU");
+  const int64_t* p = ptr.data_ptr<int64_t>();
+  TORCH_CHECK(p[0] == 0 && p[rows] == col.numel(), op, ": ", name, "_ptr must run from 0 to nnz = ",
+              col.numel());
+}
+
+// Columns must index [0, width); checked once for lists that come from outside the forward.
+void check_columns(const Tensor& col, int64_t width, const char* op, const char* name) {
+  if (col.numel() == 0) return;
+  const auto mm = at::aminmax(col);
+  const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < width, op, ": ", name, "_col must lie in [0, ", width, "), got [", lo, ", ",
+              hi, "]");
+}
+
+// beta^d and beta^-d for d = 0..kRebaseSteps
+struct Powers {
+  float down[kRebaseSteps + 1], up[kRebaseSteps + 1];
+  explicit Powers(double beta) {
+    for (int64_t d = 0; d <= kRebaseSteps; ++d) {
+      down[d] = static_cast<float>(std::pow(beta, static_cast<double>(d)));
+      up[d] = static_cast<float>(std::pow(beta, -static_cast<double>(d)));
+    }
+  }
+};
+
+// e^x for x <= 0, flushed to 0 where e^x is below FLT_MIN (x < -87.33; a denormal gate value
+// changes no gradient we can represent usefully, and glibc's expf takes a slow path there).
+// Cody-Waite reduction and Cephes' degree-6 polynomial, branch-free so the loops over it
+// vectorise; relative error < 2e-7 against expf.
+inline float exp_neg_ftz(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -87.33f ? 0.0f : e * scale;
+}
+
+// The dense gate g(v) for a row of potentials, one loop per surrogate so each vectorises.
+void surrogate_row(const GateParams& g, const float* v, float* out, int64_t n) {
+  const double d = g.delta;
+  switch (g.surrogate_kind) {
+    case SURR_NORMAL: {  // eq. 10
+      const float a = static_cast<float>(1.0 / (2.0 * d * d)), c = static_cast<float>(1.0 / (d * kSqrt2Pi));
+      for (int64_t j = 0; j < n; ++j) out[j] = exp_neg_ftz(-(v[j] * v[j]) * a) * c;
+      break;
+    }
+    case SURR_UNIFORM: {  // eq. 11
+      const float a = static_cast<float>(1.0 / (d * d)), c = static_cast<float>(1.0 / (4.0 * 1.7320508075688772 * d));
+      for (int64_t j = 0; j < n; ++j) {
+        const float r2 = v[j] * v[j] * a;
+        out[j] = r2 < 3.0f ? (3.0f - r2) * c : 0.0f;
+      }
+      break;
+    }
+    case SURR_LAPLACE: {  // eq. 12
+      const float a = static_cast<float>(1.0 / d), c = static_cast<float>(1.0 / (2.0 * d));
+      const float s2 = 1.41421356237309515f, h = static_cast<float>(1.0 / 1.4142135623730951);
+      for (int64_t j = 0; j < n; ++j) {
+        const float r = std::fabs(v[j]) * a;
+        out[j] = (r + h) * exp_neg_ftz(-s2 * r) * c;
+      }
+      break;
+    }
+    case SURR_SIGMOID: {  // k e / (1 + e)^2 with e = exp(-k|v|)
+      for (int64_t j = 0; j < n; ++j) {
+        const float e = exp_neg_ftz(-g.k * std::fabs(v[j]));
+        const float q = 1.0f + e;
+        out[j] = g.k * e / (q * q);
+      }
+      break;
+    }
+    default: {  // fast sigmoid
+      for (int64_t j = 0; j < n; ++j) {
+        const float q = 1.0f + g.k * std::fabs(v[j]);
+        out[j] = 1.0f / (q * q);
+      }
+    }
+  }
+}
+
+// Dense rows [rows, width] (row r = b*T + t) from an event list.
+Tensor rows_from_events(const EventView& ev, int64_t rows, int64_t width, const at::TensorOptions& opts) {
+  Tensor out = at::zeros({rows, width}, opts);
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) o[r * width + ev.col[q]] = ev.value(q);
+  });
+  return out;
+}
+
+bool use_gemm(int64_t mode, int64_t nnz, int64_t rows, int64_t width) {
+  if (mode == CURRENT_GEMM) return true;
+  if (mode == CURRENT_EVENTS) return false;
+  return static_cast<double>(nnz) > kGemmDensity * static_cast<double>(rows) * static_cast<double>(width);
+}
+
+// Row counts in ptr[1..rows] -> row pointers.
+void prefix_sum(int64_t* ptr, int64_t rows) {
+  ptr[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) ptr[r + 1] += ptr[r];
+}
+
+// Per batch row lists joined into one flat list laid out by the row pointers ptr (rows b*T + t).
+template <typename T>
+Tensor concat(std::vector<std::vector<T>>& parts, const int64_t* ptr, int64_t steps, at::ScalarType type) {
+  const int64_t batch = static_cast<int64_t>(parts.size());
+  Tensor out = at::empty({ptr[batch * steps]}, at::TensorOptions().dtype(type));
+  T* o = static_cast<T*>(out.data_ptr());
+  at::parallel_for(0, batch, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      std::copy(parts[b].begin(), parts[b].end(), o + ptr[b * steps]);
+      std::vector<T>().swap(parts[b]);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+// x [T, B, N] -> events of its non-zero entries, rows b*T + t.
+std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 3, "lzo::to_events: x must have shape [T, B, N], got rank ", x.dim());
+  check_float(x, "lzo::to_events", "x");
+  TORCH_CHECK(x.size(2) < (int64_t(1) << 31), "lzo::to_events: N must be < 2^31");
+  const Tensor xc = x.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
+  const float* xp = xc.data_ptr<float>();
+  Tensor ptr = at::zeros({rows + 1}, x.options().dtype(at::kLong));
+  int64_t* p = ptr.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      const float* src = xp + (t * B + b) * N;
+      int64_t c = 0;
+      for (int64_t i = 0; i < N; ++i) c += src[i] != 0.0f;
+      p[r + 1] = c;
+    }
+  });
+  for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
+  Tensor col = at::empty({p[rows]}, x.options().dtype(at::kInt));
+  Tensor val = at::empty({p[rows]}, x.options());
+  int32_t* cp = col.data_ptr<int32_t>();
+  float* vp = val.data_ptr<float>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      const float* src = xp + (t * B + b) * N;
+      int64_t k = p[r];
+      for (int64_t i = 0; i < N; ++i)
+        if (src[i] != 0.0f) {
+          cp[k] = static_cast<int32_t>(i);
+          vp[k++] = src[i];
+        }
+    }
+  });
+  return {ptr, col, val};
+}
+
+// events (rows b*T + t) -> dense [T, B, width]
+Tensor events_to_dense_cpu(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t steps,
+                           int64_t width) {
+  const char* op = "lzo::events_to_dense";
+  TORCH_CHECK(steps >= 1 && (ptr.numel() - 1) % steps == 0, op, ": ptr must hold B*T + 1 entries for T = ", steps);
+  const int64_t rows = ptr.numel() - 1, B = rows / steps;
+  check_events(ptr, col, val, rows, op, "x");
+  check_columns(col, width, op, "x");
+  const EventView ev = view(ptr, col, val);
+  Tensor out = at::zeros({steps, B, width}, at::TensorOptions().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / steps, t = r % steps;
+      for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) o[(t * B + b) * width + ev.col[q]] = ev.value(q);
+    }
+  });
+  return out;
+}
+
+// -> (spike_ptr, spike_col, counts [B, N], active_ptr, active_col, active_gate, dense_gate [B*T, N])
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_forward_cpu(
+    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
+    int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+    double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
+    int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
+  const char* op = "lzo::lif_events_forward";
+  TORCH_CHECK(steps >= 1 && x_ptr.numel() >= 1 && (x_ptr.numel() - 1) % steps == 0, op,
+              ": x_ptr must hold B*T + 1 row pointers for T = ", steps);
+  check_float(weight, op, "weight");
+  check_float(table, op, "table");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
+  TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
+  TORCH_CHECK(method >= -1 && method <= LOCALZO, op, ": method must be -1, 0, 1 or 2, got ", method);
+  TORCH_CHECK(sample_kind >= 0 && sample_kind <= SAMPLE_TABLE, op, ": sample_kind out of range: ", sample_kind);
+  TORCH_CHECK(surrogate_kind >= 0 && surrogate_kind <= SURR_FAST_SIGMOID, op, ": surrogate_kind out of range");
+  TORCH_CHECK(samples >= 1 && samples < 65536, op, ": samples must lie in [1, 65535], got ", samples);
+  TORCH_CHECK(alpha != 0, op, ": alpha must be a non-zero integer");
+  TORCH_CHECK(current_mode >= 0 && current_mode <= 2, op, ": current_mode must be 0 (auto), 1 (events) or 2 (gemm)");
+  TORCH_CHECK(sample_kind != SAMPLE_TABLE || method != LOCALZO || table.numel() >= 2, op,
+              ": table must hold at least 2 quantiles for sample_kind = table");
+  const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T;
+  const int64_t Nin = weight.size(0), N = weight.size(1);
+  TORCH_CHECK(N < (int64_t(1) << 31) && B < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": layer too large");
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  check_columns(x_col, Nin, op, "x");
+  const Tensor W = weight.contiguous();
+  const Tensor tc = table.contiguous();
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
+                                   alpha, seed, update, layer, tc);
+  const EventView ev = view(x_ptr, x_col, x_val);
+  const auto fopts = weight.options();
+  Tensor cur_all;
+  if (use_gemm(current_mode, x_col.numel(), rows, Nin)) cur_all = at::mm(rows_from_events(ev, rows, Nin, fopts), W);
+  const float* cur_p = cur_all.defined() ? cur_all.data_ptr<float>() : nullptr;
+  const float* wp = W.data_ptr<float>();
+  const bool sparse = method >= SPARSEGRAD;
+  Tensor spk_ptr = at::zeros({rows + 1}, fopts.dtype(at::kLong));
+  Tensor act_ptr = at::zeros({sparse ? rows + 1 : 1}, fopts.dtype(at::kLong));
+  Tensor counts = at::zeros({B, N}, fopts);
+  Tensor dense_gate = method == SURROGATE ? at::empty({rows, N}, fopts) : at::empty({0}, fopts);
+  int64_t* sp = spk_ptr.data_ptr<int64_t>();
+  int64_t* ap = act_ptr.data_ptr<int64_t>();
+  float* cnt_p = counts.data_ptr<float>();
+  float* dg = method == SURROGATE ? dense_gate.data_ptr<float>() : nullptr;
+  std::vector<std::vector<int32_t>> spk(B), acol(sparse ? B : 0);
+  std::vector<std::vector<float>> aval(sparse ? B : 0);
+  const float fb = static_cast<float>(beta), ft = static_cast<float>(theta);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> cur(N), u(N), s(N), v(N);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(u.begin(), u.end(), 0.0f);
+      std::fill(s.begin(), s.end(), 0.0f);
+      float* cnt = cnt_p + b * N;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = b * T + t;
+        const float* c = cur_p ? cur_p + r * N : cur.data();
+        if (!cur_p) {
+          std::fill(cur.begin(), cur.end(), 0.0f);
+          for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
+            const float* w = wp + static_cast<int64_t>(ev.col[q]) * N;
+            const float a = ev.value(q);
+            float* cp = cur.data();
+            for (int64_t j = 0; j < N; ++j) cp[j] += a * w[j];
+          }
+        }
+        float* up = u.data();
+        float* spp = s.data();
+        float* vp = v.data();
+        for (int64_t j = 0; j < N; ++j) {  // lif_step, vectorised
+          const float uu = fb * up[j] + c[j] - ft * spp[j];
+          up[j] = uu;
+          vp[j] = uu - ft;
+          spp[j] = vp[j] > 0.0f ? 1.0f : 0.0f;
+        }
+        int64_t n_spk = 0;
+        for (int64_t j = 0; j < N; ++j)
+          if (spp[j] != 0.0f) {
+            spk[b].push_back(static_cast<int32_t>(j));
+            cnt[j] += 1.0f;
+            ++n_spk;
+          }
+        sp[r + 1] = n_spk;
+        if (dg) {
+          surrogate_row(g, vp, dg + r * N, N);
+        } else if (sparse) {
+          int64_t n_act = 0;
+          for (int64_t j = 0; j < N; ++j) {
+            if (!(std::fabs(vp[j]) < g.band)) continue;
+            const float gv = gate(g, vp[j], static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
+            if (gv != 0.0f) {
+              acol[b].push_back(static_cast<int32_t>(j));
+              aval[b].push_back(gv);
+              ++n_act;
+            }
+          }
+          ap[r + 1] = n_act;
+        }
+      }
+    }
+  });
+  prefix_sum(sp, rows);
+  Tensor spk_col = concat(spk, sp, T, at::kInt);
+  Tensor act_col = at::empty({0}, fopts.dtype(at::kInt)), act_gate = at::empty({0}, fopts);
+  if (sparse) {
+    prefix_sum(ap, rows);
+    act_col = concat(acol, ap, T, at::kInt);
+    act_gate = concat(aval, ap, T, at::kFloat);
+  }
+  return {spk_ptr, spk_col, counts, act_ptr, act_col, act_gate, dense_gate};
+}
+
+// o [T, B, C] of the leaky readout driven by the spike events.
+Tensor readout_forward_cpu(const Tensor& s_ptr, const Tensor& s_col, const Tensor& w_out, int64_t steps,
+                           double beta_out) {
+  const char* op = "lzo::readout_forward";
+  check_float(w_out, op, "w_out");
+  TORCH_CHECK(w_out.dim() == 2, op, ": w_out must be [N, C]");
+  TORCH_CHECK(steps >= 1 && (s_ptr.numel() - 1) % steps == 0, op, ": s_ptr must hold B*T + 1 entries");
+  const int64_t rows = s_ptr.numel() - 1, T = steps, B = rows / T, C = w_out.size(1);
+  const Tensor empty = at::empty({0}, w_out.options());
+  check_events(s_ptr, s_col, empty, rows, op, "s");
+  check_columns(s_col, w_out.size(0), op, "s");
+  const Tensor W = w_out.contiguous();
+  const float* wp = W.data_ptr<float>();
+  const EventView ev = view(s_ptr, s_col, empty);
+  Tensor o = at::empty({T, B, C}, w_out.options());
+  float* op_ = o.data_ptr<float>();
+  const float bo = static_cast<float>(beta_out), omb = static_cast<float>(1.0 - beta_out);
+  at::parallel_for(0, B, 8, [&](int64_t b0, int64_t b1) {
+    std::vector<float> a(C), acc(C);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = b * T + t;
+        std::fill(a.begin(), a.end(), 0.0f);
+        for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
+          const float* w = wp + static_cast<int64_t>(ev.col[q]) * C;
+          for (int64_t c = 0; c < C; ++c) a[c] += w[c];
+        }
+        float* dst = op_ + (t * B + b) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          acc[c] = bo * acc[c] + omb * a[c];
+          dst[c] = acc[c];
+        }
+      }
+    }
+  });
+  return o;
+}
+
+// -> (dW_out [N, C], d_a [B*T, C], dL/ds at the active entries [nnz_act])
+std::tuple<Tensor, Tensor, Tensor> readout_backward_cpu(const Tensor& grad_o, const Tensor& s_ptr,
+                                                        const Tensor& s_col, const Tensor& w_out, double beta_out,
+                                                        const Tensor& act_ptr, const Tensor& act_col) {
+  const char* op = "lzo::readout_backward";
+  check_float(grad_o, op, "grad_o");
+  check_float(w_out, op, "w_out");
+  TORCH_CHECK(grad_o.dim() == 3 && w_out.dim() == 2 && grad_o.size(2) == w_out.size(1), op,
+              ": grad_o must be [T, B, C] and w_out [N, C]");
+  const int64_t T = grad_o.size(0), B = grad_o.size(1), C = grad_o.size(2), N = w_out.size(0), rows = T * B;
+  const Tensor empty = at::empty({0}, w_out.options());
+  check_events(s_ptr, s_col, empty, rows, op, "s");
+  const bool with_act = act_ptr.numel() > 0;
+  if (with_act) check_events(act_ptr, act_col, empty, rows, op, "active");
+  const Tensor go = grad_o.contiguous(), W = w_out.contiguous();
+  const float* gp = go.data_ptr<float>();
+  const float* wp = W.data_ptr<float>();
+  const EventView sv = view(s_ptr, s_col, empty);
+  const EventView av = with_act ? view(act_ptr, act_col, empty) : EventView{nullptr, nullptr, nullptr};
+  Tensor d_a = at::empty({rows, C}, w_out.options());
+  Tensor g_act = at::empty({with_act ? act_col.numel() : 0}, w_out.options());
+  float* dap = d_a.data_ptr<float>();
+  float* gap = g_act.data_ptr<float>();
+  const float bo = static_cast<float>(beta_out), omb = static_cast<float>(1.0 - beta_out);
+  std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
+  at::parallel_for(0, B, 8, [&](int64_t b0, int64_t b1) {
+    auto& dw = partial[static_cast<size_t>(at::get_thread_num())];
+    if (dw.empty()) dw.assign(static_cast<size_t>(N * C), 0.0f);
+    std::vector<float> acc(C);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t r = b * T + t;
+        const float* src = gp + (t * B + b) * C;
+        float* da = dap + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          acc[c] = src[c] + bo * acc[c];
+          da[c] = omb * acc[c];
+        }
+        for (int64_t q = sv.ptr[r]; q < sv.ptr[r + 1]; ++q) {
+          float* dst = dw.data() + static_cast<int64_t>(sv.col[q]) * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] += da[c];
+        }
+        if (!with_act) continue;
+        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q) {
+          const float* w = wp + static_cast<int64_t>(av.col[q]) * C;
+          float sum = 0.0f;
+          for (int64_t c = 0; c < C; ++c) sum += da[c] * w[c];
+          gap[q] = sum;
+        }
+      }
+    }
+  });
+  Tensor dw_out = at::zeros({N, C}, w_out.options());
+  float* dwp = dw_out.data_ptr<float>();
+  for (const auto& p : partial)
+    if (!p.empty())
+      for (int64_t q = 0; q < N * C; ++q) dwp[q] += p[static_cast<size_t>(q)];
+  return {dw_out, d_a, g_act};
+}
+
+// -> (dW [N_in, N], dL/ds of the previous layer at its active entries [nnz_prev])
+std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
+    const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
+    double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
+  const char* op = "lzo::lif_sparse_backward";
+  check_float(weight, op, "weight");
+  check_float(grad_act, op, "grad_act");
+  check_float(act_gate, op, "active_gate");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  const int64_t Nin = weight.size(0), N = weight.size(1);
+  TORCH_CHECK(steps >= 1 && (act_ptr.numel() - 1) % steps == 0, op, ": active_ptr must hold B*T + 1 entries");
+  const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
+  const Tensor empty = at::empty({0}, weight.options());
+  check_events(act_ptr, act_col, empty, rows, op, "active");
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
+              ": grad_act and active_gate must hold one value per active entry");
+  const bool with_cg = count_grad.numel() > 0;
+  if (with_cg) {
+    check_float(count_grad, op, "count_grad");
+    TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N] = [", B, ", ", N, "]");
+  }
+  const bool with_prev = prev_ptr.numel() > 0;
+  if (with_prev) check_events(prev_ptr, prev_col, empty, rows, op, "prev");
+  const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
+  const float* gp = grad_act.contiguous().data_ptr<float>();
+  const Tensor gate_c = act_gate.contiguous();
+  const float* gt = gate_c.data_ptr<float>();
+  const float* cgp = with_cg ? cg.data_ptr<float>() : nullptr;
+  const EventView av = view(act_ptr, act_col, empty), xv = view(x_ptr, x_col, x_val);
+  // e = (dL/ds + dL/dcount) * gamma on the active list
+  std::vector<float> e(static_cast<size_t>(act_col.numel()));
+  at::parallel_for(0, B, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t q = av.ptr[b * T]; q < av.ptr[(b + 1) * T]; ++q) {
+        const float gsum = with_cg ? gp[q] + cgp[b * N + av.col[q]] : gp[q];
+        e[static_cast<size_t>(q)] = gsum * gt[q];
+      }
+  });
+  const Powers pw(beta);
+  // dW^T [N, N_in] per thread: dW[:, j] += e * xbar[t, b, :], xbar = beta^(t-tr) h
+  std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    auto& acc = partial[static_cast<size_t>(at::get_thread_num())];
+    if (acc.empty()) acc.assign(static_cast<size_t>(N * Nin), 0.0f);
+    std::vector<float> h(static_cast<size_t>(Nin));
+    for (int64_t b = b0; b < b1; ++b) {
+      if (av.ptr[b * T] == av.ptr[(b + 1) * T]) continue;  // no active entry in this batch row
+      std::fill(h.begin(), h.end(), 0.0f);
+      bool any = false;
+      int64_t tr = 0;
+      const int64_t last = av.ptr[(b + 1) * T];
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = b * T + t;
+        if (av.ptr[r] == last) break;  // no active entry left in this batch row
+        const bool events = xv.ptr[r + 1] > xv.ptr[r];
+        if (!any && !events) continue;
+        if (!any || t - tr > kRebaseSteps) {
+          if (any) {
+            const float f = static_cast<float>(std::pow(beta, static_cast<double>(t - tr)));
+            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+          }
+          tr = t;
+        }
+        any = true;
+        for (int64_t q = xv.ptr[r]; q < xv.ptr[r + 1]; ++q) h[xv.col[q]] += xv.value(q) * pw.up[t - tr];
+        const float* hp = h.data();
+        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q) {
+          const float f = e[static_cast<size_t>(q)] * pw.down[t - tr];
+          float* dst = acc.data() + static_cast<int64_t>(av.col[q]) * Nin;
+          for (int64_t i = 0; i < Nin; ++i) dst[i] += f * hp[i];
+        }
+      }
+    }
+  });
+  Tensor dwt = at::zeros({N, Nin}, weight.options());
+  float* dwp = dwt.data_ptr<float>();
+  for (const auto& p : partial)
+    if (!p.empty())
+      for (int64_t q = 0; q < N * Nin; ++q) dwp[q] += p[static_cast<size_t>(q)];
+  Tensor dw = dwt.t().contiguous();
+  if (!with_prev) return {dw, empty};
+  // dL/ds_prev[t, b, i] = sum over entries (t', b, j), t' >= t of beta^(t'-t) e W[i, j], only at prev's entries
+  const EventView pv = view(prev_ptr, prev_col, empty);
+  Tensor g_prev = at::zeros({prev_col.numel()}, weight.options());
+  float* gpp = g_prev.data_ptr<float>();
+  const Tensor wt = W.t().contiguous();  // [N, N_in]
+  const float* wtp = wt.data_ptr<float>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> h(static_cast<size_t>(Nin));
+    for (int64_t b = b0; b < b1; ++b) {
+      if (pv.ptr[b * T] == pv.ptr[(b + 1) * T]) continue;
+      std::fill(h.begin(), h.end(), 0.0f);
+      bool any = false;
+      int64_t tr = T - 1;
+      const int64_t first = pv.ptr[b * T];
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t r = b * T + t;
+        if (pv.ptr[r + 1] == first) break;  // no prev entry at or before t
+        const bool entries = av.ptr[r + 1] > av.ptr[r];
+        if (!any && !entries) continue;
+        if (!any || tr - t > kRebaseSteps) {
+          if (any) {
+            const float f = static_cast<float>(std::pow(beta, static_cast<double>(tr - t)));
+            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+          }
+          tr = t;
+        }
+        any = true;
+        float* hp = h.data();
+        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q) {
+          const float f = e[static_cast<size_t>(q)] * pw.up[tr - t];
+          const float* wr = wtp + static_cast<int64_t>(av.col[q]) * Nin;
+          for (int64_t i = 0; i < Nin; ++i) hp[i] += f * wr[i];
+        }
+        const float f = pw.down[tr - t];
+        for (int64_t q = pv.ptr[r]; q < pv.ptr[r + 1]; ++q) gpp[q] = hp[pv.col[q]] * f;
+      }
+    }
+  });
+  return {dw, g_prev};
+}
+
+// The dense rule. grad [B*T, N] (rows b*T + t), gate [B*T, N] -> (dW [N_in, N], dx [B*T, N_in] or empty)
+std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tensor& gate, const Tensor& count_grad,
+                                                  const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                                                  const Tensor& weight, double beta, int64_t steps, bool input_grad,
+                                                  int64_t current_mode) {
+  const char* op = "lzo::lif_dense_backward";
+  check_float(grad, op, "grad");
+  check_float(gate, op, "gate");
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  const int64_t Nin = weight.size(0), N = weight.size(1);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == N && gate.sizes() == grad.sizes(), op,
+              ": grad and gate must both be [B*T, N]");
+  TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
+  const int64_t rows = grad.size(0), T = steps, B = rows / T;
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  const bool with_cg = count_grad.numel() > 0;
+  if (with_cg) TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N]");
+  const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
+  const Tensor gc = grad.contiguous(), gtc = gate.contiguous();
+  Tensor ghat = at::empty({rows, N}, weight.options());
+  const float* gp = gc.data_ptr<float>();
+  const float* gt = gtc.data_ptr<float>();
+  const float* cgp = with_cg ? cg.data_ptr<float>() : nullptr;
+  float* hp = ghat.data_ptr<float>();
+  const float fb = static_cast<float>(beta);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t r = b * T + t;
+        const float* g = gp + r * N;
+        const float* y = gt + r * N;
+        float* o = hp + r * N;
+        const float* c = cgp ? cgp + b * N : nullptr;
+        const float* next = t + 1 < T ? o + N : nullptr;
+        for (int64_t j = 0; j < N; ++j) {
+          const float gs = c ? g[j] + c[j] : g[j];
+          const float e = gs * y[j];
+          o[j] = next ? e + fb * next[j] : e;
+        }
+      }
+  });
+  const EventView xv = view(x_ptr, x_col, x_val);
+  Tensor dw;
+  if (use_gemm(current_mode, x_col.numel(), rows, Nin)) {
+    dw = at::mm(rows_from_events(xv, rows, Nin, weight.options()).t(), ghat);
+  } else {  // dW[i, :] += x * ghat[r, :] per input event (r, i)
+    std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      auto& acc = partial[static_cast<size_t>(at::get_thread_num())];
+      if (acc.empty()) acc.assign(static_cast<size_t>(Nin * N), 0.0f);
+      for (int64_t r = b0 * T; r < b1 * T; ++r) {
+        const float* src = hp + r * N;
+        for (int64_t q = xv.ptr[r]; q < xv.ptr[r + 1]; ++q) {
+          const float a = xv.value(q);
+          float* dst = acc.data() + static_cast<int64_t>(xv.col[q]) * N;
+          for (int64_t j = 0; j < N; ++j) dst[j] += a * src[j];
+        }
+      }
+    });
+    dw = at::zeros({Nin, N}, weight.options());
+    float* dwp = dw.data_ptr<float>();
+    for (const auto& p : partial)
+      if (!p.empty())
+        for (int64_t q = 0; q < Nin * N; ++q) dwp[q] += p[static_cast<size_t>(q)];
+  }
+  Tensor dx = input_grad ? at::mm(ghat, W.t()) : at::empty({0}, weight.options());
+  return {dw, dx};
+}
+
+TORCH_LIBRARY_FRAGMENT(lzo, m) {
+  m.def("to_events(Tensor x) -> (Tensor ptr, Tensor col, Tensor val)");
+  m.def("events_to_dense(Tensor ptr, Tensor col, Tensor val, int steps, int width) -> Tensor");
+  m.def(
+      "lif_events_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, Tensor table, int steps, "
+      "float beta, float theta, int method, int sample_kind, int surrogate_kind, float delta, float bth, float k, "
+      "float band, float term_scale, int samples, int alpha, int seed, int update, int layer, int current_mode) "
+      "-> (Tensor spike_ptr, Tensor spike_col, Tensor counts, Tensor active_ptr, Tensor active_col, "
+      "Tensor active_gate, Tensor dense_gate)");
+  m.def("readout_forward(Tensor s_ptr, Tensor s_col, Tensor w_out, int steps, float beta_out) -> Tensor");
+  m.def(
+      "readout_backward(Tensor grad_o, Tensor s_ptr, Tensor s_col, Tensor w_out, float beta_out, "
+      "Tensor active_ptr, Tensor active_col) -> (Tensor grad_w_out, Tensor d_a, Tensor grad_active)");
+  m.def(
+      "lif_sparse_backward(Tensor grad_active, Tensor active_ptr, Tensor active_col, Tensor active_gate, "
+      "Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, float beta, int steps, "
+      "Tensor prev_ptr, Tensor prev_col) -> (Tensor grad_weight, Tensor grad_prev)");
+  m.def(
+      "lif_dense_backward(Tensor grad, Tensor gate, Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, "
+      "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)");
+}
+
+TORCH_LIBRARY_IMPL(lzo, CPU, m) {
+  m.impl("to_events", &to_events_cpu);
+  m.impl("events_to_dense", &events_to_dense_cpu);
+  m.impl("lif_events_forward", &lif_events_forward_cpu);
+  m.impl("readout_forward", &readout_forward_cpu);
+  m.impl("readout_backward", &readout_backward_cpu);
+  m.impl("lif_sparse_backward", &lif_sparse_backward_cpu);
+  m.impl("lif_dense_backward", &lif_dense_backward_cpu);
+}
+
+}  // namespace lzo

@@ -1,0 +1,90 @@
+"""Spike trains as event lists: what the event-driven forward consumes and produces (DESIGN.md §5b).
+
+A batch of spike trains ``x [T, B, N]`` is held as a CSR list over rows ``r = b·T + t`` (one batch
+row's steps contiguous, the order the forward scan and the backward walk both use)::
+
+    events of row r  =  col[ptr[r]:ptr[r+1]]  (unit indices, int32)  with values val[...] (float32;
+                        empty when every value is 1, as for binary spikes)
+
+A layer's synaptic current is then ``I[t, b, :] = Σ_{q in row (b, t)} val[q]·W[col[q], :]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpikeEvents:
+    """Non-zero entries of a ``[T, B, width]`` spike tensor as a CSR list over rows ``b·T + t``."""
+
+    ptr: torch.Tensor   # int64 [B·T + 1]
+    col: torch.Tensor   # int32 [nnz]
+    val: torch.Tensor   # float32 [nnz], or empty: every value is 1
+    steps: int
+    batch: int
+    width: int
+
+    def __post_init__(self) -> None:
+        if self.ptr.numel() != self.steps * self.batch + 1:
+            raise ValueError(f"ptr must hold B·T + 1 = {self.steps * self.batch + 1} entries, got {self.ptr.numel()}")
+        if self.val.numel() not in (0, self.col.numel()):
+            raise ValueError("val must be empty or hold one value per event")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The dense shape ``(T, B, width)``."""
+        return self.steps, self.batch, self.width
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    def to(self, device: torch.device | str) -> "SpikeEvents":
+        if torch.device(device) == self.device:
+            return self
+        return SpikeEvents(self.ptr.to(device), self.col.to(device), self.val.to(device),
+                           self.steps, self.batch, self.width)
+
+    def row_of_event(self) -> torch.Tensor:
+        """Row ``b·T + t`` of every event (int64 [nnz])."""
+        counts = self.ptr[1:] - self.ptr[:-1]
+        return torch.repeat_interleave(torch.arange(counts.numel(), device=self.ptr.device), counts)
+
+    def dense(self) -> torch.Tensor:
+        """The float32 ``[T, B, width]`` tensor."""
+        out = torch.zeros(self.batch, self.steps, self.width, device=self.device)
+        values = self.val if self.val.numel() else torch.ones(self.nnz, device=self.device)
+        out.view(-1, self.width)[self.row_of_event(), self.col.long()] = values
+        return out.transpose(0, 1).contiguous()
+
+    @classmethod
+    def from_dense(cls, x: torch.Tensor) -> "SpikeEvents":
+        """Events of ``x [T, B, width]`` (values kept unless all are 1)."""
+        if x.dim() != 3:
+            raise ValueError(f"x must have shape [T, B, width], got {tuple(x.shape)}")
+        steps, batch, width = x.shape
+        xb = x.transpose(0, 1).reshape(batch * steps, width)
+        rows, cols = xb.nonzero(as_tuple=True)
+        values = xb[rows, cols].to(torch.float32)
+        counts = torch.bincount(rows, minlength=batch * steps)
+        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64, device=x.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        if bool((values == 1).all()):
+            values = values.new_empty(0)
+        return cls(ptr, cols.to(torch.int32), values, steps, batch, width)
+
+    @classmethod
+    def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
+        """Binary events at ``(rows[q] = b·T + t, cols[q])``, in any order; duplicates count once."""
+        key = torch.unique(rows.long() * width + cols.long())  # sorted
+        counts = torch.bincount(key // width, minlength=batch * steps)
+        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        return cls(ptr, (key % width).to(torch.int32), torch.zeros(0), steps, batch, width)
