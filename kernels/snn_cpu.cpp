@@ -24,8 +24,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "lif_common.h"
@@ -91,13 +91,15 @@ struct Powers {
   }
 };
 
-// e^x for x <= 0, flushed to 0 where e^x is below FLT_MIN (x < -87.33; a denormal gate value
-// changes no gradient we can represent usefully, and glibc's expf takes a slow path there).
-// Cody-Waite reduction and Cephes' degree-6 polynomial, branch-free so the loops over it
-// vectorise; relative error < 2e-7 against expf.
+// e^x for x <= 0, flushed to 0 where e^x is below FLT_MIN (x < -87.33: a denormal gate value moves
+// no gradient, and glibc's expf takes a slow path there). Cody-Waite reduction and Cephes' degree-6
+// polynomial; relative error < 2e-7 against expf. Written without float selects (the clamp works on
+// the bit pattern: for negative floats a larger magnitude is a larger int32) so loops over it vectorise.
 inline float exp_neg_ftz(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  constexpr int32_t kBitsMinus100 = static_cast<int32_t>(0xC2C80000u);  // -100.0f
+  const float xc = std::bit_cast<float>(std::min(std::bit_cast<int32_t>(x), kBitsMinus100));
+  const int32_t ni = static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f);  // round(x / ln 2)
+  const float n = static_cast<float>(ni);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -107,10 +109,9 @@ inline float exp_neg_ftz(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x < -87.33f ? 0.0f : e * scale;
+  const float scale = std::bit_cast<float>((ni + 127) << 23);
+  const int32_t keep = -static_cast<int32_t>(x >= -87.33f);
+  return std::bit_cast<float>(std::bit_cast<int32_t>(e * scale) & keep);
 }
 
 // The dense gate g(v) for a row of potentials, one loop per surrogate so each vectorises.
@@ -155,6 +156,116 @@ void surrogate_row(const GateParams& g, const float* v, float* out, int64_t n) {
     }
   }
 }
+
+// One step of the LIF scan over a row of neurons (lzo_math.h lif_step, vectorised):
+// u = beta*u + I - theta*s_prev, v = u - theta, s = H(v).
+inline void lif_row(float* __restrict u, float* __restrict s, float* __restrict v, const float* __restrict cur,
+                    int64_t n, float beta, float theta) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float uu = beta * u[j] + cur[j] - theta * s[j];
+    u[j] = uu;
+    v[j] = uu - theta;
+    s[j] = uu - theta > 0.0f ? 1.0f : 0.0f;
+  }
+}
+
+// dst += a * src over a row.
+inline void add_row(float* __restrict dst, const float* __restrict src, float a, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] += a * src[j];
+}
+
+// The gates of the sparse rules for one row (t, b) of potentials, computed only at the candidates
+// |v| < band, which a branch-free compaction collects first (DESIGN.md 5b, item 3).
+//   sparsegrad: g(|v|) on the candidates, vectorised (surrogate_row).
+//   localzo:    exactly gate() of lzo_math.h (the same Philox counters, the same sum over k), with
+//               Philox as one vectorised loop over the candidates, and the inverse CDF skipped where
+//               the uniform alone proves a draw inactive: skip_below[i] is a uniform under which
+//               delta*|z| < i*h for sure (bisection on abs_icdf itself, 1e-4 margins in u and z),
+//               and a candidate with |v| >= i*h is inactive for every u below it.
+class SparseGateRows {
+ public:
+  static constexpr int kGrid = 256;
+
+  explicit SparseGateRows(const GateParams& g)
+      : g_(g), h_(g.band / kGrid), inv_h_(kGrid / g.band), skip_below_(kGrid + 1, 0.0f) {
+    if (g.method != LOCALZO) return;
+    const float delta = static_cast<float>(g.delta);
+    for (int i = 1; i <= kGrid; ++i) {
+      const float z_target = (static_cast<float>(i) * h_ / delta) * (1.0f - 1e-4f);
+      uint32_t lo = 0, hi = 1u << 23;  // u = (m + 0.5) 2^-23: the first m with |z| >= z_target
+      while (lo < hi) {
+        const uint32_t mid = (lo + hi) / 2;
+        if (abs_icdf(g, uniform_from_bits(mid << 9)) < z_target) lo = mid + 1; else hi = mid;
+      }
+      skip_below_[i] = std::max(0.0f, uniform_from_bits(lo << 9) - 1e-4f);
+    }
+  }
+
+  // Appends the non-zero gates of row (t, b), in j order; returns how many.
+  int64_t row(const float* v, int64_t n, int t, int b, std::vector<int32_t>& col, std::vector<float>& val) {
+    cj_.resize(n);
+    cav_.resize(n);
+    acc_.resize(n);
+    ukeep_.resize(n);
+    bits_.resize(n);
+    int64_t nc = 0;
+    for (int64_t j = 0; j < n; ++j) {  // write always, advance if inside
+      const float av = std::fabs(v[j]);
+      cj_[nc] = static_cast<uint32_t>(j);
+      cav_[nc] = av;
+      nc += av < g_.band;
+    }
+    if (nc == 0) return 0;
+    if (g_.method == SPARSEGRAD) {
+      surrogate_row(g_, cav_.data(), acc_.data(), nc);
+    } else {
+      draws(nc, t, b);
+      for (int64_t c = 0; c < nc; ++c) acc_[c] = acc_[c] * g_.term_scale;
+    }
+    int64_t added = 0;
+    for (int64_t c = 0; c < nc; ++c)
+      if (acc_[c] != 0.0f) {
+        col.push_back(static_cast<int32_t>(cj_[c]));
+        val.push_back(acc_[c]);
+        ++added;
+      }
+    return added;
+  }
+
+ private:
+  // acc[c] = sum_k 1(|v| < delta z_k) z_k^alpha / (2 delta) for the nc candidates
+  void draws(int64_t nc, int t, int b) {
+    std::fill(acc_.begin(), acc_.begin() + nc, 0.0f);
+    const float two_delta = static_cast<float>(2.0 * g_.delta), delta = static_cast<float>(g_.delta);
+    const uint32_t tt = static_cast<uint32_t>(t), bb = static_cast<uint32_t>(b);
+    uint32_t* bits = bits_.data();
+    const uint32_t* cj = cj_.data();
+    for (int k = 0; k < g_.samples; ++k) {
+      const uint32_t c3 = (static_cast<uint32_t>(g_.layer) << 16) | static_cast<uint32_t>(k);
+      for (int64_t c = 0; c < nc; ++c) bits[c] = philox4x32_10_x0(cj[c], tt, bb, c3, g_.key0, g_.key1);
+      float* uk = ukeep_.data();
+      const float* skip = skip_below_.data();
+      for (int64_t c = 0; c < nc; ++c) {  // vectorised: u, or -1 where the skip table proves it inactive
+        const float u = uniform_from_bits(bits[c]);
+        const int cell = std::min(kGrid, static_cast<int>(cav_[c] * inv_h_));
+        uk[c] = u < skip[cell] ? -1.0f : u;
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        const float u = uk[c];
+        if (u < 0.0f) continue;
+        const float z = abs_icdf(g_, u);
+        const float term = int_pow(z, g_.alpha) / two_delta;
+        if (cav_[c] < delta * z) acc_[c] = acc_[c] + term;
+      }
+    }
+  }
+
+  GateParams g_;
+  float h_, inv_h_;
+  std::vector<float> skip_below_;
+  std::vector<uint32_t> cj_, bits_;
+  std::vector<float> cav_, acc_, ukeep_;
+};
 
 // Dense rows [rows, width] (row r = b*T + t) from an event list.
 Tensor rows_from_events(const EventView& ev, int64_t rows, int64_t width, const at::TensorOptions& opts) {
@@ -303,8 +414,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   std::vector<std::vector<int32_t>> spk(B), acol(sparse ? B : 0);
   std::vector<std::vector<float>> aval(sparse ? B : 0);
   const float fb = static_cast<float>(beta), ft = static_cast<float>(theta);
+  const SparseGateRows gate_rows(g);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> cur(N), u(N), s(N), v(N);
+    std::vector<int32_t> sj(N);
+    SparseGateRows rows_here = gate_rows;
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(u.begin(), u.end(), 0.0f);
       std::fill(s.begin(), s.end(), 0.0f);
@@ -314,45 +428,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
         const float* c = cur_p ? cur_p + r * N : cur.data();
         if (!cur_p) {
           std::fill(cur.begin(), cur.end(), 0.0f);
-          for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
-            const float* w = wp + static_cast<int64_t>(ev.col[q]) * N;
-            const float a = ev.value(q);
-            float* cp = cur.data();
-            for (int64_t j = 0; j < N; ++j) cp[j] += a * w[j];
-          }
+          for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q)
+            add_row(cur.data(), wp + static_cast<int64_t>(ev.col[q]) * N, ev.value(q), N);
         }
-        float* up = u.data();
-        float* spp = s.data();
+        const float* spp = s.data();
         float* vp = v.data();
-        for (int64_t j = 0; j < N; ++j) {  // lif_step, vectorised
-          const float uu = fb * up[j] + c[j] - ft * spp[j];
-          up[j] = uu;
-          vp[j] = uu - ft;
-          spp[j] = vp[j] > 0.0f ? 1.0f : 0.0f;
-        }
+        lif_row(u.data(), s.data(), vp, c, N, fb, ft);
         int64_t n_spk = 0;
-        for (int64_t j = 0; j < N; ++j)
-          if (spp[j] != 0.0f) {
-            spk[b].push_back(static_cast<int32_t>(j));
-            cnt[j] += 1.0f;
-            ++n_spk;
-          }
-        sp[r + 1] = n_spk;
-        if (dg) {
-          surrogate_row(g, vp, dg + r * N, N);
-        } else if (sparse) {
-          int64_t n_act = 0;
-          for (int64_t j = 0; j < N; ++j) {
-            if (!(std::fabs(vp[j]) < g.band)) continue;
-            const float gv = gate(g, vp[j], static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
-            if (gv != 0.0f) {
-              acol[b].push_back(static_cast<int32_t>(j));
-              aval[b].push_back(gv);
-              ++n_act;
-            }
-          }
-          ap[r + 1] = n_act;
+        for (int64_t j = 0; j < N; ++j) {  // write always, advance on a spike
+          sj[n_spk] = static_cast<int32_t>(j);
+          n_spk += spp[j] != 0.0f;
         }
+        spk[b].insert(spk[b].end(), sj.begin(), sj.begin() + n_spk);
+        for (int64_t q = 0; q < n_spk; ++q) cnt[sj[q]] += 1.0f;
+        sp[r + 1] = n_spk;
+        if (dg) surrogate_row(g, vp, dg + r * N, N);
+        else if (sparse) ap[r + 1] = rows_here.row(vp, N, static_cast<int>(t), static_cast<int>(b), acol[b], aval[b]);
       }
     }
   });
@@ -618,20 +709,18 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
   float* hp = ghat.data_ptr<float>();
   const float fb = static_cast<float>(beta);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t t = T - 1; t >= 0; --t) {
+    const std::vector<float> zeros(static_cast<size_t>(N), 0.0f);
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* c = cgp ? cgp + b * N : zeros.data();
+      for (int64_t t = T - 1; t >= 0; --t) {  // ghat[t] = (g + dL/dcount) * gamma + beta * ghat[t+1]
         const int64_t r = b * T + t;
         const float* g = gp + r * N;
         const float* y = gt + r * N;
         float* o = hp + r * N;
-        const float* c = cgp ? cgp + b * N : nullptr;
-        const float* next = t + 1 < T ? o + N : nullptr;
-        for (int64_t j = 0; j < N; ++j) {
-          const float gs = c ? g[j] + c[j] : g[j];
-          const float e = gs * y[j];
-          o[j] = next ? e + fb * next[j] : e;
-        }
+        const float* next = t + 1 < T ? o + N : zeros.data();
+        for (int64_t j = 0; j < N; ++j) o[j] = (g[j] + c[j]) * y[j] + fb * next[j];
       }
+    }
   });
   const EventView xv = view(x_ptr, x_col, x_val);
   Tensor dw;
