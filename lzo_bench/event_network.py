@@ -97,6 +97,7 @@ class _EventNetwork(torch.autograd.Function):
         for st in run.layers:
             saved += [st.spikes.ptr, st.spikes.col, st.active_ptr, st.active_col, st.active_gate, st.dense_gate]
         ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)  # an output the loss does not use gets None, not a zero tensor
         ctx.run = run
         ctx.n_weights = len(weights)
         return (o, *(st.counts for st in run.layers))
@@ -112,18 +113,21 @@ class _EventNetwork(torch.autograd.Function):
         empty_f = weights[0].new_empty(0)
         empty_i = run.x.ptr.new_empty(0)
         empty_c = run.x.col.new_empty(0)
-        if grad_o is None:
-            grad_o = weights[-1].new_zeros(steps, batch, weights[-1].shape[1])
         inputs = [x] + [SpikeEvents(p[0], p[1], empty_f, steps, batch, w.shape[1])
                         for p, w in zip(per_layer, weights[:-1])]
         last = per_layer[-1]
         sparse = run.spec is not None and run.spec.is_sparse
         grads: list[torch.Tensor | None] = [None] * ctx.n_weights
-        grads[-1], d_a, g = torch.ops.lzo.readout_backward(
-            grad_o.contiguous(), last[0], last[1], weights[-1], run.beta_out,
-            last[2] if sparse else empty_i, last[3] if sparse else empty_c)
-        if not sparse:
-            g = d_a @ weights[-1].t()
+        if grad_o is None:  # only the counts reach the loss: no readout gradient, as autograd gives
+            n_last = weights[-1].shape[0]
+            g = empty_f.new_zeros(last[3].numel() if sparse else steps * batch * n_last)
+            g = g if sparse else g.view(steps * batch, n_last)
+        else:
+            grads[-1], d_a, g = torch.ops.lzo.readout_backward(
+                grad_o.contiguous(), last[0], last[1], weights[-1], run.beta_out,
+                last[2] if sparse else empty_i, last[3] if sparse else empty_c)
+            if not sparse:
+                g = d_a @ weights[-1].t()
         for layer in reversed(range(len(per_layer))):
             _, _, a_ptr, a_col, a_gate, dense_gate = per_layer[layer]
             cg = grad_counts[layer] if grad_counts[layer] is not None else empty_f

@@ -82,9 +82,12 @@ class SpikeEvents:
 
     @classmethod
     def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
-        """Binary events at ``(rows[q] = b·T + t, cols[q])``, in any order; duplicates count once."""
-        key = torch.unique(rows.long() * width + cols.long())  # sorted
+        """Binary events at ``(rows[q] = b·T + t, cols[q])``; sorted and de-duplicated unless they
+        already are (as a dataset's events are)."""
+        key = rows.long() * width + cols.long()
+        if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):
+            key = torch.unique(key)  # sorted
         counts = torch.bincount(key // width, minlength=batch * steps)
-        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64)
+        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64, device=key.device)
         torch.cumsum(counts, 0, out=ptr[1:])
-        return cls(ptr, (key % width).to(torch.int32), torch.zeros(0), steps, batch, width)
+        return cls(ptr, (key % width).to(torch.int32), torch.zeros(0, device=key.device), steps, batch, width)

@@ -214,7 +214,8 @@ def evaluate(
 ) -> float:
     """Test accuracy in percent (inference forward: no gates)."""
     correct = 0
-    for x, y in batches(data, batch_size, device):
+    events = backend is not None and backend.network is not None and device.type == "cpu"
+    for x, y in batches(data, batch_size, device, events=events):
         correct += int((model(x, backend=backend).logits.argmax(1) == y).sum())
     return 100.0 * correct / len(data)
 
@@ -304,7 +305,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             active = [0] * len(cfg.hidden)
             entries = 0
             fwd = bwd = opt = 0.0
-            for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True)):
+            loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
+                             events=backend.network is not None and device.type == "cpu")
+            for i, (x, y) in enumerate(loader):
                 t0 = time.perf_counter()
                 out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
                 loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.counts)

@@ -7,6 +7,8 @@ from typing import Iterator
 
 import torch
 
+from lzo_bench.events import SpikeEvents
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -58,6 +60,12 @@ class SpikeDataset:
         """Samples ``idx`` as bool ``[n, T, units]``."""
         return self.spikes[idx]
 
+    def spike_events(self, idx: torch.Tensor | slice) -> SpikeEvents:
+        """Samples ``idx`` as events, batch row ``b`` = position in ``idx``."""
+        x = self.spikes[idx]
+        n, t, u = x.nonzero(as_tuple=True)  # sorted by (n, t, u)
+        return SpikeEvents.from_rows(n * self.steps + t, u, self.steps, x.shape[0], self.n_units)
+
 
 @dataclass(frozen=True)
 class EventDataset:
@@ -88,6 +96,12 @@ class EventDataset:
         rows = torch.repeat_interleave(torch.arange(idx.numel()), counts)
         first = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts)
         return idx, rows, self.events[torch.arange(int(counts.sum())) + first].long()
+
+    def spike_events(self, idx: torch.Tensor | slice) -> SpikeEvents:
+        """Samples ``idx`` as events, batch row ``b`` = position in ``idx``: no dense tensor is made."""
+        idx, rows, pos = self._gather(idx)
+        return SpikeEvents.from_rows(rows * self.steps + pos // self.n_units, pos % self.n_units,
+                                     self.steps, idx.numel(), self.n_units)
 
     def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
         """Samples ``idx`` as bool ``[n, T, units]`` (a scatter of their events)."""
@@ -128,18 +142,23 @@ def batches(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     reuse_buffer: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    events: bool = False,
+) -> Iterator[tuple["torch.Tensor | SpikeEvents", torch.Tensor]]:
     """Yield ``(x [T, B, units] float32, y [B])``; shuffled when a generator is given.
 
-    The last batch may be smaller than ``batch_size``. ``reuse_buffer`` (event datasets): build
-    each batch in one reused buffer (:class:`EventBatcher`) — each ``x`` is overwritten by the next.
+    The last batch may be smaller than ``batch_size``. ``events``: ``x`` is a :class:`SpikeEvents`
+    (what the event-driven backend takes; no dense batch is made). ``reuse_buffer`` (event datasets,
+    dense batches): build each batch in one reused buffer (:class:`EventBatcher`) — each ``x`` is
+    overwritten by the next.
     """
     n = len(data)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     batcher = EventBatcher(data) if reuse_buffer and isinstance(data, EventDataset) else None
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        if batcher is not None:
+        if events:
+            x = data.spike_events(idx).to(device)
+        elif batcher is not None:
             x = batcher(idx).to(device)
         else:
             x = data.dense(idx).to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()

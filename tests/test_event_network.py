@@ -1,0 +1,199 @@
+"""The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/event_network.py) against the
+pure-PyTorch reference: spikes identical, gradients equal to float rounding, LocalZO draws the
+reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
+m > 1, both hidden layers active, and inputs that are not binary."""
+
+import pytest
+import torch
+
+from lzo_bench import ops
+from lzo_bench.backends import select_backend
+from lzo_bench.data.base import EventDataset, SpikeDataset, batches
+from lzo_bench.event_network import as_events, event_network
+from lzo_bench.events import SpikeEvents
+from lzo_bench.gates import GateSpec, gate_values
+from lzo_bench.lif import lif_potentials
+from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.rng import DrawKey
+
+ops.build()
+CASES = [
+    ("surrogate", "normal", 1), ("surrogate", "uniform", 1), ("surrogate", "laplace", 1),
+    ("surrogate", "sigmoid", 1), ("surrogate", "fast-sigmoid", 1),
+    ("sparsegrad", "normal", 1), ("sparsegrad", "laplace", 5), ("sparsegrad", "fast-sigmoid", 1),
+    ("localzo", "normal", 1), ("localzo", "normal", 5), ("localzo", "uniform", 3), ("localzo", "laplace", 1),
+    ("localzo", "sigmoid", 2), ("localzo", "fast-sigmoid", 1),
+]
+LONG = (80, 3, 11, (13, 9))  # T, B, n_in, hidden
+
+
+def make(shape, seed=0, values=False):
+    steps, batch, n_in, hidden = shape
+    net = NetworkSpec(n_in, hidden, 4, beta=0.9, beta_out=0.85, init="uniform", init_gain=2.0)
+    model = SNN(net, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (torch.rand(steps, batch, n_in, generator=gen) < 0.2).float()
+    if values:  # graded input: 0.5 or 2.0 instead of 1
+        x = x * torch.where(torch.rand(x.shape, generator=gen) < 0.5, 0.5, 2.0)
+    return model, x, torch.arange(batch) % 4
+
+
+def run(model, x, y, spec, key, backend, loss="full"):
+    model.zero_grad(set_to_none=True)
+    out = model(x, spec, key, backend)
+    reg = SpikeRegularizer(f_up=0.3)(out.counts)
+    total = reg if loss == "reg" else classification_loss(out.logits, y) + reg
+    total.backward()
+    return out, [None if w.grad is None else w.grad.clone() for w in model.weights]
+
+
+def assert_same(spec, model, x, y, loss="full", **net_kwargs):
+    key = DrawKey(5, 9)
+    ref_out, ref_grads = run(model, x, y, spec, key, None, loss)
+    cpp = select_backend("cpp", "cpu", spec)
+    assert cpp.network is event_network
+    if net_kwargs:
+        cpp = type(cpp)(cpp.name, cpp.layer, cpp.reason, lambda m, xx, s, k: event_network(m, xx, s, k, **net_kwargs))
+    out, grads = run(model, x, y, spec, key, cpp, loss)
+    for a, b in zip(out.spikes, ref_out.spikes):
+        assert torch.equal(a, b.detach())
+    assert out.active == ref_out.active
+    assert [g is None for g in grads] == [g is None for g in ref_grads]
+    for a, b in zip(grads, ref_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    return ref_out
+
+
+@pytest.mark.parametrize("method,dist,m", CASES)
+def test_long_sequences_equal_reference(method, dist, m):
+    spec = GateSpec.build(method, dist, delta=0.4, samples=m)
+    model, x, y = make(LONG)
+    ref = assert_same(spec, model, x, y)
+    if spec.is_sparse:
+        assert all(a > 0 for a in ref.active), "both hidden layers must have active entries"
+
+
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+def test_graded_input_values(method):
+    model, x, y = make((40, 4, 7, (9, 6)), seed=3, values=True)
+    assert as_events(x).val.numel() > 0
+    assert_same(GateSpec.build(method, "laplace", delta=0.4, samples=2), model, x, y)
+
+
+@pytest.mark.parametrize("method", ["surrogate", "localzo"])
+def test_gemm_current_equals_event_current(method):
+    model, x, y = make((35, 4, 10, (8, 7)), seed=5)
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, current="gemm")
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, current="events")
+
+
+@pytest.mark.parametrize("method", ["surrogate", "localzo"])
+def test_regulariser_only_loss(method):
+    """No gradient reaches the readout: the counts' gradient alone drives the backward."""
+    model, x, y = make((30, 3, 8, (6, 5)), seed=7)
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, loss="reg")
+
+
+def test_inference_equals_reference():
+    model, x, _ = make(LONG, seed=2)
+    cpp = select_backend("cpp", "cpu")
+    with torch.no_grad():
+        ref, out = model(x), model(x, backend=cpp)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+    for a, b in zip(out.spikes, ref.spikes):
+        assert torch.equal(a, b)
+    assert out.active == [0, 0]
+
+
+@pytest.mark.parametrize("dist,m", [("normal", 1), ("laplace", 3), ("sigmoid", 2), ("fast-sigmoid", 1)])
+def test_localzo_draws_identical_to_reference(dist, m):
+    """The active list and γ of the event op are the reference's (same Philox draws), listed in
+    rows b·T + t, neurons ascending."""
+    spec = GateSpec.build("localzo", dist, delta=0.5, samples=m)
+    x = (torch.rand(75, 6, 10, generator=torch.Generator().manual_seed(3)) < 0.4).float()
+    w = (torch.rand(10, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1)
+    key = DrawKey(123456789012, 77)
+    ev = as_events(x)
+    table, *params = ops.gate_args(spec, key, x.device)
+    _, _, _, a_ptr, a_col, a_gate, _ = torch.ops.lzo.lif_events_forward(
+        ev.ptr, ev.col, ev.val, w, table, 75, 0.9, 1.0, *params, 2, 0)
+    v = lif_potentials((x.reshape(-1, 10) @ w).view(75, 6, 12), 0.9, 1.0)
+    ref = gate_values(v, spec, key, 2).transpose(0, 1).reshape(75 * 6, 12)  # rows b·T + t
+    rows, cols = ref.nonzero(as_tuple=True)
+    assert torch.equal(a_ptr[1:] - a_ptr[:-1], torch.bincount(rows, minlength=75 * 6))
+    assert torch.equal(a_col.long(), cols)
+    torch.testing.assert_close(a_gate, ref[rows, cols], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dist", ["normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"])
+def test_dense_gate_equals_surrogate_and_flushes_to_zero(dist):
+    spec = GateSpec.build("surrogate", dist, delta=0.05)
+    x = (torch.rand(50, 4, 9, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    w = torch.randn(9, 16, generator=torch.Generator().manual_seed(2))  # potentials far from θ too
+    ev = as_events(x)
+    table, *params = ops.gate_args(spec, None, x.device)
+    gate = torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, 50, 0.9, 1.0, *params, 0, 0)[6]
+    v = lif_potentials((x.reshape(-1, 9) @ w).view(50, 4, 16), 0.9, 1.0).transpose(0, 1).reshape(200, 16)
+    ref = gate_values(v, spec, DrawKey(0, 0), 0)
+    torch.testing.assert_close(gate, ref, rtol=1e-5, atol=1e-30)  # the exponent argument rounds differently
+    tiny = ref < torch.finfo(torch.float32).tiny
+    assert tiny.any() or dist == "fast-sigmoid"  # (1 + k|v|)^-2 never gets that small here
+    assert (gate[tiny] == 0).all(), "values below FLT_MIN are flushed to 0"
+
+
+def test_spike_events_round_trip_and_compaction():
+    x = (torch.rand(13, 5, 7, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    x[2, 1, 3] = 0.25
+    ev = SpikeEvents.from_dense(x)
+    assert ev.shape == (13, 5, 7) and ev.val.numel() == ev.nnz
+    assert torch.equal(ev.dense(), x)
+    ptr, col, val = torch.ops.lzo.to_events(x)
+    assert torch.equal(ptr, ev.ptr) and torch.equal(col, ev.col) and torch.equal(val, ev.val)
+    assert torch.equal(torch.ops.lzo.events_to_dense(ptr, col, val, 13, 7), x)
+    binary = (x > 0.5).float()
+    assert SpikeEvents.from_dense(binary).val.numel() == 0
+    # unsorted rows with a duplicate: sorted, counted once
+    ev2 = SpikeEvents.from_rows(torch.tensor([4, 0, 4, 4]), torch.tensor([2, 1, 0, 2]), 3, 2, 3)
+    assert ev2.ptr.tolist() == [0, 1, 1, 1, 1, 3, 3] and ev2.col.tolist() == [1, 0, 2]
+
+
+def test_dataset_events_equal_dense_batches():
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.rand(9, 12, 5, generator=gen) < 0.2
+    labels = torch.arange(9) % 3
+    spike_ds = SpikeDataset(dense, labels, 3)
+    flat = [torch.nonzero(d.reshape(-1)).view(-1) for d in dense]
+    offsets = torch.tensor([0] + [len(f) for f in flat]).cumsum(0)
+    event_ds = EventDataset(torch.cat(flat).int(), offsets, labels, 3, 12, 5)
+    for ds in (spike_ds, event_ds):
+        order = torch.Generator().manual_seed(4)
+        got = list(batches(ds, 4, events=True, generator=order))
+        want = list(batches(ds, 4, generator=torch.Generator().manual_seed(4)))
+        assert len(got) == len(want) == 3
+        for (xe, ye), (xd, yd) in zip(got, want):
+            assert isinstance(xe, SpikeEvents)
+            assert torch.equal(xe.dense(), xd) and torch.equal(ye, yd)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.update(col=torch.tensor([0, 9], dtype=torch.int32)), r"x_col must lie in \[0, 4\), got \[0, 9\]"),
+    (lambda a: a.update(ptr=torch.tensor([0, 1, 2], dtype=torch.int64)), r"x_ptr must hold B\*T \+ 1 row pointers for T = 3"),
+    (lambda a: a.update(ptr=torch.tensor([0, 1, 1, 1, 1, 1, 5], dtype=torch.int64)), r"x_ptr must run from 0 to nnz = 2"),
+    (lambda a: a.update(col=torch.tensor([0, 1], dtype=torch.int64)), "x_col must be a contiguous 1-D int32 tensor"),
+    (lambda a: a.update(val=torch.ones(3)), "x_val must be empty or hold one float32 per event"),
+    (lambda a: a.update(mode=5), r"current_mode must be 0 \(auto\), 1 \(events\) or 2 \(gemm\)"),
+])
+def test_event_forward_bad_input(mutate, match):
+    a = {"ptr": torch.tensor([0, 1, 1, 2, 2, 2, 2]), "col": torch.tensor([0, 3], dtype=torch.int32),
+         "val": torch.zeros(0), "mode": 0}
+    mutate(a)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lzo.lif_events_forward(a["ptr"], a["col"], a["val"], torch.randn(4, 5), torch.zeros(0), 3, 0.9, 1.0,
+                                         2, 0, 0, 0.5, 0.4, 0.0, 2.7, 1.0, 1, 1, 3, 4, 0, a["mode"])
+
+
+def test_network_rejects_wrong_input_width():
+    model, x, _ = make((5, 2, 6, (4,)))
+    with pytest.raises(ValueError, match="x has 5 input units but the network takes 6"):
+        event_network(model, x[:, :, :5], None, None)
