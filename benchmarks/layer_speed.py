@@ -10,7 +10,13 @@ order), after warm-up; medians and the interquartile range over repeats:
   (a) ``autograd-loop``: a plain per-step autograd loop with a surrogate spike function, as users
       of other SNN libraries write it (one matmul per step);
   (b) ``fused-dense``:  ``lzo::lif_forward`` with the dense ``surrogate`` gate;
-  (c) ``sparsegrad`` and ``localzo``: the same op with the sparse gates.
+  (c) ``sparsegrad`` and ``localzo``: the same op with the sparse gates;
+  (e) ``events-dense``, ``events-sparsegrad``, ``events-localzo``: the sparse-end-to-end ops
+      (kernels/snn_cpu.cpp) — current from the input events, fused scan + gate, and a backward that
+      takes the upstream gradient as values on the active list and returns the input gradient as
+      values on the previous layer's active list (events-dense: the dense rule on the same forward,
+      dW from the input events, dx by GEMM). The upstream values are gathered outside the timing,
+      as the network's backward hands them over.
 
 The layer's input requires grad (it is layer 2), so every method computes dW and dx; the sparse
 ops compute dx only at the previous layer's active entries, taken as a random set of the same
@@ -34,6 +40,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lzo_bench import ops
+from lzo_bench.event_network import as_events
+from lzo_bench.events import SpikeEvents
 from lzo_bench.gates import GateSpec
 from lzo_bench.lif import autograd_loop_layer
 from lzo_bench.profile import saved_bytes
@@ -104,6 +112,39 @@ def main() -> None:
     n_prev = max(1, int(density * T * B * Nin))
     prev_idx = torch.randperm(T * B * Nin, generator=gen)[:n_prev].sort().values.to(device)
     upstream = torch.randn(T, B, N, generator=gen).to(device)
+    # the event ops' layout: rows b*T + t
+    ev = as_events(x)
+    upstream_rows = upstream.transpose(0, 1).reshape(T * B, N).contiguous()
+    prev_t, prev_rem = prev_idx // (B * Nin), prev_idx % (B * Nin)
+    prev_ev = SpikeEvents.from_rows(prev_rem // Nin * T + prev_t, prev_rem % Nin, T, B, Nin)
+    empty_f, empty_i = torch.empty(0), torch.empty(0, dtype=torch.int64)
+    no_prev = (empty_i, torch.empty(0, dtype=torch.int32))
+
+    def event_step(name: str, update: int):
+        spec = specs["fused-dense" if name == "events-dense" else name.removeprefix("events-")]
+        table, *params = ops.gate_args(spec, DrawKey(0, update), device)
+        t0 = time.perf_counter()
+        s_ptr, s_col, _, a_ptr, a_col, a_gate, dgate = torch.ops.lzo.lif_events_forward(
+            ev.ptr, ev.col, ev.val, w0, table, T, args.beta, 1.0, *params, 1, 0)
+        fwd = time.perf_counter() - t0
+        if spec.is_sparse:
+            kept = [a_ptr, a_col, a_gate, ev.ptr, ev.col, ev.val, w0]
+            rows = torch.repeat_interleave(torch.arange(T * B), a_ptr[1:] - a_ptr[:-1])
+            g = upstream_rows[rows, a_col.long()]
+            prev = no_prev if args.first_layer else (prev_ev.ptr, prev_ev.col)
+            t1 = time.perf_counter()
+            torch.ops.lzo.lif_sparse_backward(g, a_ptr, a_col, a_gate, empty_f, ev.ptr, ev.col, ev.val, w0,
+                                              args.beta, T, *prev)
+            active = a_col.numel()
+        else:
+            kept = [dgate, ev.ptr, ev.col, ev.val, w0]
+            t1 = time.perf_counter()
+            torch.ops.lzo.lif_dense_backward(upstream_rows, dgate, empty_f, ev.ptr, ev.col, ev.val, w0, args.beta, T,
+                                             not args.first_layer, 0)
+            active = T * B * N
+        t2 = time.perf_counter()
+        saved = sum(t.untyped_storage().nbytes() for t in kept)
+        return fwd, t2 - t1, active, saved, None
 
     def step(name: str, update: int):
         xi = x.detach().requires_grad_(not args.first_layer)
@@ -112,6 +153,8 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
+        if name.startswith("events-"):
+            return event_step(name, update)
         t0 = time.perf_counter()
         if name == "autograd-loop":
             out, saved = saved_bytes(lambda: autograd_loop_layer(xi, w, args.beta, 1.0, specs["fused-dense"], None, 1))
@@ -130,7 +173,8 @@ def main() -> None:
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else None
         return t1 - t0, t2 - t1, active, saved, peak
 
-    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo"]
+    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo"] + (
+        ["events-dense", "events-sparsegrad", "events-localzo"] if device.type == "cpu" else [])
     samples = {n: {"fwd": [], "bwd": [], "active": [], "saved": 0, "peak": []} for n in names}
     for rep in range(args.warmup + args.repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]
@@ -163,16 +207,18 @@ def main() -> None:
               + ("first layer (no input gradient); " if args.first_layer else f"prev-layer active {density:.3%}; ")
               + f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up")
     print(header)
-    cols = ("method", "fwd ms", "bwd ms", "bwd x vs (a)", "bwd x vs (b)", "overall x vs (a)", "overall x vs (b)",
-            "active %", "saved MiB", "peak MiB")
+    cols = ("method", "fwd ms", "bwd ms", "bwd x vs (a)", "bwd x vs (b)", "bwd x vs (e) events-dense",
+            "overall x vs (a)", "overall x vs (b)", "overall x vs (e)", "active %", "saved MiB", "peak MiB")
     print(" | ".join(cols))
     for r in rows:
         tot = r.fwd_ms + r.bwd_ms
         a, b = by["autograd-loop"], by["fused-dense"]
+        e = by.get("events-dense")
         print(" | ".join([
             r.method, f"{r.fwd_ms:.1f} ±{r.fwd_iqr_ms / 2:.1f}", f"{r.bwd_ms:.2f} ±{r.bwd_iqr_ms / 2:.2f}",
-            f"{a.bwd_ms / r.bwd_ms:.1f}", f"{b.bwd_ms / r.bwd_ms:.1f}",
+            f"{a.bwd_ms / r.bwd_ms:.1f}", f"{b.bwd_ms / r.bwd_ms:.1f}", f"{e.bwd_ms / r.bwd_ms:.1f}" if e else "n/a",
             f"{(a.fwd_ms + a.bwd_ms) / tot:.2f}", f"{(b.fwd_ms + b.bwd_ms) / tot:.2f}",
+            f"{(e.fwd_ms + e.bwd_ms) / tot:.2f}" if e else "n/a",
             f"{r.active_pct:.3f}", f"{r.saved_mib:.1f}", "n/a (CPU)" if r.peak_mib is None else f"{r.peak_mib:.1f}",
         ]))
     if args.json:

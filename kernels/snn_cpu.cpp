@@ -37,8 +37,9 @@ using at::Tensor;
 namespace {
 
 // Input density (nnz / (rows * N_in)) above which one GEMM over all rows beats adding W rows per
-// event; measured with benchmarks/forward_crossover.py (BENCHMARKS.md).
-constexpr double kGemmDensity = 0.08;
+// event: measured 0.25-0.4 (forward and dense dW, N_in 200 and 1156, 1 and 2 threads) with
+// benchmarks/forward_crossover.py (BENCHMARKS.md).
+constexpr double kGemmDensity = 0.25;
 constexpr int64_t kRebaseSteps = 32;
 
 enum CurrentMode : int64_t { CURRENT_AUTO = 0, CURRENT_EVENTS = 1, CURRENT_GEMM = 2 };

@@ -256,6 +256,7 @@ def profile(
     energy: Annotated[bool, typer.Option("--energy", help="Measure energy per update (NVML on GPU, RAPL on CPU).")] = False,
     energy_seconds: Annotated[float, typer.Option(help="Minimum seconds per energy window (≥ 5 recommended).")] = 5.0,
     out: Annotated[Optional[str], typer.Option(help="Folder for profile.json, profile.csv, power.csv; default runs/profile-<workload>-<time>.")] = None,
+    peers: Annotated[bool, typer.Option("--peers", help="Also time the same update in snnTorch, SpikingJelly and Norse (pip install -e '.[bench]'), on the CPU.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
@@ -268,7 +269,7 @@ def profile(
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
-    from lzo_bench.report import console, profile_table
+    from lzo_bench.report import console, peers_table, profile_table
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     valid = {m.value for m in Method}
@@ -293,7 +294,7 @@ def profile(
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
-                        energy_cfg=EnergyConfig(min_seconds=energy_seconds))
+                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task("measuring", total=None)
@@ -309,6 +310,12 @@ def profile(
     console.print(f"weights: {report['workload']['weights']}", highlight=False)
     e = report["energy"]
     console.print(f"energy: {'measured' if e['available'] else 'n/a — ' + str(e['reason'])}", highlight=False)
+    p = report["peers"]
+    if p is not None:
+        if p["available"]:
+            console.print(peers_table(p))
+        console.print(f"peers: {'; '.join(p['skipped']) or 'all ran'}" if p["available"] else f"peers: n/a — {p['reason']}",
+                      highlight=False)
     console.print(f"wrote {target / 'profile.json'}, {target / 'profile.csv'}", highlight=False)
 
 

@@ -345,6 +345,7 @@ class ProfileConfig:
     seed: int = 0
     data_dir: str | None = None
     energy_cfg: EnergyConfig = field(default_factory=EnergyConfig)
+    peers: bool = False
 
 
 def _median_iqr(v: list[float]) -> tuple[float, float]:
@@ -430,6 +431,8 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                 sampler.stop()
     temp_after = meter.temperature_c() if meter.available else None
 
+    peers = measure_peers(w, net, init, batches[0], cfg, progress) if cfg.peers else None
+
     by = {r.name: r for r in runners}
     ref_name = "surrogate" if "surrogate" in by else BASELINE
     med = {r.name: {k: _median_iqr(getattr(r, k)) for k in ("fwd", "bwd", "opt")} for r in runners}
@@ -486,8 +489,33 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             "power_samples": len(sampler.samples) if sampler else 0,
         },
         "rows": rows,
+        "peers": peers,
         "_sampler": sampler,
     }
+
+
+def measure_peers(w: Workload, net: NetworkSpec, init: dict[str, torch.Tensor],
+                  batch: tuple[torch.Tensor, torch.Tensor], cfg: ProfileConfig,
+                  progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    """One full update of the same network in snnTorch, SpikingJelly and Norse (:mod:`lzo_bench.peers`),
+    interleaved with ours (localzo) on the first batch and the same initial weights, on the CPU."""
+    from lzo_bench import peers
+
+    x, y = batch
+    if x.device.type != "cpu":
+        return {"available": False, "reason": "the peers are compared on the CPU; run with --device cpu", "rows": []}
+    shape = peers.Shape(w.name, w.n_in, w.n_out, w.steps, w.beta, w.beta_out, w.reduce,
+                        DATASET_INFO[w.name].f_up, w.synthetic_rate, w.batch, net.hidden, net.theta)
+    weights = [init[f"weights.{i}"].detach().clone() for i in range(len(net.hidden) + 1)]
+    missing: list[str] = []
+    progress("peers", 0, 1)
+    rows = peers.run_contenders([*peers.PEERS, peers.REFERENCE], x, y, weights, shape, repeats=cfg.updates,
+                                warmup=cfg.warmup, backend=cfg.backend, log=missing.append)
+    found = [r for r in rows if r["library"] != "lzo-bench"]
+    reason = None if found else f"no peer library could run: {'; '.join(missing)}"
+    return {"available": bool(found), "reason": reason, "skipped": missing, "rows": rows,
+            "note": "one full update (forward, loss, backward, Adam) per library, interleaved with lzo localzo; "
+                    "x_vs_localzo = total time / localzo's"}
 
 
 CSV_COLUMNS = ("method", "backend", "fwd_ms", "bwd_ms", "opt_ms", "bwd_speedup_vs_surrogate",

@@ -119,6 +119,20 @@ def profile_table(report: dict) -> Table:
     return table
 
 
+def peers_table(peers: dict) -> Table:
+    """``profile --peers``: one full update per library, interleaved with lzo localzo."""
+    table = Table(title="the same network in other libraries — one full update (forward, loss, backward, Adam); "
+                        "× = how many times slower than lzo localzo")
+    for c in ("library", "version", "fwd ms", "bwd ms", "opt ms", "total ms", "×", "rate l1 %", "forward vs ours"):
+        table.add_column(c, justify="left" if c in ("library", "version", "forward vs ours") else "right")
+    for r in peers["rows"]:
+        same = r["spikes_vs_ours"] == 0 and r["spikes_vs_ours_l2"] == 0
+        table.add_row(r["name"], r["version"], f"{r['fwd_ms']:.1f}", f"{r['bwd_ms']:.1f}", f"{r['opt_ms']:.2f}",
+                      f"{r['total_ms']:.1f}", _num(r["x_vs_localzo"], ".2f"), f"{100 * r['rate_l1']:.3f}",
+                      "identical" if same else "differs (reset order)")
+    return table
+
+
 def reproduce_table(summary: dict) -> Table:
     """The paper's layout: train / test accuracy (mean ± std), backward and overall speed-up, with
     the paper's value under each of ours."""
