@@ -5,6 +5,26 @@
 // All launches go to the current stream. Active entries come out sorted (at::nonzero), so the
 // list is identical to the CPU one; dW accumulates with atomicAdd, so its float rounding
 // order varies between runs (within the tolerance the tests use).
+//
+// These are the per-layer ops (lzo::lif_forward / lif_backward, dense [T, B, N] spikes in and out).
+// The CPU side now runs the network sparse end to end (kernels/snn_cpu.cpp, lzo_bench/event_network.py);
+// the CUDA redesign (the GPU issue) should mirror its structures, so both backends share one Python
+// autograd node and one set of op schemas:
+//   - event lists as CSR over rows r = b*T + t: ptr [B*T+1] int64, col int32, val float (empty = 1);
+//     input spikes, each layer's spikes (the next layer's input) and each layer's active list
+//     (col = neuron, gate values beside) all use it, rows pointers produced by the forward;
+//   - lzo::lif_events_forward: current from the input events (or one GEMM above kGemmDensity), the
+//     LIF scan fused with the gate, outputs spike events, per-(b, j) spike counts [B, N], the active
+//     list (sparse rules) or the dense gate [B*T, N] (surrogate); no [T, B, N] current or potential;
+//   - lzo::readout_forward / readout_backward: the leaky readout from spike events; the backward
+//     returns dL/ds only at the last layer's active entries;
+//   - lzo::lif_sparse_backward: e = (g + dL/dcount) * gamma on the active list, dW from the input
+//     trace, and the previous layer's dL/ds only at its active entries (values, no dense tensor);
+//   - lzo::lif_dense_backward: the dense rule on the same forward (reverse scan, dW from events).
+// The work split the CPU uses (one batch row per task, walking t) is the natural CUDA grid too:
+// one block per batch row and time chunk, the block's threads over neurons (forward) or inputs
+// (dW, dx), the trace re-based every kRebaseSteps; dW per output neuron in a transposed layout
+// accumulated per block, then reduced, instead of contended atomics.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>

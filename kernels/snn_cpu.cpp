@@ -585,7 +585,8 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_events(prev_ptr, prev_col, empty, rows, op, "prev");
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
-  const float* gp = grad_act.contiguous().data_ptr<float>();
+  const Tensor grad_c = grad_act.contiguous();
+  const float* gp = grad_c.data_ptr<float>();
   const Tensor gate_c = act_gate.contiguous();
   const float* gt = gate_c.data_ptr<float>();
   const float* cgp = with_cg ? cg.data_ptr<float>() : nullptr;

@@ -21,7 +21,7 @@ a dense backward (reverse scan, dW from the input events or one GEMM, dx by GEMM
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,7 +65,7 @@ class _Run:
     theta: float
     beta_out: float
     current_mode: int
-    layers: list[LayerState] = field(default_factory=list)
+    layers: list[LayerState | None] = field(default_factory=list)
 
 
 def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
@@ -98,7 +98,7 @@ class _EventNetwork(torch.autograd.Function):
             saved += [st.spikes.ptr, st.spikes.col, st.active_ptr, st.active_col, st.active_gate, st.dense_gate]
         ctx.save_for_backward(*saved)
         ctx.set_materialize_grads(False)  # an output the loss does not use gets None, not a zero tensor
-        ctx.run = run
+        ctx.run = replace(run, layers=[None] * len(run.layers))  # tensors live in saved_tensors only: freed after backward
         ctx.n_weights = len(weights)
         return (o, *(st.counts for st in run.layers))
 

@@ -101,11 +101,6 @@ class Forward:
         self._spikes = [s.dense() if isinstance(s, SpikeEvents) else s for s in self._spikes]
         return self._spikes  # type: ignore[return-value]
 
-    @property
-    def spike_events(self) -> list[SpikeEvents]:
-        """Per hidden layer, the spikes as events."""
-        return [s if isinstance(s, SpikeEvents) else SpikeEvents.from_dense(s.detach()) for s in self._spikes]
-
 
 def leaky_readout(s: torch.Tensor, w_out: torch.Tensor, beta_out: float) -> torch.Tensor:
     """``o[t] = β_r·o[t−1] + (1 − β_r)·(s[t] @ W_out)`` for ``s [T, B, N]`` → ``o [T, B, C]``."""

@@ -1,0 +1,83 @@
+"""Peak resident memory of one training update per method and library, each in a fresh process.
+
+Every contender of :mod:`lzo_bench.peers` (ours: localzo, sparsegrad, surrogate; the peers where
+installed) runs ``--updates`` full updates (forward, loss, backward, Adam) on the same input and
+weights in its own ``python`` subprocess. The child resets the kernel's peak-RSS mark after building its
+input, weights and model (``echo 5 > /proc/self/clear_refs``), so ``VmHWM`` afterwards is the peak
+of the updates alone; the table shows it beside the RSS before the first update (interpreter,
+torch, the dense input batch and the model).
+
+    python benchmarks/peak_rss.py                    # N-MNIST shape; --shape shd, --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+
+
+def child(name: str, shape_name: str, updates: int, threads: int) -> dict:
+    import torch
+
+    from lzo_bench import peers
+
+    torch.set_num_threads(threads)
+    shape = peers.SHAPES[shape_name]
+    x, y = peers.make_inputs(shape)
+    weights, _, _ = peers.initial_weights(shape, x)
+    c = peers.build_contender(name, shape, weights)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    before = _status_mib("VmRSS")
+    for _ in range(updates):
+        peers.timed_update(c, x, y, record=True)
+    return {"name": name, "version": c.version, "rss_before_mib": before, "peak_rss_mib": _status_mib("VmHWM"),
+            "total_ms": sorted(c.total)[len(c.total) // 2]}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def main() -> int:
+    from lzo_bench.peers import ALL_NAMES, SHAPES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="nmnist")
+    ap.add_argument("--updates", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.shape, args.updates, args.threads)))
+        return 0
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(ALL_NAMES)
+    rows = []
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--shape", args.shape, "--updates",
+                               str(args.updates), "--threads", str(args.threads)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"skipped {name}: {last}", file=sys.stderr)
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if args.json:
+        print(json.dumps({"shape": args.shape, "updates": args.updates, "threads": args.threads, "rows": rows}, indent=2))
+        return 0
+    print(f"peak RSS of {args.updates} full updates, {args.shape} shape, {args.threads} thread(s), one process each")
+    print("name | version | RSS before MiB | peak RSS MiB | added MiB | update ms")
+    for r in rows:
+        print(f"{r['name']} | {r['version']} | {r['rss_before_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f} | {r['total_ms']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
