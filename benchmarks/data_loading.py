@@ -77,7 +77,8 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     reg = SpikeRegularizer()
     data_t, comp_t = [], []
-    loader = batches(train, 256, generator=torch.Generator().manual_seed(1), reuse_buffer=True)  # as train() does
+    loader = batches(train, 256, generator=torch.Generator().manual_seed(1), reuse_buffer=True,
+                     events=backend.network is not None)  # as train() does
     for u in range(args.updates):
         t0 = time.perf_counter()
         x, y = next(loader)

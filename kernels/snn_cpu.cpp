@@ -347,6 +347,54 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
   return {ptr, col, val};
 }
 
+// Samples idx of an event dataset (events[offsets[i]:offsets[i+1]] = flat t*units + u of sample i,
+// strictly ascending) as one batch's events, rows b*T + t with b the position in idx.
+std::tuple<Tensor, Tensor> batch_events_cpu(const Tensor& events, const Tensor& offsets, const Tensor& idx,
+                                            int64_t steps, int64_t units) {
+  const char* op = "lzo::batch_events";
+  TORCH_CHECK(events.dim() == 1 && events.is_contiguous() &&
+                  (events.scalar_type() == at::kInt || events.scalar_type() == at::kLong),
+              op, ": events must be a contiguous 1-D int32 or int64 tensor");
+  TORCH_CHECK(offsets.scalar_type() == at::kLong && offsets.dim() == 1 && offsets.is_contiguous(), op,
+              ": offsets must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 1, op, ": idx must be a 1-D int64 tensor");
+  TORCH_CHECK(steps >= 1 && units >= 1 && units < (int64_t(1) << 31), op, ": steps and units must be positive");
+  const Tensor ic = idx.contiguous();
+  const int64_t B = ic.numel(), n = offsets.numel() - 1, rows = B * steps, limit = steps * units;
+  const int64_t* ip = ic.data_ptr<int64_t>();
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(ip[b] >= 0 && ip[b] < n, op, ": sample index ", ip[b], " out of range [0, ", n, ")");
+  Tensor ptr = at::zeros({rows + 1}, offsets.options());
+  int64_t* pp = ptr.data_ptr<int64_t>();
+  Tensor col;
+  AT_DISPATCH_INDEX_TYPES(events.scalar_type(), "batch_events", [&] {
+    const index_t* ev = events.data_ptr<index_t>();
+    at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t prev = -1;
+        for (int64_t q = off[ip[b]]; q < off[ip[b] + 1]; ++q) {
+          const int64_t pos = static_cast<int64_t>(ev[q]);
+          TORCH_CHECK(pos > prev && pos < limit, op, ": the events of sample ", ip[b],
+                      " must be strictly ascending flat positions t*units + u below ", limit);
+          prev = pos;
+          ++pp[b * steps + pos / units + 1];
+        }
+      }
+    });
+    prefix_sum(pp, rows);
+    col = at::empty({pp[rows]}, offsets.options().dtype(at::kInt));
+    int32_t* cp = col.data_ptr<int32_t>();
+    at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int32_t* dst = cp + pp[b * steps];
+        for (int64_t q = off[ip[b]]; q < off[ip[b] + 1]; ++q) *dst++ = static_cast<int32_t>(ev[q] % units);
+      }
+    });
+  });
+  return {ptr, col};
+}
+
 // events (rows b*T + t) -> dense [T, B, width]
 Tensor events_to_dense_cpu(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t steps,
                            int64_t width) {
@@ -755,6 +803,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
 TORCH_LIBRARY_FRAGMENT(lzo, m) {
   m.def("to_events(Tensor x) -> (Tensor ptr, Tensor col, Tensor val)");
   m.def("events_to_dense(Tensor ptr, Tensor col, Tensor val, int steps, int width) -> Tensor");
+  m.def("batch_events(Tensor events, Tensor offsets, Tensor idx, int steps, int units) -> (Tensor ptr, Tensor col)");
   m.def(
       "lif_events_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, Tensor table, int steps, "
       "float beta, float theta, int method, int sample_kind, int surrogate_kind, float delta, float bth, float k, "
@@ -777,6 +826,7 @@ TORCH_LIBRARY_FRAGMENT(lzo, m) {
 TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("to_events", &to_events_cpu);
   m.impl("events_to_dense", &events_to_dense_cpu);
+  m.impl("batch_events", &batch_events_cpu);
   m.impl("lif_events_forward", &lif_events_forward_cpu);
   m.impl("readout_forward", &readout_forward_cpu);
   m.impl("readout_backward", &readout_backward_cpu);

@@ -81,13 +81,14 @@ class SpikeEvents:
         return cls(ptr, cols.to(torch.int32), values, steps, batch, width)
 
     @classmethod
-    def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
-        """Binary events at ``(rows[q] = b·T + t, cols[q])``; sorted and de-duplicated unless they
+    def from_keys(cls, key: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
+        """Binary events at ``key = (b·T + t)·width + col``; sorted and de-duplicated unless they
         already are (as a dataset's events are)."""
-        key = rows.long() * width + cols.long()
+        key = key.long()
         if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):
             key = torch.unique(key)  # sorted
-        counts = torch.bincount(key // width, minlength=batch * steps)
+        rows = key // width
+        counts = torch.bincount(rows, minlength=batch * steps)
         ptr = torch.zeros(batch * steps + 1, dtype=torch.int64, device=key.device)
         torch.cumsum(counts, 0, out=ptr[1:])
-        return cls(ptr, (key % width).to(torch.int32), torch.zeros(0, device=key.device), steps, batch, width)
+        return cls(ptr, (key - rows * width).to(torch.int32), torch.zeros(0, device=key.device), steps, batch, width)

@@ -154,7 +154,7 @@ def test_spike_events_round_trip_and_compaction():
     binary = (x > 0.5).float()
     assert SpikeEvents.from_dense(binary).val.numel() == 0
     # unsorted rows with a duplicate: sorted, counted once
-    ev2 = SpikeEvents.from_rows(torch.tensor([4, 0, 4, 4]), torch.tensor([2, 1, 0, 2]), 3, 2, 3)
+    ev2 = SpikeEvents.from_keys(torch.tensor([4, 0, 4, 4]) * 3 + torch.tensor([2, 1, 0, 2]), 3, 2, 3)
     assert ev2.ptr.tolist() == [0, 1, 1, 1, 1, 3, 3] and ev2.col.tolist() == [1, 0, 2]
 
 
@@ -197,3 +197,15 @@ def test_network_rejects_wrong_input_width():
     model, x, _ = make((5, 2, 6, (4,)))
     with pytest.raises(ValueError, match="x has 5 input units but the network takes 6"):
         event_network(model, x[:, :, :5], None, None)
+
+
+def test_batch_events_rejects_unsorted_or_out_of_range_events():
+    labels = torch.zeros(2, dtype=torch.long)
+    bad = EventDataset(torch.tensor([5, 3, 1], dtype=torch.int32), torch.tensor([0, 2, 3]), labels, 2, 4, 3)
+    with pytest.raises(RuntimeError, match="the events of sample 0 must be strictly ascending flat positions"):
+        bad.spike_events(torch.tensor([1, 0]))
+    far = EventDataset(torch.tensor([1, 12], dtype=torch.int32), torch.tensor([0, 1, 2]), labels, 2, 4, 3)
+    with pytest.raises(RuntimeError, match=r"below 12"):
+        far.spike_events(torch.tensor([1]))
+    with pytest.raises(RuntimeError, match=r"sample index 2 out of range \[0, 2\)"):
+        far.spike_events(torch.tensor([2]))

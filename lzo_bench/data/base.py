@@ -64,13 +64,14 @@ class SpikeDataset:
         """Samples ``idx`` as events, batch row ``b`` = position in ``idx``."""
         x = self.spikes[idx]
         n, t, u = x.nonzero(as_tuple=True)  # sorted by (n, t, u)
-        return SpikeEvents.from_rows(n * self.steps + t, u, self.steps, x.shape[0], self.n_units)
+        return SpikeEvents.from_keys((n * self.steps + t) * self.n_units + u, self.steps, x.shape[0], self.n_units)
 
 
 @dataclass(frozen=True)
 class EventDataset:
     """Binned spikes of many samples kept as events: sample ``i`` holds the flat positions
-    ``events[offsets[i]:offsets[i+1]]`` (``t·units + u``) of its spikes; made dense per batch."""
+    ``events[offsets[i]:offsets[i+1]]`` (``t·units + u``, strictly ascending: at most one spike per
+    unit and bin) of its spikes; made dense, or into a batch's event list, per batch."""
 
     events: torch.Tensor   # int32 or int64, flat t*units + u
     offsets: torch.Tensor  # int64 [n + 1]
@@ -91,17 +92,20 @@ class EventDataset:
     def _gather(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(idx, row of each event, flat t·units + u of each event)`` of samples ``idx``."""
         idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
-        start, stop = self.offsets[idx], self.offsets[idx + 1]
-        counts = stop - start
+        start, stop = self.offsets[idx].tolist(), self.offsets[idx + 1].tolist()
+        pos = torch.cat([self.events[a:b] for a, b in zip(start, stop)]) if start else self.events[:0]
+        counts = torch.tensor([b - a for a, b in zip(start, stop)], dtype=torch.int64)
         rows = torch.repeat_interleave(torch.arange(idx.numel()), counts)
-        first = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts)
-        return idx, rows, self.events[torch.arange(int(counts.sum())) + first].long()
+        return idx, rows, pos.long()
 
     def spike_events(self, idx: torch.Tensor | slice) -> SpikeEvents:
         """Samples ``idx`` as events, batch row ``b`` = position in ``idx``: no dense tensor is made."""
-        idx, rows, pos = self._gather(idx)
-        return SpikeEvents.from_rows(rows * self.steps + pos // self.n_units, pos % self.n_units,
-                                     self.steps, idx.numel(), self.n_units)
+        from lzo_bench import ops  # the event-driven backend's C++ ops: batches are built for it
+
+        ops.build()
+        idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
+        ptr, col = torch.ops.lzo.batch_events(self.events, self.offsets, idx.long(), self.steps, self.n_units)
+        return SpikeEvents(ptr, col, torch.zeros(0), self.steps, idx.numel(), self.n_units)
 
     def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:
         """Samples ``idx`` as bool ``[n, T, units]`` (a scatter of their events)."""
