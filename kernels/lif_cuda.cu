@@ -99,6 +99,7 @@ __global__ void sparse_dw_kernel(const int64_t* __restrict__ idx, const float* _
       tr = t;
     }
     any = true;
+    __syncthreads();  // the re-base above scaled slots that other threads' events add to next
     const float up = static_cast<float>(pow(beta, -static_cast<double>(t - tr)));
     for (int64_t q = iptr[row] + threadIdx.x; q < iptr[row + 1]; q += blockDim.x)
       h[in_idx[q] % Nin] += in_val[q] * up;  // distinct i within a row: no race
