@@ -75,7 +75,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-HIDDEN = (200, 200)
+from lzo_bench.profile import WORKLOADS, Workload
+
 LR = 2e-4
 DELTA = 0.05
 TARGET_RATE = 0.01  # hidden-layer-1 spikes per (step, neuron) the gain is calibrated to
@@ -89,62 +90,34 @@ REFERENCE = "lzo localzo"
 # --------------------------------------------------------------------------- workload
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The network constants of one workload (the paper's, DESIGN.md §3)."""
-
-    name: str
-    n_in: int
-    n_out: int
-    steps: int
-    beta: float
-    beta_out: float
-    reduce: str  # "max" or "sum" over time
-    f_up: float
-    input_rate: float
-    batch: int = 256
-    hidden: tuple[int, ...] = HIDDEN
-    theta: float = 1.0
+#: the workloads peers.py runs: the paper's N-MNIST and SHD networks (lzo_bench.profile.Workload)
+SHAPES = {name: WORKLOADS[name] for name in ("nmnist", "shd")}
 
 
-SHAPES = {
-    "nmnist": Shape("nmnist", 1156, 10, 300, math.exp(-0.1), math.exp(-0.1), "max", 1.0, 0.012),
-    "shd": Shape("shd", 700, 20, 500, math.exp(-2 / 10), math.exp(-2 / 20), "sum", 10.0, 0.01),
-}
-
-
-def network_spec(shape: Shape, gain: float = 1.0):
-    """:class:`lzo_bench.model.NetworkSpec` of ``shape`` with the normal init at ``gain``."""
-    from lzo_bench.model import NetworkSpec
-
-    return NetworkSpec(shape.n_in, tuple(shape.hidden), shape.n_out, shape.beta, shape.beta_out,
-                       theta=shape.theta, reduce=shape.reduce, init="normal", init_gain=gain)
-
-
-def make_inputs(shape: Shape, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(shape: Workload, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bernoulli input spikes ``x [T, B, n_in]`` (float32) and random labels ``y [B]``."""
     g = torch.Generator().manual_seed(seed)
-    x = (torch.rand(shape.steps, shape.batch, shape.n_in, generator=g) < shape.input_rate).float()
+    x = (torch.rand(shape.steps, shape.batch, shape.n_in, generator=g) < shape.synthetic_rate).float()
     y = torch.randint(shape.n_out, (shape.batch,), generator=g)
     return x, y
 
 
-def initial_weights(shape: Shape, x: torch.Tensor) -> tuple[list[torch.Tensor], float, float]:
+def initial_weights(shape: Workload, x: torch.Tensor) -> tuple[list[torch.Tensor], float, float]:
     """``([W1 [n_in,200], W2 [200,200], W_out [200,C]], gain, layer-1 rate)``, calibrated on ``x``."""
     from lzo_bench.model import SNN
     from lzo_bench.profile import calibrate_gain
 
-    gain, rate = calibrate_gain(network_spec(shape), x)
-    model = SNN(network_spec(shape, gain), torch.Generator().manual_seed(0))
+    gain, rate = calibrate_gain(shape.network(), x)
+    model = SNN(shape.network("normal", gain), torch.Generator().manual_seed(0))
     return [w.detach().clone() for w in model.weights], gain, rate
 
 
 @torch.no_grad()
-def reference_spikes(shape: Shape, weights: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+def reference_spikes(shape: Workload, weights: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
     """Hidden-layer spikes of our pure-PyTorch reference forward (``lzo_bench.lif``)."""
     from lzo_bench.model import SNN
 
-    model = SNN(network_spec(shape))
+    model = SNN(shape.network())
     model.weights.load_state_dict({str(i): w for i, w in enumerate(weights)})
     return [s.detach() for s in model(x).spikes]
 
@@ -152,7 +125,7 @@ def reference_spikes(shape: Shape, weights: list[torch.Tensor], x: torch.Tensor)
 # --------------------------------------------------------------------------- loss pieces
 
 
-def peer_loss(o: torch.Tensor, spikes: list[torch.Tensor], y: torch.Tensor, shape: Shape) -> torch.Tensor:
+def peer_loss(o: torch.Tensor, spikes: list[torch.Tensor], y: torch.Tensor, shape: Workload) -> torch.Tensor:
     """Loss of a peer from its readout trace ``o [T, B, C]`` and hidden spikes ``[T, B, N]``."""
     from lzo_bench.model import SpikeRegularizer
 
@@ -206,7 +179,7 @@ def _linear(w: torch.Tensor, cls: type[nn.Linear] = nn.Linear, scale: float = 1.
     return lin
 
 
-def our_update_factory(method: str, shape: Shape, weights: list[torch.Tensor], backend: str = "auto",
+def our_update_factory(method: str, shape: Workload, weights: list[torch.Tensor], backend: str = "auto",
                        seed: int = 0) -> tuple[nn.Module, ForwardLoss, str]:
     """Our model for ``method`` loaded with ``weights``: ``(model, forward_loss, backend line)``.
 
@@ -220,7 +193,7 @@ def our_update_factory(method: str, shape: Shape, weights: list[torch.Tensor], b
 
     spec = GateSpec.build(method, "normal", DELTA)
     be = select_backend(backend, "cpu", spec)
-    model = SNN(network_spec(shape))
+    model = SNN(shape.network())
     model.weights.load_state_dict({str(i): w.clone() for i, w in enumerate(weights)})
     reg = SpikeRegularizer(f_up=shape.f_up)
     inputs: dict[int, Any] = {}  # id(x) -> (x, converted input): convert each batch once
@@ -235,7 +208,7 @@ def our_update_factory(method: str, shape: Shape, weights: list[torch.Tensor], b
     return model, forward_loss, be.describe()
 
 
-def snntorch_factory(shape: Shape, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
+def snntorch_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
     snn, _ = _import("snntorch", "snntorch")
     from snntorch import surrogate
 
@@ -272,7 +245,7 @@ def snntorch_factory(shape: Shape, weights: list[torch.Tensor]) -> tuple[nn.Modu
     return net, forward_loss, "nn.Linear + Leaky per step (tutorial loop), reset_delay=True, surrogate atan"
 
 
-def spikingjelly_factory(shape: Shape, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
+def spikingjelly_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
     _import("spikingjelly", "spikingjelly")
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
@@ -303,7 +276,7 @@ def _detached_subtract(z: torch.Tensor, v: torch.Tensor, reset: torch.Tensor, th
     return v - z.detach() * th
 
 
-def norse_factory(shape: Shape, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
+def norse_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
     _import("norse.torch", "norse")
     from norse.torch import LIBoxCell, LIBoxParameters, LIFBoxCell, LIFBoxParameters
 
@@ -346,7 +319,7 @@ def norse_factory(shape: Shape, weights: list[torch.Tensor]) -> tuple[nn.Module,
                                "detached subtract reset, surrogate super; resets before the decay (beta*theta)")
 
 
-PEER_FACTORIES: dict[str, tuple[str, Callable[[Shape, list[torch.Tensor]], tuple[nn.Module, ForwardLoss, str]]]] = {
+PEER_FACTORIES: dict[str, tuple[str, Callable[[Workload, list[torch.Tensor]], tuple[nn.Module, ForwardLoss, str]]]] = {
     "snntorch": ("snntorch", snntorch_factory),
     "spikingjelly": ("spikingjelly", spikingjelly_factory),
     "norse": ("norse", norse_factory),
@@ -384,7 +357,7 @@ class Contender:
     first_spikes: list[torch.Tensor] | None = None
 
 
-def build_contender(name: str, shape: Shape, weights: list[torch.Tensor], backend: str = "auto") -> Contender:
+def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], backend: str = "auto") -> Contender:
     """The contender called ``name``; raises :class:`PeerMissing` for a peer not installed."""
     if name.startswith("lzo "):
         from lzo_bench import __version__
@@ -430,7 +403,7 @@ def _median_iqr(v: list[float]) -> tuple[float, float]:
     return statistics.median(v), q[2] - q[0]
 
 
-def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor], shape: Shape,
+def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor], shape: Workload,
                    repeats: int = 7, warmup: int = 2, backend: str = "auto", threads: int | None = None,
                    ref_spikes: list[torch.Tensor] | None = None,
                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[dict[str, Any]]:
@@ -501,7 +474,7 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
     return rows
 
 
-def peer_rows(x: torch.Tensor, y: torch.Tensor, init_weights: list[torch.Tensor], shape: Shape | str = "nmnist",
+def peer_rows(x: torch.Tensor, y: torch.Tensor, init_weights: list[torch.Tensor], shape: Workload | str = "nmnist",
               repeats: int = 7, warmup: int = 2, names: tuple[str, ...] = PEERS, **kw) -> list[dict[str, Any]]:
     """Rows for the peer libraries only, for another module's table (``lzo-bench profile --peers``).
 
@@ -618,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     config = {"shape": shape.name, "steps": shape.steps, "batch": shape.batch, "n_in": shape.n_in,
               "hidden": list(shape.hidden), "n_out": shape.n_out, "beta": shape.beta, "beta_out": shape.beta_out,
-              "reduce": shape.reduce, "f_up": shape.f_up, "input_rate": shape.input_rate, "gain": gain,
+              "reduce": shape.reduce, "f_up": shape.f_up, "input_rate": shape.synthetic_rate, "gain": gain,
               "calibrated_rate_l1": cal_rate, "lr": LR, "delta": DELTA, "repeats": args.repeats,
               "warmup": args.warmup, "threads": thread_counts, "backend": args.backend, "seed": args.seed,
               "contenders": names}

@@ -59,11 +59,15 @@ class Workload:
     init_gain: float
     synthetic_rate: float  # input spikes per (step, unit) when the data is not on disk
     batch: int = 256
+    f_up: float = 1.0  # the spike-count regulariser's upper bound
+    hidden: tuple[int, ...] = (200, 200)
+    theta: float = 1.0
 
     def network(self, init: str | None = None, init_gain: float | None = None) -> NetworkSpec:
         """The paper's 2 × 200 network for this workload (optionally with another init)."""
-        return NetworkSpec(self.n_in, (200, 200), self.n_out, self.beta, self.beta_out, reduce=self.reduce,
-                           init=init or self.init, init_gain=self.init_gain if init_gain is None else init_gain)
+        return NetworkSpec(self.n_in, self.hidden, self.n_out, self.beta, self.beta_out, self.theta,
+                           reduce=self.reduce, init=init or self.init,
+                           init_gain=self.init_gain if init_gain is None else init_gain)
 
 
 #: input spikes per (step, unit) of the synthetic stand-in for each dataset (about the real rate)
@@ -75,7 +79,7 @@ def workload(name: str) -> Workload:
     info = DATASET_INFO[name]
     return Workload(name, info.n_units, info.n_classes, info.default_steps,
                     math.exp(-info.dt_ms / info.tau_mem_ms), math.exp(-info.dt_ms / info.tau_out_ms),
-                    info.reduce, info.init, info.init_gain, SYNTHETIC_RATE[name])
+                    info.reduce, info.init, info.init_gain, SYNTHETIC_RATE[name], f_up=info.f_up)
 
 
 WORKLOADS = {name: workload(name) for name in DATASET_INFO}
@@ -504,12 +508,10 @@ def measure_peers(w: Workload, net: NetworkSpec, init: dict[str, torch.Tensor],
     x, y = batch
     if x.device.type != "cpu":
         return {"available": False, "reason": "the peers are compared on the CPU; run with --device cpu", "rows": []}
-    shape = peers.Shape(w.name, w.n_in, w.n_out, w.steps, w.beta, w.beta_out, w.reduce,
-                        DATASET_INFO[w.name].f_up, w.synthetic_rate, w.batch, net.hidden, net.theta)
     weights = [init[f"weights.{i}"].detach().clone() for i in range(len(net.hidden) + 1)]
     missing: list[str] = []
     progress("peers", 0, 1)
-    rows = peers.run_contenders([*peers.PEERS, peers.REFERENCE], x, y, weights, shape, repeats=cfg.updates,
+    rows = peers.run_contenders([*peers.PEERS, peers.REFERENCE], x, y, weights, w, repeats=cfg.updates,
                                 warmup=cfg.warmup, backend=cfg.backend, log=missing.append)
     found = [r for r in rows if r["library"] != "lzo-bench"]
     reason = None if found else f"no peer library could run: {'; '.join(missing)}"

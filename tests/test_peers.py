@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from lzo_bench import peers
 from lzo_bench.cli import app
+from lzo_bench.profile import Workload
 
-TINY = peers.Shape("tiny", 12, 4, 25, 0.9, 0.85, "max", 1.0, 0.2, batch=6, hidden=(10, 8))
+TINY = Workload("tiny", 12, 4, 25, 0.9, 0.85, "max", "normal", 1.0, 0.2, batch=6, hidden=(10, 8))
 
 
 def test_snntorch_forward_is_ours_and_localzo_row_present():
