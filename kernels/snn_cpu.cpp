@@ -327,7 +327,7 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
       p[r + 1] = c;
     }
   });
-  for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
+  prefix_sum(p, rows);
   Tensor col = at::empty({p[rows]}, x.options().dtype(at::kInt));
   Tensor val = at::empty({p[rows]}, x.options());
   int32_t* cp = col.data_ptr<int32_t>();
