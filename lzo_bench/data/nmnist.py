@@ -25,8 +25,6 @@ def expected_files(root: Path) -> list[str]:
 
 
 def _split(root: Path, train: bool, steps: int, download: bool) -> tuple[EventDataset, str]:
-    import tonic
-
     folder = root / "NMNIST" / ("Train" if train else "Test")
     zipname = root / "NMNIST" / ("train.zip" if train else "test.zip")
     if not download and not (zipname.exists() and folder.is_dir()):
@@ -37,6 +35,8 @@ def _split(root: Path, train: bool, steps: int, download: bool) -> tuple[EventDa
         )
 
     def build() -> EventDataset:
+        import tonic  # only to read the source files: a missing dataset or a cache hit needs none
+
         ds = tonic.datasets.NMNIST(str(root), train=train)
         return bin_tonic(ds, lambda ev: ev["x"] + 34 * ev["y"], DT_US, steps, 1156, 10)
 
