@@ -148,6 +148,9 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
     """``x`` as events (the C++ compaction for a dense CPU tensor)."""
     if isinstance(x, SpikeEvents):
         return x
+    from lzo_bench import ops
+
+    ops.build()  # cached: loads the ops when no backend has yet
     ptr, col, val = torch.ops.lzo.to_events(x.float())
     if val.numel() and bool((val == 1).all()):
         val = val.new_empty(0)
