@@ -208,7 +208,6 @@ class SparseGateRows {
     cav_.resize(n);
     acc_.resize(n);
     ukeep_.resize(n);
-    bits_.resize(n);
     int64_t nc = 0;
     for (int64_t j = 0; j < n; ++j) {  // write always, advance if inside
       const float av = std::fabs(v[j]);
@@ -217,6 +216,7 @@ class SparseGateRows {
       nc += av < g_.band;
     }
     if (nc == 0) return 0;
+    if (g_.method == LOCALZO && g_.samples == 1) return single_draw(nc, t, b, col, val);
     if (g_.method == SPARSEGRAD) {
       surrogate_row(g_, cav_.data(), acc_.data(), nc);
     } else {
@@ -234,25 +234,50 @@ class SparseGateRows {
   }
 
  private:
+  // uk[c] = the uniform of sample k at candidate c, or -1 where the skip table proves it inactive
+  // (Philox, the uniform and the table lookup in one vectorised loop).
+  void uniforms(int64_t nc, int t, int b, int k) {
+    const uint32_t tt = static_cast<uint32_t>(t), bb = static_cast<uint32_t>(b);
+    const uint32_t c3 = (static_cast<uint32_t>(g_.layer) << 16) | static_cast<uint32_t>(k);
+    const uint32_t* cj = cj_.data();
+    const float* cav = cav_.data();
+    const float* skip = skip_below_.data();
+    float* uk = ukeep_.data();
+    for (int64_t c = 0; c < nc; ++c) {
+      const float u = uniform_from_bits(philox4x32_10_x0(cj[c], tt, bb, c3, g_.key0, g_.key1));
+      const int cell = std::min(kGrid, static_cast<int>(cav[c] * inv_h_));
+      uk[c] = u < skip[cell] ? -1.0f : u;
+    }
+  }
+
+  // m = 1: the gate is |z|^alpha / (2 delta) * c where the one draw is active, else 0; only the
+  // draws the table could not rule out are looked at again.
+  int64_t single_draw(int64_t nc, int t, int b, std::vector<int32_t>& col, std::vector<float>& val) {
+    uniforms(nc, t, b, 0);
+    const float two_delta = static_cast<float>(2.0 * g_.delta), delta = static_cast<float>(g_.delta);
+    int64_t added = 0;
+    for (int64_t c = 0; c < nc; ++c) {
+      const float u = ukeep_[c];
+      if (u < 0.0f) continue;
+      const float z = abs_icdf(g_, u);
+      if (!(cav_[c] < delta * z)) continue;
+      const float gv = (0.0f + int_pow(z, g_.alpha) / two_delta) * g_.term_scale;  // gate()'s sum of one term
+      if (gv == 0.0f) continue;
+      col.push_back(static_cast<int32_t>(cj_[c]));
+      val.push_back(gv);
+      ++added;
+    }
+    return added;
+  }
+
   // acc[c] = sum_k 1(|v| < delta z_k) z_k^alpha / (2 delta) for the nc candidates
   void draws(int64_t nc, int t, int b) {
     std::fill(acc_.begin(), acc_.begin() + nc, 0.0f);
     const float two_delta = static_cast<float>(2.0 * g_.delta), delta = static_cast<float>(g_.delta);
-    const uint32_t tt = static_cast<uint32_t>(t), bb = static_cast<uint32_t>(b);
-    uint32_t* bits = bits_.data();
-    const uint32_t* cj = cj_.data();
     for (int k = 0; k < g_.samples; ++k) {
-      const uint32_t c3 = (static_cast<uint32_t>(g_.layer) << 16) | static_cast<uint32_t>(k);
-      for (int64_t c = 0; c < nc; ++c) bits[c] = philox4x32_10_x0(cj[c], tt, bb, c3, g_.key0, g_.key1);
-      float* uk = ukeep_.data();
-      const float* skip = skip_below_.data();
-      for (int64_t c = 0; c < nc; ++c) {  // vectorised: u, or -1 where the skip table proves it inactive
-        const float u = uniform_from_bits(bits[c]);
-        const int cell = std::min(kGrid, static_cast<int>(cav_[c] * inv_h_));
-        uk[c] = u < skip[cell] ? -1.0f : u;
-      }
+      uniforms(nc, t, b, k);
       for (int64_t c = 0; c < nc; ++c) {
-        const float u = uk[c];
+        const float u = ukeep_[c];
         if (u < 0.0f) continue;
         const float z = abs_icdf(g_, u);
         const float term = int_pow(z, g_.alpha) / two_delta;
@@ -264,7 +289,7 @@ class SparseGateRows {
   GateParams g_;
   float h_, inv_h_;
   std::vector<float> skip_below_;
-  std::vector<uint32_t> cj_, bits_;
+  std::vector<uint32_t> cj_;
   std::vector<float> cav_, acc_, ukeep_;
 };
 
