@@ -14,6 +14,9 @@ its readings are ``None`` (DESIGN.md §7).
 
 from __future__ import annotations
 
+import bisect
+import math
+import os
 import statistics
 import threading
 import time
@@ -23,7 +26,6 @@ from typing import Any, Callable
 
 import torch
 
-COUNTER_WRAP_MJ = 1 << 64  # nvmlDeviceGetTotalEnergyConsumption returns an unsigned long long
 
 
 class MeterUnavailable(RuntimeError):
@@ -96,7 +98,12 @@ class NvmlMeter:
         try:
             nvml.nvmlInit()
             self.uuid = uuid or torch_device_uuid(device)
-            self.handle = nvml.nvmlDeviceGetHandleByUUID(self.uuid)
+            try:
+                self.handle = nvml.nvmlDeviceGetHandleByUUID(self.uuid)
+            except nvml.NVMLError_NotFound:
+                if self.uuid.startswith("MIG-") or "MIG-" in os.environ.get("CUDA_VISIBLE_DEVICES", ""):
+                    raise MeterUnavailable("the device is a MIG slice: NVML cannot meter the energy of a slice") from None
+                raise
             if nvml.nvmlDeviceIsMigDeviceHandle(self.handle):
                 raise MeterUnavailable("the device is a MIG slice: NVML cannot meter the energy of a slice")
             try:
@@ -155,9 +162,26 @@ def open_meter(device: torch.device | str, nvml: Any = None) -> NvmlMeter | Null
         return NullMeter(str(e))
 
 
-def counter_delta_mj(start_mj: int, end_mj: int, wrap_mj: int = COUNTER_WRAP_MJ) -> int:
-    """Energy between two counter readings, across one wrap of the counter."""
-    return end_mj - start_mj if end_mj >= start_mj else end_mj + wrap_mj - start_mj
+def counter_delta_mj(start_mj: int, end_mj: int, wrap_mj: int | None = None) -> int | None:
+    """Energy between two counter readings. A counter with a range (RAPL's ``max_energy_range_uj``)
+    wraps once; one without (NVML's mJ since the driver loaded, 64 bits: no wrap in practice) that
+    went down was reset — a driver reload — and the difference is ``None``: that window is lost."""
+    if end_mj >= start_mj:
+        return end_mj - start_mj
+    return None if wrap_mj is None else end_mj + wrap_mj - start_mj
+
+
+def counter_period_ms(meter, seconds: float = 1.0) -> float | None:
+    """Median time between changes of the energy counter, polled every 1 ms."""
+    changes, last, t_end = [], meter.energy_mj(), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        v = meter.energy_mj()
+        if v != last:
+            changes.append(time.perf_counter())
+            last = v
+        time.sleep(0.001)
+    gaps = [1e3 * (b - a) for a, b in zip(changes, changes[1:])]
+    return statistics.median(gaps) if gaps else None
 
 
 @dataclass
@@ -170,8 +194,10 @@ class Window:
     updates: int
 
     @property
-    def energy_j(self) -> float:
-        return counter_delta_mj(self.start_mj, self.end_mj) / 1000.0
+    def energy_j(self) -> float | None:
+        """``None`` when the counter went down (reset) over the window."""
+        delta = counter_delta_mj(self.start_mj, self.end_mj)
+        return None if delta is None else delta / 1000.0
 
 
 @dataclass
@@ -184,15 +210,17 @@ class EnergyEstimate:
     avg_w: float
     windows: int
     zero_delta_windows: int
+    reset_windows: int = 0
 
 
 def estimate(windows: list[Window], idle_w: float | None) -> EnergyEstimate:
     """Mean ± std over windows of ``E/updates``; net subtracts ``idle_w × seconds``.
 
-    A window whose counter did not move (shorter than the counter's update period) cannot be
-    measured: it is counted and left out, and if all are, :class:`MeterUnavailable` is raised.
+    A window whose counter did not move (shorter than the counter's update period) or went down
+    (the driver reset it) cannot be measured: it is counted and left out, and if all are,
+    :class:`MeterUnavailable` is raised.
     """
-    good = [w for w in windows if w.end_mj != w.start_mj]
+    good = [w for w in windows if w.end_mj > w.start_mj]
     if not good:
         raise MeterUnavailable("the energy counter did not advance in any window: windows too short")
     per = [w.energy_j / w.updates for w in good]
@@ -203,55 +231,99 @@ def estimate(windows: list[Window], idle_w: float | None) -> EnergyEstimate:
         net_j_per_update=statistics.fmean(net) if net is not None else None,
         avg_w=sum(w.energy_j for w in good) / sum(w.seconds for w in good),
         windows=len(good),
-        zero_delta_windows=len(windows) - len(good),
+        zero_delta_windows=sum(w.end_mj == w.start_mj for w in windows),
+        reset_windows=sum(w.end_mj < w.start_mj for w in windows),
     )
+
+
+def difference(a: EnergyEstimate, b: EnergyEstimate) -> tuple[float, float]:
+    """``(mean, std)`` of ``a − b`` per update from independent window sets: the std propagated
+    as ``√(σ_a² + σ_b²)`` (how the forward / backward / optimizer split is reported)."""
+    return a.j_per_update - b.j_per_update, math.hypot(a.j_per_update_std, b.j_per_update_std)
 
 
 def integrate_power_j(samples: list[tuple[int, int]], t0_us: int, t1_us: int) -> float | None:
     """``∫ P dt`` over ``[t0, t1]`` (µs) from ``(timestamp_us, power_mw)`` samples, trapezoids,
-    held constant before the first and after the last sample; ``None`` without samples."""
+    held constant before the first and after the last sample; ``None`` without samples.
+    O(n log n) for the sort (O(n) on a trace already in time order), O(log n + k) per window."""
     pts = sorted(samples)
     if not pts or t1_us <= t0_us:
         return None
+    ts = [t for t, _ in pts]
+
     def p_at(t: int) -> float:
-        if t <= pts[0][0]:
+        i = bisect.bisect_right(ts, t)
+        if i == 0:
             return float(pts[0][1])
-        if t >= pts[-1][0]:
+        if i == len(pts):
             return float(pts[-1][1])
-        for (ta, pa), (tb, pb) in zip(pts, pts[1:]):
-            if ta <= t <= tb:
-                return pa + (pb - pa) * (t - ta) / (tb - ta) if tb > ta else float(pb)
-        return float(pts[-1][1])
-    knots = [t0_us] + [t for t, _ in pts if t0_us < t < t1_us] + [t1_us]
-    total_mw_us = sum(0.5 * (p_at(a) + p_at(b)) * (b - a) for a, b in zip(knots, knots[1:]))
+        (ta, pa), (tb, pb) = pts[i - 1], pts[i]
+        return pa + (pb - pa) * (t - ta) / (tb - ta) if tb > ta else float(pb)
+
+    lo, hi = bisect.bisect_right(ts, t0_us), bisect.bisect_left(ts, t1_us)
+    knots = [(t0_us, p_at(t0_us))] + [(t, float(p)) for t, p in pts[lo:hi]] + [(t1_us, p_at(t1_us))]
+    total_mw_us = sum(0.5 * (pa + pb) * (tb - ta) for (ta, pa), (tb, pb) in zip(knots, knots[1:]))
     return total_mw_us * 1e-9  # mW·µs → J
 
 
 @dataclass
 class PowerSampler:
-    """Background thread polling ``meter.power_sample()``, keeping each new driver reading.
+    """Background thread polling ``meter.power_sample()``.
 
-    It only reads NVML (no CUDA calls), so it does not synchronise or slow the device's work;
-    ``marks`` records ``(host_time_us, label)`` phase boundaries for the trace.
+    NVML's timestamp is the host time of the query, so every poll looks new: repeats are dropped by
+    value — of a run of equal readings the first and the last are kept, so the trace keeps its
+    steps. It only reads NVML (no CUDA calls), so it does not synchronise the device; its own cost
+    is measured (``poll_us``: mean time per poll, ``duty``: share of the sampling time spent
+    polling). An error while sampling stops the thread and is kept in ``error`` — never raised
+    into the measurement. ``marks`` records ``(host_time_us, label)`` phase boundaries.
     """
 
     meter: Any
     interval_s: float = 0.002
     samples: list[tuple[int, int]] = field(default_factory=list)
     marks: list[tuple[int, str]] = field(default_factory=list)
+    error: str | None = None
+    polls: int = 0
+    poll_s: float = 0.0
+    running_s: float = 0.0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        last = None
+        pending = None  # the latest reading equal to the last kept one
+        started = time.perf_counter()
         while not self._stop.is_set():
-            s = self.meter.power_sample()
-            if s is not None and s[0] != last:
-                self.samples.append(s)
-                last = s[0]
+            t0 = time.perf_counter()
+            try:
+                s = self.meter.power_sample()
+            except Exception as e:  # an NVMLError mid-run (GPU lost, driver reset): report, stop
+                self.error = f"power sampling stopped: {type(e).__name__}: {e}"
+                break
+            finally:
+                self.poll_s += time.perf_counter() - t0
+                self.polls += 1
+            if s is not None:
+                if self.samples and s[1] == self.samples[-1][1]:
+                    pending = s
+                else:
+                    if pending is not None and pending != self.samples[-1]:
+                        self.samples.append(pending)
+                    self.samples.append(s)
+                    pending = None
             time.sleep(self.interval_s)
+        if pending is not None and self.samples and pending != self.samples[-1]:
+            self.samples.append(pending)
+        self.running_s = time.perf_counter() - started
+
+    @property
+    def poll_us(self) -> float | None:
+        return 1e6 * self.poll_s / self.polls if self.polls else None
+
+    @property
+    def duty(self) -> float | None:
+        return self.poll_s / self.running_s if self.running_s > 0 else None
 
     def start(self) -> "PowerSampler":
         if self.meter.available:

@@ -30,8 +30,8 @@ from lzo_bench import __version__
 from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
 from lzo_bench.data import DATASET_INFO, load_dataset
 from lzo_bench.energy import (
-    EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, estimate,
-    integrate_power_j, open_meter,
+    EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_period_ms,
+    difference, estimate, integrate_power_j, open_meter,
 )
 from lzo_bench.fsio import atomic_write_json, atomic_write_text
 from lzo_bench.gates import GateSpec
@@ -232,14 +232,37 @@ class EnergyConfig:
     min_seconds: float = 5.0
     min_updates: int = 32
     repeats: int = 4
-    idle_seconds: float = 2.0
+    idle_seconds: float = 5.0   # each of the two idle windows
+    settle_seconds: float = 2.0  # quiet time before each idle window (clocks and power settle)
+
+
+@dataclass
+class IdlePower:
+    """GPU power at rest, measured before and after the timed phases, each after a settle period."""
+
+    before_w: float | None
+    after_w: float | None
+
+    @property
+    def w(self) -> float | None:
+        """The mean of the two (the one measured if only one is); what net energy subtracts."""
+        vals = [v for v in (self.before_w, self.after_w) if v is not None]
+        return statistics.fmean(vals) if vals else None
 
 
 @dataclass
 class MethodEnergy:
-    full: EnergyEstimate
-    forward: EnergyEstimate
+    full: EnergyEstimate      # forward, loss, backward, optimizer step
+    forward: EnergyEstimate   # forward and loss only
+    fwd_bwd: EnergyEstimate   # forward, loss and backward, no optimizer step
     sampled_gap_pct: float | None  # (∫P dt − counter) / counter over all windows
+
+    def split(self) -> dict[str, float]:
+        """J per update of each phase ± std: backward = fwd_bwd − forward, optimizer = full − fwd_bwd."""
+        bwd, bwd_std = difference(self.fwd_bwd, self.forward)
+        opt, opt_std = difference(self.full, self.fwd_bwd)
+        return {"fwd_j": self.forward.j_per_update, "fwd_j_std": self.forward.j_per_update_std,
+                "bwd_j": bwd, "bwd_j_std": bwd_std, "opt_j": opt, "opt_j_std": opt_std}
 
 
 def _window(meter, run_one: Callable[[int], None], cfg: EnergyConfig, sync: Callable[[], None],
@@ -265,72 +288,71 @@ def _window(meter, run_one: Callable[[int], None], cfg: EnergyConfig, sync: Call
 Step = Callable[[int], None]
 
 
-def measure_energy(
-    meter, methods: dict[str, tuple[Step, Step]], cfg: EnergyConfig, sync: Callable[[], None],
-    sampler: PowerSampler | None = None, clock: Callable[[], float] = time.perf_counter,
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[float | None, dict[str, MethodEnergy]]:
-    """Idle power, then per method windows of ≥ ``min_seconds`` and ≥ ``min_updates`` updates of
-    ``methods[name] = (full_update, forward_only)``, repeated ``repeats`` times, methods interleaved.
-
-    Energy per update is the counter difference over a window divided by its updates (the
-    counter moves in steps of ~100 ms, so short windows cannot be split); the forward/backward
-    split is forward-only windows vs full windows (backward J = full − forward, optimiser
-    included), never a split by time share.
-    """
+def _idle_w(meter, cfg: EnergyConfig, sync: Callable[[], None], clock: Callable[[], float],
+            sleep: Callable[[float], None]) -> float | None:
+    """Mean power over ``idle_seconds`` after ``settle_seconds`` of rest; ``None`` if the counter
+    did not move or was reset."""
     sync()
+    sleep(cfg.settle_seconds)
     s0, t0 = meter.energy_mj(), clock()
     sleep(cfg.idle_seconds)
-    idle = Window(s0, meter.energy_mj(), clock() - t0, 1)
-    idle_w = idle.energy_j / idle.seconds if idle.end_mj != idle.start_mj and idle.seconds > 0 else None
+    w = Window(s0, meter.energy_mj(), clock() - t0, 1)
+    return w.energy_j / w.seconds if w.end_mj > w.start_mj and w.seconds > 0 else None
+
+
+def measure_energy(
+    meter, methods: dict[str, tuple[Step, Step, Step]], cfg: EnergyConfig, sync: Callable[[], None],
+    sampler: PowerSampler | None = None, clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[IdlePower, dict[str, MethodEnergy]]:
+    """Idle power (before and after), and per method windows of ≥ ``min_seconds`` and ≥
+    ``min_updates`` updates of ``methods[name] = (full_update, forward_only, forward_backward)``,
+    repeated ``repeats`` times, methods interleaved.
+
+    Energy per update is the counter difference over a window divided by its updates (the
+    counter moves in steps of ~100 ms, so short windows cannot be split); the phase split comes from
+    windows of the three kinds (forward = forward-only, backward = forward+backward − forward,
+    optimizer = full − forward+backward, stds propagated), never from a split by time share.
+    """
+    idle_before = _idle_w(meter, cfg, sync, clock, sleep)
     names = list(methods)
-    full: dict[str, list[Window]] = {n: [] for n in names}
-    fwd: dict[str, list[Window]] = {n: [] for n in names}
+    kinds = ("full", "forward", "fwd_bwd")
+    windows: dict[str, dict[str, list[Window]]] = {n: {k: [] for k in kinds} for n in names}
     sampled: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for rep in range(cfg.repeats):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
-            full_update, forward_only = methods[name]
-            for kind, fn, store in (("full", full_update, full), ("forward", forward_only, fwd)):
+            for kind, fn in zip(kinds, methods[name]):
                 w, s = _window(meter, fn, cfg, sync, sampler, f"{name} {kind} {rep}", clock)
-                store[name].append(w)
-                if s is not None:
+                windows[name][kind].append(w)
+                if s is not None and w.energy_j is not None:
                     sampled[name].append((s, w.energy_j))
+    idle = IdlePower(idle_before, _idle_w(meter, cfg, sync, clock, sleep))
     out = {}
     for name in names:
         pairs = sampled[name]
         counted = sum(c for _, c in pairs)
         gap = 100.0 * (sum(s for s, _ in pairs) - counted) / counted if pairs and counted > 0 else None
-        out[name] = MethodEnergy(estimate(full[name], idle_w), estimate(fwd[name], idle_w), gap)
-    return idle_w, out
+        out[name] = MethodEnergy(*(estimate(windows[name][k], idle.w) for k in kinds), gap)
+    return idle, out
 
 
-def update_steps(r: Runner, batch_for: Callable[[int], tuple[Any, torch.Tensor]]) -> tuple[Step, Step]:
-    """``(full_update, forward_only)`` of one method for :func:`measure_energy`."""
+def update_steps(r: Runner, batch_for: Callable[[int], tuple[Any, torch.Tensor]]) -> tuple[Step, Step, Step]:
+    """``(full_update, forward_only, forward_backward)`` of one method for :func:`measure_energy`."""
     def full_update(i: int) -> None:
-        x, y = batch_for(i)
-        _, loss = r.forward_loss(x, y, i)
-        r.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        forward_backward(i)
         r.optimizer.step()
 
     def forward_only(i: int) -> None:
         x, y = batch_for(i)
         r.forward_loss(x, y, i)
 
-    return full_update, forward_only
+    def forward_backward(i: int) -> None:
+        x, y = batch_for(i)
+        _, loss = r.forward_loss(x, y, i)
+        r.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
 
-
-def counter_period_ms(meter, seconds: float = 1.0) -> float | None:
-    """Median time between changes of the energy counter, polled every 1 ms."""
-    changes, last, t_end = [], meter.energy_mj(), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        v = meter.energy_mj()
-        if v != last:
-            changes.append(time.perf_counter())
-            last = v
-        time.sleep(0.001)
-    gaps = [1e3 * (b - a) for a, b in zip(changes, changes[1:])]
-    return statistics.median(gaps) if gaps else None
+    return full_update, forward_only, forward_backward
 
 
 @dataclass
@@ -411,7 +433,8 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         except MeterUnavailable as e:
             meter = NullMeter(f"{meter.reason}; CPU package energy (RAPL): {e}")
     energy: dict[str, MethodEnergy] = {}
-    idle_w = period = None
+    idle = IdlePower(None, None)
+    period = None
     info = meter.info() if meter.available else None
     temp_before = meter.temperature_c() if meter.available else None
     sampler = None
@@ -427,7 +450,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                 return one
 
             steps = {r.name: update_steps(r, batch_for(r)) for r in runners}
-            idle_w, energy = measure_energy(meter, steps, cfg.energy_cfg, sync, sampler)
+            idle, energy = measure_energy(meter, steps, cfg.energy_cfg, sync, sampler)
         except MeterUnavailable as e:
             meter = NullMeter(str(e))
         finally:
@@ -463,12 +486,12 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             "j_per_update": e.full.j_per_update if e else None,
             "j_per_update_std": e.full.j_per_update_std if e else None,
             "net_j_per_update": e.full.net_j_per_update if e else None,
-            "fwd_j": e.forward.j_per_update if e else None,
-            "bwd_j": (e.full.j_per_update - e.forward.j_per_update) if e else None,
+            **(e.split() if e else dict.fromkeys(("fwd_j", "fwd_j_std", "bwd_j", "bwd_j_std", "opt_j", "opt_j_std"))),
             "energy_ratio_vs_surrogate": (e.full.j_per_update / ref_e.full.j_per_update) if e and ref_e else None,
             "j_per_sample": (e.full.j_per_update / w.batch) if e else None,
             "sampled_vs_counter_gap_pct": e.sampled_gap_pct if e else None,
             "energy_windows": e.full.windows if e else 0,
+            "energy_reset_windows": sum(x.reset_windows for x in (e.full, e.forward, e.fwd_bwd)) if e else 0,
         }
         rows.append(row)
     reason = None if energy else (meter.reason if not meter.available else "no window could be measured")
@@ -486,11 +509,16 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             "available": bool(energy),
             "reason": reason,
             "meter": type(meter).__name__,
-            "idle_w": idle_w,
+            "idle_w": idle.w,
+            "idle_before_w": idle.before_w,
+            "idle_after_w": idle.after_w,
             "counter_period_ms": period,
             "temperature_c_before": temp_before,
             "temperature_c_after": temp_after,
             "power_samples": len(sampler.samples) if sampler else 0,
+            "power_sampler_error": sampler.error if sampler else None,
+            "power_sampler_poll_us": sampler.poll_us if sampler else None,
+            "power_sampler_duty": sampler.duty if sampler else None,
         },
         "rows": rows,
         "peers": peers,
@@ -522,7 +550,8 @@ def measure_peers(w: Workload, net: NetworkSpec, init: dict[str, torch.Tensor],
 
 CSV_COLUMNS = ("method", "backend", "fwd_ms", "bwd_ms", "opt_ms", "bwd_speedup_vs_surrogate",
                "overall_speedup_vs_surrogate", "bwd_speedup_vs_autograd_loop", "overall_speedup_vs_autograd_loop",
-               "peak_mib", "avg_w", "j_per_update", "j_per_update_std", "net_j_per_update", "fwd_j", "bwd_j",
+               "peak_mib", "avg_w", "j_per_update", "j_per_update_std", "net_j_per_update", "fwd_j", "fwd_j_std", "bwd_j",
+               "bwd_j_std", "opt_j", "opt_j_std",
                "energy_ratio_vs_surrogate", "j_per_sample", "sampled_vs_counter_gap_pct")
 
 

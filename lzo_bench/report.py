@@ -100,7 +100,7 @@ def profile_table(report: dict) -> Table:
                         f"{report['device']}; medians of {report['config']['updates']} updates; × = speed-up vs surrogate")
     cols = ["method", "fwd ms", "bwd ms", "opt ms", "bwd ×", "all ×", "active %", "MiB"]
     if energy:
-        cols += ["avg W", "J/update", "fwd J", "bwd J", "J ×", "gap %"]
+        cols += ["avg W", "J/update", "fwd J", "bwd J", "opt J", "J ×", "gap %"]
     table.add_column("method", no_wrap=True, min_width=13)
     for c in cols[1:]:
         table.add_column(c, justify="right")
@@ -113,7 +113,7 @@ def profile_table(report: dict) -> Table:
         if energy:
             std = "" if r["j_per_update_std"] is None else f" ±{r['j_per_update_std']:.2g}"
             cells += [_num(r["avg_w"], ".1f"), _num(r["j_per_update"], ".3g") + std, _num(r["fwd_j"], ".3g"),
-                      _num(r["bwd_j"], ".3g"), _num(r["energy_ratio_vs_surrogate"], ".2f"),
+                      _num(r["bwd_j"], ".3g"), _num(r["opt_j"], ".3g"), _num(r["energy_ratio_vs_surrogate"], ".2f"),
                       _num(r["sampled_vs_counter_gap_pct"], "+.1f")]
         table.add_row(*cells)
     return table

@@ -22,7 +22,7 @@ from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetMissing, SpikeDataset, batches, load_dataset
-from lzo_bench.energy import NullMeter, counter_delta_mj, open_meter
+from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
 from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
@@ -141,6 +141,7 @@ class EpochRecord:
     wall_s: float
     energy_j: float | None = None        # GPU energy over the epoch (NVML counter), None if unavailable
     j_per_update: float | None = None    # energy_j amortised over the epoch's updates
+    energy_note: str | None = None       # why energy_j is None although the meter works
 
 
 @dataclass
@@ -245,6 +246,22 @@ def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
     )
 
 
+def epoch_energy_j(start_mj: int | None, end_mj: int | None, seconds: float,
+                   period_ms: float | None) -> tuple[float | None, str | None]:
+    """An epoch's energy from the counter at its edges, or ``None`` and why: the counter moves in
+    steps of one period (~100 ms on NVML), so a window shorter than 10 periods is off by up to 10 %
+    or reads 0 J; a counter that went down was reset by the driver."""
+    if start_mj is None or end_mj is None:
+        return None, None
+    if period_ms is not None and seconds < 10 * period_ms / 1000.0:
+        return None, (f"the epoch ({seconds:.2f} s) is shorter than 10 periods of the energy counter "
+                      f"({period_ms:.0f} ms): too short to measure")
+    delta = counter_delta_mj(start_mj, end_mj)
+    if delta is None:
+        return None, "the energy counter went down during the epoch (a driver reset): not measured"
+    return delta / 1000.0, None
+
+
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     """Train per ``cfg``; raises :class:`ConfigError`, :class:`TrainingDiverged`, :class:`TrainingInterrupted`."""
     reporter = reporter or NullReporter()
@@ -275,9 +292,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
 
     result = RunResult(out, cfg, gate, backend)
     meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+    period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
     if cfg.energy:
         result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
-                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch)"}
+                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
+                                   "epoch shorter than 10 counter periods is not measured",
+                         "counter_period_ms": period_ms}
     atomic_write_json(out / "config.json", {
         "train": cfg.to_dict(),
         "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
@@ -345,7 +365,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             n_upd = i + 1
             sync_device(device)
             energy_end = meter.energy_mj()
-            epoch_j = None if energy_start is None else counter_delta_mj(energy_start, energy_end) / 1000.0
+            epoch_s = time.perf_counter() - epoch_start
+            epoch_j, energy_note = epoch_energy_j(energy_start, energy_end, epoch_s, period_ms)
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=loss_sum / seen,
@@ -359,6 +380,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 wall_s=time.perf_counter() - epoch_start,
                 energy_j=epoch_j,
                 j_per_update=None if epoch_j is None else epoch_j / n_upd,
+                energy_note=energy_note,
             )
             result.history.append(record)
             result.wall_s = time.perf_counter() - started

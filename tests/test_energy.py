@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from lzo_bench.energy import (
-    COUNTER_WRAP_MJ, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_delta_mj,
-    estimate, integrate_power_j, open_meter,
+    MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_delta_mj, difference, estimate,
+    integrate_power_j, open_meter,
 )
 from lzo_bench.profile import EnergyConfig, measure_energy
+from lzo_bench.train import epoch_energy_j
 
 
 class FakeDevice:
@@ -73,11 +74,21 @@ def fake_nvml(errors=None, mig=False, counter=lambda: 5_000):
     return ns
 
 
-def test_counter_delta_and_wrap():
+def test_counter_delta_wrap_and_reset():
     assert counter_delta_mj(1_000, 4_500) == 3_500
-    assert counter_delta_mj(COUNTER_WRAP_MJ - 100, 50) == 150
     assert counter_delta_mj(7, 7) == 0
-    assert counter_delta_mj(900, 100, wrap_mj=1_000) == 200
+    assert counter_delta_mj(900, 100, wrap_mj=1_000) == 200   # RAPL: wraps at its range
+    assert counter_delta_mj(2**64 - 100, 50) is None          # NVML: went down = driver reset, not a wrap
+    assert Window(5_000, 1_000, 1.0, 3).energy_j is None
+
+
+def test_epoch_energy_needs_ten_counter_periods_and_no_reset():
+    assert epoch_energy_j(1_000, 31_000, 2.0, 100.0) == (30.0, None)
+    j, why = epoch_energy_j(1_000, 1_000, 0.5, 100.0)  # a digits epoch: the counter may not even move
+    assert j is None and "shorter than 10 periods of the energy counter (100 ms)" in why
+    j, why = epoch_energy_j(9_000, 1_000, 3.0, 100.0)
+    assert j is None and "went down" in why
+    assert epoch_energy_j(None, None, 3.0, None) == (None, None)
 
 
 def test_estimate_mean_std_idle_and_zero_delta_windows():
@@ -89,9 +100,19 @@ def test_estimate_mean_std_idle_and_zero_delta_windows():
     assert e.j_per_update_std == pytest.approx(statistics.stdev(per))
     assert e.net_j_per_update == pytest.approx(statistics.fmean(p - 1.5 * 2.0 / 10 for p in per))
     assert e.avg_w == pytest.approx(36.0 / 6.0)
-    assert (e.windows, e.zero_delta_windows) == (3, 1)
+    assert (e.windows, e.zero_delta_windows, e.reset_windows) == (3, 1, 0)
     with pytest.raises(MeterUnavailable, match="did not advance"):
         estimate([Window(5, 5, 0.01, 1)], None)
+    reset = estimate(windows + [Window(40_000, 3_000, 2.0, 10)], idle_w=None)  # the driver reset the counter
+    assert reset.j_per_update == pytest.approx(e.j_per_update) and reset.reset_windows == 1
+
+
+def test_difference_propagates_std():
+    a = estimate([Window(0, 10_000, 1.0, 10), Window(0, 12_000, 1.0, 10)], None)   # 1.0, 1.2 J
+    b = estimate([Window(0, 4_000, 1.0, 10), Window(0, 7_000, 1.0, 10)], None)     # 0.4, 0.7 J
+    mean, std = difference(a, b)
+    assert mean == pytest.approx(1.1 - 0.55)
+    assert std == pytest.approx(math.sqrt(statistics.stdev([1.0, 1.2]) ** 2 + statistics.stdev([0.4, 0.7]) ** 2))
 
 
 def test_power_integration():
@@ -104,29 +125,41 @@ def test_power_integration():
     assert integrate_power_j([], 0, 10) is None
 
 
+def test_power_integration_matches_an_independent_trapezoid_on_a_long_trace():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.integers(1_000, 20_000, size=20_000))
+    p = rng.integers(50_000, 700_000, size=t.size)
+    samples = list(zip(t.tolist(), p.tolist()))
+    for t0, t1 in ((int(t[10]) - 500, int(t[15_000]) + 777), (int(t[0]) - 10_000, int(t[-1]) + 10_000)):
+        grid = np.unique(np.concatenate([[t0, t1], t[(t > t0) & (t < t1)]]))
+        expected = np.trapezoid(np.interp(grid, t, p), grid) * 1e-9
+        assert integrate_power_j(samples, t0, t1) == pytest.approx(expected, rel=1e-9)
+
+
 def test_measure_energy_split_idle_and_power_cross_check():
     dev = FakeDevice(idle_w=50.0)
-    # per update: full = 0.020 s, 3.0 J dynamic; forward-only = 0.008 s, 1.0 J dynamic
-    costs = {"surrogate": ((0.020, 3.0), (0.008, 1.0)), "localzo": ((0.010, 0.6), (0.006, 0.4))}
-    methods = {name: (lambda i, c=c: dev.advance(*c[0]), lambda i, c=c: dev.advance(*c[1])) for name, c in costs.items()}
-
-    class Sampler:  # power trace consistent with the counter: constant mean power per window
-        samples = []
-
-        def mark(self, label):
-            pass
-
-    cfg = EnergyConfig(min_seconds=1.0, min_updates=32, repeats=4, idle_seconds=2.0)
-    idle_w, out = measure_energy(dev, methods, cfg, sync=lambda: None, sampler=None, clock=dev.clock,
-                                 sleep=lambda s: dev.advance(s))
-    assert idle_w == pytest.approx(50.0)
-    for name, ((tf, jf), (tw, jw)) in costs.items():
+    # per update (s, dynamic J): full, forward only, forward + backward
+    costs = {"surrogate": ((0.020, 3.0), (0.008, 1.0), (0.019, 2.8)),
+             "localzo": ((0.010, 0.6), (0.006, 0.4), (0.009, 0.5))}
+    methods = {name: tuple(lambda i, k=k: dev.advance(*k) for k in c) for name, c in costs.items()}
+    cfg = EnergyConfig(min_seconds=1.0, min_updates=32, repeats=4, idle_seconds=5.0, settle_seconds=2.0)
+    slept = []
+    idle, out = measure_energy(dev, methods, cfg, sync=lambda: None, sampler=None, clock=dev.clock,
+                               sleep=lambda s: (slept.append(s), dev.advance(s)))
+    assert slept == [2.0, 5.0, 2.0, 5.0]           # settle, idle before; settle, idle after
+    assert idle.before_w == pytest.approx(50.0) and idle.after_w == pytest.approx(50.0) and idle.w == pytest.approx(50.0)
+    for name, ((tf, jf), (tw, jw), (tb, jb)) in costs.items():
         e = out[name]
-        assert e.full.windows == 4 and e.forward.windows == 4
+        assert e.full.windows == e.forward.windows == e.fwd_bwd.windows == 4
         assert e.full.j_per_update == pytest.approx(50.0 * tf + jf, rel=1e-3)
         assert e.full.net_j_per_update == pytest.approx(jf, rel=1e-2)
-        assert e.forward.j_per_update == pytest.approx(50.0 * tw + jw, rel=1e-3)
-        assert e.full.j_per_update_std < 1e-3
+        split = e.split()
+        assert split["fwd_j"] == pytest.approx(50.0 * tw + jw, rel=1e-3)
+        assert split["bwd_j"] == pytest.approx(50.0 * (tb - tw) + (jb - jw), rel=1e-2)
+        assert split["opt_j"] == pytest.approx(50.0 * (tf - tb) + (jf - jb), rel=5e-2)
+        assert split["opt_j_std"] < 1e-3 and e.full.j_per_update_std < 1e-3
     ratio = out["localzo"].full.j_per_update / out["surrogate"].full.j_per_update
     assert ratio == pytest.approx((50 * 0.010 + 0.6) / (50 * 0.020 + 3.0), rel=1e-3)
 
@@ -134,11 +167,13 @@ def test_measure_energy_split_idle_and_power_cross_check():
 def test_windows_respect_minimum_seconds_and_updates():
     dev = FakeDevice()
     calls = []
-    methods = {"m": (lambda i: (calls.append("f"), dev.advance(0.5, 1.0)), lambda i: (calls.append("w"), dev.advance(2**-10)))}
+    methods = {"m": (lambda i: (calls.append("f"), dev.advance(0.5, 1.0)), lambda i: (calls.append("w"), dev.advance(2**-10)),
+                     lambda i: (calls.append("b"), dev.advance(0.25)))}
     measure_energy(dev, methods, EnergyConfig(min_seconds=5.0, min_updates=3, repeats=1, idle_seconds=1.0),
                    lambda: None, clock=dev.clock, sleep=lambda s: dev.advance(s))
     assert calls.count("f") == 10           # 5 s at 0.5 s per update
     assert calls.count("w") == 5 * 1024     # 5 s at 2⁻¹⁰ s per forward-only update (exact in binary)
+    assert calls.count("b") == 20
 
 
 def test_nvml_meter_reads_the_fake_driver():
@@ -165,6 +200,9 @@ def test_nvml_unavailability_reasons(stage, error, reason):
 def test_mig_slice_is_refused():
     with pytest.raises(MeterUnavailable, match="MIG slice"):
         NvmlMeter(torch.device("cuda", 0), nvml=fake_nvml(mig=True), uuid="MIG-1")
+    # a MIG instance's UUID that NVML does not resolve is named as a MIG slice, not "no device"
+    with pytest.raises(MeterUnavailable, match="the device is a MIG slice"):
+        NvmlMeter(torch.device("cuda", 0), nvml=fake_nvml({"handle": pynvml.NVMLError_NotFound()}), uuid="MIG-5f2a")
 
 
 def test_cpu_device_gets_a_null_meter_with_a_reason():
@@ -191,6 +229,43 @@ def test_power_sampler_keeps_new_driver_readings(tmp_path):
     assert sampler.samples == [(10, 100_000), (20, 120_000), (30, 110_000)]
     text = sampler.write_csv(tmp_path / "power.csv").read_text()
     assert text.splitlines()[0] == "kind,timestamp_us,value" and "mark,15,window start" in text
+    assert sampler.polls > 3 and sampler.poll_us > 0 and 0 < sampler.duty < 1 and sampler.error is None
+
+
+def test_power_sampler_drops_repeats_by_value_keeping_the_steps():
+    # NVML stamps each query with the host time: equal values arrive with new timestamps
+    readings = iter([(10, 100), (11, 100), (12, 100), (20, 120), (21, 120), (30, 110)])
+
+    class Meter:
+        available = True
+
+        def power_sample(self):
+            return next(readings, (40, 110))
+
+    sampler = PowerSampler(Meter(), interval_s=0.0).start()
+    import time
+
+    time.sleep(0.02)
+    sampler.stop()
+    assert sampler.samples == [(10, 100), (12, 100), (20, 120), (21, 120), (30, 110), (40, 110)]
+
+
+def test_power_sampler_reports_an_nvml_error_instead_of_raising():
+    calls = iter([(10, 100), (20, 120)])
+
+    class Meter:
+        available = True
+
+        def power_sample(self):
+            try:
+                return next(calls)
+            except StopIteration:
+                raise pynvml.NVMLError_GpuIsLost() from None
+
+    sampler = PowerSampler(Meter(), interval_s=0.0).start()
+    sampler.stop() if sampler._thread is None else sampler._thread.join(timeout=2)
+    assert sampler.samples == [(10, 100), (20, 120)]
+    assert sampler.error.startswith("power sampling stopped: NVMLError_GpuIsLost")
 
 
 def rapl_tree(root: Path, energy_uj: int, max_uj: int = 1_000_000):
