@@ -142,7 +142,7 @@ def export(
 ) -> None:
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
-    from dataclasses import asdict
+    from dataclasses import asdict, is_dataclass
     from pathlib import Path
 
     from lzo_bench import export as ex
@@ -180,7 +180,8 @@ def export(
     payload = {"file": str(target), "format": format.value, "check": report}
     if json_out:
         _print_json({**payload, "check": None if report is None else
-                     {k: [asdict(r) for r in v] if isinstance(v, list) else v for k, v in report.items()}})
+                     {k: [asdict(r) if is_dataclass(r) else r for r in v] if isinstance(v, list) else v
+                      for k, v in report.items()}})
     else:
         typer.echo(f"wrote {target}")
         if report is not None:
@@ -203,7 +204,10 @@ def _check_onnx(format, onnx_model, model, src, opset, samples) -> dict:
         lat = chk.latency(seq_bytes, model, src)
     except chk.ProviderFallback as e:
         raise fail(str(e), 1) from None
-    return {"parity": rows, "latency": lat, "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model)}
+    import onnxruntime as ort
+
+    return {"parity": rows, "latency": lat, "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model),
+            "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
 
 
 def _print_export_report(format, report: dict) -> None:
@@ -236,6 +240,9 @@ def _print_export_report(format, report: dict) -> None:
         console.print(lat)
     import onnxruntime as ort
 
+    used = sorted({r.session_providers for r in report["parity"] if r.session_providers})
+    console.print(f"onnxruntime {ort.__version__}: available providers {', '.join(ort.get_available_providers())}; "
+                  f"sessions ran on {' / '.join(used) or 'n/a'}", highlight=False)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         console.print("CUDA: not checked — this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu; README).",
                       highlight=False)

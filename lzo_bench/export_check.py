@@ -1,9 +1,13 @@
 """Parity of an exported ONNX model with the PyTorch network, and its latency, in onnxruntime.
 
 CPU: spikes must be identical and logits within ``rtol 1e-4 / atol 1e-5`` at every tested ``T``.
-CUDA (only with ``onnxruntime-gpu``): the session must really run ``CUDAExecutionProvider``
-(onnxruntime falls back to the CPU silently otherwise); spike mismatch fraction and logit error
-are reported. Latency: medians per sample at batch 1 and 256, onnxruntime vs PyTorch eager.
+CUDA (only with ``onnxruntime-gpu``): the session runs ``CUDAExecutionProvider`` with TF32 off
+and the CPU fallback disabled (``session.disable_cpu_ep_fallback``: a node CUDA cannot run is an
+error, not a silent CPU node), and it must report that provider first. Against PyTorch on the same
+GPU (float32, no TF32) the two sum in different orders, so parity there is: spike mismatches at
+most ``CUDA_SPIKE_TOL`` of the entries, and logits within ``CUDA_RTOL / CUDA_ATOL`` where no spike
+differs. Each row records the providers the session used. Latency: medians per sample at batch 1
+and 256, onnxruntime vs PyTorch eager.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from lzo_bench.export import ExportSource, initial_step_state
 from lzo_bench.model import SNN
 
 RTOL, ATOL = 1e-4, 1e-5
+CUDA_SPIKE_TOL, CUDA_RTOL, CUDA_ATOL = 1e-4, 1e-3, 1e-4
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -33,6 +38,7 @@ class ParityRow:
     ort_acc: float
     torch_acc: float
     passed: bool
+    session_providers: str = ""  # what the session ran on, in order
 
 
 @dataclass
@@ -54,7 +60,11 @@ def session(model_bytes: bytes, provider: str):
     # idle ORT threads must not spin: they would steal the cores PyTorch is timed on
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=[provider])
+    providers: list = [provider]
+    if provider == CUDA:
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        providers = [(CUDA, {"use_tf32": "0"})]
+    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
     if sess.get_providers()[0] != provider:
         raise ProviderFallback(f"onnxruntime fell back to {sess.get_providers()[0]} instead of {provider}")
     return sess
@@ -77,6 +87,17 @@ def _accuracy(logits: np.ndarray, labels: torch.Tensor | None) -> float:
     if labels is None:
         return float("nan")
     return 100.0 * float((logits.argmax(1) == labels.numpy()).mean())
+
+
+def parity_passed(provider: str, spike_mismatch: float, ort_logits: np.ndarray, ref_logits: np.ndarray) -> bool:
+    """CPU: identical spikes and logits within RTOL/ATOL. CUDA: at most CUDA_SPIKE_TOL of the spikes
+    differ (a different summation order flips the rare potential within rounding of θ), and where
+    none does the logits agree within CUDA_RTOL/CUDA_ATOL."""
+    if provider == CPU:
+        return spike_mismatch == 0 and bool(np.allclose(ort_logits, ref_logits, rtol=RTOL, atol=ATOL, equal_nan=True))
+    if spike_mismatch > CUDA_SPIKE_TOL:
+        return False
+    return spike_mismatch > 0 or bool(np.allclose(ort_logits, ref_logits, rtol=CUDA_RTOL, atol=CUDA_ATOL, equal_nan=True))
 
 
 def parity(
@@ -103,10 +124,10 @@ def parity(
             total = sum(s.numel() for s in ref.spikes)
             finite = np.isfinite(ref_logits)
             dlogit = float(np.max(np.abs(outs[0][finite] - ref_logits[finite]), initial=0.0))
-            close = bool(np.allclose(outs[0], ref_logits, rtol=RTOL, atol=ATOL, equal_nan=True))
-            ok = diff == 0 and close if provider == CPU else True
+            ok = parity_passed(provider, diff / total, outs[0], ref_logits)
             rows.append(ParityRow(provider, steps, x.shape[1], dlogit, diff / total,
-                                  _accuracy(outs[0], labels), _accuracy(ref_logits, labels), ok))
+                                  _accuracy(outs[0], labels), _accuracy(ref_logits, labels), ok,
+                                  ",".join(sess.get_providers())))
         torch_model.to("cpu")
     return rows
 
@@ -129,7 +150,7 @@ def step_parity(step_bytes: bytes, seq_bytes: bytes, src: ExportSource, steps: i
     dlogit = float(np.max(np.abs(state["m"] - seq_out[0]), initial=0.0)) if x.shape[0] else 0.0
     ok = diff == 0 and bool(np.allclose(state["m"], seq_out[0], rtol=RTOL, atol=ATOL, equal_nan=True))
     return ParityRow(f"{CPU} (step)", steps, x.shape[1], dlogit, diff / max(total, 1),
-                     _accuracy(state["m"], labels), _accuracy(seq_out[0], labels), ok)
+                     _accuracy(state["m"], labels), _accuracy(seq_out[0], labels), ok, ",".join(step.get_providers()))
 
 
 def _median_ms(fn, repeats: int) -> float:

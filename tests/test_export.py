@@ -157,3 +157,41 @@ def test_parity_failure_exits_1_with_the_table(run_dir, tmp_path, monkeypatch):
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.onnx"), "--samples", "16"])
     assert result.exit_code == 1
     assert "FAIL" in result.output and "parity check failed" in result.output
+
+
+def test_parity_criteria_cpu_exact_cuda_can_fail():
+    import numpy as np
+
+    from lzo_bench.export_check import CPU, CUDA, parity_passed
+
+    ref = np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32)
+    assert parity_passed(CPU, 0.0, ref.copy(), ref)
+    assert not parity_passed(CPU, 1e-6, ref.copy(), ref)                  # one spike off: CPU must be exact
+    assert not parity_passed(CPU, 0.0, ref + 1e-3, ref)
+    assert parity_passed(CUDA, 0.0, ref * (1 + 5e-4), ref)                # summation order: within 1e-3
+    assert not parity_passed(CUDA, 0.0, ref + 0.05, ref)                  # identical spikes, logits off
+    assert parity_passed(CUDA, 5e-5, ref + 0.05, ref)                     # a rare flipped spike moves logits
+    assert not parity_passed(CUDA, 2e-4, ref.copy(), ref)                 # too many flips fails
+
+
+def test_cuda_session_disables_tf32_and_cpu_fallback(monkeypatch):
+    import onnxruntime as ort
+
+    from lzo_bench import export_check as chk
+
+    seen = {}
+
+    class Session:
+        def __init__(self, model, sess_options=None, providers=None):
+            seen["providers"] = providers
+            seen["fallback"] = sess_options.get_session_config_entry("session.disable_cpu_ep_fallback")
+
+        def get_providers(self):
+            return seen.get("answer", [chk.CUDA, chk.CPU])
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    chk.session(b"model", chk.CUDA)
+    assert seen["providers"] == [(chk.CUDA, {"use_tf32": "0"})] and seen["fallback"] == "1"
+    seen["answer"] = [chk.CPU]
+    with pytest.raises(chk.ProviderFallback, match="fell back to CPUExecutionProvider"):
+        chk.session(b"model", chk.CUDA)
