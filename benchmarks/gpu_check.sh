@@ -1,38 +1,100 @@
 #!/usr/bin/env bash
-# GPU check for the lzo ops, one call on a bare GPU machine (fits in 10 minutes on one H200; the
-# machine has torch but cannot install anything, so nothing here needs the project installed):
-#   1. build the CUDA extension, 2. run the op tests (they repeat every case on CUDA when a GPU
-#   is visible) and the gpu-marked tests, 3. the layer benchmark on CUDA (layer 2 and layer 1),
-#   4. the whole-update profile with NVML energy, the profiler overhead and train --energy's.
-# Everything printed goes to $OUT/log.txt (or ./gpu-check-out); besides it layer2.json, layer1.json
-# and profile/{profile.json,profile.csv,power.csv}: 6 files, within what a device call brings back.
+# One prepared call on a GPU machine that has torch and CUDA but not this project (and no network):
+# every stage of the GPU check under its own timeout, about 7 minutes in all on one H200 (estimated:
+# it has never run), results in 3 files under $OUT (or ./gpu-check-out): summary.json (one JSON
+# summary, benchmarks/gpu_summary.py), log.txt (everything printed) and rest.tar.gz (the stage
+# outputs). On a machine without a GPU it stops at once with one line and exit code 3.
+#
+#   OUT=/tmp/o bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
+#
+# Stages: NVML probe; build of the CUDA ops; CUDA op tests and gpu-marked tests; compute-sanitizer
+# racecheck and memcheck on a T = 70 layer step; CUDA vs reference at T = 300, twice
+# (determinism); layer benchmark at N-MNIST layer 2 / layer 1 and SHD layer 2 / layer 1 with a
+# per-kernel torch.profiler table; profile --energy on nmnist and shd; train --energy overhead
+# (in-process); onnxruntime providers and parity.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+py="${PYTHON:-python3}"
+why=$($py -c "import torch; print('' if torch.cuda.is_available() else 'torch ' + torch.__version__ + ' sees no CUDA GPU')" 2>&1 | tail -1)
+if [ -n "$why" ]; then
+  echo "gpu_check: nothing to check here: $why (run it on a GPU machine)" >&2
+  exit 3
+fi
 out="${OUT:-gpu-check-out}"
-mkdir -p "$out"
+rest="$out/rest"
+mkdir -p "$rest"
 log="$out/log.txt"
+: > "$log"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # lzo_bench from this checkout, uninstalled
 [ -d /usr/local/cuda ] && export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-py="${PYTHON:-python3}"
-{
-  echo "== env"
-  $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-  echo "== build"
-  $py -c "from lzo_bench import ops; print(ops.build(cuda=True))" 2>&1 | tail -3
-  echo "== tests"
-  $py -m pytest -q -p no:cacheprovider tests/test_ops.py -k cuda 2>&1 | tail -15
-  $py -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -5
-  echo "== layer benchmark"
-  $py benchmarks/layer_speed.py --device cuda --repeats 30 --warmup 5 --json "$out/layer2.json" 2>&1
-  $py benchmarks/layer_speed.py --device cuda --repeats 30 --warmup 5 --first-layer --json "$out/layer1.json" 2>&1
-  echo "== profile (4 methods x 4 repeats x 2 window kinds x >= 5 s, about 3 min)"
-  $py cli.py profile --workload nmnist --device cuda --updates 30 --energy --out "$out/profile" 2>&1
-  $py benchmarks/profiler_overhead.py --device cuda --workload nmnist --updates 40 2>&1
-  echo "== train --energy overhead: the same short run without and with it"
-  TIMEFORMAT="%R s"
-  for e in "" "--energy" "" "--energy"; do
-    echo -n "train ${e:-(plain)}: "
-    { time $py cli.py train --device cuda --epochs 3 $e --out "$(mktemp -d)/r" > /dev/null 2>&1; } 2>&1
-  done
-} 2>&1 | tee "$log"
+printf "stage\trc\tseconds\n" > "$rest/stages.tsv"
+
+stage() {  # stage NAME SECONDS COMMAND...: run under timeout, output to the log, rc and time to stages.tsv
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit} s)" | tee -a "$log"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >> "$log" 2>&1
+  local rc=$?
+  printf "%s\t%s\t%s\n" "$name" "$rc" "$((SECONDS - t0))" >> "$rest/stages.tsv"
+  echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+}
+
+stage nvml 30 $py -c "
+import json, torch
+from lzo_bench.energy import counter_period_ms, open_meter
+m = open_meter('cuda')
+info = m.info() if m.available else None
+r = {'available': m.available, 'reason': m.reason, 'power_instant': m.power_sample() is not None if m.available else None,
+     'counter_period_ms': counter_period_ms(m) if m.available else None,
+     'gpu': None if info is None else info.__dict__}
+print(json.dumps(r)); open('$rest/nvml.json', 'w').write(json.dumps(r))"
+stage build 300 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
+stage tests 180 $py -m pytest -q -p no:cacheprovider tests/test_ops.py -k cuda
+stage gpu-tests 60 $py -m pytest -q -p no:cacheprovider -m gpu tests
+if command -v compute-sanitizer > /dev/null; then
+  stage racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
+  stage memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
+else
+  echo "compute-sanitizer not found: racecheck and memcheck skipped" | tee -a "$log"
+fi
+stage cuda-vs-reference 120 sh -c "$py benchmarks/cuda_check.py > '$rest/cuda_check.json'"
+for cfg in "nmnist-l2:--n-in 200 --rate 0.01" "nmnist-l1:--n-in 1156 --rate 0.012 --first-layer" \
+           "shd-l2:--n-in 200 --steps 500 --beta 0.8187 --rate 0.01" \
+           "shd-l1:--n-in 700 --steps 500 --beta 0.8187 --rate 0.01 --first-layer"; do
+  name=${cfg%%:*}
+  stage "layer-$name" 90 $py benchmarks/layer_speed.py --device cuda --repeats 20 --warmup 3 ${cfg#*:} \
+    --json "$rest/layer-$name.json" $([ "$name" = nmnist-l2 ] && echo --profile-kernels)
+done
+for w in nmnist shd; do
+  stage "profile-$w" 200 $py -c "
+import torch
+from pathlib import Path
+from lzo_bench.profile import EnergyConfig, ProfileConfig, run_profile, write_report
+methods = ('surrogate', 'sparsegrad', 'localzo') if '$w' == 'nmnist' else ('surrogate', 'localzo')
+cfg = ProfileConfig(workload='$w', updates=20, warmup=3, methods=methods, device='cuda', energy=True,
+                    energy_cfg=EnergyConfig(min_seconds=2.0, min_updates=32, repeats=3, idle_seconds=3.0, settle_seconds=1.0))
+r = run_profile(cfg)
+write_report(r, Path('$rest/profile-$w'))
+for row in r['rows']:
+    print(row['method'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2),
+          row['j_per_update'], row['j_per_update_std'], row['energy_ratio_vs_surrogate'])
+print('energy:', r['energy'])"
+done
+stage train-energy 120 $py -c "
+import json, time, tempfile
+from lzo_bench.train import TrainConfig, train
+times = {False: [], True: []}
+for energy in (False, True, False, True):
+    t0 = time.perf_counter()
+    res = train(TrainConfig(epochs=3, device='cuda', energy=energy, out=tempfile.mkdtemp() + '/r'))
+    times[energy].append(time.perf_counter() - t0)
+r = {'plain_s': times[False], 'energy_s': times[True], 'energy': res.energy, 'epochs': [h.energy_j for h in res.history],
+     'notes': [h.energy_note for h in res.history], 'run': str(res.out)}
+print(json.dumps(r)); open('$rest/train_energy.json', 'w').write(json.dumps(r))"
+stage onnxruntime 120 sh -c "run=\$($py -c \"import json; print(json.load(open('$rest/train_energy.json'))['run'])\") && \
+  $py cli.py export \"\$run\" --samples 128 --json > '$rest/onnx.json'"
+$py benchmarks/gpu_summary.py "$rest" > "$out/summary.json" 2>> "$log"
+tar -czf "$out/rest.tar.gz" -C "$out" rest && rm -rf "$rest"
+echo "wrote $out/summary.json, $out/log.txt, $out/rest.tar.gz" | tee -a "$log"

@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--profile-kernels", action="store_true",
+                    help="after timing, one step of each method under torch.profiler: its top kernels")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,7 +118,7 @@ def main() -> None:
     ev = as_events(x)
     upstream_rows = upstream.transpose(0, 1).reshape(T * B, N).contiguous()
     prev_t, prev_rem = prev_idx // (B * Nin), prev_idx % (B * Nin)
-    prev_ev = SpikeEvents.from_rows(prev_rem // Nin * T + prev_t, prev_rem % Nin, T, B, Nin)
+    prev_ev = SpikeEvents.from_keys((prev_rem // Nin * T + prev_t) * Nin + prev_rem % Nin, T, B, Nin)
     empty_f, empty_i = torch.empty(0), torch.empty(0, dtype=torch.int64)
     no_prev = (empty_i, torch.empty(0, dtype=torch.int32))
 
@@ -221,6 +223,16 @@ def main() -> None:
             f"{(e.fwd_ms + e.bwd_ms) / tot:.2f}" if e else "n/a",
             f"{r.active_pct:.3f}", f"{r.saved_mib:.1f}", "n/a (CPU)" if r.peak_mib is None else f"{r.peak_mib:.1f}",
         ]))
+    if args.profile_kernels:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        for name in names:
+            with profile(activities=acts) as prof:
+                step(name, 0)
+            print(f"-- kernels of one {name} step (forward + backward)")
+            print(prof.key_averages().table(sort_by=key, row_limit=8))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=2)
