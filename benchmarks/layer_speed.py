@@ -131,7 +131,7 @@ def main() -> None:
         fwd = time.perf_counter() - t0
         if spec.is_sparse:
             kept = [a_ptr, a_col, a_gate, ev.ptr, ev.col, ev.val, w0]
-            rows = torch.repeat_interleave(torch.arange(T * B), a_ptr[1:] - a_ptr[:-1])
+            rows = torch.repeat_interleave(torch.arange(T * B), (a_ptr[1:] - a_ptr[:-1]).long())
             g = upstream_rows[rows, a_col.long()]
             prev = no_prev if args.first_layer else (prev_ev.ptr, prev_ev.col)
             t1 = time.perf_counter()

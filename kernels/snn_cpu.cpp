@@ -3,7 +3,8 @@
 //
 // Event lists are CSR over rows r = b*T + t (batch-row major: one batch row's steps are
 // contiguous, which is the order both the forward scan and the backward walk use):
-//   ptr [B*T + 1] int64, col [nnz] int32, val [nnz] float32 (empty: every value is 1).
+//   ptr [B*T + 1] int32, col [nnz] int32, val [nnz] float32 (empty: every value is 1); a list holds
+//   fewer than 2^31 events (checked where one is made).
 // The same layout holds input spikes, a layer's spikes (its next layer's input) and a layer's
 // active entries (col = neuron j, with their gate values beside).
 //
@@ -44,21 +45,24 @@ constexpr int64_t kRebaseSteps = 32;
 
 enum CurrentMode : int64_t { CURRENT_AUTO = 0, CURRENT_EVENTS = 1, CURRENT_GEMM = 2 };
 
+using Ptr = int32_t;  // row pointers: half the bytes of int64 for the lists the backward keeps
+constexpr auto kPtr = at::kInt;
+
 struct EventView {
-  const int64_t* ptr;
+  const Ptr* ptr;
   const int32_t* col;
   const float* val;  // nullptr: every value is 1
   float value(int64_t q) const { return val ? val[q] : 1.0f; }
 };
 
 EventView view(const Tensor& ptr, const Tensor& col, const Tensor& val) {
-  return {ptr.data_ptr<int64_t>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr};
+  return {ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr};
 }
 
 void check_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, const char* op,
                   const char* name) {
-  TORCH_CHECK(ptr.scalar_type() == at::kLong && ptr.dim() == 1 && ptr.is_contiguous(), op, ": ", name,
-              "_ptr must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(ptr.scalar_type() == kPtr && ptr.dim() == 1 && ptr.is_contiguous(), op, ": ", name,
+              "_ptr must be a contiguous 1-D int32 tensor");
   TORCH_CHECK(ptr.numel() == rows + 1, op, ": ", name, "_ptr must hold B*T + 1 = ", rows + 1,
               " row pointers, got ", ptr.numel());
   TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous(), op, ": ", name,
@@ -67,7 +71,7 @@ void check_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64
                                    val.numel() == col.numel()),
               op, ": ", name, "_val must be empty or hold one float32 per event");
   TORCH_CHECK(ptr.device().is_cpu() && col.device().is_cpu(), op, ": ", name, " events must be on the CPU");
-  const int64_t* p = ptr.data_ptr<int64_t>();
+  const Ptr* p = ptr.data_ptr<Ptr>();
   TORCH_CHECK(p[0] == 0 && p[rows] == col.numel(), op, ": ", name, "_ptr must run from 0 to nnz = ",
               col.numel());
 }
@@ -310,15 +314,21 @@ bool use_gemm(int64_t mode, int64_t nnz, int64_t rows, int64_t width) {
   return static_cast<double>(nnz) > kGemmDensity * static_cast<double>(rows) * static_cast<double>(width);
 }
 
-// Row counts in ptr[1..rows] -> row pointers.
-void prefix_sum(int64_t* ptr, int64_t rows) {
+// Row counts in ptr[1..rows] -> row pointers; a list of 2^31 events or more is refused.
+void prefix_sum(Ptr* ptr, int64_t rows) {
+  int64_t total = 0;
   ptr[0] = 0;
-  for (int64_t r = 0; r < rows; ++r) ptr[r + 1] += ptr[r];
+  for (int64_t r = 0; r < rows; ++r) {
+    total += ptr[r + 1];
+    TORCH_CHECK(total <= INT32_MAX, "lzo: an event list would hold ", total, "+ entries, more than the 2^31 - 1 ",
+                "its int32 row pointers address; use a smaller batch");
+    ptr[r + 1] = static_cast<Ptr>(total);
+  }
 }
 
 // Per batch row lists joined into one flat list laid out by the row pointers ptr (rows b*T + t).
 template <typename T>
-Tensor concat(std::vector<std::vector<T>>& parts, const int64_t* ptr, int64_t steps, at::ScalarType type) {
+Tensor concat(std::vector<std::vector<T>>& parts, const Ptr* ptr, int64_t steps, at::ScalarType type) {
   const int64_t batch = static_cast<int64_t>(parts.size());
   Tensor out = at::empty({ptr[batch * steps]}, at::TensorOptions().dtype(type));
   T* o = static_cast<T*>(out.data_ptr());
@@ -341,15 +351,15 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
   const Tensor xc = x.contiguous();
   const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
   const float* xp = xc.data_ptr<float>();
-  Tensor ptr = at::zeros({rows + 1}, x.options().dtype(at::kLong));
-  int64_t* p = ptr.data_ptr<int64_t>();
+  Tensor ptr = at::zeros({rows + 1}, x.options().dtype(kPtr));
+  Ptr* p = ptr.data_ptr<Ptr>();
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T, t = r % T;
       const float* src = xp + (t * B + b) * N;
       int64_t c = 0;
       for (int64_t i = 0; i < N; ++i) c += src[i] != 0.0f;
-      p[r + 1] = c;
+      p[r + 1] = static_cast<Ptr>(c);
     }
   });
   prefix_sum(p, rows);
@@ -390,8 +400,8 @@ std::tuple<Tensor, Tensor> batch_events_cpu(const Tensor& events, const Tensor& 
   const int64_t* off = offsets.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(ip[b] >= 0 && ip[b] < n, op, ": sample index ", ip[b], " out of range [0, ", n, ")");
-  Tensor ptr = at::zeros({rows + 1}, offsets.options());
-  int64_t* pp = ptr.data_ptr<int64_t>();
+  Tensor ptr = at::zeros({rows + 1}, offsets.options().dtype(kPtr));
+  Ptr* pp = ptr.data_ptr<Ptr>();
   Tensor col;
   AT_DISPATCH_INDEX_TYPES(events.scalar_type(), "batch_events", [&] {
     const index_t* ev = events.data_ptr<index_t>();
@@ -477,12 +487,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   const float* cur_p = cur_all.defined() ? cur_all.data_ptr<float>() : nullptr;
   const float* wp = W.data_ptr<float>();
   const bool sparse = method >= SPARSEGRAD;
-  Tensor spk_ptr = at::zeros({rows + 1}, fopts.dtype(at::kLong));
-  Tensor act_ptr = at::zeros({sparse ? rows + 1 : 1}, fopts.dtype(at::kLong));
+  Tensor spk_ptr = at::zeros({rows + 1}, fopts.dtype(kPtr));
+  Tensor act_ptr = at::zeros({sparse ? rows + 1 : 1}, fopts.dtype(kPtr));
   Tensor counts = at::zeros({B, N}, fopts);
   Tensor dense_gate = method == SURROGATE ? at::empty({rows, N}, fopts) : at::empty({0}, fopts);
-  int64_t* sp = spk_ptr.data_ptr<int64_t>();
-  int64_t* ap = act_ptr.data_ptr<int64_t>();
+  Ptr* sp = spk_ptr.data_ptr<Ptr>();
+  Ptr* ap = act_ptr.data_ptr<Ptr>();
   float* cnt_p = counts.data_ptr<float>();
   float* dg = method == SURROGATE ? dense_gate.data_ptr<float>() : nullptr;
   std::vector<std::vector<int32_t>> spk(B), acol(sparse ? B : 0);
@@ -515,9 +525,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
         }
         spk[b].insert(spk[b].end(), sj.begin(), sj.begin() + n_spk);
         for (int64_t q = 0; q < n_spk; ++q) cnt[sj[q]] += 1.0f;
-        sp[r + 1] = n_spk;
+        sp[r + 1] = static_cast<Ptr>(n_spk);
         if (dg) surrogate_row(g, vp, dg + r * N, N);
-        else if (sparse) ap[r + 1] = rows_here.row(vp, N, static_cast<int>(t), static_cast<int>(b), acol[b], aval[b]);
+        else if (sparse) ap[r + 1] = static_cast<Ptr>(rows_here.row(vp, N, static_cast<int>(t), static_cast<int>(b), acol[b], aval[b]));
       }
     }
   });

@@ -20,7 +20,7 @@ import torch
 class SpikeEvents:
     """Non-zero entries of a ``[T, B, width]`` spike tensor as a CSR list over rows ``b·T + t``."""
 
-    ptr: torch.Tensor   # int64 [B·T + 1]
+    ptr: torch.Tensor   # int32 [B·T + 1] (a list holds fewer than 2³¹ events)
     col: torch.Tensor   # int32 [nnz]
     val: torch.Tensor   # float32 [nnz], or empty: every value is 1
     steps: int
@@ -54,7 +54,7 @@ class SpikeEvents:
 
     def row_of_event(self) -> torch.Tensor:
         """Row ``b·T + t`` of every event (int64 [nnz])."""
-        counts = self.ptr[1:] - self.ptr[:-1]
+        counts = (self.ptr[1:] - self.ptr[:-1]).long()
         return torch.repeat_interleave(torch.arange(counts.numel(), device=self.ptr.device), counts)
 
     def dense(self) -> torch.Tensor:
@@ -73,12 +73,9 @@ class SpikeEvents:
         xb = x.transpose(0, 1).reshape(batch * steps, width)
         rows, cols = xb.nonzero(as_tuple=True)
         values = xb[rows, cols].to(torch.float32)
-        counts = torch.bincount(rows, minlength=batch * steps)
-        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64, device=x.device)
-        torch.cumsum(counts, 0, out=ptr[1:])
         if bool((values == 1).all()):
             values = values.new_empty(0)
-        return cls(ptr, cols.to(torch.int32), values, steps, batch, width)
+        return cls(_row_pointers(rows, batch * steps), cols.to(torch.int32), values, steps, batch, width)
 
     @classmethod
     def from_keys(cls, key: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
@@ -88,7 +85,14 @@ class SpikeEvents:
         if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):
             key = torch.unique(key)  # sorted
         rows = key // width
-        counts = torch.bincount(rows, minlength=batch * steps)
-        ptr = torch.zeros(batch * steps + 1, dtype=torch.int64, device=key.device)
-        torch.cumsum(counts, 0, out=ptr[1:])
-        return cls(ptr, (key - rows * width).to(torch.int32), torch.zeros(0, device=key.device), steps, batch, width)
+        return cls(_row_pointers(rows, batch * steps), (key - rows * width).to(torch.int32),
+                   torch.zeros(0, device=key.device), steps, batch, width)
+
+
+def _row_pointers(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """int32 row pointers ``[n_rows + 1]`` of events whose (sorted) rows are ``rows``."""
+    if rows.numel() >= 2**31:
+        raise ValueError(f"{rows.numel()} events: an event list holds fewer than 2^31; use a smaller batch")
+    ptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=ptr[1:])
+    return ptr.to(torch.int32)

@@ -121,7 +121,7 @@ def test_localzo_draws_identical_to_reference(dist, m):
     v = lif_potentials((x.reshape(-1, 10) @ w).view(75, 6, 12), 0.9, 1.0)
     ref = gate_values(v, spec, key, 2).transpose(0, 1).reshape(75 * 6, 12)  # rows b·T + t
     rows, cols = ref.nonzero(as_tuple=True)
-    assert torch.equal(a_ptr[1:] - a_ptr[:-1], torch.bincount(rows, minlength=75 * 6))
+    assert torch.equal((a_ptr[1:] - a_ptr[:-1]).long(), torch.bincount(rows, minlength=75 * 6))
     assert torch.equal(a_col.long(), cols)
     torch.testing.assert_close(a_gate, ref[rows, cols], rtol=1e-6, atol=0)
 
@@ -178,14 +178,15 @@ def test_dataset_events_equal_dense_batches():
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda a: a.update(col=torch.tensor([0, 9], dtype=torch.int32)), r"x_col must lie in \[0, 4\), got \[0, 9\]"),
-    (lambda a: a.update(ptr=torch.tensor([0, 1, 2], dtype=torch.int64)), r"x_ptr must hold B\*T \+ 1 row pointers for T = 3"),
-    (lambda a: a.update(ptr=torch.tensor([0, 1, 1, 1, 1, 1, 5], dtype=torch.int64)), r"x_ptr must run from 0 to nnz = 2"),
+    (lambda a: a.update(ptr=torch.tensor([0, 1, 2], dtype=torch.int32)), r"x_ptr must hold B\*T \+ 1 row pointers for T = 3"),
+    (lambda a: a.update(ptr=torch.tensor([0, 1, 1, 1, 1, 1, 5], dtype=torch.int32)), r"x_ptr must run from 0 to nnz = 2"),
+    (lambda a: a.update(ptr=torch.tensor([0, 1, 1, 2, 2, 2, 2], dtype=torch.int64)), "x_ptr must be a contiguous 1-D int32 tensor"),
     (lambda a: a.update(col=torch.tensor([0, 1], dtype=torch.int64)), "x_col must be a contiguous 1-D int32 tensor"),
     (lambda a: a.update(val=torch.ones(3)), "x_val must be empty or hold one float32 per event"),
     (lambda a: a.update(mode=5), r"current_mode must be 0 \(auto\), 1 \(events\) or 2 \(gemm\)"),
 ])
 def test_event_forward_bad_input(mutate, match):
-    a = {"ptr": torch.tensor([0, 1, 1, 2, 2, 2, 2]), "col": torch.tensor([0, 3], dtype=torch.int32),
+    a = {"ptr": torch.tensor([0, 1, 1, 2, 2, 2, 2], dtype=torch.int32), "col": torch.tensor([0, 3], dtype=torch.int32),
          "val": torch.zeros(0), "mode": 0}
     mutate(a)
     with pytest.raises(RuntimeError, match=match):
