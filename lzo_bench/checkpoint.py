@@ -67,4 +67,8 @@ def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
         )
     model = SNN(NetworkSpec.from_dict(ckpt["network"]))
     model.load_state_dict(ckpt["state_dict"])
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN/inf in {', '.join(bad)}): the run diverged; "
+                              "use a checkpoint of a run that finished with finite weights")
     return model.eval(), ckpt

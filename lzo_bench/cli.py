@@ -25,7 +25,6 @@ DistName = Enum("DistName", {n: n for n in DIST_NAMES}, type=str)  # type: ignor
 DatasetName = Enum("DatasetName", {n: n for n in DATASET_INFO}, type=str)  # type: ignore[misc]
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -85,7 +84,7 @@ def train(
 ) -> None:
     """Train a feed-forward LIF network and write config.json, metrics.json and checkpoint.pt."""
     from lzo_bench.report import RichReporter, console, summary_table
-    from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted
+    from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingFailed, TrainingInterrupted
     from lzo_bench.train import train as run_training
 
     cfg_kwargs = dict(
@@ -114,10 +113,10 @@ def train(
         result = run_training(cfg, RichReporter(console))
     except ConfigError as e:
         raise fail(str(e)) from None
-    except TrainingDiverged as e:
+    except (TrainingDiverged, TrainingFailed) as e:
         raise fail(str(e), 1) from None
     except TrainingInterrupted as e:
-        raise fail(str(e), EXIT_INTERRUPTED) from None
+        raise fail(str(e), 128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
     console.print(summary_table(result))
 
 

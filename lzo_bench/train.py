@@ -8,8 +8,11 @@ epoch, so an interrupted or diverged run keeps everything it finished.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -38,18 +41,57 @@ class ConfigError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    def __init__(self, epoch: int, update: int, out: Path):
+    def __init__(self, epoch: int, update: int, out: Path, what: str = "loss"):
         self.epoch, self.update, self.out = epoch, update, out
         super().__init__(
-            f"loss became NaN/inf at epoch {epoch}, update {update}; stopped. The last good "
+            f"{what} became NaN/inf at epoch {epoch}, update {update}; stopped. The last good "
             f"checkpoint (if any epoch finished) is kept in {out}. Try a smaller --lr."
         )
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, epochs_done: int, out: Path):
-        self.epochs_done, self.out = epochs_done, out
-        super().__init__(f"interrupted after {epochs_done} finished epoch(s); kept in {out}")
+    def __init__(self, epochs_done: int, out: Path, signum: int = signal.SIGINT):
+        self.epochs_done, self.out, self.signum = epochs_done, out, int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted after {epochs_done} finished epoch(s) ({name}); kept in {out}")
+
+
+class TrainingFailed(RuntimeError):
+    """Anything else that stopped a run (a write error, a kernel error); metrics.json says "failed"."""
+
+    def __init__(self, reason: str, epochs_done: int, out: Path):
+        self.reason, self.epochs_done, self.out = reason, epochs_done, out
+        super().__init__(f"training failed after {epochs_done} finished epoch(s): {reason}; what finished is kept in {out}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run keeps what it finished and says it was interrupted."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises :class:`Terminated` (main thread only, where Python can
+    install handlers); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finite_model(model: torch.nn.Module) -> bool:
+    """Every parameter and gradient finite (one device sync)."""
+    checks = [torch.isfinite(t).all() for p in model.parameters() for t in (p, p.grad) if t is not None]
+    return bool(torch.stack(checks).all())
 
 
 @dataclass(frozen=True)
@@ -315,84 +357,101 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     reporter.start(result, n_batches)
     started = time.perf_counter()
     update = 0
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            sync_device(device)
-            epoch_start = time.perf_counter()
-            energy_start = meter.energy_mj()
-            shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            loss_sum = correct = seen = 0.0
-            active = [0] * len(cfg.hidden)
-            entries = 0
-            fwd = bwd = opt = 0.0
-            loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
-                             events=backend.network is not None and device.type == "cpu")
-            for i, (x, y) in enumerate(loader):
-                t0 = time.perf_counter()
-                out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
-                loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.counts)
+    with sigterm_as_interrupt():
+        try:
+            for epoch in range(1, cfg.epochs + 1):
                 sync_device(device)
-                t1 = time.perf_counter()
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    result.status = "diverged"
-                    result.wall_s = time.perf_counter() - started
-                    atomic_write_json(out / "metrics.json", result.metrics())
-                    raise TrainingDiverged(epoch, update, out)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                sync_device(device)
-                t2 = time.perf_counter()
-                optimizer.step()
-                sync_device(device)
-                t3 = time.perf_counter()
-                fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
+                epoch_start = time.perf_counter()
+                energy_start = meter.energy_mj()
+                shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                loss_sum = correct = seen = 0.0
+                active = [0] * len(cfg.hidden)
+                entries = 0
+                fwd = bwd = opt = 0.0
+                loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
+                                 events=backend.network is not None and device.type == "cpu")
+                for i, (x, y) in enumerate(loader):
+                    t0 = time.perf_counter()
+                    out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
+                    loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.counts)
+                    sync_device(device)
+                    t1 = time.perf_counter()
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        result.status = "diverged"
+                        result.wall_s = time.perf_counter() - started
+                        atomic_write_json(out / "metrics.json", result.metrics())
+                        raise TrainingDiverged(epoch, update, out)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    sync_device(device)
+                    t2 = time.perf_counter()
+                    optimizer.step()
+                    sync_device(device)
+                    t3 = time.perf_counter()
+                    if not finite_model(model):
+                        result.status = "diverged"
+                        result.wall_s = time.perf_counter() - started
+                        atomic_write_json(out / "metrics.json", result.metrics())
+                        raise TrainingDiverged(epoch, update, out, "the model's parameters or gradients")
+                    fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
 
-                steps, b = x.shape[0], x.shape[1]
-                batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, cfg.hidden)]
-                active = [a + c for a, c in zip(active, out_fw.active)]
-                entries += steps * b
-                loss_sum += loss_value * b
-                correct += float((out_fw.logits.argmax(1) == y).sum())
-                seen += b
-                update += 1
-                result.update_loss.append(loss_value)
-                result.update_active_pct.append(batch_pct)
-                result.update_fwd_ms.append(1e3 * (t1 - t0))
-                result.update_bwd_ms.append(1e3 * (t2 - t1))
-                reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
+                    steps, b = x.shape[0], x.shape[1]
+                    batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, cfg.hidden)]
+                    active = [a + c for a, c in zip(active, out_fw.active)]
+                    entries += steps * b
+                    loss_sum += loss_value * b
+                    correct += float((out_fw.logits.argmax(1) == y).sum())
+                    seen += b
+                    update += 1
+                    result.update_loss.append(loss_value)
+                    result.update_active_pct.append(batch_pct)
+                    result.update_fwd_ms.append(1e3 * (t1 - t0))
+                    result.update_bwd_ms.append(1e3 * (t2 - t1))
+                    reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
 
-            n_upd = i + 1
-            sync_device(device)
-            energy_end = meter.energy_mj()
-            epoch_s = time.perf_counter() - epoch_start
-            epoch_j, energy_note = epoch_energy_j(energy_start, energy_end, epoch_s, period_ms)
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=loss_sum / seen,
-                train_acc=100.0 * correct / seen,
-                test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device, backend),
-                active_pct=[100.0 * a / (entries * n) for a, n in zip(active, cfg.hidden)],
-                fwd_ms=1e3 * fwd / n_upd,
-                bwd_ms=1e3 * bwd / n_upd,
-                opt_ms=1e3 * opt / n_upd,
-                updates=n_upd,
-                wall_s=time.perf_counter() - epoch_start,
-                energy_j=epoch_j,
-                j_per_update=None if epoch_j is None else epoch_j / n_upd,
-                energy_note=energy_note,
-            )
-            result.history.append(record)
+                n_upd = i + 1
+                sync_device(device)
+                energy_end = meter.energy_mj()
+                epoch_s = time.perf_counter() - epoch_start
+                epoch_j, energy_note = epoch_energy_j(energy_start, energy_end, epoch_s, period_ms)
+                record = EpochRecord(
+                    epoch=epoch,
+                    train_loss=loss_sum / seen,
+                    train_acc=100.0 * correct / seen,
+                    test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device, backend),
+                    active_pct=[100.0 * a / (entries * n) for a, n in zip(active, cfg.hidden)],
+                    fwd_ms=1e3 * fwd / n_upd,
+                    bwd_ms=1e3 * bwd / n_upd,
+                    opt_ms=1e3 * opt / n_upd,
+                    updates=n_upd,
+                    wall_s=time.perf_counter() - epoch_start,
+                    energy_j=epoch_j,
+                    j_per_update=None if epoch_j is None else epoch_j / n_upd,
+                    energy_note=energy_note,
+                )
+                result.history.append(record)
+                result.wall_s = time.perf_counter() - started
+                result.status = "completed" if epoch == cfg.epochs else "running"
+                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch)
+                atomic_write_json(out / "metrics.json", result.metrics())
+                reporter.epoch(record)
+        except KeyboardInterrupt as e:
+            result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
-            result.status = "completed" if epoch == cfg.epochs else "running"
-            save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch)
             atomic_write_json(out / "metrics.json", result.metrics())
-            reporter.epoch(record)
-    except KeyboardInterrupt:
-        result.status = "interrupted"
-        result.wall_s = time.perf_counter() - started
-        atomic_write_json(out / "metrics.json", result.metrics())
-        raise TrainingInterrupted(len(result.history), out) from None
-    finally:
-        reporter.stop()
+            raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT)) from None
+        except (TrainingDiverged, ConfigError):
+            raise
+        except Exception as e:
+            result.status = "failed"
+            result.wall_s = time.perf_counter() - started
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            try:
+                atomic_write_json(out / "metrics.json", result.metrics() | {"failure": reason})
+            except OSError:
+                pass  # the folder itself may be what failed
+            raise TrainingFailed(reason, len(result.history), out) from e
+        finally:
+            reporter.stop()
     return result

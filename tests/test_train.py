@@ -117,3 +117,79 @@ def test_existing_run_is_not_overwritten_silently(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out)))
     train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out), overwrite=True))
+
+
+def test_non_finite_parameters_stop_the_run_and_keep_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoning_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 30:  # the loss stays finite: only the weights go bad
+            with torch.no_grad():
+                self.param_groups[0]["params"][1][0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoning_step)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"the model's parameters or gradients became NaN/inf at epoch 2, update 29"):
+        train(TrainConfig(epochs=3, hidden=(20, 20), out=str(out)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and len(metrics["history"]) == 1
+    _, ckpt = load_checkpoint(out)  # finite, or load_checkpoint would refuse it
+    assert ckpt["epoch"] == 1
+
+
+def test_non_finite_checkpoint_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, hidden=(8, 8), out=str(out)))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["state_dict"]["weights.1"][2, 3] = float("inf")
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN/inf in weights.1\): the run diverged"):
+        load_checkpoint(out)
+
+
+def test_other_failures_leave_status_failed_with_the_reason(tmp_path, monkeypatch):
+    real = train_mod.classification_loss
+    calls = {"n": 0}
+
+    def failing(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("kernel exploded")
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_mod, "classification_loss", failing)
+    out = tmp_path / "run"
+    with pytest.raises(train_mod.TrainingFailed, match=r"after 1 finished epoch\(s\): RuntimeError: kernel exploded"):
+        train(TrainConfig(epochs=3, hidden=(20, 20), out=str(out)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["failure"] == "RuntimeError: kernel exploded"
+    assert load_checkpoint(out)[1]["epoch"] == 1
+
+
+def test_sigterm_is_an_interrupt_exit_143_keeping_finished_epochs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from lzo_bench.cli import main; main()", "train", "--epochs", "200",
+                             "--hidden", "16,16", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        m = out / "metrics.json"
+        if m.exists() and json.loads(m.read_text())["history"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, output
+    assert "interrupted after" in output and "(SIGTERM)" in output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) >= 1
+    assert load_checkpoint(out)[1]["epoch"] == len(metrics["history"])
