@@ -44,6 +44,19 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def check_creatable_dir(path: str | os.PathLike) -> Path:
+    """Raise ``OSError`` unless ``path`` is a writable folder or could be created as one; creates nothing."""
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(probe))
+    return path
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents) and prove a file can be written there; ``OSError`` if not."""
     path = Path(path)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -26,7 +28,7 @@ from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_
 from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
-from lzo_bench.fsio import atomic_write_json, ensure_writable_dir
+from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
@@ -50,10 +52,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, epochs_done: int, out: Path, signum: int = signal.SIGINT):
+    def __init__(self, epochs_done: int, out: Path, signum: int = signal.SIGINT, kept: bool = True):
         self.epochs_done, self.out, self.signum = epochs_done, out, int(signum)
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted after {epochs_done} finished epoch(s) ({name}); kept in {out}")
+        where = f"kept in {out}" if kept else f"nothing to keep: removed {out}"
+        super().__init__(f"interrupted after {epochs_done} finished epoch(s) ({name}); {where}")
 
 
 class TrainingFailed(RuntimeError):
@@ -263,15 +266,63 @@ def evaluate(
     return 100.0 * correct / len(data)
 
 
+#: what a run (and its exports) leaves in its folder; --overwrite clears these first
+RUN_ARTEFACTS = ("config.json", "metrics.json", "checkpoint.pt", "model.onnx", "model_step.onnx", "model.nir")
+LOCK_NAME = ".lzo-run.lock"
+
+
 def prepare_out_dir(cfg: TrainConfig) -> Path:
+    """The run folder, checked but not created (nothing is left behind if a later check fails)."""
     out = Path(cfg.out) if cfg.out else cfg.default_out()
     try:
-        ensure_writable_dir(out)
+        check_creatable_dir(out)
     except OSError as e:
         raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
     return out
+
+
+class RunFolder:
+    """A run folder owned by one process: created, locked (an exclusive ``flock`` held for the run's
+    lifetime), cleared of a previous run's artefacts with ``overwrite``, and removed again if it was
+    created here and the run ends before finishing anything."""
+
+    def __init__(self, out: Path, overwrite: bool):
+        self.out, self.created = out, not out.exists()
+        try:
+            ensure_writable_dir(out)
+        except OSError as e:
+            raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
+        self.lock = open(out / LOCK_NAME, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: no lock
+            pass
+        except BlockingIOError:
+            self.lock.seek(0)
+            holder = self.lock.read().strip() or "?"
+            self.lock.close()
+            raise ConfigError("--out", f"is in use by another lzo-bench run (pid {holder}) in {out}; wait for it to "
+                                       "end or choose another folder") from None
+        self.lock.seek(0)
+        self.lock.truncate()
+        self.lock.write(f"{os.getpid()}\n")
+        self.lock.flush()
+        if overwrite:
+            for name in RUN_ARTEFACTS:
+                (out / name).unlink(missing_ok=True)
+
+    def release(self, finished_anything: bool = True) -> bool:
+        """Unlock; remove the folder if this run created it and finished nothing. True if removed."""
+        self.lock.close()
+        if self.created and not finished_anything:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return True
+        (self.out / LOCK_NAME).unlink(missing_ok=True)
+        return False
 
 
 def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
@@ -333,6 +384,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     regularizer = SpikeRegularizer(f_up=info.f_up, enabled=cfg.regularize)
 
     result = RunResult(out, cfg, gate, backend)
+    folder = RunFolder(out, cfg.overwrite)
     meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
     period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
     if cfg.energy:
@@ -440,7 +492,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
             atomic_write_json(out / "metrics.json", result.metrics())
-            raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT)) from None
+            raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT),
+                                      kept=not folder.release(bool(result.history))) from None
         except (TrainingDiverged, ConfigError):
             raise
         except Exception as e:
@@ -454,4 +507,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
             raise TrainingFailed(reason, len(result.history), out) from e
         finally:
             reporter.stop()
+            if not folder.lock.closed:
+                folder.release()
     return result

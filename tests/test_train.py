@@ -193,3 +193,53 @@ def test_sigterm_is_an_interrupt_exit_143_keeping_finished_epochs(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and len(metrics["history"]) >= 1
     assert load_checkpoint(out)[1]["epoch"] == len(metrics["history"])
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from lzo_bench.cli import main; main()", "train", "--epochs", "200",
+                             "--hidden", "16,16", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "config.json").exists():
+            time.sleep(0.1)
+        with pytest.raises(ConfigError, match=rf"--out is in use by another lzo-bench run \(pid {proc.pid}\)"):
+            train(TrainConfig(epochs=1, method="surrogate", hidden=(8, 8), out=str(out), overwrite=True))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert json.loads((out / "config.json").read_text())["train"]["method"] == "localzo"  # untouched
+
+
+def test_overwrite_clears_the_previous_run_even_if_the_new_one_stops_early(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, hidden=(12, 12), out=str(out)))
+    (out / "model.onnx").write_bytes(b"old export")
+
+    def interrupted(logits, labels):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "classification_loss", interrupted)
+    with pytest.raises(TrainingInterrupted, match=r"after 0 finished epoch\(s\) \(SIGINT\); kept in"):
+        train(TrainConfig(epochs=1, hidden=(50, 50), out=str(out), overwrite=True))
+    assert not (out / "checkpoint.pt").exists() and not (out / "model.onnx").exists()
+    assert json.loads((out / "config.json").read_text())["network"]["hidden"] == [50, 50]
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+
+
+def test_failures_before_the_first_epoch_leave_no_folder(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="--data-dir"):
+        train(TrainConfig(dataset="nmnist", data_dir=str(tmp_path / "nothing"), out=str(tmp_path / "a")))
+    assert not (tmp_path / "a").exists()
+
+    def interrupted(logits, labels):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "classification_loss", interrupted)
+    with pytest.raises(TrainingInterrupted, match="nothing to keep: removed"):
+        train(TrainConfig(epochs=1, hidden=(8, 8), out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
