@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -87,7 +88,10 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
     arch, tag = _host_arch()
-    name = f"lzo_ops_{'cuda' if cuda else 'cpu'}_{tag}"
+    name = f"lzo_ops_{'cuda' if cuda else 'cpu'}_{tag}_{_torch_tag()}"
+    if not _built(cpp_extension, name):
+        print(f"lzo-bench: compiling the C++{'/CUDA' if cuda else ''} ops for this machine and torch {torch.__version__} "
+              f"(first run, about {'1 min' if cuda else '20 s'}; cached afterwards)…", file=sys.stderr, flush=True)
     path = cpp_extension.load(
         name=name,
         sources=sources,
@@ -101,6 +105,23 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
     )
     _register_python_side()
     return Extension(cuda=cuda, path=str(path))
+
+
+def _torch_tag() -> str:
+    """The torch build the extension is compiled against (version, CUDA, C++ ABI), so two
+    environments sharing ``~/.cache/torch_extensions`` keep one build each instead of rebuilding
+    each other's."""
+    key = f"{torch.__version__}|{torch.version.cuda}|{torch.compiled_with_cxx11_abi()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def _built(cpp_extension, name: str) -> bool:
+    """Whether a compiled library for ``name`` is already in the extensions cache."""
+    try:
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a private helper: if it moves, only the message is lost
+        return True
+    return any(folder.glob(f"{name}*.so"))
 
 
 def _host_arch() -> tuple[list[str], str]:

@@ -243,3 +243,25 @@ def test_failures_before_the_first_epoch_leave_no_folder(tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted, match="nothing to keep: removed"):
         train(TrainConfig(epochs=1, hidden=(8, 8), out=str(tmp_path / "b")))
     assert not (tmp_path / "b").exists()
+
+
+def test_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+    import stat
+
+    from lzo_bench.fsio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "f.json", "{}")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_write_text(tmp_path / "g.json", "{}").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_extension_cache_is_keyed_by_the_torch_build():
+    from lzo_bench import ops
+
+    assert ops._torch_tag() in ops.build().path
