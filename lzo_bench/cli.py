@@ -34,8 +34,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    try:  # every comma-separated part must be a size: "200," is a typo, not one layer
+        sizes = tuple(int(p) for p in text.replace(" ", "").split(","))
     except ValueError:
         sizes = ()
     if not sizes or any(n < 1 for n in sizes):

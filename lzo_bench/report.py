@@ -55,6 +55,15 @@ class RichReporter:
         self.progress.stop()
 
 
+def method_params(g) -> str:
+    """The parameters that apply to the rule: δ and m for localzo, the band B_th for sparsegrad."""
+    if g.method.value == "localzo":
+        return f"{g.dist.name}, δ={g.delta:g}, m={g.samples}"
+    if g.method.value == "sparsegrad":
+        return f"expected {g.dist.name} surrogate, δ={g.delta:g}, B_th={g.bth:.4f}"
+    return f"expected {g.dist.name} surrogate, δ={g.delta:g}"
+
+
 def summary_table(result: RunResult) -> Table:
     """Final accuracies, active % per layer and mean phase times per update."""
     final = result.final or {}
@@ -63,14 +72,14 @@ def summary_table(result: RunResult) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("method", f"{g.method.value} ({g.dist.name}, δ={g.delta:g}, m={g.samples}, B_th={g.bth:.4f})"),
+        ("method", f"{g.method.value} ({method_params(g)})"),
         ("status", result.status),
         ("epochs", str(final.get("epoch", 0))),
         ("train accuracy", f"{final['train_acc']:.2f} %" if final else "n/a"),
         ("test accuracy", f"{final['test_acc']:.2f} %" if final else "n/a"),
     ]
     for i, p in enumerate(final.get("active_pct", [])):
-        rows.append((f"active neurons, layer {i + 1}", f"{p:.3f} %"))
+        rows.append((f"active neurons, layer {i + 1} (last epoch)", f"{p:.3g} %"))
     if final:
         rows += [
             ("forward per update", f"{final['fwd_ms']:.2f} ms"),

@@ -131,6 +131,9 @@ class TrainConfig:
             raise ConfigError("--method", f"must be one of: {', '.join(m.value for m in Method)} (got {self.method!r})")
         if self.dist not in DIST_NAMES:
             raise ConfigError("--dist", f"must be one of: {', '.join(DIST_NAMES)} (got {self.dist!r})")
+        if self.bth is not None and self.method != Method.SPARSEGRAD.value:
+            raise ConfigError("--bth", f"applies to --method sparsegrad only (got --method {self.method}); "
+                                       "LocalZO's band comes from δ and the draws")
         if self.k is not None and self.dist not in SURROGATE_DISTRIBUTIONS:
             raise ConfigError("--k", f"applies to --dist {' or '.join(SURROGATE_DISTRIBUTIONS)} only (got --dist {self.dist})")
         for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):

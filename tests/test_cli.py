@@ -64,7 +64,9 @@ def test_tiny_train_run(tmp_path):
     (["--epochs", "0"], "error: --epochs must be ≥ 1 (got 0)"),
     (["--hidden", ""], "error: --hidden needs one or more positive layer sizes"),
     (["--hidden", "200,,x"], "error: --hidden needs one or more positive layer sizes"),
-    (["--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
+    (["--method", "sparsegrad", "--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
+    (["--bth", "0.04"], "error: --bth applies to --method sparsegrad only (got --method localzo)"),
+    (["--hidden", "200,"], "error: --hidden needs one or more positive layer sizes, e.g. 200,200 (got '200,')"),
     (["--device", "cuda"], "error: --device is cuda but no CUDA device is available here"),
 ])
 def test_bad_input_exit_code_and_message(args, message, tmp_path):
