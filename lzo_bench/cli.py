@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -276,6 +277,8 @@ def profile(
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
+    from lzo_bench.rng import MAX_SAMPLES
+    from lzo_bench.train import ConfigError, check_device_option
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     valid = {m.value for m in Method}
@@ -287,12 +290,14 @@ def profile(
         raise fail(f"--updates must be ≥ 3 (got {updates})")
     if warmup < 0:
         raise fail(f"--warmup must be ≥ 0 (got {warmup})")
-    if not delta > 0:
-        raise fail(f"--delta must be > 0 (got {delta})")
-    if samples < 1:
-        raise fail(f"--samples must be ≥ 1 (got {samples})")
-    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
-        raise fail("--device is cuda but no CUDA device is available here; use --device cpu")
+    if not (math.isfinite(delta) and delta > 0):
+        raise fail(f"--delta must be > 0 and finite (got {delta})")
+    if not 1 <= samples < MAX_SAMPLES:
+        raise fail(f"--samples must lie in [1, {MAX_SAMPLES - 1}] (got {samples})")
+    try:
+        check_device_option(device)
+    except ConfigError as e:
+        raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"profile-{workload}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
         ensure_writable_dir(target)

@@ -31,7 +31,7 @@ from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, ope
 from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import DrawKey
+from lzo_bench.rng import MAX_SAMPLES, DrawKey
 
 
 class ConfigError(ValueError):
@@ -97,6 +97,20 @@ def finite_model(model: torch.nn.Module) -> bool:
     return bool(torch.stack(checks).all())
 
 
+MAX_STEPS = 100_000     # time bins: 100 s at 1 ms; beyond, a batch no longer fits in memory
+MAX_NEURONS = 1 << 20   # per hidden layer
+LIMIT_WHY = {"--samples": "the kernels count LocalZO samples in 16 bits of the Philox counter",
+             "--steps": "100 s at 1 ms bins; a longer sequence does not fit a batch in memory"}
+
+
+def check_device_option(device: str, option: str = "--device") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where a GPU is visible."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(option, f"must be auto, cpu, cuda or cuda:N (got {device!r})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(option, "is cuda but no CUDA device is available here; use --device cpu")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything ``lzo-bench train`` takes. ``None`` means: the dataset's default."""
@@ -139,16 +153,20 @@ class TrainConfig:
         for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(option, f"must be > 0 (got {value})")
-        for option, value in (("--samples", self.samples), ("--epochs", self.epochs),
-                              ("--batch-size", self.batch_size), ("--steps", self.steps)):
+        for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, None),
+                                   ("--batch-size", self.batch_size, None), ("--steps", self.steps, MAX_STEPS)):
             if value is not None and value < 1:
                 raise ConfigError(option, f"must be ≥ 1 (got {value})")
+            if value is not None and top is not None and value > top:
+                raise ConfigError(option, f"must be ≤ {top} (got {value}): {LIMIT_WHY[option]}")
         if not self.hidden or any(n < 1 for n in self.hidden):
             raise ConfigError("--hidden", f"needs one or more positive layer sizes, e.g. 200,200 (got {list(self.hidden)})")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError("--device", f"must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("--device", "is cuda but no CUDA device is available here; use --device cpu")
+        if any(n > MAX_NEURONS for n in self.hidden):
+            raise ConfigError("--hidden", f"layer sizes must be ≤ {MAX_NEURONS} (got {list(self.hidden)})")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("--seed", f"must lie in [0, 2^32) (got {self.seed}): the LocalZO draws are keyed by 32 "
+                                        "bits of it, so larger seeds would repeat smaller ones' draws")
+        check_device_option(self.device)
         BackendName(self.backend)
 
     def resolved(self) -> "TrainConfig":

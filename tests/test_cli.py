@@ -67,6 +67,11 @@ def test_tiny_train_run(tmp_path):
     (["--method", "sparsegrad", "--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
     (["--bth", "0.04"], "error: --bth applies to --method sparsegrad only (got --method localzo)"),
     (["--hidden", "200,"], "error: --hidden needs one or more positive layer sizes, e.g. 200,200 (got '200,')"),
+    (["--seed", "9223372036854775807"], "error: --seed must lie in [0, 2^32) (got 9223372036854775807)"),
+    (["--samples", "1000000"], "error: --samples must be ≤ 65535 (got 1000000): the kernels count LocalZO samples"),
+    (["--steps", "1000000000"], "error: --steps must be ≤ 100000 (got 1000000000)"),
+    (["--hidden", "10000000000"], "error: --hidden layer sizes must be ≤ 1048576"),
+    (["--device", "tpu"], "error: --device must be auto, cpu, cuda or cuda:N (got 'tpu')"),
     (["--device", "cuda"], "error: --device is cuda but no CUDA device is available here"),
 ])
 def test_bad_input_exit_code_and_message(args, message, tmp_path):
@@ -110,3 +115,14 @@ def test_nan_loss_exits_1_naming_epoch_and_update(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--epochs", "2", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "loss became NaN/inf at epoch 1, update 0" in plain(result.output)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "tpu"], "error: --device must be auto, cpu, cuda or cuda:N (got 'tpu')"),
+    (["--delta", "inf"], "error: --delta must be > 0 and finite (got inf)"),
+    (["--samples", "70000"], "error: --samples must lie in [1, 65535] (got 70000)"),
+])
+def test_profile_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    result = runner.invoke(app, ["profile", *args, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2
+    assert message in plain(result.output)
