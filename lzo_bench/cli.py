@@ -381,6 +381,11 @@ def reproduce(
             raise fail(str(e)) from None
     summary = summarize(prof, target)
     summary["grid"] = counts | {"jobs": jobs, "out": str(target)}
+    if counts["interrupted"]:  # Ctrl-C: the table of what finished, then 130
+        if not json_out:
+            console.print(reproduce_table(summary))
+        raise fail(f"interrupted after {counts['trained']} trained run(s); finished trials are kept in {target} "
+                   "and a rerun resumes", 130)
     files = write_outputs(summary, target)
     try:
         files += figures(prof, target)
@@ -391,8 +396,13 @@ def reproduce(
         return _print_json(summary)
     console.print(reproduce_table(summary))
     console.print(f"trained {counts['trained']} run(s), reused {counts['skipped']} finished; speed-ups are from the "
-                  "training runs' own timings" + (" (runs shared the machine: use lzo-bench profile for clean ratios)" if jobs > 1 else ""),
+                  "training runs' own timings, paired only within one process" + (" (runs shared the machine: use lzo-bench profile for clean ratios)" if jobs > 1 else ""),
                   highlight=False)
+    for r in summary["rows"]:
+        if r["diverged"] or r["failed"] or r["unfinished"] or r["speedup_note"]:
+            console.print(f"{r['method']}: {r['trials']} trial(s) completed, {r['diverged']} diverged, {r['failed']} failed, "
+                          f"{r['unfinished']} unfinished" + (f"; {r['speedup_note']}" if r["speedup_note"] else ""),
+                          highlight=False)
     if figure_note:
         console.print(f"figures skipped: {figure_note}", highlight=False)
     console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)

@@ -8,8 +8,11 @@ are not rerun), then summarises as the paper does:
 * train and test accuracy of the last epoch, mean ± sample std over trials;
 * backward and overall speed-up against ``surrogate``: the mean over trials and updates of the
   per-update ratio ``surrogate ms / method ms`` (runs paired by seed and update index), from the
-  training runs' own timings — with ``--jobs > 1`` the runs share the machine, so use
-  ``lzo-bench profile`` for clean ratios;
+  training runs' own timings, and only between runs one process timed (a resumed grid or
+  ``--jobs > 1`` timed them in different processes: those pairs are left out, and a method with
+  none says so) — use ``lzo-bench profile`` for clean ratios;
+* trials that diverged or failed are counted and left out of the means; Ctrl-C stops the grid
+  with the table of the finished trials (exit 130) and a rerun resumes;
 * active neurons per layer, mean over trials of the last epoch.
 
 Figures: training loss per update (the paper's Figure 2) and active % and overall speed-up per
@@ -112,15 +115,19 @@ def finished(path: Path) -> bool:
 
 
 def _train_job(kwargs: dict[str, Any], threads: int) -> str:
+    """One trial; a trial that diverges or fails is recorded as such in its folder and the grid goes on."""
     import torch
 
-    from lzo_bench.train import TrainConfig, train
+    from lzo_bench.train import TrainConfig, TrainingDiverged, TrainingFailed, train
 
     if threads:
         torch.set_num_threads(threads)
     kwargs = dict(kwargs)
     kwargs["hidden"] = tuple(kwargs["hidden"])
-    train(TrainConfig(**kwargs))
+    try:
+        train(TrainConfig(**kwargs))
+    except (TrainingDiverged, TrainingFailed):
+        pass  # metrics.json says "diverged" / "failed"; summarize counts it
     return kwargs["out"]
 
 
@@ -146,19 +153,33 @@ def run_grid(
                          "device": dev, "backend": backend, "data_dir": data_dir, "download": download})
     total = len(todo)
     progress(0, total, "")
-    if jobs <= 1:
-        for n, kw in enumerate(todo, 1):
-            _train_job(kw, 0)
-            progress(n, total, kw["out"])
-    else:
-        import multiprocessing as mp
+    from lzo_bench.train import TrainingInterrupted
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_job, kw, threads) for kw in todo]
-            for n, fut in enumerate(as_completed(futures), 1):
-                progress(n, total, fut.result())
-    return {"trained": total, "skipped": skipped}
+    done = 0
+    try:
+        if jobs <= 1:
+            for kw in todo:
+                _train_job(kw, 0)
+                done += 1
+                progress(done, total, kw["out"])
+        else:
+            import multiprocessing as mp
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_train_job, kw, threads) for kw in todo]
+                try:
+                    for fut in as_completed(futures):
+                        out = fut.result()
+                        done += 1
+                        progress(done, total, out)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    except (KeyboardInterrupt, TrainingInterrupted):
+        return {"trained": done, "skipped": skipped, "interrupted": True}
+    return {"trained": total, "skipped": skipped, "interrupted": False}
 
 
 def _metrics(path: Path) -> dict[str, Any]:
@@ -178,23 +199,55 @@ def _paired_ratio(ref: list[dict], runs: list[dict], key: str) -> list[float]:
     return out
 
 
+def _completed_metrics(path: Path) -> dict[str, Any] | None:
+    try:
+        m = _metrics(path)
+    except (OSError, ValueError):
+        return None
+    return m if m.get("status") == "completed" else None
+
+
+def _status(path: Path) -> str:
+    try:
+        return str(_metrics(path).get("status", "unknown"))
+    except (OSError, ValueError):
+        return "not run"
+
+
 def summarize(p: Profile, out: Path) -> dict[str, Any]:
-    metrics = {m: [_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    """The table over the trials that completed; diverged / failed / unfinished ones are counted.
+    Speed-ups pair a method's run with ``surrogate``'s of the same seed only when one process timed
+    both (``metrics.json``'s ``process``): timings from different processes (a resumed grid, parallel
+    jobs) are not compared."""
+    metrics = {m: [_completed_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    statuses = {m: [_status(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
     ref = metrics.get("surrogate")
     rows = []
     for m in p.methods:
-        runs = metrics[m]
+        runs = [r for r in metrics[m] if r is not None]
         train_ms = _mean_std([r["final"]["train_acc"] for r in runs])
         test_ms = _mean_std([r["final"]["test_acc"] for r in runs])
-        active = [statistics.fmean(r["final"]["active_pct"][i] for r in runs) for i in range(len(p.hidden))]
+        active = [statistics.fmean(r["final"]["active_pct"][i] for r in runs) if runs else math.nan
+                  for i in range(len(p.hidden))]
         bwd = overall = None
+        note = None
         if ref is not None:
-            bwd = statistics.fmean(_paired_ratio(ref, runs, "bwd_ms"))
-            tot = lambda r: {"updates": {"t": [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]}}  # noqa: E731
-            overall = statistics.fmean(_paired_ratio([tot(r) for r in ref], [tot(r) for r in runs], "t"))
+            pairs = [(a, b) for a, b in zip(ref, metrics[m])
+                     if a is not None and b is not None and a.get("process") is not None
+                     and a.get("process") == b.get("process")]
+            if pairs:
+                pa, pb = [a for a, _ in pairs], [b for _, b in pairs]
+                bwd = statistics.fmean(_paired_ratio(pa, pb, "bwd_ms"))
+                tot = lambda r: {"updates": {"t": [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]}}  # noqa: E731
+                overall = statistics.fmean(_paired_ratio([tot(r) for r in pa], [tot(r) for r in pb], "t"))
+            elif runs:
+                note = "no trial of this method and surrogate was timed by one process: speed-up not compared"
         paper = p.paper.get(m, {})
         rows.append({
             "method": m, "trials": len(runs),
+            "diverged": statuses[m].count("diverged"), "failed": statuses[m].count("failed"),
+            "unfinished": sum(s not in ("completed", "diverged", "failed") for s in statuses[m]),
+            "speedup_note": note,
             "train_mean": train_ms[0], "train_std": train_ms[1], "test_mean": test_ms[0], "test_std": test_ms[1],
             "backward_speedup": bwd, "overall_speedup": overall, "active_pct": active,
             "paper_train": paper.get("train"), "paper_test": paper.get("test"),
@@ -234,7 +287,8 @@ def figures(p: Profile, out: Path) -> list[Path]:
     from lzo_bench.plots import _pyplot, _save
 
     plt = _pyplot()
-    metrics = {m: [_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    completed = {m: [_completed_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    metrics = {m: [r for r in runs if r is not None] for m, runs in completed.items()}
     mean_over_trials = lambda series: [statistics.fmean(v) for v in zip(*series)]  # noqa: E731
     color = {m: f"C{i}" for i, m in enumerate(p.methods)}
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -254,7 +308,11 @@ def figures(p: Profile, out: Path) -> list[Path]:
         a1.plot(active, label=m, lw=1, color=color[m])
         if ref is not None and m != "surrogate":
             tot = lambda r: [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]  # noqa: E731
-            ratios = mean_over_trials([[x / y for x, y in zip(tot(a), tot(b))] for a, b in zip(ref, runs)])
+            same = [(a, b) for a, b in zip(completed["surrogate"], completed[m])  # one process timed both
+                    if a is not None and b is not None and a.get("process") == b.get("process")]
+            if not same:
+                continue
+            ratios = mean_over_trials([[x / y for x, y in zip(tot(a), tot(b))] for a, b in same])
             a2.plot(_moving_average(ratios, 10), label=m, lw=1, color=color[m])
     a1.set_xlabel("gradient update")
     a1.set_ylabel("active neurons % (mean over layers and trials)")

@@ -34,6 +34,10 @@ from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_l
 from lzo_bench.rng import MAX_SAMPLES, DrawKey
 
 
+#: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
+PROCESS_ID = f"{platform.node()}:{os.getpid()}:{time.time_ns()}"
+
+
 class ConfigError(ValueError):
     """A bad option value; ``option`` names the command-line option at fault."""
 
@@ -248,6 +252,7 @@ class RunResult:
     def metrics(self) -> dict:
         return {
             "status": self.status,
+            "process": PROCESS_ID,
             "history": [asdict(r) for r in self.history],
             "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct,
                         "fwd_ms": self.update_fwd_ms, "bwd_ms": self.update_bwd_ms},

@@ -77,10 +77,10 @@ def test_reproduce_digits_quick_and_resume(tmp_path):
     assert [n for n in before if before[n] != after[n]] == ["localzo-seed1"]
 
 
-def fake_run(path: Path, train_acc, test_acc, fwd, bwd, active):
+def fake_run(path: Path, train_acc, test_acc, fwd, bwd, active, process="p1"):
     path.mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps({
-        "status": "completed",
+        "status": "completed", "process": process,
         "final": {"train_acc": train_acc, "test_acc": test_acc, "active_pct": active},
         "updates": {"fwd_ms": fwd, "bwd_ms": bwd, "loss": [1.0] * len(fwd), "active_pct": [active] * len(fwd)},
     }))
@@ -122,3 +122,42 @@ def test_reproduce_missing_dataset_lists_files(tmp_path):
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "NMNIST/train.zip" in result.output and "--download" in result.output
+
+
+def test_speedups_only_between_runs_timed_by_one_process_and_diverged_trials_counted(tmp_path):
+    p = load_profile(PROFILES / "digits-quick.toml")
+    fake_run(tmp_path / "surrogate-seed0", 90, 80, [10, 10], [40, 20], [100, 100], process="A")
+    fake_run(tmp_path / "surrogate-seed1", 92, 84, [10, 10], [30, 30], [100, 100], process="A")
+    fake_run(tmp_path / "sparsegrad-seed0", 80, 70, [5, 5], [4, 4], [0.2, 0.4], process="A")
+    fake_run(tmp_path / "sparsegrad-seed1", 84, 72, [5, 5], [3, 6], [0.4, 0.6], process="B")   # resumed later
+    fake_run(tmp_path / "localzo-seed0", 85, 75, [10, 10], [20, 20], [0.1, 0.1], process="B")
+    (tmp_path / "localzo-seed1").mkdir()
+    (tmp_path / "localzo-seed1" / "metrics.json").write_text(json.dumps({"status": "diverged"}))
+    rows = {r["method"]: r for r in summarize(p, tmp_path)["rows"]}
+    assert rows["sparsegrad"]["backward_speedup"] == pytest.approx(statistics.fmean([40 / 4, 20 / 4]))  # seed 0 only
+    assert rows["localzo"]["backward_speedup"] is None and "one process" in rows["localzo"]["speedup_note"]
+    assert (rows["localzo"]["trials"], rows["localzo"]["diverged"]) == (1, 1)
+    assert rows["localzo"]["test_mean"] == 75
+
+
+def test_reproduce_ctrl_c_prints_the_finished_trials_and_exits_130(tmp_path, monkeypatch):
+    from lzo_bench import train as train_mod
+
+    real = train_mod.classification_loss
+    calls = {"n": 0}
+
+    def interrupted(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 40:  # 23 updates per epoch: in the second run
+            raise KeyboardInterrupt
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_mod, "classification_loss", interrupted)
+    out = tmp_path / "grid"
+    result = runner.invoke(app, ["reproduce", str(PROFILES / "digits-quick.toml"), "--trials", "1", "--epochs", "1",
+                                 "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert "interrupted after 1 trained run(s)" in text and "surrogate" in text
+    assert json.loads((out / "surrogate-seed0" / "metrics.json").read_text())["status"] == "completed"
+
