@@ -65,8 +65,12 @@ def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
             f"{path} has checkpoint format {ckpt.get('format_version')}, this lzo-bench reads "
             f"format {CHECKPOINT_VERSION}; re-train or use a matching lzo-bench version"
         )
-    model = SNN(NetworkSpec.from_dict(ckpt["network"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = SNN(NetworkSpec.from_dict(ckpt["network"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a hand-made or damaged checkpoint
+        what = f"missing key {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path} does not describe a network this lzo-bench can rebuild: {what}") from None
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights (NaN/inf in {', '.join(bad)}): the run diverged; "

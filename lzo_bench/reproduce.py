@@ -67,13 +67,44 @@ class Profile:
                 "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps}
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """What a profile field must be, if ``value`` is not that; ``None`` when it is fine."""
+    from lzo_bench.gates import Method
+
+    if key in ("name", "title", "dataset", "dist"):
+        return None if isinstance(value, str) and value else "a non-empty string"
+    if key == "methods":
+        valid = [m.value for m in Method]
+        ok = isinstance(value, list) and value and all(m in valid for m in value)
+        return None if ok else f"a non-empty list of {', '.join(valid)}"
+    if key in ("delta", "lr", "k"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return None if ok else "a number > 0"
+    if key in ("samples", "epochs", "trials", "batch_size", "steps"):
+        return None if _is_int(value) and value >= 1 else "an integer ≥ 1"
+    if key == "seeds":
+        return None if isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value) else "a list of integers ≥ 0"
+    if key == "hidden":
+        ok = isinstance(value, list) and value and all(_is_int(v) and v >= 1 for v in value)
+        return None if ok else "a non-empty list of positive integers"
+    if key == "paper":
+        return None if isinstance(value, dict) else "a table"
+    return None
+
+
 def load_profile(path: str | Path) -> Profile:
     """Read and check a profile; :class:`ProfileError` names the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"no profile at {path}; the shipped ones are in profiles/ (e.g. profiles/digits-quick.toml)")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path} is not valid TOML: {e}") from None
     unknown = set(raw) - PROFILE_KEYS
@@ -82,6 +113,10 @@ def load_profile(path: str | Path) -> Profile:
     missing = {"name", "dataset", "methods", "dist", "delta", "samples", "epochs", "trials"} - set(raw)
     if missing:
         raise ProfileError(f"{path}: missing keys {sorted(missing)}")
+    for key, value in raw.items():
+        problem = _field_problem(key, value)
+        if problem:
+            raise ProfileError(f"{path}: {key} must be {problem} (got {value!r})")
     trials = int(raw["trials"])
     seeds = tuple(int(s) for s in raw.get("seeds", range(trials)))
     if len(seeds) < trials:

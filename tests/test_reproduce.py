@@ -1,6 +1,7 @@
 """Profiles, `lzo-bench reproduce` (grid, resume, table, files) and `train --profile`."""
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from lzo_bench.reproduce import ProfileError, load_profile, summarize
 
 runner = CliRunner()
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+VALID = ('name = "x"\ndataset = "digits"\ndist = "normal"\ndelta = 0.05\nsamples = 1\nmethods = ["surrogate"]\n'
+         'epochs = 3\ntrials = 1\n')
 
 
 @pytest.mark.parametrize("path", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
@@ -40,10 +43,14 @@ def test_table_blocks_cover_the_paper():
     ("name = 'x'\nbogus = 1", "unknown keys ['bogus']"),
     ("name = 'x'\ndataset = 'digits'", "missing keys"),
     ("name = ", "is not valid TOML"),
+    (VALID.replace("epochs = 3", 'epochs = "two"'), "epochs must be an integer ≥ 1 (got 'two')"),
+    (VALID.replace("methods = [", "methods = [] #"), "methods must be a non-empty list of surrogate, sparsegrad, localzo"),
+    (VALID + "hidden = ['abc']\n", "hidden must be a non-empty list of positive integers"),
+    (VALID + "lr = 'fast'\n", "lr must be a number > 0 (got 'fast')"),
 ])
 def test_bad_profiles(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)
-    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ProfileError, match=re.escape(message)):
         load_profile(tmp_path / "p.toml")
     result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and message.split(" [")[0] in result.output
@@ -160,4 +167,16 @@ def test_reproduce_ctrl_c_prints_the_finished_trials_and_exits_130(tmp_path, mon
     text = " ".join(result.output.split())
     assert "interrupted after 1 trained run(s)" in text and "surrogate" in text
     assert json.loads((out / "surrogate-seed0" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_non_utf8_profile_is_one_line(tmp_path):
+    (tmp_path / "p.toml").write_bytes(b'name = "\xff\xfe"\n')
+    with pytest.raises(ProfileError, match="is not UTF-8 text"):
+        load_profile(tmp_path / "p.toml")
+    assert load_profile_ok(tmp_path)
+
+
+def load_profile_ok(tmp_path) -> bool:
+    (tmp_path / "ok.toml").write_text(VALID)
+    return load_profile(tmp_path / "ok.toml").methods == ("surrogate",)
 

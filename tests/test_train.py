@@ -265,3 +265,18 @@ def test_extension_cache_is_keyed_by_the_torch_build():
     from lzo_bench import ops
 
     assert ops._torch_tag() in ops.build().path
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda c: c.pop("network"), "missing key 'network'"),
+    (lambda c: c["state_dict"].__setitem__("weights.0", torch.zeros(3, 3)), "size mismatch"),
+    (lambda c: c["network"].pop("n_in"), "does not describe a network"),
+])
+def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, damage, message):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, hidden=(8, 8), out=str(out)))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(out)
