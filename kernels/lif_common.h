@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
+
 #include "lzo_math.h"
 
 namespace lzo {
@@ -72,6 +74,14 @@ inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surro
   g.table = table.numel() ? table.data_ptr<float>() : nullptr;
   g.table_size = static_cast<int>(table.numel());
   return g;
+}
+
+// The CPU backward keeps its running sums (input trace, input gradient) relative to a reference
+// step and moves the reference every few steps, so a step without entries costs nothing:
+// h *= beta^gap over the row.
+inline void rebase_trace(float* h, int64_t n, double beta, int64_t gap) {
+  const float f = static_cast<float>(std::pow(beta, static_cast<double>(gap)));
+  for (int64_t i = 0; i < n; ++i) h[i] *= f;
 }
 
 // Row pointers of a flat index list sorted by (t*B + b)*width + col: entries of row r = t*B + b

@@ -190,8 +190,7 @@ Tensor sparse_weight_grad_cpu(const Tensor& idx, const Tensor& e, const Tensor& 
         if (!any && !events) continue;  // trace still zero: entries here add nothing
         if (!any || t - tr > kRebase) {
           if (any) {
-            const float f = static_cast<float>(std::pow(beta, static_cast<double>(t - tr)));
-            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+            rebase_trace(h.data(), Nin, beta, t - tr);
           }
           tr = t;
         }
@@ -243,8 +242,7 @@ Tensor sparse_input_grad_cpu(const Tensor& idx, const Tensor& e, const Tensor& p
         if (!any && !entries) continue;
         if (!any || tr - t > kRebase) {
           if (any) {
-            const float f = static_cast<float>(std::pow(beta, static_cast<double>(tr - t)));
-            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+            rebase_trace(h.data(), Nin, beta, tr - t);
           }
           tr = t;
         }

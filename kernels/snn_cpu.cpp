@@ -430,26 +430,6 @@ std::tuple<Tensor, Tensor> batch_events_cpu(const Tensor& events, const Tensor& 
   return {ptr, col};
 }
 
-// events (rows b*T + t) -> dense [T, B, width]
-Tensor events_to_dense_cpu(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t steps,
-                           int64_t width) {
-  const char* op = "lzo::events_to_dense";
-  TORCH_CHECK(steps >= 1 && (ptr.numel() - 1) % steps == 0, op, ": ptr must hold B*T + 1 entries for T = ", steps);
-  const int64_t rows = ptr.numel() - 1, B = rows / steps;
-  check_events(ptr, col, val, rows, op, "x");
-  check_columns(col, width, op, "x");
-  const EventView ev = view(ptr, col, val);
-  Tensor out = at::zeros({steps, B, width}, at::TensorOptions().dtype(at::kFloat));
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / steps, t = r % steps;
-      for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) o[(t * B + b) * width + ev.col[q]] = ev.value(q);
-    }
-  });
-  return out;
-}
-
 // -> (spike_ptr, spike_col, counts [B, N], active_ptr, active_col, active_gate, dense_gate [B*T, N])
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_forward_cpu(
     const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
@@ -703,8 +683,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         if (!any && !events) continue;
         if (!any || t - tr > kRebaseSteps) {
           if (any) {
-            const float f = static_cast<float>(std::pow(beta, static_cast<double>(t - tr)));
-            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+            rebase_trace(h.data(), Nin, beta, t - tr);
           }
           tr = t;
         }
@@ -747,8 +726,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         if (!any && !entries) continue;
         if (!any || tr - t > kRebaseSteps) {
           if (any) {
-            const float f = static_cast<float>(std::pow(beta, static_cast<double>(tr - t)));
-            for (int64_t i = 0; i < Nin; ++i) h[i] *= f;
+            rebase_trace(h.data(), Nin, beta, tr - t);
           }
           tr = t;
         }
@@ -837,7 +815,6 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
 
 TORCH_LIBRARY_FRAGMENT(lzo, m) {
   m.def("to_events(Tensor x) -> (Tensor ptr, Tensor col, Tensor val)");
-  m.def("events_to_dense(Tensor ptr, Tensor col, Tensor val, int steps, int width) -> Tensor");
   m.def("batch_events(Tensor events, Tensor offsets, Tensor idx, int steps, int units) -> (Tensor ptr, Tensor col)");
   m.def(
       "lif_events_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, Tensor table, int steps, "
@@ -860,7 +837,6 @@ TORCH_LIBRARY_FRAGMENT(lzo, m) {
 
 TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("to_events", &to_events_cpu);
-  m.impl("events_to_dense", &events_to_dense_cpu);
   m.impl("batch_events", &batch_events_cpu);
   m.impl("lif_events_forward", &lif_events_forward_cpu);
   m.impl("readout_forward", &readout_forward_cpu);

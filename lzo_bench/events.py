@@ -65,19 +65,6 @@ class SpikeEvents:
         return out.transpose(0, 1).contiguous()
 
     @classmethod
-    def from_dense(cls, x: torch.Tensor) -> "SpikeEvents":
-        """Events of ``x [T, B, width]`` (values kept unless all are 1)."""
-        if x.dim() != 3:
-            raise ValueError(f"x must have shape [T, B, width], got {tuple(x.shape)}")
-        steps, batch, width = x.shape
-        xb = x.transpose(0, 1).reshape(batch * steps, width)
-        rows, cols = xb.nonzero(as_tuple=True)
-        values = xb[rows, cols].to(torch.float32)
-        if bool((values == 1).all()):
-            values = values.new_empty(0)
-        return cls(_row_pointers(rows, batch * steps), cols.to(torch.int32), values, steps, batch, width)
-
-    @classmethod
     def from_keys(cls, key: torch.Tensor, steps: int, batch: int, width: int) -> "SpikeEvents":
         """Binary events at ``key = (b·T + t)·width + col``; sorted and de-duplicated unless they
         already are (as a dataset's events are)."""

@@ -208,6 +208,15 @@ def our_update_factory(method: str, shape: Workload, weights: list[torch.Tensor]
     return model, forward_loss, be.describe()
 
 
+def _module_forward_loss(net: nn.Module, shape: Workload) -> ForwardLoss:
+    """``forward_loss`` of a peer module whose forward returns ``(o [T, B, C], [spikes per layer])``."""
+    def forward_loss(x, y, update):
+        o, spikes = net(x)
+        return peer_loss(o, spikes, y, shape), lambda: spikes
+
+    return forward_loss
+
+
 def snntorch_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
     snn, _ = _import("snntorch", "snntorch")
     from snntorch import surrogate
@@ -238,11 +247,7 @@ def snntorch_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.M
 
     net = Net()
 
-    def forward_loss(x, y, update):
-        o, spikes = net(x)
-        return peer_loss(o, spikes, y, shape), lambda: spikes
-
-    return net, forward_loss, "nn.Linear + Leaky per step (tutorial loop), reset_delay=True, surrogate atan"
+    return net, _module_forward_loss(net, shape), "nn.Linear + Leaky per step (tutorial loop), reset_delay=True, surrogate atan"
 
 
 def spikingjelly_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
@@ -311,11 +316,7 @@ def norse_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Modu
 
     net = Net()
 
-    def forward_loss(x, y, update):
-        o, spikes = net(x)
-        return peer_loss(o, spikes, y, shape), lambda: spikes
-
-    return net, forward_loss, ("nn.Linear + LIFBoxCell per step, dt=1, tau_mem_inv=1-beta, W/(1-beta), "
+    return net, _module_forward_loss(net, shape), ("nn.Linear + LIFBoxCell per step, dt=1, tau_mem_inv=1-beta, W/(1-beta), "
                                "detached subtract reset, surrogate super; resets before the decay (beta*theta)")
 
 

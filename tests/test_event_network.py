@@ -145,14 +145,15 @@ def test_dense_gate_equals_surrogate_and_flushes_to_zero(dist):
 def test_spike_events_round_trip_and_compaction():
     x = (torch.rand(13, 5, 7, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     x[2, 1, 3] = 0.25
-    ev = SpikeEvents.from_dense(x)
+    ptr, col, val = torch.ops.lzo.to_events(x)
+    rows, cols = x.transpose(0, 1).reshape(5 * 13, 7).nonzero(as_tuple=True)  # rows b·T + t
+    assert torch.equal(col.long(), cols) and torch.equal(val, x.transpose(0, 1).reshape(65, 7)[rows, cols])
+    assert torch.equal((ptr[1:] - ptr[:-1]).long(), torch.bincount(rows, minlength=65))
+    ev = as_events(x)
     assert ev.shape == (13, 5, 7) and ev.val.numel() == ev.nnz
     assert torch.equal(ev.dense(), x)
-    ptr, col, val = torch.ops.lzo.to_events(x)
-    assert torch.equal(ptr, ev.ptr) and torch.equal(col, ev.col) and torch.equal(val, ev.val)
-    assert torch.equal(torch.ops.lzo.events_to_dense(ptr, col, val, 13, 7), x)
     binary = (x > 0.5).float()
-    assert SpikeEvents.from_dense(binary).val.numel() == 0
+    assert as_events(binary).val.numel() == 0 and torch.equal(as_events(binary).dense(), binary)
     # unsorted rows with a duplicate: sorted, counted once
     ev2 = SpikeEvents.from_keys(torch.tensor([4, 0, 4, 4]) * 3 + torch.tensor([2, 1, 0, 2]), 3, 2, 3)
     assert ev2.ptr.tolist() == [0, 1, 1, 1, 1, 3, 3] and ev2.col.tolist() == [1, 0, 2]
