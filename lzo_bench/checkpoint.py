@@ -5,7 +5,12 @@ Layout (``format = "lzo-bench-checkpoint"``, ``format_version = 1``)::
     {"format", "format_version", "lzo_bench_version",
      "network": NetworkSpec as dict, "dataset": DatasetInfo as dict,
      "train": TrainConfig as dict, "epoch": int,
-     "state_dict": {"weights.0": W_1 [n_in, N_1], …, "weights.L": W_out [N_L, C]}}
+     "state_dict": {"weights.0": W_1 [n_in, N_1], …, "weights.L": W_out [N_L, C]},
+     "optimizer": the Adam state dict (moments and step count), "update": updates done}
+
+``optimizer`` and ``update`` are what ``lzo-bench train --resume`` needs to continue exactly: the
+shuffles are keyed by (seed, epoch) and the LocalZO draws by (seed, update), so weights, Adam's
+moments and the update counter are the whole state of a run between epochs.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: "TrainConfig", epoch: int
+    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: "TrainConfig", epoch: int,
+    optimizer: torch.optim.Optimizer | None = None, update: int | None = None,
 ) -> Path:
     return atomic_torch_save(path, {
         "format": CHECKPOINT_FORMAT,
@@ -44,7 +50,7 @@ def save_checkpoint(
         "train": cfg.to_dict(),
         "epoch": epoch,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    })
+    } | ({} if optimizer is None else {"optimizer": optimizer.state_dict(), "update": update}))
 
 
 def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:

@@ -82,11 +82,17 @@ def train(
     energy: Annotated[bool, typer.Option("--energy", help="Record GPU energy per epoch and per update (NVML) in metrics.json.")] = False,
     out: Annotated[Optional[str], typer.Option(help="Run folder; default runs/<dataset>-<method>-<dist>-seed<seed>-<time>.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Reuse an --out folder that already holds a run.")] = False,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its last finished epoch, with its own configuration (only --epochs and --energy may be given).")] = None,
 ) -> None:
     """Train a feed-forward LIF network and write config.json, metrics.json and checkpoint.pt."""
     from lzo_bench.report import RichReporter, console, summary_table
     from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingFailed, TrainingInterrupted
+    from lzo_bench.train import RESUME_MAY_CHANGE, resume_config
     from lzo_bench.train import train as run_training
+
+    def given(name: str) -> bool:  # typed on the command line, not a default
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
 
     cfg_kwargs = dict(
         dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
@@ -94,24 +100,30 @@ def train(
         steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
         out=out, overwrite=overwrite,
     )
-    if profile:
+    if resume is not None:
+        others = [name for name in [*cfg_kwargs, "profile"] if given(name) and name not in RESUME_MAY_CHANGE]
+        if others:
+            raise fail(f"--resume continues {resume} with its own configuration; only --epochs and --energy may be "
+                       f"given with it (got --{others[0].replace('_', '-')})")
+        try:
+            cfg = resume_config(resume, epochs if given("epochs") else None, energy if given("energy") else None)
+        except ConfigError as e:
+            raise fail(str(e)) from None
+    elif profile:
         from lzo_bench.reproduce import ProfileError, load_profile
 
         try:
             prof = load_profile(profile)
         except ProfileError as e:
             raise fail(f"--profile: {e}") from None
-        def given(name: str) -> bool:  # typed on the command line, not a default
-            source = ctx.get_parameter_source(name)
-            return source is not None and source.name == "COMMANDLINE"
-
         explicit = {name for name in cfg_kwargs if given(name)}
         if not given("method"):
             cfg_kwargs["method"] = prof.methods[-1]
         cfg_kwargs.update({k: v for k, v in prof.train_kwargs().items() if k not in explicit})
-    cfg = TrainConfig(**cfg_kwargs)
+    if resume is None:
+        cfg = TrainConfig(**cfg_kwargs)
     try:
-        result = run_training(cfg, RichReporter(console))
+        result = run_training(cfg, RichReporter(console), resume=resume is not None)
     except ConfigError as e:
         raise fail(str(e)) from None
     except (TrainingDiverged, TrainingFailed) as e:

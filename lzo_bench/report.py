@@ -34,7 +34,7 @@ class RichReporter:
         self.console.print(result.backend.describe(), highlight=False)
         self.n_batches = n_batches
         self.progress.start()
-        self.epochs = self.progress.add_task("epoch", total=result.config.epochs, info="")
+        self.epochs = self.progress.add_task("epoch", total=result.config.epochs, completed=len(result.history), info="")
         self.batches = self.progress.add_task("batch", total=n_batches, info="")
 
     def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None:

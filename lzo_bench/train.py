@@ -9,6 +9,7 @@ epoch, so an interrupted or diverged run keeps everything it finished.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -25,7 +26,7 @@ import torch
 
 from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
-from lzo_bench.checkpoint import save_checkpoint
+from lzo_bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
 from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
@@ -228,6 +229,7 @@ class RunResult:
     status: str = "running"
     wall_s: float = 0.0
     energy: dict = field(default_factory=lambda: {"requested": False})
+    processes: list[str] = field(default_factory=lambda: [PROCESS_ID])  # more than one after --resume
 
     @property
     def final(self) -> dict | None:
@@ -252,7 +254,8 @@ class RunResult:
     def metrics(self) -> dict:
         return {
             "status": self.status,
-            "process": PROCESS_ID,
+            "process": self.processes[0] if len(self.processes) == 1 else None,  # None: timed by several
+            "processes": self.processes,
             "history": [asdict(r) for r in self.history],
             "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct,
                         "fwd_ms": self.update_fwd_ms, "bwd_ms": self.update_bwd_ms},
@@ -297,14 +300,14 @@ RUN_ARTEFACTS = ("config.json", "metrics.json", "checkpoint.pt", "model.onnx", "
 LOCK_NAME = ".lzo-run.lock"
 
 
-def prepare_out_dir(cfg: TrainConfig) -> Path:
+def prepare_out_dir(cfg: TrainConfig, resume: bool = False) -> Path:
     """The run folder, checked but not created (nothing is left behind if a later check fails)."""
     out = Path(cfg.out) if cfg.out else cfg.default_out()
     try:
         check_creatable_dir(out)
     except OSError as e:
         raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
-    if (out / "metrics.json").exists() and not cfg.overwrite:
+    if (out / "metrics.json").exists() and not (cfg.overwrite or resume):
         raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
     return out
 
@@ -365,6 +368,65 @@ def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
     )
 
 
+#: what ``--resume`` may change: the run trains on to more epochs, with or without the energy meter
+RESUME_MAY_CHANGE = ("epochs", "energy")
+
+
+def resume_config(run: str | Path, epochs: int | None = None, energy: bool | None = None) -> TrainConfig:
+    """The configuration of the run in folder ``run`` (as its checkpoint records it), to be continued
+    to ``epochs`` (default: its own) by ``train(cfg, resume=True)``."""
+    run = Path(run)
+    folder = run if run.is_dir() or not run.exists() else run.parent
+    try:
+        _, ckpt = load_checkpoint(folder)
+    except CheckpointError as e:
+        raise ConfigError("--resume", f"cannot continue: {e}") from None
+    if "optimizer" not in ckpt:
+        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint has no optimizer state (written by an "
+                                      "older lzo-bench), so it cannot continue exactly; train it again")
+    try:
+        cfg = TrainConfig(**(ckpt["train"] | {"hidden": tuple(ckpt["train"]["hidden"])}))
+    except (TypeError, KeyError) as e:
+        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint's configuration is unreadable ({e})") from None
+    cfg = replace(cfg, out=str(folder), overwrite=False, epochs=epochs or cfg.epochs,
+                  energy=cfg.energy if energy is None else energy)
+    if ckpt["epoch"] >= cfg.epochs:
+        raise ConfigError("--epochs", f"{cfg.epochs}: {folder} has already finished {ckpt['epoch']} epoch(s); "
+                                      f"pass --epochs N > {ckpt['epoch']} with --resume to train it further")
+    return cfg
+
+
+def restore_run(out: Path, cfg: TrainConfig, model: SNN, optimizer: torch.optim.Optimizer,
+                result: RunResult) -> tuple[int, int]:
+    """Load the run in ``out`` (checkpoint, Adam state, finished epochs' records) into ``model``,
+    ``optimizer`` and ``result``; return (epochs done, updates done)."""
+    try:
+        _, ckpt = load_checkpoint(out)
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (CheckpointError, OSError, ValueError) as e:
+        raise ConfigError("--resume", f"cannot continue {out}: {e}") from None
+    same = {k: v for k, v in ckpt["train"].items() if k not in RESUME_MAY_CHANGE + ("out", "overwrite")}
+    now = {k: v for k, v in cfg.to_dict().items() if k in same}
+    if same != now or "optimizer" not in ckpt:
+        raise ConfigError("--resume", f"cannot continue {out}: its checkpoint changed since the run was read")
+    done, updates = int(ckpt["epoch"]), int(ckpt["update"])
+    if len(metrics.get("history", [])) < done:
+        raise ConfigError("--resume", f"cannot continue {out}: metrics.json records {len(metrics.get('history', []))} "
+                                      f"epoch(s) but the checkpoint {done}; the folder was edited or damaged")
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    result.history = [EpochRecord(**r) for r in metrics["history"][:done]]
+    per_update = metrics.get("updates", {})
+    result.update_loss = per_update.get("loss", [])[:updates]
+    result.update_active_pct = per_update.get("active_pct", [])[:updates]
+    result.update_fwd_ms = per_update.get("fwd_ms", [])[:updates]
+    result.update_bwd_ms = per_update.get("bwd_ms", [])[:updates]
+    result.wall_s = float((metrics.get("final") or {}).get("wall_s", 0.0))
+    earlier = metrics.get("processes") or [metrics.get("process")]
+    result.processes = [p for p in earlier if p] + [PROCESS_ID]
+    return done, updates
+
+
 def epoch_energy_j(start_mj: int | None, end_mj: int | None, seconds: float,
                    period_ms: float | None) -> tuple[float | None, str | None]:
     """An epoch's energy from the counter at its edges, or ``None`` and why: the counter moves in
@@ -381,8 +443,12 @@ def epoch_energy_j(start_mj: int | None, end_mj: int | None, seconds: float,
     return delta / 1000.0, None
 
 
-def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
-    """Train per ``cfg``; raises :class:`ConfigError`, :class:`TrainingDiverged`, :class:`TrainingInterrupted`."""
+def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False) -> RunResult:
+    """Train per ``cfg``; raises :class:`ConfigError`, :class:`TrainingDiverged`, :class:`TrainingInterrupted`.
+
+    ``resume``: continue the run in ``cfg.out`` from its last finished epoch (``cfg`` from
+    :func:`resume_config`); the result equals an uninterrupted run's on the same backend, bit for bit.
+    """
     reporter = reporter or NullReporter()
     cfg.validate()
     cfg = cfg.resolved()
@@ -390,7 +456,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
         gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
     except ValueError as e:
         raise ConfigError("--dist", str(e)) from None
-    out = prepare_out_dir(cfg)
+    out = prepare_out_dir(cfg, resume)
     cfg = replace(cfg, out=str(out))
     device = torch.device(cfg.device)
     try:
@@ -411,6 +477,18 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
 
     result = RunResult(out, cfg, gate, backend)
     folder = RunFolder(out, cfg.overwrite)
+    done, update = 0, 0
+    environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                   "device": str(device), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if resume:
+        try:
+            done, update = restore_run(out, cfg, model, optimizer, result)
+            before = json.loads((out / "config.json").read_text()).get("environment", {})
+        except (ConfigError, OSError, ValueError):
+            folder.release()
+            raise
+        environment |= {"created": before.get("created"),
+                        "resumed": before.get("resumed", []) + [environment["created"]]}
     meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
     period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
     if cfg.energy:
@@ -426,18 +504,15 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
         "network": net_spec.to_dict(),
         "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
         "backend": {"name": backend.name, "reason": backend.reason},
-        "environment": {"lzo_bench": __version__, "torch": torch.__version__,
-                        "python": platform.python_version(), "device": str(device),
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "environment": environment,
     })
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     reporter.start(result, n_batches)
-    started = time.perf_counter()
-    update = 0
+    started = time.perf_counter() - result.wall_s  # a resumed run's wall time goes on from its own
     with sigterm_as_interrupt():
         try:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(done + 1, cfg.epochs + 1):
                 sync_device(device)
                 epoch_start = time.perf_counter()
                 energy_start = meter.energy_mj()
@@ -511,7 +586,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 result.history.append(record)
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
-                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch)
+                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
                 atomic_write_json(out / "metrics.json", result.metrics())
                 reporter.epoch(record)
         except KeyboardInterrupt as e:

@@ -53,6 +53,24 @@ def test_tiny_train_run(tmp_path):
     assert config["train"]["hidden"] == [16, 12] and config["gate"]["method"] == "localzo"
 
 
+def test_resume_trains_a_finished_run_further_with_its_own_configuration(tmp_path):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    for target, epochs in ((out, "1"), (straight, "2")):
+        result = runner.invoke(app, ["train", "--epochs", epochs, "--hidden", "16,12", "--seed", "3", "--out", str(target)])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--resume", str(out), "--lr", "0.1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: --resume continues {out} with its own configuration; only "
+                                                  "--epochs and --energy may be given with it (got --lr)"]
+    result = runner.invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 2 and "has already finished 1 epoch(s); pass --epochs N > 1" in plain(result.output)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    history = [json.loads((p / "metrics.json").read_text())["history"] for p in (out, straight)]
+    assert [h["test_acc"] for h in history[0]] == [h["test_acc"] for h in history[1]]
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "magic"], "'magic' is not one of 'surrogate', 'sparsegrad', 'localzo'"),
     (["--dist", "cauchy"], "'cauchy' is not one of 'normal', 'uniform', 'laplace', 'sigmoid', 'fast-sigmoid'"),

@@ -1,6 +1,7 @@
 """Training runs: learning on digits, the run folder, divergence and interruption."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -280,3 +281,51 @@ def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, damage, message
     torch.save(ckpt, out / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(out)
+
+
+class _StopAt(train_mod.NullReporter):
+    """Ctrl-C in the middle of one epoch, as a user would press it."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.at = (epoch, batch)
+
+    def batch(self, epoch, index, loss, acc, active_pct):
+        if (epoch, index) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["localzo", "sparsegrad"])
+def test_resume_reaches_the_uninterrupted_runs_weights_bit_for_bit(tmp_path, method):
+    cfg = TrainConfig(method=method, epochs=3, hidden=(24, 16), out=str(tmp_path / "straight"))
+    straight = train(cfg)
+    cut = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted, match="after 1 finished epoch"):
+        train(replace(cfg, out=str(cut)), _StopAt(epoch=2, batch=3))
+    assert json.loads((cut / "metrics.json").read_text())["status"] == "interrupted"
+    resumed = train(train_mod.resume_config(cut), resume=True)
+    assert resumed.status == "completed"
+    a, b = load_checkpoint(tmp_path / "straight")[1], load_checkpoint(cut)[1]
+    for name, w in a["state_dict"].items():
+        assert torch.equal(w, b["state_dict"][name]), name
+    moments = lambda ck: [t for s in ck["optimizer"]["state"].values() for t in s.values()]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b), strict=True))
+    assert b["update"] == a["update"] == straight.final["updates"]
+    metrics = json.loads((cut / "metrics.json").read_text())
+    assert [h["test_acc"] for h in metrics["history"]] == [h.test_acc for h in straight.history]
+    assert metrics["updates"]["loss"] == straight.update_loss
+    assert metrics["process"] is None and len(metrics["processes"]) == 2  # timed by two processes: not paired
+    assert len(json.loads((cut / "config.json").read_text())["environment"]["resumed"]) == 1
+
+
+def test_resume_refuses_what_it_cannot_continue_exactly(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, hidden=(16, 16), out=str(out)))
+    with pytest.raises(ConfigError, match=r"--epochs 1: .* has already finished 1 epoch\(s\); pass --epochs N > 1"):
+        train_mod.resume_config(out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="no optimizer state .* cannot continue exactly"):
+        train_mod.resume_config(out, epochs=2)
+    with pytest.raises(ConfigError, match="--resume cannot continue: no checkpoint at"):
+        train_mod.resume_config(tmp_path / "nothing", epochs=2)
