@@ -360,7 +360,7 @@ def reproduce(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lzo_bench.data import DatasetMissing, load_dataset
+    from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.plots import PlotUnavailable
     from lzo_bench.reproduce import ProfileError, figures, load_profile, run_grid, summarize, with_overrides, write_outputs
@@ -383,6 +383,8 @@ def reproduce(
             load_dataset(prof.dataset, prof.steps or 1, data_dir, download)  # fail fast, with the file list
         except DatasetMissing as e:
             raise fail(f"--data-dir does not hold the dataset: {e}") from None
+        except DatasetError as e:
+            raise fail(f"--data-dir holds a damaged dataset: {e}") from None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task(f"{prof.name}: training", total=None)

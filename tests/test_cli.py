@@ -144,3 +144,16 @@ def test_profile_bad_input_is_one_line_exit_2(args, message, tmp_path):
     result = runner.invoke(app, ["profile", *args, "--out", str(tmp_path / "p")])
     assert result.exit_code == 2
     assert message in plain(result.output)
+
+
+def test_a_damaged_dataset_is_one_line_and_leaves_no_folder(tmp_path):
+    d = tmp_path / "data" / "FashionMNIST"
+    d.mkdir(parents=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (d / stem).write_bytes(b"\x00\x00\x08\x03\x00")  # header cut short
+    result = runner.invoke(app, ["train", "--dataset", "fmnist", "--data-dir", str(tmp_path / "data"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --data-dir holds a damaged dataset: ")
+    assert "train-images-idx3-ubyte is truncated" in lines[0] and not (tmp_path / "run").exists()

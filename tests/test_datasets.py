@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lzo_bench.data import DatasetMissing, load_dataset
+from lzo_bench.data import DatasetMissing, DatasetUnreadable, load_dataset
 from lzo_bench.data import nmnist
 from lzo_bench.data.fmnist import IdxError, read_idx
 
@@ -134,6 +134,60 @@ def test_idx_bad_magic(tmp_path):
     (tmp_path / "x").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00")
     with pytest.raises(IdxError, match="not an unsigned-byte idx file"):
         read_idx(tmp_path / "x")
+
+
+def _fmnist_files(tmp_path, gz=False):
+    d = tmp_path / "FashionMNIST"
+    d.mkdir()
+    img = np.zeros((2, 28, 28), np.uint8)
+    for stem, arr in (("train-images-idx3-ubyte", img), ("train-labels-idx1-ubyte", np.array([4, 9])),
+                      ("t10k-images-idx3-ubyte", img[:1]), ("t10k-labels-idx1-ubyte", np.array([1]))):
+        write_idx(d / stem, arr, gz)
+    return d
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03\x00\x00"), "is truncated: its header announces 3 dimensions"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-5]), r"holds 1563 values, its header says \(2, 28, 28\)"),
+    (lambda p: p.write_bytes(b"no idx at all"), "is not an unsigned-byte idx file"),
+])
+def test_damaged_idx_files_are_named(tmp_path, damage, message):
+    d = _fmnist_files(tmp_path)
+    damage(d / "train-images-idx3-ubyte")
+    with pytest.raises(IdxError, match=message) as info:
+        load_dataset("fmnist", 100, tmp_path)
+    assert isinstance(info.value, DatasetUnreadable) and "train-images-idx3-ubyte" in str(info.value)
+
+
+def test_truncated_gzip_idx_is_named(tmp_path):
+    d = _fmnist_files(tmp_path, gz=True)
+    gz = d / "train-labels-idx1-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:12])
+    with pytest.raises(IdxError, match=r"train-labels-idx1-ubyte.gz cannot be read \(EOFError"):
+        load_dataset("fmnist", 100, tmp_path)
+
+
+def test_damaged_shd_file_is_unreadable_not_a_traceback(tmp_path):
+    (tmp_path / "SHD").mkdir()
+    for name in ("shd_train.h5", "shd_test.h5"):  # tonic wants each .h5 beside its .zip
+        (tmp_path / "SHD" / name).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)
+        (tmp_path / "SHD" / f"{name}.zip").write_bytes(b"")
+    with pytest.raises(DatasetUnreadable, match=r"the train files under .*SHD cannot be read \(.*replace them with intact copies"):
+        load_dataset("shd", 100, tmp_path)
+
+
+def test_a_read_only_data_folder_loads_without_its_cache(tmp_path, monkeypatch):
+    from lzo_bench.data import cache, fmnist
+
+    _fmnist_files(tmp_path)
+
+    def read_only(path, obj):  # what a write into a read-only folder raises (root ignores chmod)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache, "atomic_torch_save", read_only)
+    ds, status = fmnist._split(tmp_path, True, 100)
+    assert len(ds) == 2 and status == f"built, not cached: {tmp_path / 'FashionMNIST' / 'lzo_cache'} cannot be written (Permission denied)"
+    assert load_dataset("fmnist", 100, tmp_path)[0].labels.tolist() == [4, 9]
 
 
 @pytest.mark.parametrize("name,fragments", [

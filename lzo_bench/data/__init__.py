@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lzo_bench.data.base import DatasetInfo, EventDataset, SpikeDataset, batches
-from lzo_bench.data.cache import DatasetMissing
+from lzo_bench.data.cache import DatasetError, DatasetMissing, DatasetUnreadable
 from lzo_bench.data.digits import DIGITS_INFO, load_digits
 from lzo_bench.data.fmnist import FMNIST_INFO, load_fmnist
 from lzo_bench.data.nmnist import NMNIST_INFO, load_nmnist
@@ -24,7 +24,9 @@ def default_data_dir() -> Path:
 def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, download: bool = False):
     """``(train, test)`` of dataset ``name`` at ``steps`` time bins; the error lists the choices.
 
-    :class:`DatasetMissing` (a ``FileNotFoundError``) lists the files expected and where.
+    :class:`DatasetMissing` (a ``FileNotFoundError``) lists the files expected and where;
+    :class:`DatasetUnreadable` (a ``ValueError``) names files that are there but damaged. Both are
+    :class:`DatasetError`.
     """
     try:
         loader = DATASETS[name]
@@ -35,5 +37,6 @@ def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, down
     return loader(steps, data_dir or default_data_dir(), download)
 
 
-__all__ = ["DATASETS", "DATASET_INFO", "DIGITS_INFO", "DatasetInfo", "DatasetMissing", "EventDataset",
+__all__ = ["DATASETS", "DATASET_INFO", "DIGITS_INFO", "DatasetError", "DatasetInfo", "DatasetMissing",
+           "DatasetUnreadable", "EventDataset",
            "SpikeDataset", "batches", "default_data_dir", "load_dataset"]

@@ -4,7 +4,8 @@ A cache file ``<root>/lzo_cache/<name>-<key>.pt`` holds one split as events (see
 :class:`~lzo_bench.data.base.EventDataset`) plus metadata: the cache format version, the
 preprocessing parameters (``key`` hashes them), a fingerprint of the source files (paths, sizes,
 modification times) and a CRC of the arrays. A cache whose metadata or CRC does not match, or that
-does not load, is stale or corrupt: it is rebuilt, and the reason is returned.
+does not load, is stale or corrupt: it is rebuilt, and the reason is returned. A folder the cache
+cannot be written to (read-only data) costs the rebuild next time, nothing else.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from lzo_bench.fsio import atomic_torch_save
 CACHE_VERSION = 1
 
 
-class DatasetMissing(FileNotFoundError):
+class DatasetError(Exception):
+    """The dataset cannot be loaded; the message says which files and what to do."""
+
+
+class DatasetMissing(DatasetError, FileNotFoundError):
     """The dataset's files are not where they are expected; the message lists them."""
+
+
+class DatasetUnreadable(DatasetError, ValueError):
+    """The dataset's files are there but cannot be read (truncated, damaged, another format, no permission)."""
 
 
 def fingerprint(paths: list[Path]) -> list[tuple[str, int, int]]:
@@ -74,13 +83,23 @@ def cached_split(
                 return ds, "cache hit"
         except Exception as e:  # a truncated or foreign file raises many kinds of errors
             status = f"rebuilt: corrupt cache ({type(e).__name__})"
-    ds = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(path, {
-        "events": ds.events, "offsets": ds.offsets, "labels": ds.labels,
-        "meta": {"version": CACHE_VERSION, "params": params, "sources": prints, "crc": _crc(ds),
-                 "shape": [ds.n_classes, ds.steps, ds.n_units]},
-    })
+    try:
+        ds = build()
+    except DatasetUnreadable:
+        raise
+    except Exception as e:  # a damaged source file raises many kinds of errors (zip, HDF5, numpy, OS)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DatasetUnreadable(f"the {name} files under {root} cannot be read ({type(e).__name__}: {first}); "
+                                "replace them with intact copies") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(path, {
+            "events": ds.events, "offsets": ds.offsets, "labels": ds.labels,
+            "meta": {"version": CACHE_VERSION, "params": params, "sources": prints, "crc": _crc(ds),
+                     "shape": [ds.n_classes, ds.steps, ds.n_units]},
+        })
+    except OSError as e:
+        status += f", not cached: {path.parent} cannot be written ({e.strerror or e})"
     return ds, status
 
 

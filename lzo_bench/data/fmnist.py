@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lzo_bench.data.base import DatasetInfo, EventDataset
-from lzo_bench.data.cache import DatasetMissing, cached_split, events_dataset
+from lzo_bench.data.cache import DatasetMissing, DatasetUnreadable, cached_split, events_dataset
 from lzo_bench.data.encoding import latency_steps
 
 FMNIST_INFO = DatasetInfo(
@@ -24,18 +24,23 @@ FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-class IdxError(ValueError):
-    pass
+class IdxError(DatasetUnreadable):
+    """Not an idx file of unsigned bytes, or one whose header and body disagree."""
 
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx file (``.gz`` or raw): big-endian magic ``0x0000 <dtype 0x08> <ndim>``, then the sizes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise IdxError(f"{path} cannot be read ({type(e).__name__}: {e}); replace it with an intact copy") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise IdxError(f"{path} is not an unsigned-byte idx file (magic {data[:4].hex()})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise IdxError(f"{path} is truncated: its header announces {ndim} dimensions but the file ends first")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
