@@ -51,6 +51,9 @@ class RichReporter:
         if record.epoch < self.progress.tasks[self.epochs].total:
             self.progress.reset(self.batches, total=self.n_batches, info="")
 
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
     def stop(self) -> None:
         self.progress.stop()
 

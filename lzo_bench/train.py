@@ -102,6 +102,7 @@ def finite_model(model: torch.nn.Module) -> bool:
     return bool(torch.stack(checks).all())
 
 
+FLOAT32_TINY, FLOAT32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 MAX_STEPS = 100_000     # time bins: 100 s at 1 ms; beyond, a batch no longer fits in memory
 MAX_NEURONS = 1 << 20   # per hidden layer
 LIMIT_WHY = {"--samples": "the kernels count LocalZO samples in 16 bits of the Philox counter",
@@ -158,6 +159,10 @@ class TrainConfig:
         for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(option, f"must be > 0 (got {value})")
+        for option, value in (("--delta", self.delta), ("--bth", self.bth)):
+            if value is not None and not FLOAT32_TINY <= value <= FLOAT32_MAX:
+                raise ConfigError(option, f"{value:g} does not fit float32, in which the gates compute; "
+                                          "choose a value around 0.05")
         for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, None),
                                    ("--batch-size", self.batch_size, None), ("--steps", self.steps, MAX_STEPS)):
             if value is not None and value < 1:
@@ -230,6 +235,7 @@ class RunResult:
     wall_s: float = 0.0
     energy: dict = field(default_factory=lambda: {"requested": False})
     processes: list[str] = field(default_factory=lambda: [PROCESS_ID])  # more than one after --resume
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> dict | None:
@@ -260,6 +266,7 @@ class RunResult:
             "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct,
                         "fwd_ms": self.update_fwd_ms, "bwd_ms": self.update_bwd_ms},
             "energy": self.energy,
+            "warnings": self.warnings,
             "final": self.final,
         }
 
@@ -268,6 +275,7 @@ class Reporter(Protocol):
     def start(self, result: RunResult, n_batches: int) -> None: ...
     def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
     def epoch(self, record: EpochRecord) -> None: ...
+    def warn(self, message: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -275,7 +283,20 @@ class NullReporter:
     def start(self, result: RunResult, n_batches: int) -> None: ...
     def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
     def epoch(self, record: EpochRecord) -> None: ...
+    def warn(self, message: str) -> None: ...
     def stop(self) -> None: ...
+
+
+def silent_layers_warning(gate: GateSpec, record: EpochRecord) -> str | None:
+    """A sparse rule whose band held no neuron of a layer for a whole epoch: that layer (and all
+    below it) got no gradient from the loss."""
+    silent = [i + 1 for i, p in enumerate(record.active_pct) if p == 0.0]
+    if gate.method is Method.SURROGATE or not silent:
+        return None
+    band = f"δ = {gate.delta:g}" if gate.method is Method.LOCALZO else f"B_th = {gate.bth:g}"
+    layers = f"layer{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))}"
+    return (f"no neuron of {layers} was active in epoch {record.epoch} ({band}): no "
+            "gradient reaches it; a δ around 0.05 (or a wider --bth) gives the paper's ~1 % active")
 
 
 def sync_device(device: torch.device) -> None:
@@ -586,6 +607,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                     energy_note=energy_note,
                 )
                 result.history.append(record)
+                warning = silent_layers_warning(gate, record)
+                if warning and not result.warnings:  # once a run: the next epochs would repeat it
+                    result.warnings.append(warning)
+                    reporter.warn(warning)
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
                 save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)

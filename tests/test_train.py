@@ -329,3 +329,18 @@ def test_resume_refuses_what_it_cannot_continue_exactly(tmp_path):
         train_mod.resume_config(out, epochs=2)
     with pytest.raises(ConfigError, match="--resume cannot continue: no checkpoint at"):
         train_mod.resume_config(tmp_path / "nothing", epochs=2)
+
+
+def test_a_band_that_holds_no_neuron_warns_once_and_is_recorded(tmp_path):
+    warned = []
+
+    class Collect(train_mod.NullReporter):
+        def warn(self, message):
+            warned.append(message)
+
+    result = train(TrainConfig(epochs=2, delta=1e-9, hidden=(16, 16), out=str(tmp_path / "run")), Collect())
+    assert result.final["active_pct"] == [0.0, 0.0]
+    assert warned == ["no neuron of layers 1, 2 was active in epoch 1 (δ = 1e-09): no gradient reaches it; a δ "
+                      "around 0.05 (or a wider --bth) gives the paper's ~1 % active"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == warned
+    assert train(TrainConfig(epochs=1, hidden=(16, 16), out=str(tmp_path / "ok"))).warnings == []
