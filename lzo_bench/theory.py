@@ -56,10 +56,12 @@ CDF_CELLS = 1 << 18
 TABLE_SIZE = (1 << 14) + 1
 
 
-def expected_surrogate_numeric(dist: Distribution, u: np.ndarray, delta: float) -> np.ndarray:
+def expected_surrogate_numeric(dist: Distribution, u: np.ndarray, delta: float, power: int = 1) -> np.ndarray:
     """``c·E_z[G²(u; z, δ)] = (c/δ)∫_{|u|/δ}^∞ z^α λ(z) dz`` (eq. 9), by quadrature.
 
-    With ``p = abs_pdf`` the density of ``|z|`` (``= 2λ``), this is ``(c/2δ)∫ z^α p(z) dz``.
+    With ``p = abs_pdf`` the density of ``|z|`` (``= 2λ``), this is ``(c/2δ)∫ z^α p(z) dz``: the
+    mean of the sampled gate ``(c/2δ)·|z|^α·1[|u| < δ|z|]``. ``power = 2`` gives that gate's second
+    moment ``(c/2δ)²∫ z^{2α} p(z) dz``, for its variance.
     """
     out = []
     warnings.simplefilter("ignore", integrate.IntegrationWarning)
@@ -68,8 +70,8 @@ def expected_surrogate_numeric(dist: Distribution, u: np.ndarray, delta: float) 
         if lo >= dist.support:
             out.append(0.0)
             continue
-        val, _ = integrate.quad(lambda z: z**dist.alpha * dist.abs_pdf(z), lo, dist.support, limit=400)
-        out.append(dist.scale * val / (2.0 * delta))
+        val, _ = integrate.quad(lambda z: z**(power * dist.alpha) * dist.abs_pdf(z), lo, dist.support, limit=400)
+        out.append((dist.scale / (2.0 * delta)) ** power * val)
     return np.array(out)
 
 

@@ -101,26 +101,37 @@ def table1() -> list[Table1Row]:
     return rows
 
 
+#: per-point Monte-Carlo tolerance in standard errors; with 20 000 draws a gate off by ±4 % exceeds
+#: it at some point for every distribution (tested), while the correct gates stay below ~3.2
+CHECK_STANDARD_ERRORS = 5.0
+
+
 @dataclass
 class CheckRow:
     target: str
     alpha: int
     c: float
-    max_abs_error: float
-    relative_error: float
-    tolerance: float
-    quadrature_error: float
+    max_abs_error: float      # max_i |mean_i − g(u_i)|: Monte Carlo vs the target surrogate
+    relative_error: float     # the same over the peak of g
+    worst_ratio: float        # max_i |mean_i − E_i| / tol_i: Monte Carlo vs eq. 9 of the sampled law (≤ 1 passes)
+    truncation: float         # g(δ·z_max): what a table distribution's finite support takes off eq. 9
+    quadrature_error: float   # max_i |E_i − g(u_i)|: eq. 9 of the sampled law vs the target (≤ truncation passes)
     draws_per_point: int
     points: int
     passed: bool
 
 
 def check(delta: float = 0.05, draws: int = 20_000, points: int = 41, seed: int = 0) -> list[CheckRow]:
-    """Monte-Carlo ``c·E[G²(u)]`` against the target surrogate on ``points`` values of ``u ∈ [−4δ, 4δ]``.
+    """Monte-Carlo ``c·E[G²(u)]`` on ``points`` values of ``u ∈ [−4δ, 4δ]``, two ways, per point.
 
-    Tolerance: 5 standard errors of the largest-variance point, plus the truncation constant
-    ``g(δ·z_max)`` for table distributions (see :func:`theorem3_distribution`), plus 1e-3 of the
-    peak for the 2⁻²³ quantisation of the uniforms.
+    1. Against ``E_i``, eq. 9 integrated by quadrature for the law the sampler draws from (a table
+       distribution's finite support included): ``|mean_i − E_i| ≤ 5·se_i`` at every point, with
+       ``se_i = s_i/√draws`` from the sample's deviation ``s_i``; where fewer than 100 draws hit
+       (the band's edge, where a sample of few hits says little about its own spread), ``s_i`` is
+       at least the law's ``σ_i``, ``σ_i² = E[G_i²] − E_i²`` by the same quadrature. A gate off by
+       4 % fails it.
+    2. ``E_i`` against the target surrogate ``g(u_i)``: ``|E_i − g(u_i)| ≤ g(δ·z_max) + 1e-6·peak``,
+       the truncation constant of a table distribution (see :func:`theorem3_distribution`).
     """
     u = torch.linspace(-4 * delta, 4 * delta, points, dtype=torch.float32)
     rows = []
@@ -136,12 +147,20 @@ def check(delta: float = 0.05, draws: int = 20_000, points: int = 41, seed: int 
         trunc = 0.0
         if isinstance(dist, TableDistribution):
             trunc = float(dist.surrogate(np.array([delta * dist.z_max]))[0])  # type: ignore[union-attr]
-        tol = 5 * float(se.max()) + trunc + 1e-3 * peak
-        quad = float(np.max(np.abs(expected_surrogate_numeric(dist, u.double().numpy(), delta) - target.numpy())))
+        expected = torch.from_numpy(expected_surrogate_numeric(dist, u.double().numpy(), delta))
+        rare = (gates != 0).sum(0) < 100
+        if bool(rare.any()):
+            second = torch.from_numpy(expected_surrogate_numeric(dist, u[rare].double().numpy(), delta, power=2))
+            law = (second - expected[rare] ** 2).clamp_min(0).sqrt() / math.sqrt(draws)
+            se[rare] = torch.maximum(se[rare], law)
+        tol = CHECK_STANDARD_ERRORS * se + 1e-9 * peak  # 1e-9: points where the gate is always 0
+        worst = float(((mean - expected).abs() / tol).max())
+        quad = float((expected - target).abs().max())
         rows.append(CheckRow(
             target=dist.surrogate.describe() if isinstance(dist, TableDistribution) else name,  # type: ignore[union-attr]
             alpha=dist.alpha, c=getattr(dist, "c", dist.scale), max_abs_error=err, relative_error=err / peak,
-            tolerance=tol, quadrature_error=quad, draws_per_point=draws, points=points, passed=err <= tol,
+            worst_ratio=worst, truncation=trunc, quadrature_error=quad, draws_per_point=draws, points=points,
+            passed=worst <= 1.0 and quad <= trunc + 1e-6 * peak,
         ))
     return rows
 

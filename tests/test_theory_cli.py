@@ -3,6 +3,7 @@
 import json
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from lzo_bench.cli import app
@@ -29,7 +30,7 @@ def test_table1_table():
 def test_check_passes_and_json(tmp_path):
     result = runner.invoke(app, ["theory", "check", "--draws", "4000"])
     assert result.exit_code == 0, result.output
-    assert result.output.count("pass") == 5
+    assert result.output.count("│   pass │") == 5
     rows = json.loads(runner.invoke(app, ["theory", "check", "--draws", "4000", "--json"]).output)
     assert {r["target"].split("(")[0] for r in rows} == {"normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"}
     assert all(r["passed"] and r["draws_per_point"] == 4000 for r in rows)
@@ -58,3 +59,21 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "pip install 'lzo-bench[plot]'" in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("factor", [1.04, 0.96])
+def test_check_catches_a_gate_off_by_four_percent(monkeypatch, factor):
+    from lzo_bench import theory_checks
+
+    real = theory_checks.localzo_gate
+    monkeypatch.setattr(theory_checks, "localzo_gate", lambda *a, **k: [g * factor for g in real(*a, **k)])
+    rows = theory_checks.check()
+    assert [r.passed for r in rows] == [False] * 5, [(r.target, r.worst_ratio) for r in rows]
+    assert all(r.worst_ratio > 1.0 for r in rows)
+
+
+def test_check_passes_with_the_default_draws():
+    from lzo_bench import theory_checks
+
+    rows = theory_checks.check()
+    assert all(r.passed and r.worst_ratio < 0.8 for r in rows), [(r.target, r.worst_ratio) for r in rows]
