@@ -142,19 +142,25 @@ class ExportFormat(str, Enum):
 DEFAULT_EXPORT_NAME = {ExportFormat.ONNX: "model.onnx", ExportFormat.ONNX_STEP: "model_step.onnx", ExportFormat.NIR: "model.nir"}
 
 
+class WeightDtype(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
 @app.command()
 def export(
     run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="onnx: Scan over time; onnx-step: one time bin per call; nir.")] = ExportFormat.ONNX,
     out: Annotated[Optional[str], typer.Option(help="Output file; default <run>/model.onnx, model_step.onnx or model.nir.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (13..21).")] = 17,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Check parity in onnxruntime after export.")] = True,
+    opset: Annotated[int, typer.Option(help="ONNX opset (13..21); the file gets the lowest IR version for it.")] = 17,
+    dtype: Annotated[WeightDtype, typer.Option(help="ONNX weight storage; float16 weights are cast to float32 in the graph.")] = WeightDtype.FLOAT32,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check parity in onnxruntime (ONNX) or simulate the graph (NIR) after export.")] = True,
     samples: Annotated[int, typer.Option(help="Test samples for the parity check (≥ 1).")] = 512,
+    threads: Annotated[int, typer.Option(help="CPU threads for every latency measurement: torch.set_num_threads and onnxruntime's intra_op_num_threads (≥ 1).")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print the parity and latency report as JSON.")] = False,
 ) -> None:
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
-    from dataclasses import asdict, is_dataclass
     from pathlib import Path
 
     from lzo_bench import export as ex
@@ -163,12 +169,19 @@ def export(
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")
+    if threads < 1:
+        raise fail(f"--threads must be ≥ 1 (got {threads})")
+    suffix = Path(DEFAULT_EXPORT_NAME[format]).suffix
+    if out and Path(out).suffix != suffix:
+        raise fail(f"--out {out} does not match --format {format.value}: name the file *{suffix}")
+    if format is ExportFormat.NIR and dtype is not WeightDtype.FLOAT32:
+        raise fail(f"--dtype {dtype.value} applies to the ONNX formats; NIR stores float32")
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     try:
         model, ckpt = load_checkpoint(run)
-        src = ex.ExportSource.from_checkpoint(ckpt)
+        src = ex.ExportSource.from_checkpoint(ckpt, ex.recorded_test_acc(run_dir, ckpt.get("epoch")))
     except CheckpointError as e:
         raise fail(str(e)) from None
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     target = Path(out) if out else run_dir / DEFAULT_EXPORT_NAME[format]
     try:
         ensure_writable_dir(target.parent)
@@ -181,19 +194,16 @@ def export(
                 warnings.simplefilter("ignore")
                 ex.write_nir(graph, target)
             typer.echo(f"warning: {ex.NIR_RESET_NOTE}", err=True)
-            report = ex.check_nir(target, src) if check else None
+            report = _check_nir(target, model, src, samples) if check else None
         else:
             build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
-            onnx_model = build(src, opset)
+            onnx_model = build(src, opset, dtype.value)
             ex.write_onnx(onnx_model, target)
-            report = _check_onnx(format, onnx_model, model, src, opset, samples) if check else None
+            report = _check_onnx(format, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
     except ex.ExportError as e:
         raise fail(str(e)) from None
-    payload = {"file": str(target), "format": format.value, "check": report}
     if json_out:
-        _print_json({**payload, "check": None if report is None else
-                     {k: [asdict(r) if is_dataclass(r) else r for r in v] if isinstance(v, list) else v
-                      for k, v in report.items()}})
+        _print_json({"file": str(target), "format": format.value, "check": _plain(report)})
     else:
         typer.echo(f"wrote {target}")
         if report is not None:
@@ -202,24 +212,51 @@ def export(
         raise fail(f"parity check failed; the exported file is kept at {target} for inspection", 1)
 
 
-def _check_onnx(format, onnx_model, model, src, opset, samples) -> dict:
+def _plain(obj: object) -> object:
+    """Dataclasses (also inside lists and dicts) as dicts, for JSON."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_nir(target, model, src, samples: int) -> dict:
+    """Parameters read back, and the graph simulated with NIR's reset next to the trained network."""
     from lzo_bench import export as ex
     from lzo_bench import export_check as chk
 
-    seq_bytes = (onnx_model if format is ExportFormat.ONNX else ex.sequence_model(src, opset)).SerializeToString()
+    report = ex.check_nir(target, src)
+    cost = chk.nir_reset_cost(target, model, src, samples)
+    if not cost.subtractive_sim_exact:
+        report["problems"].append("the NIR graph simulated with lzo-bench's subtractive reset does not reproduce the network")
+    return report | {"reset_cost": cost, "passed": not report["problems"]}
+
+
+def _check_onnx(format, onnx_model, model, src, opset, samples, dtype: str, threads: int) -> dict:
+    from lzo_bench import export as ex
+    from lzo_bench import export_check as chk
+
+    seq_bytes = (onnx_model if format is ExportFormat.ONNX else ex.sequence_model(src, opset, dtype)).SerializeToString()
     steps_list = sorted({1, 7, src.steps, 3 * src.steps})
+    card = {"nodes": ex.node_count(onnx_model), "ir_version": onnx_model.ir_version, "opset": opset, "dtype": dtype}
     if format is ExportFormat.ONNX_STEP:
         rows = [chk.step_parity(onnx_model.SerializeToString(), seq_bytes, src, t, min(samples, 64)) for t in steps_list]
-        return {"parity": rows, "latency": [], "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model)}
+        return {"parity": rows, "latency": [], "passed": all(r.passed for r in rows)} | card
+    reference = model if dtype == "float32" else chk.rounded_copy(model, dtype)
     try:
-        rows = chk.parity(seq_bytes, model, src, steps_list, samples)
-        lat = chk.latency(seq_bytes, model, src)
+        rows = chk.parity(seq_bytes, reference, src, steps_list, samples, float32_model=None if dtype == "float32" else model)
+        lat = chk.latency(seq_bytes, model, src, threads=threads)
     except chk.ProviderFallback as e:
         raise fail(str(e), 1) from None
     import onnxruntime as ort
 
-    return {"parity": rows, "latency": lat, "passed": all(r.passed for r in rows), "nodes": ex.node_count(onnx_model),
-            "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
+    return {"parity": rows, "latency": lat, "threads": threads, "passed": all(r.passed for r in rows)} | card | {
+        "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
 
 
 def _print_export_report(format, report: dict) -> None:
@@ -229,27 +266,47 @@ def _print_export_report(format, report: dict) -> None:
 
     from lzo_bench.report import console
 
+    fmt = lambda v: "n/a" if v is None or math.isnan(v) else f"{v:.2f}"  # noqa: E731
     if format is ExportFormat.NIR:
         console.print(f"NIR read back: {len(report['nodes'])} nodes ({', '.join(report['nodes'])}); "
                       + ("parameters and weights match" if report["passed"] else "; ".join(report["problems"])),
                       highlight=False)
+        c = report["reset_cost"]
+        cost = Table(title=f"NIR reset cost: {c.samples} samples of the {c.inputs}, T = {c.steps}, simulated through nirtorch")
+        for col in ("network", "reset", "accuracy %", "spikes / sample per layer"):
+            cost.add_column(col, justify="left" if col in ("network", "reset") else "right")
+        cost.add_row("lzo-bench (trained)", "subtract θ", fmt(c.acc_subtractive), " / ".join(f"{v:.1f}" for v in c.spikes_subtractive))
+        cost.add_row("NIR graph", "to 0", fmt(c.acc_nir), " / ".join(f"{v:.1f}" for v in c.spikes_nir))
+        console.print(cost)
+        console.print(f"predictions unchanged by the reset: {c.agreement_pct:.2f} %; the same simulation with the "
+                      f"subtractive reset {'reproduces the network exactly' if c.subtractive_sim_exact else 'DIFFERS from the network'}",
+                      highlight=False)
         return
-    table = Table(title=f"ONNX parity ({report['nodes']} nodes, independent of T)")
-    for col in ("provider", "T", "batch", "max |Δlogit|", "spike mismatches", "acc ORT %", "acc torch %", "result"):
+    f16 = report["dtype"] != "float32"
+    table = Table(title=f"ONNX parity ({report['nodes']} nodes, independent of T; opset {report['opset']}, IR {report['ir_version']}"
+                        + (f"; {report['dtype']} weights vs the network with weights rounded alike" if f16 else "") + ")")
+    cols = ["provider", "T", "batch", "max |Δlogit|", "spike mismatches", "acc ORT %", "acc torch %"]
+    cols += ["spikes ≠ float32", "Δacc vs float32"] if f16 else []
+    for col in (*cols, "result"):
         table.add_column(col, justify="left" if col == "provider" else "right")
-    fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
     for r in report["parity"]:
+        extra = [f"{100 * r.spike_flips_vs_float32:.4f} %", f"{r.ort_acc - r.float32_acc:+.2f}"] if f16 and r.float32_acc is not None else []
         table.add_row(r.provider.replace("ExecutionProvider", ""), str(r.steps), str(r.batch), f"{r.max_abs_dlogit:.2e}", f"{100 * r.spike_mismatch:.4f} %",
-                      fmt(r.ort_acc), fmt(r.torch_acc), "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+                      fmt(r.ort_acc), fmt(r.torch_acc), *extra, "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     console.print(table)
     if report["latency"]:
-        lat = Table(title="Latency per sample, medians (ms)")
-        for col in ("provider", "batch", "onnxruntime", "PyTorch eager", "ORT speed-up"):
+        lat = Table(title=f"Latency per sample, medians (ms), {report['threads']} thread(s) each (torch.set_num_threads = "
+                          "onnxruntime intra_op_num_threads); lzo backend: cpp on the CPU, cuda on a GPU")
+        for col in ("provider", "batch", "threads", "onnxruntime", "lzo backend", "PyTorch reference", "ORT speed-up vs backend"):
             lat.add_column(col, justify="left" if col == "provider" else "right")
         for r in report["latency"]:
-            lat.add_row(r.provider.replace("ExecutionProvider", ""), str(r.batch), f"{r.ort_ms_per_sample:.3f}", f"{r.torch_ms_per_sample:.3f}",
-                        f"{r.torch_ms_per_sample / r.ort_ms_per_sample:.2f}×")
+            ours = "n/a" if r.backend_ms_per_sample is None else f"{r.backend_ms_per_sample:.3f}"
+            ratio = "n/a" if r.backend_ms_per_sample is None else f"{r.backend_ms_per_sample / r.ort_ms_per_sample:.2f}×"
+            lat.add_row(r.provider.replace("ExecutionProvider", ""), str(r.batch), str(r.threads), f"{r.ort_ms_per_sample:.3f}",
+                        ours, f"{r.torch_ms_per_sample:.3f}", ratio)
         console.print(lat)
+        for note in sorted({r.backend_note for r in report["latency"] if r.backend_note}):
+            console.print(f"lzo backend not timed: {note}", highlight=False)
     import onnxruntime as ort
 
     used = sorted({r.session_providers for r in report["parity"] if r.session_providers})

@@ -12,10 +12,16 @@ The sequence model runs that step as the body of an ONNX ``Scan`` over the time 
 outputs are ``logits = m`` after the last step, the spike count ``count_l [B, N_l]`` and the spike
 trains ``spikes_l [T, B, N_l]`` of each hidden layer. The step model is the same body as a graph
 of its own: inputs ``x_t`` and the state, outputs the new state and the step's spikes.
+
+Every file carries a model card (``doc_string`` of the model, graph and input, and
+``metadata_props``): the time-major input layout, the training that produced the weights, and for
+the step model its initial state. Its IR version is the lowest onnx's version table allows for the
+opset, so the oldest onnxruntime this package declares loads it.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +36,11 @@ from lzo_bench.fsio import atomic_write_bytes
 from lzo_bench.model import NetworkSpec
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 21, 17
+#: the oldest onnxruntime pyproject.toml declares, and the newest opset / IR version it implements
+#: (https://onnxruntime.ai/docs/reference/compatibility.html: 1.18 = ONNX 1.16, opset 21, IR 10)
+ORT_MIN_VERSION, ORT_MIN_MAX_OPSET, ORT_MIN_MAX_IR = "1.18", 21, 10
 FLOAT = TensorProto.FLOAT
+WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 class ExportError(ValueError):
@@ -47,15 +57,32 @@ class ExportSource:
     steps: int
     encoding: str
     dataset: str
+    training: dict[str, Any]  # the checkpoint's TrainConfig as a dict (method, dist, delta, samples, seed, …)
+    epochs: int | None = None  # epochs finished when the checkpoint was saved
+    test_acc: float | None = None  # % on the test set after that epoch, from the run's metrics.json
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "ExportSource":
+    def from_checkpoint(cls, ckpt: dict[str, Any], test_acc: float | None = None) -> "ExportSource":
         net = NetworkSpec.from_dict(ckpt["network"])
         n = len(net.hidden) + 1
         weights = [ckpt["state_dict"][f"weights.{i}"].numpy().astype(np.float32) for i in range(n)]
         data = ckpt["dataset"]
         steps = ckpt["train"].get("steps") or data["default_steps"]
-        return cls(net, weights, float(data["dt_ms"]), int(steps), data["encoding"], data["name"])
+        return cls(net, weights, float(data["dt_ms"]), int(steps), data["encoding"], data["name"],
+                   dict(ckpt["train"]), ckpt.get("epoch"), test_acc)
+
+    def training_card(self) -> dict[str, str]:
+        """How the weights were trained: method, distribution of z, δ, m (LocalZO samples per
+        neuron), seed, epochs and the test accuracy the run logged, as the checkpoint records them."""
+        t = self.training
+        keys = {"method": "method", "dist": "dist", "delta": "delta", "samples": "samples_m", "k": "k", "bth": "bth",
+                "lr": "lr", "batch_size": "batch_size", "seed": "seed"}
+        card = {f"training_{name}": repr(t[k]) if isinstance(t[k], float) else str(t[k])
+                for k, name in keys.items() if t.get(k) is not None}
+        return card | {
+            "epochs_trained": "not recorded" if self.epochs is None else str(self.epochs),
+            "test_accuracy_pct": "not recorded" if self.test_acc is None else f"{self.test_acc:.2f}",
+        }
 
     def metadata(self, kind: str) -> dict[str, str]:
         net = self.network
@@ -75,7 +102,16 @@ class ExportSource:
             "n_inputs": str(net.n_in),
             "hidden": ",".join(map(str, net.hidden)),
             "n_classes": str(net.n_out),
-        }
+        } | self.training_card()
+
+
+def recorded_test_acc(run_dir: Path, epoch: int | None) -> float | None:
+    """Test accuracy (%) that ``run_dir/metrics.json`` logged for ``epoch``; None if it has none."""
+    try:
+        history = json.loads((run_dir / "metrics.json").read_text())["history"]
+        return next(float(h["test_acc"]) for h in history if h["epoch"] == epoch)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
 
 
 def _check_opset(opset: int) -> None:
@@ -123,25 +159,69 @@ def _step_nodes(net: NetworkSpec, x: str, prefix_in: str, prefix_out: str) -> tu
     return nodes, spikes
 
 
-def _initializers(src: ExportSource) -> list[TensorProto]:
+STEP_EQUATIONS = (
+    "One time step t; hidden layer l reads h = x_t for l = 0, else layer l-1's new spikes: "
+    "u_l <- beta*u_l + h @ W_l - theta*s_l (subtractive reset by the previous step's spike); "
+    "s_l <- (u_l - theta > 0); count_l <- count_l + s_l. "
+    "Readout: o <- beta_r*o + (1 - beta_r)*(s_L @ W_out); m <- max(m, o) (or m + o for sum-over-time)."
+)
+
+
+def ir_version_for(opset: int) -> int:
+    """The lowest IR version onnx's version table (``helper.VERSION_TABLE``) allows for ``opset``
+    of the default domain; it must not exceed what onnxruntime ``ORT_MIN_VERSION`` reads."""
+    ir = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    if ir > ORT_MIN_MAX_IR or opset > ORT_MIN_MAX_OPSET:
+        raise ExportError(f"--opset {opset} needs IR {ir}, newer than onnxruntime {ORT_MIN_VERSION} reads "
+                          f"(opset <= {ORT_MIN_MAX_OPSET}, IR <= {ORT_MIN_MAX_IR})")
+    return ir
+
+
+def _initializers(src: ExportSource, dtype: str) -> tuple[list[TensorProto], list[onnx.NodeProto]]:
+    """The constants, and for float16 weights the ``Cast`` nodes that widen them to float32 (the
+    graph computes in float32 either way; only the stored weights are narrowed)."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ExportError(f"--dtype {dtype} is not supported; choose {' or '.join(WEIGHT_DTYPES)}")
     net = src.network
     f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype=np.float32), name)  # noqa: E731
-    inits = [f32(f"W{l}", w) for l, w in enumerate(src.weights[:-1])] + [f32("W_out", src.weights[-1])]
+    names = [f"W{l}" for l in range(len(src.weights) - 1)] + ["W_out"]
+    casts = []
+    if dtype == "float32":
+        inits = [f32(n, w) for n, w in zip(names, src.weights)]
+    else:
+        inits = [numpy_helper.from_array(w.astype(WEIGHT_DTYPES[dtype]), f"{n}_{dtype}") for n, w in zip(names, src.weights)]
+        casts = [helper.make_node("Cast", [f"{n}_{dtype}"], [n], to=FLOAT) for n in names]
     return inits + [
         f32("beta", net.beta), f32("theta", net.theta), f32("zero", 0.0),
         f32("beta_out", net.beta_out), f32("one_minus_beta_out", 1.0 - net.beta_out),
-    ]
+    ], casts
 
 
-def _finish(graph: onnx.GraphProto, src: ExportSource, kind: str, opset: int) -> onnx.ModelProto:
+def _finish(graph: onnx.GraphProto, src: ExportSource, kind: str, opset: int, dtype: str,
+            io_card: dict[str, str]) -> onnx.ModelProto:
+    """Stamp the opset, the IR version for it and the model card; check the model."""
+    card = src.metadata(kind) | io_card | {
+        "weights_dtype": dtype,
+        "compute_dtype": "float32" + (" (float16 weights are cast to float32 inside the graph)" if dtype != "float32" else ""),
+        "min_onnxruntime": ORT_MIN_VERSION,
+    }
+    graph.doc_string = STEP_EQUATIONS
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="lzo-bench", producer_version=__version__)
-    helper.set_model_props(model, src.metadata(kind))
+                              producer_name="lzo-bench", producer_version=__version__,
+                              doc_string=f"lzo-bench spiking network, {kind}.\n" + "\n".join(f"{k}: {v}" for k, v in card.items()))
+    model.ir_version = ir_version_for(opset)
+    helper.set_model_props(model, card)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def _input_card(net: NetworkSpec) -> str:
+    return (f"spikes [T, B, n_in] = [time, batch, {net.n_in}], float32, values in {{0, 1}}, TIME-MAJOR. "
+            "A batch-major [B, T, n_in] array has a valid shape but is read as B time steps of T samples: "
+            "wrong logits and no error. Transpose it first: x.transpose(1, 0, 2).")
+
+
+def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> onnx.ModelProto:
     """``spikes [T, B, n_in]`` → ``logits [B, C]``, ``count_l [B, N_l]``, ``spikes_l [T, B, N_l]``."""
     _check_opset(opset)
     net = src.network
@@ -157,7 +237,8 @@ def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET) -> onnx.ModelP
     )
     minus_inf = numpy_helper.from_array(np.array([-np.inf], dtype=np.float32), "v")
     zero_val = numpy_helper.from_array(np.array([0.0], dtype=np.float32), "v")
-    nodes = [
+    inits, nodes = _initializers(src, dtype)
+    nodes += [
         helper.make_node("Shape", ["spikes"], ["in_shape"]),
         helper.make_node("Gather", ["in_shape", "one_i"], ["batch"], axis=0),
     ]
@@ -180,16 +261,20 @@ def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET) -> onnx.ModelP
     graph = helper.make_graph(
         nodes,
         "lzo_bench_snn",
-        [helper.make_tensor_value_info("spikes", FLOAT, ["T", "B", net.n_in])],
+        [helper.make_tensor_value_info("spikes", FLOAT, ["T", "B", net.n_in], doc_string=_input_card(net))],
         [helper.make_tensor_value_info("logits", FLOAT, ["B", net.n_out])]
         + [helper.make_tensor_value_info(f"count_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.hidden)]
         + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["T", "B", n]) for l, n in enumerate(net.hidden)],
-        initializer=_initializers(src) + ints,
+        initializer=inits + ints,
     )
-    return _finish(graph, src, "sequence (Scan over time)", opset)
+    return _finish(graph, src, "sequence (Scan over time)", opset, dtype, {
+        "input": _input_card(net), "input_layout": "[T, B, n_in]", "input_dtype": "float32", "input_values": "{0, 1}",
+        "outputs": "logits [B, C] (reduced over time); count_l [B, N_l] spike counts and spikes_l [T, B, N_l] "
+                   "spike trains of hidden layer l",
+    })
 
 
-def step_model(src: ExportSource, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def step_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> onnx.ModelProto:
     """One time step: ``x_t [B, n_in]`` and the state in → the new state and the step's spikes out.
 
     Start from zeros for every state, except ``m`` = −inf when the network reduces by max; after
@@ -198,18 +283,31 @@ def step_model(src: ExportSource, opset: int = DEFAULT_OPSET) -> onnx.ModelProto
     _check_opset(opset)
     net = src.network
     states = _state_names(net)
-    nodes, step_spikes = _step_nodes(net, "x_t", "", "next_")
-    nodes += [helper.make_node("Identity", [s], [f"spikes_{l}"]) for l, s in enumerate(step_spikes)]
+    inits, nodes = _initializers(src, dtype)
+    body, step_spikes = _step_nodes(net, "x_t", "", "next_")
+    nodes += body + [helper.make_node("Identity", [s], [f"spikes_{l}"]) for l, s in enumerate(step_spikes)]
+    x_card = f"x_t [B, n_in] = [batch, {net.n_in}], float32, values in {{0, 1}}: one time bin of the time-major input per call"
+    start = initial_state_card(net)
     graph = helper.make_graph(
         nodes,
         "lzo_bench_snn_step",
-        [helper.make_tensor_value_info("x_t", FLOAT, ["B", net.n_in])]
-        + [helper.make_tensor_value_info(n, FLOAT, ["B", w]) for n, w in states],
+        [helper.make_tensor_value_info("x_t", FLOAT, ["B", net.n_in], doc_string=x_card)]
+        + [helper.make_tensor_value_info(n, FLOAT, ["B", w], doc_string=f"state; start: {start[n]}") for n, w in states],
         [helper.make_tensor_value_info(f"next_{n}", FLOAT, ["B", w]) for n, w in states]
         + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.hidden)],
-        initializer=_initializers(src),
+        initializer=inits,
     )
-    return _finish(graph, src, "single step (stream one time bin per call)", opset)
+    return _finish(graph, src, "single step (stream one time bin per call)", opset, dtype, {
+        "input": x_card, "input_layout": "[B, n_in] per step of a [T, B, n_in] sequence", "input_dtype": "float32",
+        "input_values": "{0, 1}",
+        "initial_state": "; ".join(f"{n} {v}" for n, v in start.items()),
+        "outputs": "next_<state> (feed back as <state>), spikes_l [B, N_l] of the step; after the last step m holds the logits",
+    })
+
+
+def initial_state_card(net: NetworkSpec) -> dict[str, str]:
+    """``name → "[B, width] = start value"`` of the step model's state, in input order."""
+    return {n: f"[B, {w}] = " + ("-inf" if n == "m" and net.reduce == "max" else "0") for n, w in _state_names(net)}
 
 
 def initial_step_state(src: ExportSource, batch: int) -> dict[str, np.ndarray]:
@@ -256,7 +354,13 @@ def nir_graph(src: ExportSource):
     nodes["li_out"] = nir.LI(tau=np.full(net.n_out, tau_r), r=np.ones(net.n_out), v_leak=np.zeros(net.n_out))
     nodes["output"] = nir.Output({"output": np.array([net.n_out])})
     edges += [(prev, "fc_out"), ("fc_out", "li_out"), ("li_out", "output")]
-    meta = src.metadata("nir") | {"reset_note": NIR_RESET_NOTE, "dt_s": repr(dt)}
+    meta = src.metadata("nir") | {
+        "reset": "to zero: v <- v_reset = 0 after a spike (NIR LIF); training reset by subtraction, see reset_note",
+        "reset_note": NIR_RESET_NOTE,
+        "dt_s": repr(dt),
+        "discretisation": "forward Euler at dt_s: beta = 1 - dt/tau, so tau = dt/(1 - beta) and r = tau/dt; "
+                          "a simulator integrating exactly (beta = exp(-dt/tau)) leaks faster",
+    }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 

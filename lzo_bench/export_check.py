@@ -6,21 +6,37 @@ and the CPU fallback disabled (``session.disable_cpu_ep_fallback``: a node CUDA 
 error, not a silent CPU node), and it must report that provider first. Against PyTorch on the same
 GPU (float32, no TF32) the two sum in different orders, so parity there is: spike mismatches at
 most ``CUDA_SPIKE_TOL`` of the entries, and logits within ``CUDA_RTOL / CUDA_ATOL`` where no spike
-differs. Each row records the providers the session used. Latency: medians per sample at batch 1
-and 256, onnxruntime vs PyTorch eager.
+differs. Each row records the providers the session used.
+
+Float16 weights: the reference is the PyTorch network with its weights rounded to float16 (the
+graph computes in float32), held to the same criteria; each row also reports the spike flips and
+the accuracy against the float32 network.
+
+Latency: medians per sample at batch 1 and 256 on the test inputs, onnxruntime vs this package's
+own C++ backend (``cpp``; ``cuda`` on a GPU) vs the pure-PyTorch reference, all with the same
+thread count (``torch.set_num_threads`` and onnxruntime's ``intra_op_num_threads``, default 1).
+
+NIR: the graph read back from the file runs through nirtorch (:mod:`lzo_bench.nir_sim`) twice:
+with NIR's reset to zero, and with lzo-bench's subtractive reset, which must reproduce the network
+exactly; the first gives the accuracy, prediction agreement and spike counts the reset costs.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from lzo_bench.backends import BackendName, BackendUnavailable, select_backend
 from lzo_bench.data import load_dataset
-from lzo_bench.export import ExportSource, initial_step_state
+from lzo_bench.export import WEIGHT_DTYPES, ExportSource, initial_step_state
 from lzo_bench.model import SNN
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -39,27 +55,70 @@ class ParityRow:
     torch_acc: float
     passed: bool
     session_providers: str = ""  # what the session ran on, in order
+    spike_flips_vs_float32: float | None = None  # float16 weights: fraction of spikes that differ from the float32 network
+    float32_acc: float | None = None             # float16 weights: the float32 network's accuracy
 
 
 @dataclass
 class LatencyRow:
     provider: str
     batch: int
+    threads: int                        # torch.set_num_threads and ORT intra_op_num_threads, both
     ort_ms_per_sample: float
-    torch_ms_per_sample: float
+    backend: str                        # this package's own implementation: cpp on the CPU, cuda on a GPU
+    backend_ms_per_sample: float | None  # None where it cannot run here (backend_note says why)
+    torch_ms_per_sample: float          # the pure-PyTorch reference (lzo_bench.lif), eager
+    backend_note: str = ""
+
+
+@dataclass
+class NIRResetRow:
+    """The NIR graph (reset to zero) next to the trained network (subtractive reset), same inputs."""
+
+    inputs: str
+    samples: int
+    steps: int
+    acc_subtractive: float             # % (nan without labels)
+    acc_nir: float
+    agreement_pct: float               # samples whose predicted class is unchanged
+    spikes_subtractive: list[float]    # per hidden layer, spikes per sample
+    spikes_nir: list[float]
+    subtractive_sim_exact: bool        # nirtorch with lzo-bench's reset reproduces logits and counts
 
 
 class ProviderFallback(RuntimeError):
     pass
 
 
-def session(model_bytes: bytes, provider: str):
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rounded_copy(model: SNN, dtype: str) -> SNN:
+    """The network with its weights rounded to ``dtype`` and widened back to float32: what a graph
+    with ``dtype`` weights and float32 compute runs."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for w in out.weights:
+            w.copy_(torch.from_numpy(w.numpy().astype(WEIGHT_DTYPES[dtype]).astype(np.float32)))
+    return out
+
+
+def session(model_bytes: bytes, provider: str, threads: int | None = None):
+    """An onnxruntime session on ``provider`` with ``threads`` intra-op threads (default: torch's)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     # idle ORT threads must not spin: they would steal the cores PyTorch is timed on
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     providers: list = [provider]
     if provider == CUDA:
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
@@ -100,10 +159,17 @@ def parity_passed(provider: str, spike_mismatch: float, ort_logits: np.ndarray, 
     return spike_mismatch > 0 or bool(np.allclose(ort_logits, ref_logits, rtol=CUDA_RTOL, atol=CUDA_ATOL, equal_nan=True))
 
 
+def _flips(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Fraction of spike entries that differ between two lists of per-layer spike tensors."""
+    return sum(int((x != y).sum()) for x, y in zip(a, b)) / max(sum(x.numel() for x in a), 1)
+
+
 def parity(
     model_bytes: bytes, torch_model: SNN, src: ExportSource, steps_list: list[int], limit: int = 512,
-    providers: list[str] | None = None,
+    providers: list[str] | None = None, float32_model: SNN | None = None,
 ) -> list[ParityRow]:
+    """Each provider and ``T``: the exported model against ``torch_model``; with ``float32_model``
+    (float16 weights) also the spike flips and accuracy against it."""
     import onnxruntime as ort
 
     providers = providers or [p for p in (CPU, CUDA) if p in ort.get_available_providers()]
@@ -119,15 +185,20 @@ def parity(
                 ref = net(x.to(device))
             ref_logits = ref.logits.cpu().numpy()
             n_hidden = len(src.network.hidden)
-            onnx_spikes = outs[1 + n_hidden:]
-            diff = sum(int((torch.from_numpy(o) != s.cpu()).sum()) for o, s in zip(onnx_spikes, ref.spikes))
-            total = sum(s.numel() for s in ref.spikes)
+            onnx_spikes = [torch.from_numpy(o) for o in outs[1 + n_hidden:]]
+            mismatch = _flips(onnx_spikes, [s.cpu() for s in ref.spikes])
             finite = np.isfinite(ref_logits)
             dlogit = float(np.max(np.abs(outs[0][finite] - ref_logits[finite]), initial=0.0))
-            ok = parity_passed(provider, diff / total, outs[0], ref_logits)
-            rows.append(ParityRow(provider, steps, x.shape[1], dlogit, diff / total,
-                                  _accuracy(outs[0], labels), _accuracy(ref_logits, labels), ok,
-                                  ",".join(sess.get_providers())))
+            ok = parity_passed(provider, mismatch, outs[0], ref_logits)
+            row = ParityRow(provider, steps, x.shape[1], dlogit, mismatch, _accuracy(outs[0], labels),
+                            _accuracy(ref_logits, labels), ok, ",".join(sess.get_providers()))
+            if float32_model is not None:
+                with torch.no_grad():
+                    full = float32_model.to(device)(x.to(device))
+                row.spike_flips_vs_float32 = _flips(onnx_spikes, [s.cpu() for s in full.spikes])
+                row.float32_acc = _accuracy(full.logits.cpu().numpy(), labels)
+                float32_model.to("cpu")
+            rows.append(row)
         torch_model.to("cpu")
     return rows
 
@@ -164,28 +235,61 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def latency(model_bytes: bytes, torch_model: SNN, src: ExportSource, providers: list[str] | None = None,
-            batches: tuple[int, ...] = (1, 256), repeats: int = 15) -> list[LatencyRow]:
+            batches: tuple[int, ...] = (1, 256), repeats: int = 15, threads: int = 1) -> list[LatencyRow]:
+    """Median ms per sample of one forward on the first ``batch`` test inputs at the training ``T``:
+    onnxruntime, this package's backend for the device and the PyTorch reference, ``threads`` each."""
     import onnxruntime as ort
 
     providers = providers or [p for p in (CPU, CUDA) if p in ort.get_available_providers()]
     rows = []
-    g = torch.Generator().manual_seed(1)
-    for provider in providers:
-        sess = session(model_bytes, provider)
-        device = "cuda" if provider == CUDA and torch.cuda.is_available() else "cpu"
-        net = torch_model.to(device)
-        for b in batches:
-            x = (torch.rand(src.steps, b, src.network.n_in, generator=g) < 0.02).float()
-            feed = {"spikes": x.numpy()}
-            xd = x.to(device)
+    with torch_threads(threads):
+        for provider in providers:
+            sess = session(model_bytes, provider, threads)
+            device = "cuda" if provider == CUDA and torch.cuda.is_available() else "cpu"
+            name = BackendName.CUDA if device == "cuda" else BackendName.CPP
+            try:
+                ours, note = select_backend(name, device), ""
+            except BackendUnavailable as e:
+                ours, note = None, str(e)
+            net = torch_model.to(device)
+            for b in batches:
+                x, _, _ = inputs(src, src.steps, b)
+                feed = {"spikes": x.numpy()}
+                xd = x.to(device)
 
-            def torch_run():
-                with torch.no_grad():
-                    net(xd)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                def forward(backend=None):
+                    with torch.no_grad():
+                        net(xd, backend=backend)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
 
-            rows.append(LatencyRow(provider, b, _median_ms(lambda: sess.run(None, feed), repeats) / b,
-                                   _median_ms(torch_run, repeats) / b))
-        torch_model.to("cpu")
+                n = x.shape[1]
+                rows.append(LatencyRow(
+                    provider, n, threads, _median_ms(lambda: sess.run(None, feed), repeats) / n, name.value,
+                    None if ours is None else _median_ms(lambda: forward(ours), repeats) / n,
+                    _median_ms(forward, repeats) / n, note,
+                ))
+            torch_model.to("cpu")
     return rows
+
+
+def nir_reset_cost(path: Path, model: SNN, src: ExportSource, limit: int = 512) -> NIRResetRow:
+    """Simulate the NIR file on the test inputs at the training ``T`` (reset to zero, as NIR
+    specifies) and compare with ``model`` (subtractive reset)."""
+    import nir
+
+    from lzo_bench.nir_sim import simulate
+
+    graph = nir.read(path)
+    x, labels, what = inputs(src, src.steps, limit)
+    with torch.no_grad():
+        ref = model(x)
+    zero = simulate(graph, x, "zero", src.network.reduce)
+    sub = simulate(graph, x, "subtract", src.network.reduce)
+    exact = bool(torch.equal(sub.logits, ref.logits)) and all(
+        torch.equal(c, r) for c, r in zip(sub.counts.values(), ref.counts))
+    n = x.shape[1]
+    per_sample = lambda counts: [float(c.sum()) / n for c in counts]  # noqa: E731
+    agree = 100.0 * float((zero.logits.argmax(1) == ref.logits.argmax(1)).float().mean())
+    return NIRResetRow(what, n, x.shape[0], _accuracy(ref.logits.numpy(), labels), _accuracy(zero.logits.numpy(), labels),
+                       agree, per_sample(ref.counts), per_sample(zero.counts.values()), exact)

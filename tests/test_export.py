@@ -13,7 +13,11 @@ from lzo_bench import export_check
 from lzo_bench.checkpoint import load_checkpoint
 from lzo_bench.cli import app
 from lzo_bench.data import load_dataset
-from lzo_bench.export import ExportSource, initial_step_state, node_count, sequence_model, step_model
+from lzo_bench.export import (
+    MAX_OPSET, MIN_OPSET, ORT_MIN_MAX_IR, ORT_MIN_MAX_OPSET, ExportSource, initial_step_state, node_count, sequence_model,
+    step_model,
+)
+from lzo_bench.model import NetworkSpec
 from lzo_bench.train import TrainConfig, train
 
 runner = CliRunner()
@@ -28,6 +32,32 @@ def run_dir(tmp_path_factory):
 
 def ort_session(model):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def tiny_source(reduce: str = "max") -> ExportSource:
+    """A 5 → 4 → 3 → 2 network with random weights, no training."""
+    net = NetworkSpec(n_in=5, hidden=(4, 3), n_out=2, beta=0.9, beta_out=0.8, reduce=reduce)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0.0, 0.8, (a, b)).astype(np.float32) for a, b in [(5, 4), (4, 3), (3, 2)]]
+    return ExportSource(net, weights, 1.0, 10, "test", "digits", {"method": "localzo", "dist": "normal", "seed": 3})
+
+
+def card(model) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+@pytest.mark.parametrize("opset", range(MIN_OPSET, MAX_OPSET + 1))
+def test_ir_version_is_the_tables_minimum_and_loads(opset):
+    assert MAX_OPSET <= ORT_MIN_MAX_OPSET  # every opset offered runs in the oldest onnxruntime declared
+    src = tiny_source()
+    x = (np.random.default_rng(1).random((6, 2, 5)) < 0.5).astype(np.float32)
+    for build in (sequence_model, step_model):
+        model = build(src, opset)
+        assert model.opset_import[0].version == opset
+        assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import)) <= ORT_MIN_MAX_IR
+        sess = ort_session(model)
+        feed = {"spikes": x} if build is sequence_model else {"x_t": x[0], **initial_step_state(src, 2)}
+        assert sess.run(None, feed)[0].shape[0] == 2
 
 
 @pytest.mark.parametrize("steps", [1, 7, 40, 120])
@@ -92,6 +122,9 @@ def test_cli_onnx_export_with_parity_table(run_dir, tmp_path):
     assert {r["steps"] for r in report["check"]["parity"]} == {1, 7, 40, 120}
     assert all(r["spike_mismatch"] == 0 for r in report["check"]["parity"])
     assert {r["batch"] for r in report["check"]["latency"]} == {1, 256}
+    assert report["check"]["threads"] == 1 and all(r["threads"] == 1 for r in report["check"]["latency"])
+    assert all(r["backend"] == "cpp" and r["backend_ms_per_sample"] is not None for r in report["check"]["latency"])
+    assert report["check"]["ir_version"] == 8 and report["check"]["opset"] == 17
     assert not list(tmp_path.glob(".*tmp"))
 
 
@@ -128,12 +161,16 @@ def test_nir_graph_reads_back_with_the_model_parameters(run_dir, tmp_path):
     (lambda run, tmp: [str(run), "--opset", "9", "--out", str(tmp / "x.onnx")], "--opset 9 is not supported; choose 13..21"),
     (lambda run, tmp: [str(run), "--out", str((tmp / "f").write_text("x") and tmp / "f" / "x.onnx")], "--out cannot be written"),
     (lambda run, tmp: [str(run), "--samples", "0"], "--samples must be ≥ 1"),
+    (lambda run, tmp: [str(run), "--threads", "0"], "--threads must be ≥ 1"),
+    (lambda run, tmp: [str(run), "--format", "nir", "--out", str(tmp / "x.onnx")], "does not match --format nir: name the file *.nir"),
+    (lambda run, tmp: [str(run), "--out", str(tmp / "x.nir")], "does not match --format onnx: name the file *.onnx"),
+    (lambda run, tmp: [str(run), "--format", "nir", "--dtype", "float16"], "--dtype float16 applies to the ONNX formats"),
 ])
 def test_bad_input(run_dir, tmp_path, make_args, message):
     result = runner.invoke(app, ["export", *make_args(run_dir, tmp_path)])
     assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp"))
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.nir")) and not list(tmp_path.glob(".*tmp"))
 
 
 def test_incompatible_checkpoint_version(run_dir, tmp_path):
@@ -195,3 +232,84 @@ def test_cuda_session_disables_tf32_and_cpu_fallback(monkeypatch):
     seen["answer"] = [chk.CPU]
     with pytest.raises(chk.ProviderFallback, match="fell back to CPUExecutionProvider"):
         chk.session(b"model", chk.CUDA)
+
+
+def test_model_card_reads_back(run_dir, tmp_path):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for fmt, name in (("onnx", "m.onnx"), ("onnx-step", "s.onnx")):
+        result = runner.invoke(app, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / name), "--no-check"])
+        assert result.exit_code == 0, result.output
+        model = onnx.load(tmp_path / name)
+        meta = card(model)
+        assert meta["training_method"] == "localzo" and meta["training_dist"] == "normal"
+        assert float(meta["training_delta"]) == 0.05 and meta["training_samples_m"] == "1" and meta["training_seed"] == "0"
+        assert meta["epochs_trained"] == "2" and meta["test_accuracy_pct"] == f"{metrics['final']['test_acc']:.2f}"
+        assert meta["input_dtype"] == "float32" and meta["input_values"] == "{0, 1}" and meta["weights_dtype"] == "float32"
+        assert meta["input_encoding"].startswith("latency")
+        assert ("TIME-MAJOR" if fmt == "onnx" else "one time bin") in model.graph.input[0].doc_string
+        assert "training_method: localzo" in model.doc_string and "u_l <- beta*u_l" in model.graph.doc_string
+    assert card(onnx.load(tmp_path / "m.onnx"))["input_layout"] == "[T, B, n_in]"
+    start = meta["initial_state"]
+    assert "u0 [B, 24] = 0" in start and "count1 [B, 16] = 0" in start and "m [B, 10] = -inf" in start
+
+
+def test_float16_weights_report_spike_flips(run_dir, tmp_path):
+    target = tmp_path / "h.onnx"
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(target), "--dtype", "float16", "--samples", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])["check"]
+    assert report["passed"] and report["dtype"] == "float16"
+    for row in report["parity"]:  # exact against the network with rounded weights; flips against float32 reported
+        assert row["spike_mismatch"] == 0 and 0 <= row["spike_flips_vs_float32"] < 0.01 and row["float32_acc"] is not None
+    model = onnx.load(target)
+    weights = [t for t in model.graph.initializer if t.name.startswith("W")]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert card(model)["compute_dtype"].startswith("float32")
+
+
+def test_nir_simulation_matches_a_hand_written_reset_to_zero_reference(tmp_path):
+    import nir
+
+    from lzo_bench.export import nir_graph, write_nir
+    from lzo_bench.nir_sim import simulate
+
+    for reduce in ("max", "sum"):
+        src = tiny_source(reduce)
+        with pytest.warns(UserWarning, match="resets to 0"):
+            write_nir(nir_graph(src), tmp_path / "t.nir")
+        x = (np.random.default_rng(2).random((12, 3, 5)) < 0.6).astype(np.float32)
+        run = simulate(nir.read(tmp_path / "t.nir"), torch.from_numpy(x), "zero", reduce)
+        net = src.network
+        h, counts = x, []
+        for w in src.weights[:-1]:  # v <- beta*v + I; spike if v > theta; then v <- 0
+            v, spikes = np.zeros((3, w.shape[1]), np.float32), []
+            for x_t in h:
+                v = np.float32(net.beta) * v + x_t @ w
+                s = (v - net.theta > 0).astype(np.float32)
+                v = np.where(s > 0, 0.0, v).astype(np.float32)
+                spikes.append(s)
+            h = np.stack(spikes)
+            counts.append(h.sum(0))
+        o, trace = np.zeros((3, 2), np.float32), []
+        for s_t in h:
+            o = np.float32(net.beta_out) * o + np.float32(1 - net.beta_out) * (s_t @ src.weights[-1])
+            trace.append(o)
+        logits = np.max(trace, 0) if reduce == "max" else np.sum(trace, 0)
+        np.testing.assert_allclose(run.logits.numpy(), logits, rtol=1e-5, atol=1e-6)
+        for c, ref in zip(run.counts.values(), counts):
+            assert np.array_equal(c.numpy(), ref)
+        assert sum(c.sum() for c in counts) > 0
+
+
+def test_cli_nir_reports_the_reset_cost(run_dir, tmp_path):
+    import nir
+
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(tmp_path / "m.nir"), "--samples", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])["check"]
+    cost = report["reset_cost"]
+    assert report["passed"] and cost["subtractive_sim_exact"] and cost["samples"] == 64
+    assert len(cost["spikes_subtractive"]) == len(cost["spikes_nir"]) == 2 and 0 <= cost["agreement_pct"] <= 100
+    assert 0 <= cost["acc_nir"] <= 100 and 0 <= cost["acc_subtractive"] <= 100
+    meta = nir.read(tmp_path / "m.nir").metadata
+    assert meta["reset"].startswith("to zero") and float(meta["dt_s"]) == 1e-3

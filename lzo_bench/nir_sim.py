@@ -1,0 +1,111 @@
+"""Run an NIR graph in PyTorch through ``nirtorch``, with neuron modules that follow the NIR spec.
+
+NIR's ``LIF`` and ``LI`` are continuous-time; integrated with Euler at step ``dt`` (``a = dt/τ``)::
+
+    LIF:  v ← (1 − a)·v + a·(v_leak + R·I) ;  s = H(v − v_threshold) ;  v ← v_reset where s
+    LI:   v ← (1 − a)·v + a·(v_leak + R·I)
+
+which for the graphs :func:`lzo_bench.export.nir_graph` writes (``a = 1 − β``, ``R = 1/(1 − β)``,
+``v_leak = v_reset = 0``) is ``v ← β·v + I`` with a reset to zero. ``reset="subtract"`` swaps the
+reset for lzo-bench's own (``v ← β·v + I − θ·s[t−1]``, no reset to ``v_reset``), so the same
+graph, wiring and float operations reproduce the trained network: the difference between the two
+runs is the reset alone. The readout is reduced over time as in training (``max`` or ``sum``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+RESETS = ("zero", "subtract")
+
+
+class LIFState(NamedTuple):
+    v: torch.Tensor       # membrane potential [B, N]
+    s: torch.Tensor       # last step's spikes [B, N]
+    count: torch.Tensor   # spikes so far [B, N]
+
+
+def _euler(tau: np.ndarray, r: np.ndarray, v_leak: np.ndarray, dt: float) -> tuple[torch.Tensor, ...]:
+    """``(1 − a, a·R, a·v_leak)`` with ``a = dt/τ``, formed in float64, stored float32."""
+    a = dt / np.asarray(tau, dtype=np.float64)
+    as32 = lambda v: torch.from_numpy(np.asarray(v, dtype=np.float32))  # noqa: E731
+    return as32(1.0 - a), as32(a * r), as32(a * v_leak)
+
+
+class SpecLIF(nn.Module):
+    """NIR ``LIF`` node, Euler at ``dt``; see the module docstring for ``reset``."""
+
+    def __init__(self, node: Any, dt: float, reset: str = "zero"):
+        super().__init__()
+        if reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        self.decay, self.gain, self.leak = _euler(node.tau, node.r, node.v_leak, dt)
+        self.threshold = torch.from_numpy(np.asarray(node.v_threshold, dtype=np.float32))
+        self.v_reset = torch.from_numpy(np.asarray(node.v_reset, dtype=np.float32))
+        self.reset = reset
+
+    def forward(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
+        if state is None:
+            zero = torch.zeros_like(x)
+            state = LIFState(zero, zero, zero)
+        v = self.decay * state.v + (self.gain * x + self.leak)
+        if self.reset == "subtract":
+            v = v - self.threshold * state.s
+        s = (v - self.threshold > 0).to(x.dtype)
+        if self.reset == "zero":
+            v = torch.where(s > 0, self.v_reset, v)
+        return s, LIFState(v, s, state.count + s)
+
+
+class SpecLI(nn.Module):
+    """NIR ``LI`` node (leaky integrator, no spikes), Euler at ``dt``."""
+
+    def __init__(self, node: Any, dt: float):
+        super().__init__()
+        self.decay, self.gain, self.leak = _euler(node.tau, node.r, node.v_leak, dt)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.decay * (torch.zeros_like(x) if state is None else state) + (self.gain * x + self.leak)
+        return v, v
+
+
+@dataclass
+class NIRRun:
+    """What a simulation returns: logits ``[B, C]`` and, per LIF node in graph order, the spike
+    counts ``[B, N]``."""
+
+    logits: torch.Tensor
+    counts: dict[str, torch.Tensor]
+
+
+def dt_of(graph: Any) -> float:
+    """The step the graph was written for: lzo-bench records ``dt_s`` in the graph metadata."""
+    try:
+        return float(graph.metadata["dt_s"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the NIR graph has no dt_s in its metadata; pass dt explicitly") from None
+
+
+def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "max", dt: float | None = None) -> NIRRun:
+    """Run ``graph`` (a ``nir.NIRGraph``) on input spikes ``x [T, B, n_in]`` one step at a time through
+    ``nirtorch.nir_to_torch``; the output node's trace is reduced over time by ``max`` or ``sum``."""
+    import nir
+    import nirtorch
+
+    dt = dt_of(graph) if dt is None else dt
+    module = nirtorch.nir_to_torch(graph, {nir.LIF: lambda n: SpecLIF(n, dt, reset), nir.LI: lambda n: SpecLI(n, dt)})
+    lif_names = [name for name, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    state, outs = None, []
+    with torch.no_grad():
+        for x_t in x.unbind(0):
+            o, state = module(x_t, state) if state is not None else module(x_t)
+            outs.append(o)
+    o = torch.stack(outs)
+    logits = o.amax(0) if reduce == "max" else o.sum(0)
+    counts = {n: state[n].count if state is not None else torch.zeros(0) for n in lif_names}
+    return NIRRun(logits, counts)
