@@ -119,7 +119,7 @@ def train(
         explicit = {name for name in cfg_kwargs if given(name)}
         if not given("method"):
             cfg_kwargs["method"] = prof.methods[-1]
-        cfg_kwargs.update({k: v for k, v in prof.train_kwargs().items() if k not in explicit})
+        cfg_kwargs.update({k: v for k, v in prof.train_kwargs(cfg_kwargs["method"]).items() if k not in explicit})
     if resume is None:
         cfg = TrainConfig(**cfg_kwargs)
     try:

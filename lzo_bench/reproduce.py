@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from lzo_bench.fsio import atomic_write_json, atomic_write_text
 
-PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "epochs", "trials",
+PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "bth", "epochs", "trials",
                 "seeds", "hidden", "batch_size", "lr", "steps", "paper"}
 
 
@@ -58,13 +58,15 @@ class Profile:
     batch_size: int | None = None
     lr: float | None = None
     steps: int | None = None
+    bth: float | None = None  # SparseGrad's band as the paper set it; None: δ·E[max_k |z_k|]
     paper: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def train_kwargs(self) -> dict[str, Any]:
-        """The :class:`TrainConfig` fields this profile sets."""
+    def train_kwargs(self, method: str | None = None) -> dict[str, Any]:
+        """The :class:`TrainConfig` fields this profile sets for ``method`` (``bth`` for sparsegrad only)."""
         return {"dataset": self.dataset, "dist": self.dist, "k": self.k, "delta": self.delta,
                 "samples": self.samples, "epochs": self.epochs, "hidden": self.hidden,
-                "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps}
+                "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps,
+                "bth": self.bth if method == "sparsegrad" else None}
 
 
 def _is_int(v: Any) -> bool:
@@ -81,7 +83,7 @@ def _field_problem(key: str, value: Any) -> str | None:
         valid = [m.value for m in Method]
         ok = isinstance(value, list) and value and all(m in valid for m in value)
         return None if ok else f"a non-empty list of {', '.join(valid)}"
-    if key in ("delta", "lr", "k"):
+    if key in ("delta", "lr", "k", "bth"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         return None if ok else "a number > 0"
     if key in ("samples", "epochs", "trials", "batch_size", "steps"):
@@ -126,7 +128,7 @@ def load_profile(path: str | Path) -> Profile:
         methods=tuple(raw["methods"]), dist=raw["dist"], delta=float(raw["delta"]), samples=int(raw["samples"]),
         epochs=int(raw["epochs"]), trials=trials, seeds=seeds[:trials], hidden=tuple(raw.get("hidden", (200, 200))),
         k=raw.get("k"), batch_size=raw.get("batch_size"), lr=raw.get("lr"), steps=raw.get("steps"),
-        paper=raw.get("paper", {}),
+        bth=raw.get("bth"), paper=raw.get("paper", {}),
     )
 
 
@@ -184,7 +186,7 @@ def run_grid(
                 skipped += 1
                 continue
             dev = f"cuda:{len(todo) % gpus}" if gpus > 1 else device
-            todo.append({**p.train_kwargs(), "method": method, "seed": seed, "out": str(path), "overwrite": True,
+            todo.append({**p.train_kwargs(method), "method": method, "seed": seed, "out": str(path), "overwrite": True,
                          "device": dev, "backend": backend, "data_dir": data_dir, "download": download})
     total = len(todo)
     progress(0, total, "")
@@ -355,7 +357,11 @@ def figures(p: Profile, out: Path) -> list[Path]:
     a1.legend()
     a2.set_xlabel("gradient update")
     a2.set_ylabel("overall speed-up vs surrogate (10-update mean)")
-    a2.legend()
+    if a2.lines:
+        a2.legend()
+    else:
+        a2.text(0.5, 0.5, "no speed-up to show: no surrogate run\ntimed by the same process", ha="center",
+                va="center", transform=a2.transAxes)
     fig.suptitle(p.title, fontsize=9)
     paths.append(_save(fig, out / "figure3_active_speedup.png"))
     plt.close(fig)

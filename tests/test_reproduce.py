@@ -34,9 +34,29 @@ def test_shipped_profiles_load(path):
 def test_table_blocks_cover_the_paper():
     names = {p.stem for p in PROFILES.glob("table*.toml")}
     assert names == {f"table2-{d}-m{m}" for d in ("normal", "laplace", "uniform") for m in (1, 5)} | {
-        "table3-sigmoid", "table3-fast-sigmoid", "table4-shd-normal", "table4-shd-sigmoid",
+        "table3-sigmoid", "table3-fast-sigmoid", "table3-fast-sigmoid-computed", "table4-shd-normal", "table4-shd-sigmoid",
         "table4-fmnist-normal", "table4-fmnist-sigmoid"}
     assert load_profile(PROFILES / "table2-laplace-m5.toml").paper["localzo"]["backward"] == 69.4
+    printed, computed = (load_profile(PROFILES / f"table3-fast-sigmoid{s}.toml") for s in ("", "-computed"))
+    assert (printed.bth, computed.bth) == (0.0461, None)  # the paper's §5.2 value; δ·E|z| = 0.0514 otherwise
+    assert [p.bth for p in map(load_profile, PROFILES.glob("table*.toml")) if p.bth is not None] == [0.0461]
+
+
+def test_a_profiles_bth_reaches_sparsegrad_trials_only(tmp_path):
+    (tmp_path / "p.toml").write_text(VALID.replace('methods = ["surrogate"]', 'methods = ["sparsegrad", "localzo"]')
+                                     + "bth = 0.0461\nhidden = [12, 12]\n")
+    out = tmp_path / "grid"
+    result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    gate = {m: json.loads((out / f"{m}-seed0" / "config.json").read_text())["gate"] for m in ("sparsegrad", "localzo")}
+    assert gate["sparsegrad"]["bth"] == 0.0461 and gate["sparsegrad"]["bth_is_expected_threshold"] is False
+    assert gate["localzo"]["bth"] != 0.0461
+    for method in ("sparsegrad", "localzo"):  # train --profile too, without "--bth applies to sparsegrad only"
+        run = tmp_path / f"run-{method}"
+        result = runner.invoke(app, ["train", "--profile", str(tmp_path / "p.toml"), "--method", method, "--out", str(run)])
+        assert result.exit_code == 0, result.output
+        bth = json.loads((run / "config.json").read_text())["gate"]["bth"]
+        assert (bth == 0.0461) == (method == "sparsegrad")
 
 
 @pytest.mark.parametrize("text,message", [
@@ -47,6 +67,7 @@ def test_table_blocks_cover_the_paper():
     (VALID.replace("methods = [", "methods = [] #"), "methods must be a non-empty list of surrogate, sparsegrad, localzo"),
     (VALID + "hidden = ['abc']\n", "hidden must be a non-empty list of positive integers"),
     (VALID + "lr = 'fast'\n", "lr must be a number > 0 (got 'fast')"),
+    (VALID + "bth = -1\n", "bth must be a number > 0 (got -1)"),
 ])
 def test_bad_profiles(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)
