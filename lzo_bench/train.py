@@ -159,10 +159,11 @@ class TrainConfig:
         for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(option, f"must be > 0 (got {value})")
-        for option, value in (("--delta", self.delta), ("--bth", self.bth)):
+        for option, value, usual in (("--delta", self.delta, "0.05"), ("--bth", self.bth, "0.05"),
+                                     ("--lr", self.lr, "1e-3"), ("--k", self.k, "100")):
             if value is not None and not FLOAT32_TINY <= value <= FLOAT32_MAX:
-                raise ConfigError(option, f"{value:g} does not fit float32, in which the gates compute; "
-                                          "choose a value around 0.05")
+                raise ConfigError(option, f"{value:g} does not fit float32, in which training computes; "
+                                          f"choose a value around {usual}")
         for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, None),
                                    ("--batch-size", self.batch_size, None), ("--steps", self.steps, MAX_STEPS)):
             if value is not None and value < 1:
