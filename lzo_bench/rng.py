@@ -3,7 +3,9 @@
 A draw is a pure function of its key and counter, so every backend (this reference, the C++
 CPU loops, the CUDA kernels) produces the same ``z`` for the same neuron without sharing state:
 
-* key     ``(k0, k1) = (seed mod 2³², update mod 2³²)``
+* key     ``(k0, k1) = (seed, update mod 2³²)`` for a seed below 2³²; a larger (64-bit) seed is
+  hashed with the update into the key, ``(k0, k1) = Philox((seed_lo, seed_hi, update, "LZO\\0"),
+  (W1, W0))[:2]``, so no two seeds share a run's draws the way ``seed mod 2³²`` would make them
 * counter ``(c0, c1, c2, c3) = (j, t, b, layer·2¹⁶ + k)`` — neuron, time step, batch row,
   layer and sample index ``k < m``.
 
@@ -31,16 +33,27 @@ MAX_SAMPLES = 1 << 16
 MAX_LAYERS = 1 << 16
 
 
+MAX_SEED = 1 << 64
+KEY_TAG = 0x4C5A4F00  # "LZO\0": the hashed keys' domain
+
+
 @dataclass(frozen=True)
 class DrawKey:
-    """What makes one update's draws differ from another's: the run seed and the update index."""
+    """What makes one update's draws differ from another's: the run seed (64 bits) and the update index."""
 
     seed: int
     update: int
 
     @property
     def words(self) -> tuple[int, int]:
-        return self.seed & MASK32, self.update & MASK32
+        """The Philox key: ``(seed, update)`` when the seed fits 32 bits (the draws every earlier run
+        made), else both words hashed from the full seed and the update."""
+        if self.seed >> 32 == 0:
+            return self.seed, self.update & MASK32
+        counter = tuple(torch.tensor([w], dtype=torch.int64)
+                        for w in (self.seed & MASK32, (self.seed >> 32) & MASK32, self.update & MASK32, KEY_TAG))
+        k0, k1, _, _ = philox4x32(counter, (PHILOX_W1, PHILOX_W0))  # type: ignore[arg-type]
+        return int(k0), int(k1)
 
 
 def _mulhilo(m: int, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

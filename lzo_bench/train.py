@@ -32,7 +32,7 @@ from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, ope
 from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import MAX_SAMPLES, DrawKey
+from lzo_bench.rng import MAX_SAMPLES, MAX_SEED, DrawKey
 
 
 #: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
@@ -174,9 +174,8 @@ class TrainConfig:
             raise ConfigError("--hidden", f"needs one or more positive layer sizes, e.g. 200,200 (got {list(self.hidden)})")
         if any(n > MAX_NEURONS for n in self.hidden):
             raise ConfigError("--hidden", f"layer sizes must be ≤ {MAX_NEURONS} (got {list(self.hidden)})")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError("--seed", f"must lie in [0, 2^32) (got {self.seed}): the LocalZO draws are keyed by 32 "
-                                        "bits of it, so larger seeds would repeat smaller ones' draws")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError("--seed", f"must lie in [0, 2^64) (got {self.seed})")
         check_device_option(self.device)
         BackendName(self.backend)
 
@@ -540,7 +539,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                 sync_device(device)
                 epoch_start = time.perf_counter()
                 energy_start = meter.energy_mj()
-                shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                shuffle = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % MAX_SEED)
                 loss_sum = correct = seen = 0.0
                 active = [0] * len(cfg.hidden)
                 entries = 0

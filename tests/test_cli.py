@@ -87,7 +87,7 @@ def test_resume_trains_a_finished_run_further_with_its_own_configuration(tmp_pat
     (["--method", "sparsegrad", "--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
     (["--bth", "0.04"], "error: --bth applies to --method sparsegrad only (got --method localzo)"),
     (["--hidden", "200,"], "error: --hidden needs one or more positive layer sizes, e.g. 200,200 (got '200,')"),
-    (["--seed", "9223372036854775807"], "error: --seed must lie in [0, 2^32) (got 9223372036854775807)"),
+    (["--seed", "18446744073709551616"], "error: --seed must lie in [0, 2^64) (got 18446744073709551616)"),
     (["--samples", "1000000"], "error: --samples must be ≤ 65535 (got 1000000): the kernels count LocalZO samples"),
     (["--steps", "1000000000"], "error: --steps must be ≤ 100000 (got 1000000000)"),
     (["--hidden", "10000000000"], "error: --hidden layer sizes must be ≤ 1048576"),

@@ -76,3 +76,15 @@ def test_bad_sample_index_is_refused():
     z = torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="sample index"):
         draw_uniform(DrawKey(0, 0), 0, z, z, z, 1 << 16)
+
+
+def test_the_whole_64_bit_seed_keys_the_draws():
+    from lzo_bench.rng import DrawKey, draw_uniform
+
+    assert DrawKey(5, 7).words == (5, 7)  # seeds below 2^32: the keys (and draws) every earlier run used
+    j = torch.arange(1000)
+    t = torch.zeros_like(j)
+    small, big = (draw_uniform(DrawKey(s, 3), 0, t, t, j, 0) for s in (12345, 12345 + (1 << 32)))
+    assert not torch.equal(small, big)  # seed mod 2^32 would make these identical
+    keys = {DrawKey(s, u).words for s in (1 << 32, (1 << 32) + 1, (1 << 64) - 1, 9223372036854775807) for u in range(50)}
+    assert len(keys) == 200 and all(0 <= w < 1 << 32 for k in keys for w in k)
