@@ -5,7 +5,8 @@ CPU loops, the CUDA kernels) produces the same ``z`` for the same neuron without
 
 * key     ``(k0, k1) = (seed, update mod 2³²)`` for a seed below 2³²; a larger (64-bit) seed is
   hashed with the update into the key, ``(k0, k1) = Philox((seed_lo, seed_hi, update, "LZO\\0"),
-  (W1, W0))[:2]``, so no two seeds share a run's draws the way ``seed mod 2³²`` would make them
+  (W1, W0))[:2]``: seeds equal mod 2³² no longer share their draws (two keys still meet with
+  the chance of any two 64-bit values, 2⁻⁶⁴ per pair)
 * counter ``(c0, c1, c2, c3) = (j, t, b, layer·2¹⁶ + k)`` — neuron, time step, batch row,
   layer and sample index ``k < m``.
 
