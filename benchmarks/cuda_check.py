@@ -1,8 +1,9 @@
-"""The per-layer CUDA ops against the pure-PyTorch reference on a GPU (a stage of gpu_check.sh).
+"""The CUDA ops against the pure-PyTorch reference on a GPU (a stage of gpu_check.sh), both paths:
+``events`` (the whole network through the event ops of kernels/snn_cuda.cu, what training runs)
+and ``layers`` (the per-layer ops ``lzo::lif_forward`` / ``lif_backward`` of kernels/lif_cuda.cu).
 
-``--sanitize``: one small training step (T = 70, so the trace re-basing runs) of every method
-through ``lzo::lif_forward`` / ``lif_backward`` on CUDA — the program compute-sanitizer's racecheck
-and memcheck run. Default: the paper's 2 × 200 network at T = 300 (B = 16, N-MNIST-shaped input),
+``--sanitize``: one small training step (T = 70, so the trace re-basing runs) of every method on
+both paths — the program compute-sanitizer's racecheck and memcheck run. Default: the paper's 2 × 200 network at T = 300 (B = 16, N-MNIST-shaped input),
 CUDA vs the reference (spikes identical, max |ΔW| relative to the gradient's scale) and CUDA vs
 CUDA for the same step twice (atomics make dW depend on the order of additions: the difference is
 the non-determinism), one JSON object on stdout.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
 
@@ -48,27 +50,33 @@ def main() -> None:
               "shape": {"T": steps, "B": batch, "n_in": n_in}, "methods": {}}
     for method in METHODS:
         spec = GateSpec.build(method, "normal", 0.05)
-        backend = select_backend("auto", device, spec)
-        model = SNN(net).to(device)
-        model.load_state_dict(init)
-        s1, g1 = step(model, x.to(device), y.to(device), spec, backend)
-        if args.sanitize:
-            report["methods"][method] = {"backend": backend.name, "ran": True}
-            continue
-        s2, g2 = step(model, x.to(device), y.to(device), spec, backend)
-        ref_model = SNN(net)
-        ref_model.load_state_dict(init)
-        rs, rg = step(ref_model, x, y, spec, None)
-        scale = [float(r.abs().max()) or 1.0 for r in rg]
-        report["methods"][method] = {
-            "backend": backend.name,
-            "spikes_identical": all(torch.equal(a, b) for a, b in zip(s1, rs)),
-            "max_rel_dw_vs_reference": max(float((a - b).abs().max()) / sc for a, b, sc in zip(g1, rg, scale)),
-            "max_rel_dw_run_to_run": max(float((a - b).abs().max()) / sc for a, b, sc in zip(g1, g2, scale)),
-            "deterministic": all(torch.equal(a, b) for a, b in zip(g1, g2)),
-            "spikes": [int(torch.count_nonzero(s)) for s in s1],
-        }
+        auto = select_backend("auto", device, spec)
+        for path, backend in (("events", auto), ("layers", replace(auto, network=None))):
+            model = SNN(net).to(device)
+            model.load_state_dict(init)
+            s1, g1 = step(model, x.to(device), y.to(device), spec, backend)
+            if args.sanitize:
+                report["methods"][f"{method}/{path}"] = {"backend": backend.name, "ran": True}
+                continue
+            s2, g2 = step(model, x.to(device), y.to(device), spec, backend)
+            ref_model = SNN(net)
+            ref_model.load_state_dict(init)
+            rs, rg = step(ref_model, x, y, spec, None)
+            report["methods"][f"{method}/{path}"] = compare(backend.name, s1, g1, s2, g2, rs, rg)
     print(json.dumps(report))
+
+
+def compare(backend: str, s1: list, g1: list, s2: list, g2: list, rs: list, rg: list) -> dict:
+    """Spikes and weight gradients of two CUDA steps (s1/g1, s2/g2) against the reference's (rs/rg)."""
+    scale = [float(r.abs().max()) or 1.0 for r in rg]
+    return {
+        "backend": backend,
+        "spikes_identical": all(torch.equal(a, b) for a, b in zip(s1, rs)),
+        "max_rel_dw_vs_reference": max(float((a - b).abs().max()) / sc for a, b, sc in zip(g1, rg, scale)),
+        "max_rel_dw_run_to_run": max(float((a - b).abs().max()) / sc for a, b, sc in zip(g1, g2, scale)),
+        "deterministic": all(torch.equal(a, b) for a, b in zip(g1, g2)),
+        "spikes": [int(torch.count_nonzero(s)) for s in s1],
+    }
 
 
 if __name__ == "__main__":

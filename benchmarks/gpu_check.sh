@@ -51,7 +51,7 @@ r = {'available': m.available, 'reason': m.reason, 'power_instant': m.power_samp
      'gpu': None if info is None else info.__dict__}
 print(json.dumps(r)); open('$rest/nvml.json', 'w').write(json.dumps(r))"
 stage build 300 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
-stage tests 180 $py -m pytest -q -p no:cacheprovider tests/test_ops.py -k cuda
+stage tests 180 $py -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_event_network.py -k cuda
 stage gpu-tests 60 $py -m pytest -q -p no:cacheprovider -m gpu tests
 if command -v compute-sanitizer > /dev/null; then
   stage racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize

@@ -6,10 +6,10 @@
 // list is identical to the CPU one; dW accumulates with atomicAdd, so its float rounding
 // order varies between runs (within the tolerance the tests use).
 //
-// These are the per-layer ops (lzo::lif_forward / lif_backward, dense [T, B, N] spikes in and out).
-// The CPU side now runs the network sparse end to end (kernels/snn_cpu.cpp, lzo_bench/event_network.py);
-// the CUDA redesign (the GPU issue) should mirror its structures, so both backends share one Python
-// autograd node and one set of op schemas:
+// These are the per-layer ops (lzo::lif_forward / lif_backward, dense [T, B, N] spikes in and out),
+// kept for torch.compile and the layer benchmarks. Training on a GPU runs the event ops of
+// snn_cuda.cu, which mirror the CPU's sparse-end-to-end structures (one Python autograd node, one
+// set of op schemas):
 //   - event lists as CSR over rows r = b*T + t: ptr [B*T+1] int64, col int32, val float (empty = 1);
 //     input spikes, each layer's spikes (the next layer's input) and each layer's active list
 //     (col = neuron, gate values beside) all use it, rows pointers produced by the forward;

@@ -88,10 +88,11 @@ def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
         raise BackendUnavailable(f"the C++ extension failed to build: {first}") from None
     if cuda and not ext.cuda:
         raise BackendUnavailable("the extension was built without CUDA")
-    if cuda:
-        return Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}")
     from lzo_bench.event_network import event_network
 
+    if cuda:
+        return Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}, event-driven "
+                                                "end to end", event_network)
     return Backend("cpp", extension_layer, "lzo C++ ops on the CPU, event-driven end to end", event_network)
 
 

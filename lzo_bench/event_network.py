@@ -1,5 +1,6 @@
 """The whole network sparse end to end: event-driven forward, gradients handed between layers as
-values on the active lists (DESIGN.md §5b), on the ``lzo`` C++ ops of ``kernels/snn_cpu.cpp``.
+values on the active lists (DESIGN.md §5b), on the ``lzo`` ops of ``kernels/snn_cpu.cpp`` (CPU)
+and ``kernels/snn_cuda.cu`` (CUDA).
 
 Forward, per hidden layer ``l`` (input events ``x_l``: the data's for ``l = 0``, else layer
 ``l − 1``'s spikes)::
@@ -51,7 +52,8 @@ class LayerState:
 
     @property
     def active(self) -> int:
-        return self.active_col.numel()
+        """Active entries, ``active_ptr[-1]`` (lists made on the GPU are allocated at their bound)."""
+        return int(self.active_ptr[-1])
 
 
 @dataclass

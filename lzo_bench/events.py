@@ -21,8 +21,8 @@ class SpikeEvents:
     """Non-zero entries of a ``[T, B, width]`` spike tensor as a CSR list over rows ``b·T + t``."""
 
     ptr: torch.Tensor   # int32 [B·T + 1] (a list holds fewer than 2³¹ events)
-    col: torch.Tensor   # int32 [nnz]
-    val: torch.Tensor   # float32 [nnz], or empty: every value is 1
+    col: torch.Tensor   # int32 [≥ nnz]: a list made on the GPU is allocated at its bound, nnz = ptr[-1]
+    val: torch.Tensor   # float32 like col, or empty: every value is 1
     steps: int
     batch: int
     width: int
@@ -40,7 +40,8 @@ class SpikeEvents:
 
     @property
     def nnz(self) -> int:
-        return self.col.numel()
+        """The number of events, ``ptr[-1]`` (a device read for a list on the GPU)."""
+        return int(self.ptr[-1])
 
     @property
     def device(self) -> torch.device:
@@ -60,8 +61,9 @@ class SpikeEvents:
     def dense(self) -> torch.Tensor:
         """The float32 ``[T, B, width]`` tensor."""
         out = torch.zeros(self.batch, self.steps, self.width, device=self.device)
-        values = self.val if self.val.numel() else torch.ones(self.nnz, device=self.device)
-        out.view(-1, self.width)[self.row_of_event(), self.col.long()] = values
+        n = self.nnz
+        values = self.val[:n] if self.val.numel() else torch.ones(n, device=self.device)
+        out.view(-1, self.width)[self.row_of_event(), self.col[:n].long()] = values
         return out.transpose(0, 1).contiguous()
 
     @classmethod

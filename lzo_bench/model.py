@@ -148,7 +148,7 @@ class SNN(nn.Module):
         C++ event ops) runs it; the others run layer by layer on dense tensors.
         """
         backend = backend or select_backend("torch")
-        if backend.network is not None and (isinstance(x, SpikeEvents) or x.device.type == "cpu"):
+        if backend.network is not None:
             return backend.network(self, x, gate, key)
         if isinstance(x, SpikeEvents):
             x = x.dense()

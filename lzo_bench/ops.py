@@ -27,7 +27,7 @@ from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu")
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu", "snn_cuda.cu")
 METHOD_NONE = -1
 
 
@@ -84,7 +84,7 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
         reason = cuda_toolchain()
         if reason:
             raise RuntimeError(f"cannot compile the CUDA ops: {reason}")
-        sources.append(str(src / "lif_cuda.cu"))
+        sources += [str(src / "lif_cuda.cu"), str(src / "snn_cuda.cu")]
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
     arch, tag = _host_arch()

@@ -310,7 +310,7 @@ def evaluate(
 ) -> float:
     """Test accuracy in percent (inference forward: no gates)."""
     correct = 0
-    events = backend is not None and backend.network is not None and device.type == "cpu"
+    events = backend is not None and backend.network is not None
     for x, y in batches(data, batch_size, device, events=events):
         correct += int((model(x, backend=backend).logits.argmax(1) == y).sum())
     return 100.0 * correct / len(data)
@@ -545,7 +545,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                 entries = 0
                 fwd = bwd = opt = 0.0
                 loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
-                                 events=backend.network is not None and device.type == "cpu")
+                                 events=backend.network is not None)
                 for i, (x, y) in enumerate(loader):
                     t0 = time.perf_counter()
                     out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)

@@ -1,7 +1,8 @@
 """The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/event_network.py) against the
 pure-PyTorch reference: spikes identical, gradients equal to float rounding, LocalZO draws the
 reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
-m > 1, both hidden layers active, and inputs that are not binary."""
+m > 1, both hidden layers active, and inputs that are not binary. The main cases repeat on CUDA
+(kernels/snn_cuda.cu) where a GPU is present (``DEVICES``), against the same CPU reference."""
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_l
 from lzo_bench.rng import DrawKey
 
 ops.build()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = [
     ("surrogate", "normal", 1), ("surrogate", "uniform", 1), ("surrogate", "laplace", 1),
     ("surrogate", "sigmoid", 1), ("surrogate", "fast-sigmoid", 1),
@@ -47,77 +49,89 @@ def run(model, x, y, spec, key, backend, loss="full"):
     return out, [None if w.grad is None else w.grad.clone() for w in model.weights]
 
 
-def assert_same(spec, model, x, y, loss="full", **net_kwargs):
+def assert_same(spec, model, x, y, loss="full", device="cpu", **net_kwargs):
     key = DrawKey(5, 9)
     ref_out, ref_grads = run(model, x, y, spec, key, None, loss)
-    cpp = select_backend("cpp", "cpu", spec)
-    assert cpp.network is event_network
+    ours = select_backend("cpp" if device == "cpu" else "cuda", device, spec)
+    assert ours.network is event_network
     if net_kwargs:
-        cpp = type(cpp)(cpp.name, cpp.layer, cpp.reason, lambda m, xx, s, k: event_network(m, xx, s, k, **net_kwargs))
-    out, grads = run(model, x, y, spec, key, cpp, loss)
+        ours = type(ours)(ours.name, ours.layer, ours.reason, lambda m, xx, s, k: event_network(m, xx, s, k, **net_kwargs))
+    on_device = SNN(model.spec).to(device)
+    on_device.load_state_dict(model.state_dict())
+    out, grads = run(on_device, x.to(device), y.to(device), spec, key, ours, loss)
     for a, b in zip(out.spikes, ref_out.spikes):
-        assert torch.equal(a, b.detach())
+        assert torch.equal(a.cpu(), b.detach())
     assert out.active == ref_out.active
     assert [g is None for g in grads] == [g is None for g in ref_grads]
     for a, b in zip(grads, ref_grads):
         if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
     return ref_out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method,dist,m", CASES)
-def test_long_sequences_equal_reference(method, dist, m):
+def test_long_sequences_equal_reference(method, dist, m, device):
     spec = GateSpec.build(method, dist, delta=0.4, samples=m)
     model, x, y = make(LONG)
-    ref = assert_same(spec, model, x, y)
+    ref = assert_same(spec, model, x, y, device=device)
     if spec.is_sparse:
         assert all(a > 0 for a in ref.active), "both hidden layers must have active entries"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
-def test_graded_input_values(method):
+def test_graded_input_values(method, device):
     model, x, y = make((40, 4, 7, (9, 6)), seed=3, values=True)
     assert as_events(x).val.numel() > 0
-    assert_same(GateSpec.build(method, "laplace", delta=0.4, samples=2), model, x, y)
+    assert_same(GateSpec.build(method, "laplace", delta=0.4, samples=2), model, x, y, device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["surrogate", "localzo"])
-def test_gemm_current_equals_event_current(method):
+def test_gemm_current_equals_event_current(method, device):
     model, x, y = make((35, 4, 10, (8, 7)), seed=5)
-    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, current="gemm")
-    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, current="events")
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, device=device, current="gemm")
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, device=device, current="events")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["surrogate", "localzo"])
-def test_regulariser_only_loss(method):
+def test_regulariser_only_loss(method, device):
     """No gradient reaches the readout: the counts' gradient alone drives the backward."""
     model, x, y = make((30, 3, 8, (6, 5)), seed=7)
-    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, loss="reg")
+    assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, y, loss="reg", device=device)
 
 
-def test_inference_equals_reference():
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_equals_reference(device):
     model, x, _ = make(LONG, seed=2)
-    cpp = select_backend("cpp", "cpu")
+    ours = select_backend("cpp" if device == "cpu" else "cuda", device)
+    on_device = SNN(model.spec).to(device)
+    on_device.load_state_dict(model.state_dict())
     with torch.no_grad():
-        ref, out = model(x), model(x, backend=cpp)
-    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+        ref, out = model(x), on_device(x.to(device), backend=ours)
+    torch.testing.assert_close(out.logits.cpu(), ref.logits, rtol=1e-5, atol=1e-6)
     for a, b in zip(out.spikes, ref.spikes):
-        assert torch.equal(a, b)
+        assert torch.equal(a.cpu(), b)
     assert out.active == [0, 0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dist,m", [("normal", 1), ("laplace", 3), ("sigmoid", 2), ("fast-sigmoid", 1)])
-def test_localzo_draws_identical_to_reference(dist, m):
+def test_localzo_draws_identical_to_reference(dist, m, device):
     """The active list and γ of the event op are the reference's (same Philox draws), listed in
     rows b·T + t, neurons ascending."""
     spec = GateSpec.build("localzo", dist, delta=0.5, samples=m)
     x = (torch.rand(75, 6, 10, generator=torch.Generator().manual_seed(3)) < 0.4).float()
     w = (torch.rand(10, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1)
     key = DrawKey(123456789012, 77)
-    ev = as_events(x)
-    table, *params = ops.gate_args(spec, key, x.device)
-    _, _, _, a_ptr, a_col, a_gate, _ = torch.ops.lzo.lif_events_forward(
-        ev.ptr, ev.col, ev.val, w, table, 75, 0.9, 1.0, *params, 2, 0)
+    ev = as_events(x.to(device))
+    table, *params = ops.gate_args(spec, key, torch.device(device))
+    _, _, _, a_ptr, a_col, a_gate, _ = (t.cpu() for t in torch.ops.lzo.lif_events_forward(
+        ev.ptr, ev.col, ev.val, w.to(device), table, 75, 0.9, 1.0, *params, 2, 0))
+    n = int(a_ptr[-1])  # a list made on the GPU is allocated at its bound
+    a_col, a_gate = a_col[:n], a_gate[:n]
     v = lif_potentials((x.reshape(-1, 10) @ w).view(75, 6, 12), 0.9, 1.0)
     ref = gate_values(v, spec, key, 2).transpose(0, 1).reshape(75 * 6, 12)  # rows b·T + t
     rows, cols = ref.nonzero(as_tuple=True)

@@ -221,17 +221,18 @@ def test_backend_selection_and_reasons():
 
 @pytest.mark.skipif(ops.cuda_toolchain() is not None, reason=f"no CUDA toolchain: {ops.cuda_toolchain()}")
 def test_cuda_sources_compile_and_link():
-    """Compile-only check of kernels/lif_cuda.cu (no GPU needed): build and load the CUDA variant
-    in a fresh process and confirm the CUDA kernels are registered with the dispatcher."""
+    """Compile-only check of kernels/lif_cuda.cu and snn_cuda.cu (no GPU needed): build and load the
+    CUDA variant in a fresh process and confirm the CUDA kernels are registered with the dispatcher."""
     env = dict(os.environ)
     if "CUDA_HOME" not in env and os.path.isdir("/usr/local/cuda"):
         env["CUDA_HOME"] = "/usr/local/cuda"
     code = (
         "import torch; from lzo_bench import ops; e = ops.build(cuda=True); "
         "assert e.cuda; "
-        "print(torch._C._dispatch_has_kernel_for_dispatch_key('lzo::lif_forward', 'CUDA'), "
-        "torch._C._dispatch_has_kernel_for_dispatch_key('lzo::lif_backward', 'CUDA'))"
+        "ops = ['lif_forward', 'lif_backward', 'to_events', 'lif_events_forward', 'readout_forward', "
+        "'readout_backward', 'lif_sparse_backward', 'lif_dense_backward']; "
+        "print(*[torch._C._dispatch_has_kernel_for_dispatch_key('lzo::' + o, 'CUDA') for o in ops])"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("True True")
+    assert proc.stdout.strip().splitlines()[-1] == " ".join(["True"] * 8)
