@@ -20,6 +20,8 @@
 //              Default: atomicAdd into one dW^T (float rounding order varies run to run). With
 //              torch.use_deterministic_algorithms(True): every group of rows owns a partial dW^T
 //              (plain adds; groups sized so the partials fit kDeterministicBytes), summed after.
+//              (torch then also needs CUBLAS_WORKSPACE_CONFIG=:4096:8 for the GEMMs of `surrogate`
+//              and of a forced GEMM current.)
 //   dL/ds of the previous layer: blocks over (input tile, batch row), the reverse recurrence
 //              y_i = beta*y_i + sum_{entries at t} e*W[i, j] per thread, read at the previous
 //              layer's active entries through shared memory.
@@ -55,6 +57,11 @@ inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 inline unsigned grid(int64_t items, int64_t per_block = kThreads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, kMaxGrid)));
+}
+
+void check_on_gpu(const Tensor& weight, const char* op) {
+  TORCH_CHECK(weight.is_cuda(), op, ": CUDA kernel called with the weights on ", weight.device(),
+              "; move the weights and lists to one CUDA device");
 }
 
 void check_cuda(const Tensor& t, const Tensor& ref, const char* op, const char* name) {
@@ -109,7 +116,7 @@ __device__ __forceinline__ float flush(float x) { return fabsf(x) < FLT_MIN ? 0.
 __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
                                       const float* __restrict__ xval, const float* __restrict__ W,
                                       const float* __restrict__ cur_all, GateParams g, int64_t T, int64_t B,
-                                      int64_t N, float beta, float theta, float* __restrict__ u_buf,
+                                      int64_t Nin, int64_t N, float beta, float theta, float* __restrict__ u_buf,
                                       float* __restrict__ s_buf, float* __restrict__ counts,
                                       int32_t* __restrict__ spk_slot, Ptr* __restrict__ spk_cnt,
                                       int32_t* __restrict__ act_slot, float* __restrict__ act_slot_val,
@@ -129,8 +136,10 @@ __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_
           if (cur_all) {
             cur = cur_all[r * N + j];
           } else {
-            for (Ptr q = xptr[r]; q < xptr[r + 1]; ++q)
+            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
+              CUDA_KERNEL_ASSERT(xcol[q] >= 0 && xcol[q] < Nin);
               cur += (xval ? xval[q] : 1.0f) * W[static_cast<int64_t>(xcol[q]) * N + j];
+            }
           }
           float u = u_buf[b * N + j];
           const float v = lif_step(&u, cur, s_buf[b * N + j], beta, theta);
@@ -172,7 +181,7 @@ __global__ void compact_kernel(const T* __restrict__ slot, const Ptr* __restrict
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps) {
     const Ptr n = ptr[r + 1] - ptr[r];
-    for (Ptr q = lane; q < n; q += kWarp) out[ptr[r] + q] = slot[r * width + q];
+    for (int64_t q = lane; q < n; q += kWarp) out[ptr[r] + q] = slot[r * width + q];
   }
 }
 
@@ -183,7 +192,10 @@ __global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* 
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (Ptr q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) out[r * width + col[q]] = val ? val[q] : 1.0f;
+    for (int64_t q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) {
+      CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width);
+      out[r * width + col[q]] = val ? val[q] : 1.0f;
+    }
 }
 
 // ptr = [0, cumsum(counts)] on the device.
@@ -216,7 +228,7 @@ Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val,
 
 __global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32_t* __restrict__ scol,
                                        const float* __restrict__ W, float* __restrict__ o, int64_t T, int64_t B,
-                                       int64_t C, float bo, float omb) {
+                                       int64_t N, int64_t C, float bo, float omb) {
   for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * C;
        id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = id / C, c = id % C;
@@ -224,7 +236,10 @@ __global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32
     for (int64_t t = 0; t < T; ++t) {
       const int64_t r = b * T + t;
       float a = 0.0f;
-      for (Ptr q = sptr[r]; q < sptr[r + 1]; ++q) a += W[static_cast<int64_t>(scol[q]) * C + c];
+      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
+        CUDA_KERNEL_ASSERT(scol[q] >= 0 && scol[q] < N);
+        a += W[static_cast<int64_t>(scol[q]) * C + c];
+      }
       acc = bo * acc + omb * a;
       o[(t * B + b) * C + c] = acc;
     }
@@ -246,7 +261,7 @@ __global__ void readout_backward_kernel(const float* __restrict__ go, const Ptr*
       acc = go[(t * B + b) * C + c] + bo * acc;
       const float da = omb * acc;
       d_a[r * C + c] = da;
-      for (Ptr q = sptr[r]; q < sptr[r + 1]; ++q) {
+      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
         float* p = dst + static_cast<int64_t>(scol[q]) * C + c;
         if (per_row) *p += da;
         else atomicAdd(p, da);
@@ -262,7 +277,7 @@ __global__ void readout_active_grad_kernel(const Ptr* __restrict__ aptr, const i
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (Ptr q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
+    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
       const float* w = W + static_cast<int64_t>(acol[q]) * C;
       float sum = 0.0f;
       for (int64_t c = 0; c < C; ++c) sum += d_a[r * C + c] * w[c];
@@ -278,7 +293,7 @@ __global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t*
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (Ptr q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
+    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
       const float gsum = cg ? grad[q] + cg[(r / T) * N + acol[q]] : grad[q];
       e[q] = gsum * gam[q];
     }
@@ -307,9 +322,9 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
         if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
           sh_x[threadIdx.x] = 0.0f;
           __syncthreads();
-          for (Ptr q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {
-            const int64_t c = xcol[q];  // unique within a row: no two threads write one slot
-            if (c >= i0 && c < i0 + blockDim.x) sh_x[c - i0] = xval ? xval[q] : 1.0f;
+          for (int64_t q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {
+            const int64_t c = xcol[q];  // a column listed twice in a row adds, as on the CPU
+            if (c >= i0 && c < i0 + blockDim.x) atomicAdd(&sh_x[c - i0], xval ? xval[q] : 1.0f);
           }
           __syncthreads();
           x = sh_x[threadIdx.x];
@@ -317,7 +332,7 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
         }
         h = beta * h + x;
         if (!mine) continue;
-        for (Ptr q = aptr[r]; q < aptr[r + 1]; ++q) {
+        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
           float* p = dst + static_cast<int64_t>(acol[q]) * Nin + i;
           if (shared_out) atomicAdd(p, e[q] * h);
           else *p += e[q] * h;
@@ -344,11 +359,11 @@ __global__ void sparse_dx_kernel(const Ptr* __restrict__ aptr, const int32_t* __
       if (pptr[r + 1] == first) break;  // no previous-layer entry at or before t
       y = beta * y;
       if (mine)
-        for (Ptr q = aptr[r]; q < aptr[r + 1]; ++q) y += e[q] * wt[static_cast<int64_t>(acol[q]) * Nin + i];
+        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) y += e[q] * wt[static_cast<int64_t>(acol[q]) * Nin + i];
       if (pptr[r + 1] == pptr[r]) continue;
       sh_y[threadIdx.x] = y;
       __syncthreads();
-      for (Ptr q = pptr[r] + threadIdx.x; q < pptr[r + 1]; q += blockDim.x) {
+      for (int64_t q = pptr[r] + threadIdx.x; q < pptr[r + 1]; q += blockDim.x) {
         const int64_t c = pcol[q];
         if (c >= i0 && c < i0 + blockDim.x) g_prev[q] = sh_y[c - i0];
       }
@@ -417,6 +432,7 @@ __global__ void fill_events_kernel(const float* __restrict__ x, const Ptr* __res
 std::tuple<Tensor, Tensor, Tensor> to_events_cuda(const Tensor& x) {
   TORCH_CHECK(x.dim() == 3, "lzo::to_events: x must have shape [T, B, N], got rank ", x.dim());
   check_float(x, "lzo::to_events", "x");
+  check_on_gpu(x, "lzo::to_events");
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor xc = x.contiguous();
   const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
@@ -443,6 +459,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
     double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
     int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
   const char* op = "lzo::lif_events_forward";
+  check_on_gpu(weight, op);
   check_float(weight, op, "weight");
   check_float(table, op, "table");
   TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
@@ -477,7 +494,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   if (rows > 0 && N > 0)
     events_forward_kernel<<<grid(B, 1), kThreads, 0, stream()>>>(
         x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(), x_val.numel() ? x_val.data_ptr<float>() : nullptr,
-        W.data_ptr<float>(), cur_all.defined() ? cur_all.data_ptr<float>() : nullptr, g, T, B, N,
+        W.data_ptr<float>(), cur_all.defined() ? cur_all.data_ptr<float>() : nullptr, g, T, B, Nin, N,
         static_cast<float>(beta), static_cast<float>(theta), u.data_ptr<float>(), s.data_ptr<float>(),
         counts.data_ptr<float>(), spk_slot.data_ptr<int32_t>(), spk_cnt.data_ptr<Ptr>(),
         sparse ? act_slot.data_ptr<int32_t>() : nullptr, sparse ? act_slot_val.data_ptr<float>() : nullptr,
@@ -498,6 +515,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
 Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tensor& w_out, int64_t steps,
                             double beta_out) {
   const char* op = "lzo::readout_forward";
+  check_on_gpu(w_out, op);
   check_float(w_out, op, "w_out");
   TORCH_CHECK(w_out.dim() == 2, op, ": w_out must be [N, C]");
   TORCH_CHECK(steps >= 1 && (s_ptr.numel() - 1) % steps == 0, op, ": s_ptr must hold B*T + 1 entries");
@@ -508,7 +526,7 @@ Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tens
   Tensor o = at::empty({T, B, C}, w_out.options());
   if (B * C > 0)
     readout_forward_kernel<<<grid(B * C), kThreads, 0, stream()>>>(
-        s_ptr.data_ptr<Ptr>(), s_col.data_ptr<int32_t>(), W.data_ptr<float>(), o.data_ptr<float>(), T, B, C,
+        s_ptr.data_ptr<Ptr>(), s_col.data_ptr<int32_t>(), W.data_ptr<float>(), o.data_ptr<float>(), T, B, W.size(0), C,
         static_cast<float>(beta_out), static_cast<float>(1.0 - beta_out));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
@@ -518,6 +536,7 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cuda(const Tensor& grad_o, c
                                                          const Tensor& s_col, const Tensor& w_out, double beta_out,
                                                          const Tensor& act_ptr, const Tensor& act_col) {
   const char* op = "lzo::readout_backward";
+  check_on_gpu(w_out, op);
   check_float(grad_o, op, "grad_o");
   check_float(w_out, op, "w_out");
   TORCH_CHECK(grad_o.dim() == 3 && w_out.dim() == 2 && grad_o.size(2) == w_out.size(1), op,
@@ -554,6 +573,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
     const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
     double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
   const char* op = "lzo::lif_sparse_backward";
+  check_on_gpu(weight, op);
   check_float(weight, op, "weight");
   check_float(grad_act, op, "grad_act");
   check_float(act_gate, op, "active_gate");
@@ -622,6 +642,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
                                                    const Tensor& weight, double beta, int64_t steps, bool input_grad,
                                                    int64_t current_mode) {
   const char* op = "lzo::lif_dense_backward";
+  check_on_gpu(weight, op);
   check_float(grad, op, "grad");
   check_float(gate_t, op, "gate");
   check_float(weight, op, "weight");

@@ -225,3 +225,31 @@ def test_batch_events_rejects_unsorted_or_out_of_range_events():
         far.spike_events(torch.tensor([1]))
     with pytest.raises(RuntimeError, match=r"sample index 2 out of range \[0, 2\)"):
         far.spike_events(torch.tensor([2]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+def test_layers_wider_than_one_thread_block(method, device):
+    """More than 256 neurons and inputs: the CUDA kernels split them into several blocks/tiles."""
+    spec = GateSpec.build(method, "normal", delta=0.4)
+    model, x, y = make((40, 3, 300, (300, 270)), seed=11)
+    ref = assert_same(spec, model, x, y, device=device)
+    if spec.is_sparse:
+        assert all(a > 0 for a in ref.active)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["sparsegrad", "localzo"])
+def test_deterministic_mode_gives_bitwise_equal_gradients(method, device):
+    """Under torch.use_deterministic_algorithms(True) the sparse backward sums in a fixed order."""
+    spec = GateSpec.build(method, "normal", delta=0.4)
+    model, x, y = make(LONG, seed=4)
+    model = model.to(device)
+    backend = select_backend("cpp" if device == "cpu" else "cuda", device, spec)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = [run(model, x.to(device), y.to(device), spec, DrawKey(1, 2), backend)[1] for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
