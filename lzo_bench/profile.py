@@ -38,6 +38,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.event_network import as_events
 from lzo_bench.events import SpikeEvents
 from lzo_bench.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, static_metrics
 from lzo_bench.rng import DrawKey
 from lzo_bench.train import sync_device
 
@@ -206,25 +207,15 @@ def timed_update(r: Runner, x: torch.Tensor | SpikeEvents, y: torch.Tensor, upda
 
 
 def neurobench(model: SNN, x: torch.Tensor, spikes: list[torch.Tensor]) -> dict[str, Any]:
-    """NeuroBench-compatible forward-pass metrics per sample.
-
-    ``ActivationSparsity`` = 1 − spikes / (T·Σ N_l) over hidden layers; ``SynapticOperations``:
-    ``Dense`` = T·Σ fan_in·fan_out, ``Effective_ACs`` = Σ (binary input events × fan_out),
-    ``Effective_MACs`` = Σ (non-binary non-zero inputs × fan_out).
-    """
-    steps, batch = x.shape[0], x.shape[1]
-    sizes = [w.shape for w in model.weights]
-    inputs = [x] + spikes
-    dense = steps * sum(fi * fo for fi, fo in sizes)
-    binary = [bool(((t == 0) | (t == 1)).all()) for t in inputs]
-    events = [float((t != 0).sum()) / batch for t in inputs]
-    acs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if b)
-    macs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if not b)
-    total = sum(float(s.sum()) for s in spikes) / batch
-    return {
-        "ActivationSparsity": 1.0 - total / (steps * sum(s.shape[2] for s in spikes)),
-        "SynapticOperations": {"Dense": dense, "Effective_ACs": acs, "Effective_MACs": macs},
-    }
+    """NeuroBench 2.3 metrics of one batch ``x [T, B, n_in]`` with its hidden ``spikes``, per
+    sample (:mod:`lzo_bench.nbmetrics`): activation sparsity (total and per layer), synaptic
+    operations, membrane updates, and the network's parameter count, footprint and connection
+    sparsity."""
+    tally = NeuroBenchTally(layer_names(model))
+    tally.add(model, x, spikes)
+    result = tally.result()
+    del result["ClassificationAccuracy"]  # a training batch, mid-training: not a test accuracy
+    return result | static_metrics(model)
 
 
 @dataclass
