@@ -363,6 +363,7 @@ def profile(
     energy_seconds: Annotated[float, typer.Option(help="Minimum seconds per energy window (≥ 5 recommended).")] = 5.0,
     out: Annotated[Optional[str], typer.Option(help="Folder for profile.json, profile.csv, power.csv; default runs/profile-<workload>-<time>.")] = None,
     peers: Annotated[bool, typer.Option("--peers", help="Also time the same update in snnTorch, SpikingJelly and Norse (pip install -e '.[bench]'), on the CPU.")] = False,
+    run: Annotated[Optional[str], typer.Option("--run", help="Profile this run's trained network (its dataset, T and hidden sizes) instead of a freshly initialised one.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
@@ -373,6 +374,7 @@ def profile(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lzo_bench.backends import BackendUnavailable
+    from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
@@ -385,6 +387,14 @@ def profile(
         raise fail(f"--methods must be a comma-separated subset of {', '.join(sorted(valid))} (got {methods!r})")
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
+    source = ctx.get_parameter_source("workload")
+    if run is not None and source is not None and source.name == "COMMANDLINE":
+        raise fail("--workload and --run exclude each other: a run is profiled on the dataset it trained on")
+    if run is not None:
+        try:
+            workload = load_checkpoint(run)[1]["dataset"]["name"]
+        except CheckpointError as e:
+            raise fail(f"--run: {e}") from None
     if updates < 3:
         raise fail(f"--updates must be ≥ 3 (got {updates})")
     if warmup < 0:
@@ -404,7 +414,7 @@ def profile(
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
-                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers)
+                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task("measuring", total=None)

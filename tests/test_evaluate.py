@@ -1,4 +1,5 @@
-"""NeuroBench metrics (lzo_bench.nbmetrics), the NeuroBench adapter, `lzo-bench evaluate`."""
+"""NeuroBench metrics (lzo_bench.nbmetrics), the NeuroBench adapter, `lzo-bench evaluate` and
+`lzo-bench profile --run`."""
 
 import json
 from dataclasses import asdict
@@ -176,3 +177,17 @@ def test_evaluate_missing_run_and_missing_dataset_are_one_line_exit_2(trained, t
     assert result.exit_code == 2 and result.output.startswith("error: the run's test set is not there")
     assert result.output.count("\n") == 1
 
+
+def test_profile_run_starts_from_the_trained_network(trained, tmp_path):
+    result = runner.invoke(app, ["profile", "--run", str(trained), "--updates", "3", "--warmup", "0",
+                                 "--methods", "localzo", "--out", str(tmp_path / "p"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["workload"]["hidden"] == [16, 16] and report["workload"]["name"] == "digits"
+    assert report["workload"]["weights"].startswith(f"trained: {trained} after epoch 1")
+    assert report["rows"][-1]["neurobench"]["ParameterCount"] == 64 * 16 + 16 * 16 + 16 * 10
+    bad = runner.invoke(app, ["profile", "--run", str(trained), "--workload", "shd", "--out", str(tmp_path / "q")])
+    assert bad.exit_code == 2 and "--workload and --run exclude each other" in bad.output
+    missing = runner.invoke(app, ["profile", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and missing.output.startswith("error: --run: no checkpoint at")
+    assert not (tmp_path / "r").exists()
