@@ -97,16 +97,15 @@ class NeuroBenchTally:
     neuron_steps: list[int] = field(default_factory=list)
 
     def add(self, model: SNN, x: torch.Tensor, spikes: Sequence[torch.Tensor], logits: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None, membrane: bool = True) -> None:
+            labels: torch.Tensor | None = None) -> None:
         """One batch: input ``x [T, B, n_in]``, hidden ``spikes`` (``[T, B, N_l]`` each), and the
-        logits and labels for accuracy; ``membrane=False`` skips MembraneUpdates (a second pass)."""
+        logits and labels for accuracy."""
         batch = x.shape[1]
         dense, acs, macs = synaptic_ops(list(model.weights), [x, *spikes])
         self.dense += dense
         self.acs += acs
         self.macs += macs
-        if membrane:
-            self.updates += membrane_updates(membranes(model, x, spikes))
+        self.updates += membrane_updates(membranes(model, x, spikes))
         counts = [int(torch.count_nonzero(s)) for s in spikes]
         self.spikes = [a + b for a, b in zip(self.spikes, counts)] if self.spikes else counts
         sizes = [s.numel() for s in spikes]
@@ -175,10 +174,13 @@ class NeuroBenchNet(nn.Module):
         import snntorch as snn
 
         self.spec = model.spec
-        self.names = layer_names(model)
-        for name, w in zip(self.names, model.weights[:-1]):
-            self.add_module(f"fc{name[3:]}", self._linear(w))
-            self.add_module(name, snn.Leaky(beta=model.spec.beta, threshold=model.spec.theta, reset_mechanism="subtract"))
+        self.layers: list[tuple[StepLinear, nn.Module]] = []
+        for i, (name, w) in enumerate(zip(layer_names(model), model.weights[:-1]), 1):
+            fc = self._linear(w)
+            lif = snn.Leaky(beta=model.spec.beta, threshold=model.spec.theta, reset_mechanism="subtract")
+            self.add_module(f"fc{i}", fc)
+            self.add_module(name, lif)
+            self.layers.append((fc, lif))
         self.fc_out = self._linear(model.weights[-1])
         self.readout = LeakyReadout(model.spec.beta_out)
 
@@ -190,14 +192,14 @@ class NeuroBenchNet(nn.Module):
 
     def reset(self) -> None:
         """Zero every membrane and the readout."""
-        for name in self.names:
-            getattr(self, name).reset_mem()
+        for _, lif in self.layers:
+            lif.reset_mem()
         self.readout.reset()
 
     def forward(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x_t
-        for name in self.names:
-            h, _ = getattr(self, name)(getattr(self, f"fc{name[3:]}")(h))
+        for fc, lif in self.layers:
+            h, _ = lif(fc(h))
         return self.readout(self.fc_out(h)), h
 
     @torch.no_grad()

@@ -120,7 +120,7 @@ def test_neurobench_benchmark_reports_the_same_numbers(trained):
                         MembraneUpdates]])
     # NeuroBench's footprint of the adapter also counts snnTorch's per-layer constants (β, θ, …),
     # taken, as NeuroBench takes it, before any input (the membranes are then empty)
-    leaky = sum(b.numel() * b.element_size() for name in net.names for b in getattr(net, name).buffers())
+    leaky = sum(b.numel() * b.element_size() for _, lif in net.layers for b in lif.buffers())
     theirs = bench.run(quiet=True)
     tally = NeuroBenchTally(layer_names(model))
     for start in range(0, n, 50):  # another batching: the metrics do not depend on it
