@@ -53,6 +53,11 @@ def save_checkpoint(
     } | ({} if optimizer is None else {"optimizer": optimizer.state_dict(), "update": update}))
 
 
+def checkpoint_steps(ckpt: dict[str, Any]) -> int:
+    """The time steps ``T`` the checkpoint's run trained at (its ``--steps``, else the dataset's)."""
+    return int(ckpt["train"].get("steps") or ckpt["dataset"]["default_steps"])
+
+
 def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
     """The network (on CPU, eval mode) and the raw checkpoint dict; a run folder works too."""
     path = Path(path)

@@ -318,7 +318,37 @@ def _print_export_report(format, report: dict) -> None:
 
 
 @app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset (default: the run's own, else $LZO_DATA_DIR or ./data).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Test samples per forward (≥ 1); the metrics do not depend on it.")] = 256,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """NeuroBench metrics of a trained network on its run's test set: accuracy, activation sparsity
+    (total and per layer), synaptic operations, membrane updates, parameters, footprint, connection sparsity."""
+    from lzo_bench.checkpoint import CheckpointError
+    from lzo_bench.data import DatasetError, DatasetMissing
+    from lzo_bench.evaluate import evaluate_run
+    from lzo_bench.report import console, evaluate_table
+
+    if batch_size < 1:
+        raise fail(f"--batch-size must be ≥ 1 (got {batch_size})")
+    try:
+        report = evaluate_run(run, data_dir, batch_size)
+    except CheckpointError as e:
+        raise fail(str(e)) from None
+    except DatasetMissing as e:
+        raise fail(f"the run's test set is not there: {e}") from None
+    except DatasetError as e:
+        raise fail(f"the run's test set is damaged: {e}") from None
+    if json_out:
+        return _print_json(report)
+    console.print(evaluate_table(report))
+
+
+@app.command()
 def profile(
+    ctx: typer.Context,
     workload: Annotated[str, typer.Option(help="digits, nmnist, shd or fmnist (real data when on disk, else synthetic spikes of its shape).")] = "digits",
     updates: Annotated[int, typer.Option(help="Measured updates per method (≥ 3).")] = 30,
     warmup: Annotated[int, typer.Option(help="Warm-up updates per method, not measured.")] = 5,
@@ -333,6 +363,7 @@ def profile(
     energy_seconds: Annotated[float, typer.Option(help="Minimum seconds per energy window (≥ 5 recommended).")] = 5.0,
     out: Annotated[Optional[str], typer.Option(help="Folder for profile.json, profile.csv, power.csv; default runs/profile-<workload>-<time>.")] = None,
     peers: Annotated[bool, typer.Option("--peers", help="Also time the same update in snnTorch, SpikingJelly and Norse (pip install -e '.[bench]'), on the CPU.")] = False,
+    run: Annotated[Optional[str], typer.Option("--run", help="Profile this run's trained network (its dataset, T and hidden sizes) instead of a freshly initialised one.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
@@ -343,6 +374,7 @@ def profile(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lzo_bench.backends import BackendUnavailable
+    from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
@@ -355,6 +387,14 @@ def profile(
         raise fail(f"--methods must be a comma-separated subset of {', '.join(sorted(valid))} (got {methods!r})")
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
+    source = ctx.get_parameter_source("workload")
+    if run is not None and source is not None and source.name == "COMMANDLINE":
+        raise fail("--workload and --run exclude each other: a run is profiled on the dataset it trained on")
+    if run is not None:
+        try:
+            workload = load_checkpoint(run)[1]["dataset"]["name"]
+        except CheckpointError as e:
+            raise fail(f"--run: {e}") from None
     if updates < 3:
         raise fail(f"--updates must be ≥ 3 (got {updates})")
     if warmup < 0:
@@ -374,7 +414,7 @@ def profile(
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
-                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers)
+                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task("measuring", total=None)

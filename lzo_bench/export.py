@@ -32,6 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lzo_bench import __version__
+from lzo_bench.checkpoint import checkpoint_steps
 from lzo_bench.fsio import atomic_write_bytes
 from lzo_bench.model import NetworkSpec
 
@@ -67,8 +68,7 @@ class ExportSource:
         n = len(net.hidden) + 1
         weights = [ckpt["state_dict"][f"weights.{i}"].numpy().astype(np.float32) for i in range(n)]
         data = ckpt["dataset"]
-        steps = ckpt["train"].get("steps") or data["default_steps"]
-        return cls(net, weights, float(data["dt_ms"]), int(steps), data["encoding"], data["name"],
+        return cls(net, weights, float(data["dt_ms"]), checkpoint_steps(ckpt), data["encoding"], data["name"],
                    dict(ckpt["train"]), ckpt.get("epoch"), test_acc)
 
     def training_card(self) -> dict[str, str]:

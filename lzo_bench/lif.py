@@ -41,17 +41,22 @@ class _Heaviside(torch.autograd.Function):
         return grad * gate, None
 
 
-def lif_potentials(current: torch.Tensor, beta: float, theta: float) -> torch.Tensor:
-    """``v[t] = u[t] − θ`` for all steps of input current ``[T, B, N]``; the reset is detached."""
+def lif_membrane(current: torch.Tensor, beta: float, theta: float) -> torch.Tensor:
+    """``u[t] = β·u[t−1] + I[t] − θ·s[t−1]`` for all steps of input current ``[T, B, N]``, from
+    ``u[−1] = s[−1] = 0``, with ``s[t] = H(u[t] − θ)``; the reset is detached."""
     u = torch.zeros_like(current[0])
     s = torch.zeros_like(u)
-    vs = []
+    us = []
     for i_t in current.unbind(0):
         u = beta * u + i_t - theta * s
-        v_t = u - theta
-        s = (v_t > 0).to(u.dtype)
-        vs.append(v_t)
-    return torch.stack(vs)
+        s = (u - theta > 0).to(u.dtype)
+        us.append(u)
+    return torch.stack(us)
+
+
+def lif_potentials(current: torch.Tensor, beta: float, theta: float) -> torch.Tensor:
+    """``v[t] = u[t] − θ`` for all steps of input current ``[T, B, N]`` (:func:`lif_membrane`)."""
+    return lif_membrane(current, beta, theta) - theta
 
 
 def lif_layer(

@@ -109,3 +109,22 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
     logits = o.amax(0) if reduce == "max" else o.sum(0)
     counts = {n: state[n].count if state is not None else torch.zeros(0) for n in lif_names}
     return NIRRun(logits, counts)
+
+
+def fold_r(graph: Any) -> Any:
+    """The same graph with each ``LIF``'s resistance folded into the ``Linear`` that feeds it:
+    ``a·R·(W x) = a·((R W) x)``, so ``R = 1`` and the weights are ``diag(R)·W``; NIR semantics are
+    unchanged. For simulators that ignore ``R`` (Norse's ``from_nir`` warns and drops it)."""
+    import copy
+
+    import nir
+
+    out = copy.deepcopy(graph)
+    for src, dst in out.edges:
+        node, feed = out.nodes[dst], out.nodes[src]
+        if isinstance(node, nir.LIF) and isinstance(feed, nir.Linear):
+            r = np.asarray(node.r, dtype=np.float64)
+            out.nodes[src] = nir.Linear(weight=(r[:, None] * feed.weight).astype(np.float32))
+            out.nodes[dst] = nir.LIF(tau=node.tau, r=np.ones_like(node.r), v_leak=node.v_leak,
+                                     v_threshold=node.v_threshold, v_reset=node.v_reset)
+    return out

@@ -20,7 +20,7 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ import torch
 
 from lzo_bench import __version__
 from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
+from lzo_bench.checkpoint import checkpoint_steps, load_checkpoint
 from lzo_bench.data import DATASET_INFO, load_dataset
 from lzo_bench.energy import (
     EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_period_ms,
@@ -38,6 +39,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.event_network import as_events
 from lzo_bench.events import SpikeEvents
 from lzo_bench.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, static_metrics
 from lzo_bench.rng import DrawKey
 from lzo_bench.train import sync_device
 
@@ -126,7 +128,6 @@ def calibrate_gain(net: NetworkSpec, x: torch.Tensor, target: float = SYNTHETIC_
     Untrained networks with the paper's init are silent on synthetic input; a trained network is
     not, and a silent one would make every sparse backward trivially empty.
     """
-    from dataclasses import replace
 
     backend = select_backend("auto", x.device)
     lo, hi = 0.1, 1e4
@@ -206,25 +207,15 @@ def timed_update(r: Runner, x: torch.Tensor | SpikeEvents, y: torch.Tensor, upda
 
 
 def neurobench(model: SNN, x: torch.Tensor, spikes: list[torch.Tensor]) -> dict[str, Any]:
-    """NeuroBench-compatible forward-pass metrics per sample.
-
-    ``ActivationSparsity`` = 1 − spikes / (T·Σ N_l) over hidden layers; ``SynapticOperations``:
-    ``Dense`` = T·Σ fan_in·fan_out, ``Effective_ACs`` = Σ (binary input events × fan_out),
-    ``Effective_MACs`` = Σ (non-binary non-zero inputs × fan_out).
-    """
-    steps, batch = x.shape[0], x.shape[1]
-    sizes = [w.shape for w in model.weights]
-    inputs = [x] + spikes
-    dense = steps * sum(fi * fo for fi, fo in sizes)
-    binary = [bool(((t == 0) | (t == 1)).all()) for t in inputs]
-    events = [float((t != 0).sum()) / batch for t in inputs]
-    acs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if b)
-    macs = sum(e * fo for e, (_, fo), b in zip(events, sizes, binary) if not b)
-    total = sum(float(s.sum()) for s in spikes) / batch
-    return {
-        "ActivationSparsity": 1.0 - total / (steps * sum(s.shape[2] for s in spikes)),
-        "SynapticOperations": {"Dense": dense, "Effective_ACs": acs, "Effective_MACs": macs},
-    }
+    """NeuroBench 2.3 metrics of one batch ``x [T, B, n_in]`` with its hidden ``spikes``, per
+    sample (:mod:`lzo_bench.nbmetrics`): activation sparsity (total and per layer), synaptic
+    operations, membrane updates, and the network's parameter count, footprint and connection
+    sparsity."""
+    tally = NeuroBenchTally(layer_names(model))
+    tally.add(model, x, spikes)
+    result = tally.result()
+    del result["ClassificationAccuracy"]  # a training batch, mid-training: not a test accuracy
+    return result | static_metrics(model)
 
 
 @dataclass
@@ -372,6 +363,7 @@ class ProfileConfig:
     data_dir: str | None = None
     energy_cfg: EnergyConfig = field(default_factory=EnergyConfig)
     peers: bool = False
+    run: str | None = None  # a run folder: profile its trained network on its dataset instead
 
 
 def _median_iqr(v: list[float]) -> tuple[float, float]:
@@ -385,21 +377,31 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                 nvml: Any = None) -> dict[str, Any]:
     """Measure every method of ``cfg``; returns the report written to ``profile.json``."""
     progress = progress or (lambda *_: None)
-    if cfg.workload not in WORKLOADS:
+    trained = None
+    if cfg.run is not None:  # the run's network, dataset, T and data folder
+        trained, ckpt = load_checkpoint(cfg.run)
+        w = replace(WORKLOADS[ckpt["dataset"]["name"]], steps=checkpoint_steps(ckpt), hidden=trained.spec.hidden)
+        cfg = replace(cfg, workload=w.name, data_dir=cfg.data_dir or ckpt["train"].get("data_dir"))
+    elif cfg.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
-    w = WORKLOADS[cfg.workload]
+    else:
+        w = WORKLOADS[cfg.workload]
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed, cfg.data_dir)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
-    net = w.network()
-    init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"
-    if source.startswith("synthetic"):
-        gain, rate = calibrate_gain(net, batches[0][0])
-        net = w.network("normal", gain)
-        init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
-                     f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
-    init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
+    if trained is not None:
+        net, init = trained.spec, trained.state_dict()
+        init_note = f"trained: {cfg.run} after epoch {ckpt.get('epoch')} ({ckpt['train'].get('method')})"
+    else:
+        net = w.network()
+        init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"
+        if source.startswith("synthetic"):
+            gain, rate = calibrate_gain(net, batches[0][0])
+            net = w.network("normal", gain)
+            init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
+                         f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
+        init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
 
     def runner(name: str, method: str, backend: Backend | None) -> Runner:
         spec = GateSpec.build(method, cfg.dist, cfg.delta, cfg.samples)
@@ -497,7 +499,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     reason = None if energy else (meter.reason if not meter.available else "no window could be measured")
     return {
         "lzo_bench_version": __version__,
-        "workload": asdict(w) | {"source": source, "hidden": [200, 200], "weights": init_note},
+        "workload": asdict(w) | {"source": source, "hidden": list(net.hidden), "weights": init_note},
         "config": {k: v for k, v in asdict(cfg).items() if k != "energy_cfg"} | {"energy_cfg": asdict(cfg.energy_cfg)},
         "device": str(device),
         "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,

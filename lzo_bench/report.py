@@ -131,6 +131,31 @@ def profile_table(report: dict) -> Table:
     return table
 
 
+def evaluate_table(report: dict) -> Table:
+    """``lzo-bench evaluate``: the NeuroBench metrics, per sample where NeuroBench counts per sample."""
+    m = report["metrics"]
+    ops = m["SynapticOperations"]
+    table = Table(title=f"lzo-bench evaluate — {report['dataset']} {report['split']} set, {report['samples']} samples, "
+                        f"T={report['steps']} (NeuroBench 2.3 definitions)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("accuracy", f"{100 * m['ClassificationAccuracy']:.2f} %"),
+        ("ActivationSparsity", f"{m['ActivationSparsity']:.5f}"),
+        *((f"  ActivationSparsity {name}", f"{v:.5f}") for name, v in m["ActivationSparsityByLayer"].items()),
+        ("SynapticOperations Dense / sample", f"{ops['Dense']:,.0f}"),
+        ("SynapticOperations Effective MACs / sample", f"{ops['Effective_MACs']:,.2f}"),
+        ("SynapticOperations Effective ACs / sample", f"{ops['Effective_ACs']:,.2f}"),
+        ("MembraneUpdates / sample", f"{m['MembraneUpdates']:,.2f}"),
+        ("ParameterCount", f"{m['ParameterCount']:,}"),
+        ("Footprint (bytes)", f"{m['Footprint']:,}"),
+        ("ConnectionSparsity", f"{m['ConnectionSparsity']:.5f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def peers_table(peers: dict) -> Table:
     """``profile --peers``: one full update per library, interleaved with lzo localzo."""
     table = Table(title="the same network in other libraries — one full update (forward, loss, backward, Adam); "

@@ -313,3 +313,57 @@ def test_cli_nir_reports_the_reset_cost(run_dir, tmp_path):
     assert 0 <= cost["acc_nir"] <= 100 and 0 <= cost["acc_subtractive"] <= 100
     meta = nir.read(tmp_path / "m.nir").metadata
     assert meta["reset"].startswith("to zero") and float(meta["dt_s"]) == 1e-3
+
+
+def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_path):
+    """Norse's from_nir as shipped: it ignores LIF's r (silent network) and has no LI readout. With r
+    folded into the weights (lzo_bench.nir_sim.fold_r) its LIF layers spike exactly as the NIR graph
+    simulated with reset to zero, and its last node, integrated by the graph's LI by hand, gives the
+    same predictions."""
+    norse = pytest.importorskip("norse.torch")
+    import logging
+    import warnings
+
+    import nir
+
+    from lzo_bench.nir_sim import SpecLI, dt_of, fold_r, simulate
+
+    target = tmp_path / "m.nir"
+    assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
+    graph = nir.read(target)
+    _, test = load_dataset("digits", 40)
+    x = test.dense(slice(0, 128)).float().transpose(0, 1).contiguous()
+
+    def run(g):
+        logging.disable(logging.WARNING)  # Norse logs that r diverges from 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = norse.from_nir(g, dt=dt_of(g))
+        finally:
+            logging.disable(logging.NOTSET)
+        spikes = {name: [] for name in ("lif0", "lif1")}
+        for name in spikes:
+            getattr(module, name).register_forward_hook(lambda m, i, o, name=name: spikes[name].append(o[0]))
+        state, outs = None, []
+        with torch.no_grad():
+            for x_t in x.unbind(0):
+                o, state = module(x_t, state)
+                outs.append(o)
+        return torch.stack(outs), [torch.stack(s).sum(0) for s in spikes.values()]
+
+    assert "li_out" not in dict(norse.from_nir(graph, ignore_warnings=True).named_children())
+    out, counts = run(graph)
+    assert all(float(c.sum()) == 0 for c in counts) and float(out.abs().sum()) == 0
+    zero = simulate(graph, x, "zero", "max")
+    out, counts = run(fold_r(graph))
+    assert all(torch.equal(c, z) for c, z in zip(counts, zero.counts.values()))
+    assert float(sum(c.sum() for c in counts)) > 0
+    li = SpecLI(graph.nodes["li_out"], dt_of(graph))
+    state, trace = None, []
+    for a_t in out.unbind(0):
+        o, state = li(a_t, state)
+        trace.append(o)
+    logits = torch.stack(trace).amax(0)
+    assert torch.equal(logits.argmax(1), zero.logits.argmax(1))
+    assert torch.allclose(logits, zero.logits, rtol=1e-5, atol=1e-6)

@@ -72,9 +72,10 @@ def test_neurobench_counts_by_hand():
     m = neurobench(model, x, spikes)
     assert m["SynapticOperations"] == {"Dense": 4 * (3 * 2 + 2 * 2), "Effective_ACs": 6.0, "Effective_MACs": 0.0}
     assert m["ActivationSparsity"] == pytest.approx(1 - 1 / 8)
-    x[1, 0, 2] = 0.5                                  # a non-binary input makes layer-1 ops MACs
+    assert m["ParameterCount"] == 10 and m["Footprint"] == 40 and m["ConnectionSparsity"] == 0.0
+    x[1, 0, 2] = 0.5                                  # a non-binary input makes that step's layer-1 ops MACs
     m = neurobench(model, x, spikes)
-    assert m["SynapticOperations"]["Effective_MACs"] == 3 * 2 and m["SynapticOperations"]["Effective_ACs"] == 2.0
+    assert m["SynapticOperations"]["Effective_MACs"] == 1 * 2 and m["SynapticOperations"]["Effective_ACs"] == 6.0
 
 
 def test_train_energy_records_the_reason(tmp_path):
