@@ -283,6 +283,9 @@ def _run_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
+        # Ray starts its workers at niceness 15: on a shared machine the trials would yield to everything
+        # else. A Ray this call starts runs them at the driver's priority, as Ray's own job submission does.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         resources, trial_device, threads = ray_placement(device, jobs)
