@@ -13,6 +13,7 @@ from lzo_bench import __version__
 from lzo_bench.backends import BackendName
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.gates import DIST_NAMES, Method
+from lzo_bench.reproduce import Engine
 
 app = typer.Typer(
     name="lzo-bench",
@@ -443,7 +444,8 @@ def profile(
 def reproduce(
     profile: Annotated[str, typer.Argument(help="A profile TOML, e.g. profiles/table2-normal-m1.toml or profiles/digits-quick.toml.")],
     out: Annotated[Optional[str], typer.Option(help="Grid folder; default runs/reproduce-<profile name>. Rerunning resumes it.")] = None,
-    jobs: Annotated[int, typer.Option(help="Trials trained in parallel processes (one GPU each when several are visible).")] = 1,
+    jobs: Annotated[int, typer.Option(help="Trials trained in parallel processes (one GPU each when several are visible); "
+                                           "--engine ray on CPUs: trials at once per machine.")] = 1,
     trials: Annotated[Optional[int], typer.Option(help="Override the profile's trial count.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override the profile's epochs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
@@ -451,6 +453,11 @@ def reproduce(
     data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the datasets (default $LZO_DATA_DIR or ./data).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download N-MNIST / SHD through tonic if missing.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    engine: Annotated[Engine, typer.Option(help="local: this machine's processes; ray: every trial a Ray task "
+                                                "(one GPU each when the cluster has GPUs).")] = Engine.LOCAL,
+    address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="--engine ray: the cluster to use, e.g. "
+                                                   "10.0.0.1:6379; default a Ray started on this machine, else a new local one.")] = None,
+    retries: Annotated[int, typer.Option(help="--engine ray: times a trial whose worker died is run again.")] = 2,
 ) -> None:
     """Train every method × trial of a profile and print the paper-style table next to the paper's numbers."""
     from pathlib import Path
@@ -460,12 +467,15 @@ def reproduce(
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
     from lzo_bench.fsio import ensure_writable_dir
     from lzo_bench.plots import PlotUnavailable
-    from lzo_bench.reproduce import ProfileError, figures, load_profile, run_grid, summarize, with_overrides, write_outputs
+    from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
+                                     with_overrides, write_outputs)
     from lzo_bench.report import console, reproduce_table
     from lzo_bench.train import ConfigError
 
     if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
         raise fail("--jobs, --trials and --epochs must be ≥ 1")
+    if retries < 0:
+        raise fail("--retries must be ≥ 0")
     try:
         prof = with_overrides(load_profile(profile), epochs=epochs, trials=trials)
     except ProfileError as e:
@@ -475,7 +485,7 @@ def reproduce(
         ensure_writable_dir(target)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
-    if prof.dataset != "digits":
+    if prof.dataset != "digits" and engine is Engine.LOCAL:  # a cluster's workers may hold data this machine lacks
         try:
             load_dataset(prof.dataset, prof.steps or 1, data_dir, download)  # fail fast, with the file list
         except DatasetMissing as e:
@@ -487,14 +497,15 @@ def reproduce(
         task = bar.add_task(f"{prof.name}: training", total=None)
         try:
             counts = run_grid(prof, target, jobs, device, backend.value, data_dir, download,
-                              lambda n, total, _: bar.update(task, completed=n, total=total))
-        except ConfigError as e:
+                              lambda n, total, _: bar.update(task, completed=n, total=total), engine, address, retries)
+        except (ConfigError, EngineUnavailable) as e:
             raise fail(str(e)) from None
     summary = summarize(prof, target)
-    summary["grid"] = counts | {"jobs": jobs, "out": str(target)}
+    summary["grid"] = counts | {"jobs": jobs, "engine": engine.value, "out": str(target)}
     if counts["interrupted"]:  # Ctrl-C: the table of what finished, then 130
         if not json_out:
             console.print(reproduce_table(summary))
+            _print_placement(summary)
         raise fail(f"interrupted after {counts['trained']} trained run(s); finished trials are kept in {target} "
                    "and a rerun resumes", 130)
     files = write_outputs(summary, target)
@@ -514,9 +525,25 @@ def reproduce(
             console.print(f"{r['method']}: {r['trials']} trial(s) completed, {r['diverged']} diverged, {r['failed']} failed, "
                           f"{r['unfinished']} unfinished" + (f"; {r['speedup_note']}" if r["speedup_note"] else ""),
                           highlight=False)
+    for lost in counts["lost"]:
+        console.print(f"never finished (worker lost): {lost}", highlight=False)
+    _print_placement(summary)
     if figure_note:
         console.print(f"figures skipped: {figure_note}", highlight=False)
     console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
+
+
+def _print_placement(summary: dict) -> None:
+    """One line per machine and device: the trials it ran."""
+    from lzo_bench.report import console
+
+    places: dict[str, list[str]] = {}
+    for t in summary["trials"]:
+        if t["host"] or t["device"]:
+            where = f"{t['host'] or '?'} · {t['device_name'] or '?'} ({t['device']})"
+            places.setdefault(where, []).append(f"{t['method']}-seed{t['seed']}")
+    for where, names in places.items():
+        console.print(f"ran on {where}: {', '.join(names)}", highlight=False)
 
 
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)

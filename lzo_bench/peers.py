@@ -494,13 +494,9 @@ def peer_rows(x: torch.Tensor, y: torch.Tensor, init_weights: list[torch.Tensor]
 
 
 def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    from lzo_bench.train import device_name
+
+    return {"cpu": device_name(torch.device("cpu")), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform()}
 
 

@@ -299,6 +299,18 @@ def silent_layers_warning(gate: GateSpec, record: EpochRecord) -> str | None:
             "gradient reaches it; a δ around 0.05 (or a wider --bth) gives the paper's ~1 % active")
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (``/proc/cpuinfo``, else the platform's word for it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return model or platform.processor() or platform.machine()
+
+
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -502,7 +514,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
     folder = RunFolder(out, cfg.overwrite)
     done, update = 0, 0
     environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                   "device": str(device), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                   "device": str(device), "device_name": device_name(device), "host": platform.node(),
+                   "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if resume:
         try:
             done, update = restore_run(out, cfg, model, optimizer, result)

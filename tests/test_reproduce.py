@@ -3,6 +3,7 @@
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,13 @@ def load_profile_ok(tmp_path) -> bool:
     (tmp_path / "ok.toml").write_text(VALID)
     return load_profile(tmp_path / "ok.toml").methods == ("surrogate",)
 
+
+
+def test_engine_ray_without_ray_installed_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = runner.invoke(app, ["reproduce", str(PROFILES / "digits-quick.toml"), "--engine", "ray",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --engine ray needs Ray: pip install 'lzo-bench[ray]' "
+                                                  "(or pip install ray)"]
+    assert not list((tmp_path / "o").iterdir())
