@@ -95,8 +95,14 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
     """Run ``graph`` (a ``nir.NIRGraph``) on input spikes ``x [T, B, n_in]`` one step at a time through
     ``nirtorch.nir_to_torch``; the output node's trace is reduced over time by ``max`` or ``sum``."""
     import nir
-    import nirtorch
 
+    try:
+        import nirtorch
+    except ImportError:
+        from lzo_bench.export import ExportError
+
+        raise ExportError("the NIR check runs the file through nirtorch, which is not installed: "
+                          "pip install 'lzo-bench[nir]' (or pass --no-check)") from None
     dt = dt_of(graph) if dt is None else dt
     module = nirtorch.nir_to_torch(graph, {nir.LIF: lambda n: SpecLIF(n, dt, reset), nir.LI: lambda n: SpecLI(n, dt)})
     lif_names = [name for name, node in graph.nodes.items() if isinstance(node, nir.LIF)]

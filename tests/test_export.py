@@ -367,3 +367,14 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
     logits = torch.stack(trace).amax(0)
     assert torch.equal(logits.argmax(1), zero.logits.argmax(1))
     assert torch.allclose(logits, zero.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_nir_check_without_nirtorch_is_one_line(run_dir, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nirtorch", None)  # import nirtorch raises ImportError
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(tmp_path / "m.nir")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == ("error: the NIR check runs the file through nirtorch, which is "
+                                                      "not installed: pip install 'lzo-bench[nir]' (or pass --no-check)")
+    assert (tmp_path / "m.nir").is_file()
