@@ -119,31 +119,36 @@ def main() -> None:
     upstream_rows = upstream.transpose(0, 1).reshape(T * B, N).contiguous()
     prev_t, prev_rem = prev_idx // (B * Nin), prev_idx % (B * Nin)
     prev_ev = SpikeEvents.from_keys((prev_rem // Nin * T + prev_t) * Nin + prev_rem % Nin, T, B, Nin)
-    empty_f, empty_i = torch.empty(0), torch.empty(0, dtype=torch.int64)
-    no_prev = (empty_i, torch.empty(0, dtype=torch.int32))
+    empty_f, empty_i = torch.empty(0, device=device), torch.empty(0, dtype=torch.int32, device=device)
+    no_prev = (empty_i, empty_i)
 
     def event_step(name: str, update: int):
         spec = specs["fused-dense" if name == "events-dense" else name.removeprefix("events-")]
         table, *params = ops.gate_args(spec, DrawKey(0, update), device)
+        sync(device)
         t0 = time.perf_counter()
         s_ptr, s_col, _, a_ptr, a_col, a_gate, dgate = torch.ops.lzo.lif_events_forward(
             ev.ptr, ev.col, ev.val, w0, table, T, args.beta, 1.0, *params, 1, 0)
+        sync(device)
         fwd = time.perf_counter() - t0
         if spec.is_sparse:
             kept = [a_ptr, a_col, a_gate, ev.ptr, ev.col, ev.val, w0]
-            rows = torch.repeat_interleave(torch.arange(T * B), (a_ptr[1:] - a_ptr[:-1]).long())
-            g = upstream_rows[rows, a_col.long()]
+            active = int(a_ptr[-1])  # lists made on the GPU are allocated at their bound: a_col[:active] is valid
+            rows = torch.repeat_interleave(torch.arange(T * B, device=device), (a_ptr[1:] - a_ptr[:-1]).long())
+            g = torch.zeros(a_col.numel(), device=device)
+            g[:active] = upstream_rows[rows, a_col[:active].long()]
             prev = no_prev if args.first_layer else (prev_ev.ptr, prev_ev.col)
+            sync(device)
             t1 = time.perf_counter()
             torch.ops.lzo.lif_sparse_backward(g, a_ptr, a_col, a_gate, empty_f, ev.ptr, ev.col, ev.val, w0,
                                               args.beta, T, *prev)
-            active = a_col.numel()
         else:
             kept = [dgate, ev.ptr, ev.col, ev.val, w0]
             t1 = time.perf_counter()
             torch.ops.lzo.lif_dense_backward(upstream_rows, dgate, empty_f, ev.ptr, ev.col, ev.val, w0, args.beta, T,
                                              not args.first_layer, 0)
             active = T * B * N
+        sync(device)
         t2 = time.perf_counter()
         saved = sum(t.untyped_storage().nbytes() for t in kept)
         return fwd, t2 - t1, active, saved, None
@@ -175,8 +180,7 @@ def main() -> None:
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else None
         return t1 - t0, t2 - t1, active, saved, peak
 
-    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo"] + (
-        ["events-dense", "events-sparsegrad", "events-localzo"] if device.type == "cpu" else [])
+    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo", "events-dense", "events-sparsegrad", "events-localzo"]
     samples = {n: {"fwd": [], "bwd": [], "active": [], "saved": 0, "peak": []} for n in names}
     for rep in range(args.warmup + args.repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]

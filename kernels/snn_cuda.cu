@@ -110,6 +110,34 @@ __device__ int2 block_rank(bool flag, int* sh /* shared, 33 ints */) {
   return out;
 }
 
+// block_rank for two flags with one set of barriers: (rank, count) of `a` in .x/.y, of `b` in .z/.w.
+__device__ int4 block_rank2(bool a, bool b, int* sh /* shared, 66 ints */) {
+  const int lane = threadIdx.x & (kWarp - 1), warp = threadIdx.x / kWarp;
+  const unsigned ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
+  if (lane == 0) {
+    sh[warp] = __popc(ba);
+    sh[33 + warp] = __popc(bb);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int ra = 0, rb = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
+      const int ca = sh[w], cb = sh[33 + w];
+      sh[w] = ra;
+      sh[33 + w] = rb;
+      ra += ca;
+      rb += cb;
+    }
+    sh[32] = ra;
+    sh[65] = rb;
+  }
+  __syncthreads();
+  const unsigned below = (1u << lane) - 1u;
+  const int4 out = make_int4(sh[warp] + __popc(ba & below), sh[32], sh[33 + warp] + __popc(bb & below), sh[65]);
+  __syncthreads();
+  return out;
+}
+
 // A gate value below FLT_MIN moves no gradient: flushed as on the CPU (exp_neg_ftz).
 __device__ __forceinline__ float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
@@ -121,7 +149,7 @@ __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_
                                       int32_t* __restrict__ spk_slot, Ptr* __restrict__ spk_cnt,
                                       int32_t* __restrict__ act_slot, float* __restrict__ act_slot_val,
                                       Ptr* __restrict__ act_cnt, float* __restrict__ dense_gate) {
-  __shared__ int sh[33];
+  __shared__ int sh[66];
   const bool sparse = g.method >= SPARSEGRAD;
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     for (int64_t t = 0; t < T; ++t) {
@@ -153,16 +181,19 @@ __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_
             gv = flush(gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j)));
           }
         }
-        const int2 rs = block_rank(spike, sh);
-        if (spike) spk_slot[r * N + n_spk + rs.x] = static_cast<int32_t>(j);
-        n_spk += rs.y;
-        if (sparse) {
-          const int2 ra = block_rank(gv != 0.0f, sh);
+        if (sparse) {  // spikes and active entries ranked together: one set of barriers
+          const int4 rk = block_rank2(spike, gv != 0.0f, sh);
+          if (spike) spk_slot[r * N + n_spk + rk.x] = static_cast<int32_t>(j);
           if (gv != 0.0f) {
-            act_slot[r * N + n_act + ra.x] = static_cast<int32_t>(j);
-            act_slot_val[r * N + n_act + ra.x] = gv;
+            act_slot[r * N + n_act + rk.z] = static_cast<int32_t>(j);
+            act_slot_val[r * N + n_act + rk.z] = gv;
           }
-          n_act += ra.y;
+          n_spk += rk.y;
+          n_act += rk.w;
+        } else {
+          const int2 rs = block_rank(spike, sh);
+          if (spike) spk_slot[r * N + n_spk + rs.x] = static_cast<int32_t>(j);
+          n_spk += rs.y;
         }
       }
       if (threadIdx.x == 0) {
