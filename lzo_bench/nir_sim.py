@@ -91,6 +91,11 @@ def dt_of(graph: Any) -> float:
         raise ValueError("the NIR graph has no dt_s in its metadata; pass dt explicitly") from None
 
 
+def reduce_time(o: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Logits from a readout trace ``o [T, B, C]`` as in training: ``max_t o_t`` or ``Σ_t o_t``."""
+    return o.amax(0) if reduce == "max" else o.sum(0)
+
+
 def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "max", dt: float | None = None) -> NIRRun:
     """Run ``graph`` (a ``nir.NIRGraph``) on input spikes ``x [T, B, n_in]`` one step at a time through
     ``nirtorch.nir_to_torch``; the output node's trace is reduced over time by ``max`` or ``sum``."""
@@ -111,8 +116,7 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
         for x_t in x.unbind(0):
             o, state = module(x_t, state) if state is not None else module(x_t)
             outs.append(o)
-    o = torch.stack(outs)
-    logits = o.amax(0) if reduce == "max" else o.sum(0)
+    logits = reduce_time(torch.stack(outs), reduce)
     counts = {n: state[n].count if state is not None else torch.zeros(0) for n in lif_names}
     return NIRRun(logits, counts)
 
@@ -134,3 +138,52 @@ def fold_r(graph: Any) -> Any:
             out.nodes[dst] = nir.LIF(tau=node.tau, r=np.ones_like(node.r), v_leak=node.v_leak,
                                      v_threshold=node.v_threshold, v_reset=node.v_reset)
     return out
+
+
+SNNTORCH_DT = 1e-4
+"""The step, in seconds, that ``snntorch.import_nir`` (snnTorch 1.0) assumes for every ``LIF``."""
+
+
+def for_snntorch(graph: Any) -> Any:
+    """The graph rewritten for ``snntorch.import_nir.import_from_nir``, which assumes ``dt₀ = 1e-4 s``
+    and has no ``LI``.
+
+    The importer turns each ``LIF`` into ``snn.Leaky(β = 1 − dt₀/τ, θ' = θ/w, reset to zero)`` with
+    ``w = R·dt₀/τ`` (dividing θ by ``w`` is feeding it ``w·I``), and ``Leaky`` steps
+    ``v ← β·v + I ; s = H(v − θ') ; v ← 0 where s``. With ``τ' = τ·dt₀/dt`` the same formulas give
+    ``β = 1 − dt/τ`` and ``w = R·dt/τ``, the graph's own Euler step at ``dt`` (for lzo-bench graphs
+    ``w = 1``, so ``θ' = θ``). Each ``LI`` is removed and its input wired to where it led: integrate
+    the module's output by hand with :func:`li_readout` on the original graph.
+    """
+    import copy
+
+    import nir
+
+    out = copy.deepcopy(graph)
+    scale = SNNTORCH_DT / dt_of(graph)
+    for name, node in list(out.nodes.items()):
+        if isinstance(node, nir.LIF):
+            out.nodes[name] = nir.LIF(tau=np.asarray(node.tau, dtype=np.float64) * scale, r=node.r,
+                                      v_leak=node.v_leak, v_threshold=node.v_threshold, v_reset=node.v_reset)
+        elif isinstance(node, nir.LI):
+            del out.nodes[name]
+            feeds = [s for s, d in out.edges if d == name]
+            leads = [d for s, d in out.edges if s == name]
+            out.edges = [e for e in out.edges if name not in e] + [(s, d) for s in feeds for d in leads]
+    return out
+
+
+def li_readout(graph: Any, current: torch.Tensor, reduce: str = "max", dt: float | None = None) -> torch.Tensor:
+    """Logits from the current ``a [T, B, C]`` that reaches the graph's (single) ``LI`` node, for
+    simulators that leave the ``LI`` out: ``o ← (1 − a)·o + a·R·I`` (``o ← β_r·o + (1 − β_r)·a`` for
+    lzo-bench graphs) at ``dt``, then reduced over time by ``max`` or ``sum``."""
+    import nir
+
+    (node,) = [n for n in graph.nodes.values() if isinstance(n, nir.LI)]
+    li = SpecLI(node, dt_of(graph) if dt is None else dt)
+    state, trace = None, []
+    with torch.no_grad():
+        for a_t in current.unbind(0):
+            o, state = li(a_t, state)
+            trace.append(o)
+    return reduce_time(torch.stack(trace), reduce)

@@ -326,7 +326,7 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
 
     import nir
 
-    from lzo_bench.nir_sim import SpecLI, dt_of, fold_r, simulate
+    from lzo_bench.nir_sim import dt_of, fold_r, li_readout, simulate
 
     target = tmp_path / "m.nir"
     assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
@@ -359,12 +359,51 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
     out, counts = run(fold_r(graph))
     assert all(torch.equal(c, z) for c, z in zip(counts, zero.counts.values()))
     assert float(sum(c.sum() for c in counts)) > 0
-    li = SpecLI(graph.nodes["li_out"], dt_of(graph))
-    state, trace = None, []
-    for a_t in out.unbind(0):
-        o, state = li(a_t, state)
-        trace.append(o)
-    logits = torch.stack(trace).amax(0)
+    logits = li_readout(graph, out, "max")
+    assert torch.equal(logits.argmax(1), zero.logits.argmax(1))
+    assert torch.allclose(logits, zero.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_path):
+    """snnTorch's import_from_nir as shipped fails on nir.LI and steps every LIF at dt = 1e-4 s (a
+    silent network here). On lzo_bench.nir_sim.for_snntorch's rewrite (τ scaled by 1e-4/dt_s, LI
+    removed) its Leaky layers spike exactly as the NIR graph simulated with reset to zero, and the
+    graph's LI applied by hand (li_readout) gives the same logits."""
+    pytest.importorskip("snntorch")
+    import copy
+
+    import nir
+    from snntorch.import_nir import import_from_nir
+    from snntorch.utils import reset
+
+    from lzo_bench.nir_sim import for_snntorch, li_readout, simulate
+
+    target = tmp_path / "m.nir"
+    assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
+    graph = nir.read(target)
+    _, test = load_dataset("digits", 40)
+    x = test.dense(slice(0, 128)).float().transpose(0, 1).contiguous()
+
+    def run(g):
+        module = import_from_nir(g)
+        spikes = {name: [] for name in ("lif0", "lif1")}
+        for name in spikes:
+            getattr(module, name).register_forward_hook(lambda m, i, o, name=name: spikes[name].append(o))
+        reset(module)  # Leaky(init_hidden=True) keeps its membrane inside the module
+        with torch.no_grad():
+            out = torch.stack([module(x_t)[0] for x_t in x.unbind(0)])
+        return out, [torch.stack(s).sum(0) for s in spikes.values()]
+
+    with pytest.raises(ValueError, match="LI"):
+        import_from_nir(copy.deepcopy(graph))
+    as_shipped = for_snntorch(graph)  # LI removed, τ as written: snnTorch's β = 1 − 1e-4/τ
+    as_shipped.nodes.update({k: graph.nodes[k] for k in ("lif0", "lif1")})
+    assert all(float(c.sum()) == 0 for c in run(as_shipped)[1])
+    zero = simulate(graph, x, "zero", "max")
+    out, counts = run(for_snntorch(graph))
+    assert all(torch.equal(c, z) for c, z in zip(counts, zero.counts.values()))
+    assert float(sum(c.sum() for c in counts)) > 0
+    logits = li_readout(graph, out, "max")
     assert torch.equal(logits.argmax(1), zero.logits.argmax(1))
     assert torch.allclose(logits, zero.logits, rtol=1e-5, atol=1e-6)
 
