@@ -365,13 +365,12 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
 
 
 def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_path):
-    """snnTorch's import_from_nir as shipped fails on nir.LI and steps every LIF at dt = 1e-4 s (a
-    silent network here). On lzo_bench.nir_sim.for_snntorch's rewrite (τ scaled by 1e-4/dt_s, LI
-    removed) its Leaky layers spike exactly as the NIR graph simulated with reset to zero, and the
-    graph's LI applied by hand (li_readout) gives the same logits."""
+    """snnTorch 1.0's import_from_nir has no nir.LI and steps every LIF at dt = 1e-4 s. On
+    lzo_bench.nir_sim.for_snntorch's rewrite (τ scaled by 1e-4/dt_s, LI removed) its Leaky layers
+    spike exactly as the NIR graph simulated with reset to zero, and the graph's LI applied by hand
+    (li_readout) gives the same logits. (snnTorch's own shortcomings are not asserted: a release
+    that fixes them must not fail this test.)"""
     pytest.importorskip("snntorch")
-    import copy
-
     import nir
     from snntorch.import_nir import import_from_nir
     from snntorch.utils import reset
@@ -394,11 +393,6 @@ def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_
             out = torch.stack([module(x_t)[0] for x_t in x.unbind(0)])
         return out, [torch.stack(s).sum(0) for s in spikes.values()]
 
-    with pytest.raises(ValueError, match="LI"):
-        import_from_nir(copy.deepcopy(graph))
-    as_shipped = for_snntorch(graph)  # LI removed, τ as written: snnTorch's β = 1 − 1e-4/τ
-    as_shipped.nodes.update({k: graph.nodes[k] for k in ("lif0", "lif1")})
-    assert all(float(c.sum()) == 0 for c in run(as_shipped)[1])
     zero = simulate(graph, x, "zero", "max")
     out, counts = run(for_snntorch(graph))
     assert all(torch.equal(c, z) for c, z in zip(counts, zero.counts.values()))
