@@ -21,6 +21,26 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
               ref.device(), "; move both to one device");
 }
 
+// The gate's codes (lzo_math.h) and the table, as every forward op takes them.
+inline void check_gate_args(const at::Tensor& table, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+                            int64_t samples, int64_t alpha, const char* op) {
+  TORCH_CHECK(method >= -1 && method <= LOCALZO, op, ": method must be -1 (none), 0 (surrogate), ",
+              "1 (sparsegrad) or 2 (localzo), got ", method);
+  TORCH_CHECK(sample_kind >= 0 && sample_kind <= SAMPLE_TABLE, op, ": sample_kind out of range: ",
+              sample_kind);
+  TORCH_CHECK(surrogate_kind >= 0 && surrogate_kind <= SURR_FAST_SIGMOID, op,
+              ": surrogate_kind out of range: ", surrogate_kind);
+  TORCH_CHECK(samples >= 1 && samples < 65536, op, ": samples must lie in [1, 65535], got ", samples);
+  TORCH_CHECK(alpha != 0, op, ": alpha must be a non-zero integer");
+  TORCH_CHECK(sample_kind != SAMPLE_TABLE || method != LOCALZO || table.numel() >= 2, op,
+              ": table must hold at least 2 quantiles for sample_kind = table, got ", table.numel());
+}
+
+// The event forward's current_mode: 0 auto, 1 events, 2 GEMM.
+inline void check_current_mode(int64_t current_mode, const char* op) {
+  TORCH_CHECK(current_mode >= 0 && current_mode <= 2, op, ": current_mode must be 0 (auto), 1 (events) or 2 (gemm)");
+}
+
 struct LayerShape {
   int64_t T, B, Nin, N;
 };
@@ -38,16 +58,7 @@ inline LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& weig
               ") must equal x.size(2) = N_in (", x.size(2), ")");
   check_same_device(weight, x, op, "weight");
   check_same_device(table, x, op, "table");
-  TORCH_CHECK(method >= -1 && method <= LOCALZO, op, ": method must be -1 (none), 0 (surrogate), ",
-              "1 (sparsegrad) or 2 (localzo), got ", method);
-  TORCH_CHECK(sample_kind >= 0 && sample_kind <= SAMPLE_TABLE, op, ": sample_kind out of range: ",
-              sample_kind);
-  TORCH_CHECK(surrogate_kind >= 0 && surrogate_kind <= SURR_FAST_SIGMOID, op,
-              ": surrogate_kind out of range: ", surrogate_kind);
-  TORCH_CHECK(samples >= 1 && samples < 65536, op, ": samples must lie in [1, 65535], got ", samples);
-  TORCH_CHECK(alpha != 0, op, ": alpha must be a non-zero integer");
-  TORCH_CHECK(sample_kind != SAMPLE_TABLE || method != LOCALZO || table.numel() >= 2, op,
-              ": table must hold at least 2 quantiles for sample_kind = table, got ", table.numel());
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
   TORCH_CHECK(x.size(0) * x.size(1) * weight.size(1) < (int64_t(1) << 40), op,
               ": layer too large (T*B*N >= 2^40)");
   return {x.size(0), x.size(1), x.size(2), weight.size(1)};

@@ -443,14 +443,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   check_float(table, op, "table");
   TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
   TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
-  TORCH_CHECK(method >= -1 && method <= LOCALZO, op, ": method must be -1, 0, 1 or 2, got ", method);
-  TORCH_CHECK(sample_kind >= 0 && sample_kind <= SAMPLE_TABLE, op, ": sample_kind out of range: ", sample_kind);
-  TORCH_CHECK(surrogate_kind >= 0 && surrogate_kind <= SURR_FAST_SIGMOID, op, ": surrogate_kind out of range");
-  TORCH_CHECK(samples >= 1 && samples < 65536, op, ": samples must lie in [1, 65535], got ", samples);
-  TORCH_CHECK(alpha != 0, op, ": alpha must be a non-zero integer");
-  TORCH_CHECK(current_mode >= 0 && current_mode <= 2, op, ": current_mode must be 0 (auto), 1 (events) or 2 (gemm)");
-  TORCH_CHECK(sample_kind != SAMPLE_TABLE || method != LOCALZO || table.numel() >= 2, op,
-              ": table must hold at least 2 quantiles for sample_kind = table");
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
+  check_current_mode(current_mode, op);
   const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T;
   const int64_t Nin = weight.size(0), N = weight.size(1);
   TORCH_CHECK(N < (int64_t(1) << 31) && B < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": layer too large");
