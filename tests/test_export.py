@@ -315,6 +315,16 @@ def test_cli_nir_reports_the_reset_cost(run_dir, tmp_path):
     assert meta["reset"].startswith("to zero") and float(meta["dt_s"]) == 1e-3
 
 
+def exported_nir(run_dir, tmp_path, samples: int = 128):
+    """The run exported as NIR and read back, and the first test samples as ``x [T, B, n_in]``."""
+    import nir
+
+    target = tmp_path / "m.nir"
+    assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
+    _, test = load_dataset("digits", 40)
+    return nir.read(target), test.dense(slice(0, samples)).float().transpose(0, 1).contiguous()
+
+
 def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_path):
     """Norse's from_nir as shipped: it ignores LIF's r (silent network) and has no LI readout. With r
     folded into the weights (lzo_bench.nir_sim.fold_r) its LIF layers spike exactly as the NIR graph
@@ -324,15 +334,9 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
     import logging
     import warnings
 
-    import nir
-
     from lzo_bench.nir_sim import dt_of, fold_r, li_readout, simulate
 
-    target = tmp_path / "m.nir"
-    assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
-    graph = nir.read(target)
-    _, test = load_dataset("digits", 40)
-    x = test.dense(slice(0, 128)).float().transpose(0, 1).contiguous()
+    graph, x = exported_nir(run_dir, tmp_path)
 
     def run(g):
         logging.disable(logging.WARNING)  # Norse logs that r diverges from 1
@@ -371,17 +375,12 @@ def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_
     (li_readout) gives the same logits. (snnTorch's own shortcomings are not asserted: a release
     that fixes them must not fail this test.)"""
     pytest.importorskip("snntorch")
-    import nir
     from snntorch.import_nir import import_from_nir
     from snntorch.utils import reset
 
     from lzo_bench.nir_sim import for_snntorch, li_readout, simulate
 
-    target = tmp_path / "m.nir"
-    assert runner.invoke(app, ["export", str(run_dir), "--format", "nir", "--out", str(target), "--no-check"]).exit_code == 0
-    graph = nir.read(target)
-    _, test = load_dataset("digits", 40)
-    x = test.dense(slice(0, 128)).float().transpose(0, 1).contiguous()
+    graph, x = exported_nir(run_dir, tmp_path)
 
     def run(g):
         module = import_from_nir(g)
