@@ -35,6 +35,12 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def parse_hidden(text: str) -> tuple[int, ...]:
     try:  # every comma-separated part must be a size: "200," is a typo, not one layer
         sizes = tuple(int(p) for p in text.replace(" ", "").split(","))
@@ -91,10 +97,6 @@ def train(
     from lzo_bench.train import RESUME_MAY_CHANGE, resume_config
     from lzo_bench.train import train as run_training
 
-    def given(name: str) -> bool:  # typed on the command line, not a default
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name == "COMMANDLINE"
-
     cfg_kwargs = dict(
         dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
@@ -102,12 +104,12 @@ def train(
         out=out, overwrite=overwrite,
     )
     if resume is not None:
-        others = [name for name in [*cfg_kwargs, "profile"] if given(name) and name not in RESUME_MAY_CHANGE]
+        others = [name for name in [*cfg_kwargs, "profile"] if typed(ctx, name) and name not in RESUME_MAY_CHANGE]
         if others:
             raise fail(f"--resume continues {resume} with its own configuration; only --epochs and --energy may be "
                        f"given with it (got --{others[0].replace('_', '-')})")
         try:
-            cfg = resume_config(resume, epochs if given("epochs") else None, energy if given("energy") else None)
+            cfg = resume_config(resume, epochs if typed(ctx, "epochs") else None, energy if typed(ctx, "energy") else None)
         except ConfigError as e:
             raise fail(str(e)) from None
     elif profile:
@@ -117,8 +119,8 @@ def train(
             prof = load_profile(profile)
         except ProfileError as e:
             raise fail(f"--profile: {e}") from None
-        explicit = {name for name in cfg_kwargs if given(name)}
-        if not given("method"):
+        explicit = {name for name in cfg_kwargs if typed(ctx, name)}
+        if not typed(ctx, "method"):
             cfg_kwargs["method"] = prof.methods[-1]
         cfg_kwargs.update({k: v for k, v in prof.train_kwargs(cfg_kwargs["method"]).items() if k not in explicit})
     if resume is None:
@@ -388,8 +390,7 @@ def profile(
         raise fail(f"--methods must be a comma-separated subset of {', '.join(sorted(valid))} (got {methods!r})")
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
-    source = ctx.get_parameter_source("workload")
-    if run is not None and source is not None and source.name == "COMMANDLINE":
+    if run is not None and typed(ctx, "workload"):
         raise fail("--workload and --run exclude each other: a run is profiled on the dataset it trained on")
     if run is not None:
         try:
