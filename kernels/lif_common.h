@@ -41,6 +41,64 @@ inline void check_current_mode(int64_t current_mode, const char* op) {
   TORCH_CHECK(current_mode >= 0 && current_mode <= 2, op, ": current_mode must be 0 (auto), 1 (events) or 2 (gemm)");
 }
 
+// Device-independent argument checks of the event ops (snn_cpu.cpp, snn_cuda.cu); each backend then
+// checks its lists on its own device. Event lists have rows r = b*T + t, so B*T + 1 row pointers.
+inline void check_events_forward_args(const at::Tensor& x_ptr, const at::Tensor& weight, const at::Tensor& table,
+                                      int64_t steps, const char* op) {
+  TORCH_CHECK(steps >= 1 && x_ptr.numel() >= 1 && (x_ptr.numel() - 1) % steps == 0, op,
+              ": x_ptr must hold B*T + 1 row pointers for T = ", steps);
+  check_float(weight, op, "weight");
+  check_float(table, op, "table");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
+}
+
+inline void check_readout_forward_args(const at::Tensor& s_ptr, const at::Tensor& w_out, int64_t steps,
+                                       const char* op) {
+  check_float(w_out, op, "w_out");
+  TORCH_CHECK(w_out.dim() == 2, op, ": w_out must be [N, C]");
+  TORCH_CHECK(steps >= 1 && (s_ptr.numel() - 1) % steps == 0, op, ": s_ptr must hold B*T + 1 entries");
+}
+
+inline void check_readout_backward_args(const at::Tensor& grad_o, const at::Tensor& w_out, const char* op) {
+  check_float(grad_o, op, "grad_o");
+  check_float(w_out, op, "w_out");
+  TORCH_CHECK(grad_o.dim() == 3 && w_out.dim() == 2 && grad_o.size(2) == w_out.size(1), op,
+              ": grad_o must be [T, B, C] and w_out [N, C]");
+}
+
+// lif_sparse_backward: the values on the active list and dL/dcount [B, N] (or empty).
+inline void check_sparse_backward_args(const at::Tensor& grad_act, const at::Tensor& act_ptr,
+                                       const at::Tensor& act_col, const at::Tensor& act_gate,
+                                       const at::Tensor& count_grad, const at::Tensor& weight, int64_t steps,
+                                       const char* op) {
+  check_float(weight, op, "weight");
+  check_float(grad_act, op, "grad_act");
+  check_float(act_gate, op, "active_gate");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  TORCH_CHECK(steps >= 1 && (act_ptr.numel() - 1) % steps == 0, op, ": active_ptr must hold B*T + 1 entries");
+  TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
+              ": grad_act and active_gate must hold one value per active entry");
+  if (count_grad.numel() > 0) {
+    const int64_t B = (act_ptr.numel() - 1) / steps, N = weight.size(1);
+    check_float(count_grad, op, "count_grad");
+    TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N] = [", B, ", ", N, "]");
+  }
+}
+
+// lif_dense_backward: grad and gate [B*T, N], dL/dcount [B, N] (or empty).
+inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& count_grad,
+                                      const at::Tensor& weight, int64_t steps, const char* op) {
+  check_float(grad, op, "grad");
+  check_float(gate, op, "gate");
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == weight.size(1) && gate.sizes() == grad.sizes(), op,
+              ": grad and gate must both be [B*T, N]");
+  TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
+  TORCH_CHECK(count_grad.numel() == 0 || count_grad.numel() == grad.size(0) / steps * weight.size(1), op,
+              ": count_grad must be [B, N]");
+}
+
 struct LayerShape {
   int64_t T, B, Nin, N;
 };

@@ -437,11 +437,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
     double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
     int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
   const char* op = "lzo::lif_events_forward";
-  TORCH_CHECK(steps >= 1 && x_ptr.numel() >= 1 && (x_ptr.numel() - 1) % steps == 0, op,
-              ": x_ptr must hold B*T + 1 row pointers for T = ", steps);
-  check_float(weight, op, "weight");
-  check_float(table, op, "table");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
+  check_events_forward_args(x_ptr, weight, table, steps, op);
   TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
   check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
   check_current_mode(current_mode, op);
@@ -520,9 +516,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
 Tensor readout_forward_cpu(const Tensor& s_ptr, const Tensor& s_col, const Tensor& w_out, int64_t steps,
                            double beta_out) {
   const char* op = "lzo::readout_forward";
-  check_float(w_out, op, "w_out");
-  TORCH_CHECK(w_out.dim() == 2, op, ": w_out must be [N, C]");
-  TORCH_CHECK(steps >= 1 && (s_ptr.numel() - 1) % steps == 0, op, ": s_ptr must hold B*T + 1 entries");
+  check_readout_forward_args(s_ptr, w_out, steps, op);
   const int64_t rows = s_ptr.numel() - 1, T = steps, B = rows / T, C = w_out.size(1);
   const Tensor empty = at::empty({0}, w_out.options());
   check_events(s_ptr, s_col, empty, rows, op, "s");
@@ -560,10 +554,7 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cpu(const Tensor& grad_o, co
                                                         const Tensor& s_col, const Tensor& w_out, double beta_out,
                                                         const Tensor& act_ptr, const Tensor& act_col) {
   const char* op = "lzo::readout_backward";
-  check_float(grad_o, op, "grad_o");
-  check_float(w_out, op, "w_out");
-  TORCH_CHECK(grad_o.dim() == 3 && w_out.dim() == 2 && grad_o.size(2) == w_out.size(1), op,
-              ": grad_o must be [T, B, C] and w_out [N, C]");
+  check_readout_backward_args(grad_o, w_out, op);
   const int64_t T = grad_o.size(0), B = grad_o.size(1), C = grad_o.size(2), N = w_out.size(0), rows = T * B;
   const Tensor empty = at::empty({0}, w_out.options());
   check_events(s_ptr, s_col, empty, rows, op, "s");
@@ -622,23 +613,13 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
     const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
     double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
   const char* op = "lzo::lif_sparse_backward";
-  check_float(weight, op, "weight");
-  check_float(grad_act, op, "grad_act");
-  check_float(act_gate, op, "active_gate");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
-  TORCH_CHECK(steps >= 1 && (act_ptr.numel() - 1) % steps == 0, op, ": active_ptr must hold B*T + 1 entries");
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, weight.options());
   check_events(act_ptr, act_col, empty, rows, op, "active");
   check_events(x_ptr, x_col, x_val, rows, op, "x");
-  TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
-              ": grad_act and active_gate must hold one value per active entry");
   const bool with_cg = count_grad.numel() > 0;
-  if (with_cg) {
-    check_float(count_grad, op, "count_grad");
-    TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N] = [", B, ", ", N, "]");
-  }
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_events(prev_ptr, prev_col, empty, rows, op, "prev");
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
@@ -745,18 +726,11 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
                                                   const Tensor& weight, double beta, int64_t steps, bool input_grad,
                                                   int64_t current_mode) {
   const char* op = "lzo::lif_dense_backward";
-  check_float(grad, op, "grad");
-  check_float(gate, op, "gate");
-  check_float(weight, op, "weight");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  check_dense_backward_args(grad, gate, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == N && gate.sizes() == grad.sizes(), op,
-              ": grad and gate must both be [B*T, N]");
-  TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
   const int64_t rows = grad.size(0), T = steps, B = rows / T;
   check_events(x_ptr, x_col, x_val, rows, op, "x");
   const bool with_cg = count_grad.numel() > 0;
-  if (with_cg) TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N]");
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
   const Tensor gc = grad.contiguous(), gtc = gate.contiguous();
   Tensor ghat = at::empty({rows, N}, weight.options());

@@ -491,11 +491,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
     int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
   const char* op = "lzo::lif_events_forward";
   check_on_gpu(weight, op);
-  check_float(weight, op, "weight");
-  check_float(table, op, "table");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
-  TORCH_CHECK(steps >= 1 && x_ptr.numel() >= 1 && (x_ptr.numel() - 1) % steps == 0, op,
-              ": x_ptr must hold B*T + 1 row pointers for T = ", steps);
+  check_events_forward_args(x_ptr, weight, table, steps, op);
   check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
   check_current_mode(current_mode, op);
   const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T, Nin = weight.size(0), N = weight.size(1);
@@ -541,9 +537,7 @@ Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tens
                             double beta_out) {
   const char* op = "lzo::readout_forward";
   check_on_gpu(w_out, op);
-  check_float(w_out, op, "w_out");
-  TORCH_CHECK(w_out.dim() == 2, op, ": w_out must be [N, C]");
-  TORCH_CHECK(steps >= 1 && (s_ptr.numel() - 1) % steps == 0, op, ": s_ptr must hold B*T + 1 entries");
+  check_readout_forward_args(s_ptr, w_out, steps, op);
   const int64_t rows = s_ptr.numel() - 1, T = steps, B = rows / T, C = w_out.size(1);
   check_list(s_ptr, s_col, at::empty({0}, w_out.options()), rows, w_out, op, "s");
   const c10::cuda::CUDAGuard guard(w_out.device());
@@ -562,10 +556,7 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cuda(const Tensor& grad_o, c
                                                          const Tensor& act_ptr, const Tensor& act_col) {
   const char* op = "lzo::readout_backward";
   check_on_gpu(w_out, op);
-  check_float(grad_o, op, "grad_o");
-  check_float(w_out, op, "w_out");
-  TORCH_CHECK(grad_o.dim() == 3 && w_out.dim() == 2 && grad_o.size(2) == w_out.size(1), op,
-              ": grad_o must be [T, B, C] and w_out [N, C]");
+  check_readout_backward_args(grad_o, w_out, op);
   const int64_t T = grad_o.size(0), B = grad_o.size(1), C = grad_o.size(2), N = w_out.size(0), rows = T * B;
   const Tensor empty = at::empty({0}, w_out.options());
   check_cuda(grad_o, w_out, op, "grad_o");
@@ -599,12 +590,8 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
     double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
   const char* op = "lzo::lif_sparse_backward";
   check_on_gpu(weight, op);
-  check_float(weight, op, "weight");
-  check_float(grad_act, op, "grad_act");
-  check_float(act_gate, op, "active_gate");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
-  TORCH_CHECK(steps >= 1 && (act_ptr.numel() - 1) % steps == 0, op, ": active_ptr must hold B*T + 1 entries");
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, weight.options());
   check_list(act_ptr, act_col, empty, rows, weight, op, "active");
@@ -612,13 +599,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   check_cuda(grad_act, weight, op, "grad_act");
   check_cuda(act_gate, weight, op, "active_gate");
   check_cuda(count_grad, weight, op, "count_grad");
-  TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
-              ": grad_act and active_gate must hold one value per active entry");
   const bool with_cg = count_grad.numel() > 0;
-  if (with_cg) {
-    check_float(count_grad, op, "count_grad");
-    TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N] = [", B, ", ", N, "]");
-  }
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_list(prev_ptr, prev_col, empty, rows, weight, op, "prev");
   const c10::cuda::CUDAGuard guard(weight.device());
@@ -668,21 +649,14 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
                                                    int64_t current_mode) {
   const char* op = "lzo::lif_dense_backward";
   check_on_gpu(weight, op);
-  check_float(grad, op, "grad");
-  check_float(gate_t, op, "gate");
-  check_float(weight, op, "weight");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
+  check_dense_backward_args(grad, gate_t, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == N && gate_t.sizes() == grad.sizes(), op,
-              ": grad and gate must both be [B*T, N]");
-  TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
   const int64_t rows = grad.size(0), T = steps, B = rows / T;
   check_list(x_ptr, x_col, x_val, rows, weight, op, "x");
   check_cuda(grad, weight, op, "grad");
   check_cuda(gate_t, weight, op, "gate");
   check_cuda(count_grad, weight, op, "count_grad");
   const bool with_cg = count_grad.numel() > 0;
-  if (with_cg) TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N]");
   (void)current_mode;  // the GPU always forms dW by one GEMM
   const c10::cuda::CUDAGuard guard(weight.device());
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), gc = grad.contiguous(), gtc = gate_t.contiguous();
