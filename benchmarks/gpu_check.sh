@@ -41,6 +41,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run under timeout, output to the log
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
 }
 
+stage env 30 sh -c "nvidia-smi --query-gpu=name,driver_version,mig.mode.current,memory.total --format=csv; \
+  (nvcc --version | tail -2) 2>&1; lscpu | grep 'Model name'; \
+  $py -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
 stage nvml 30 $py -c "
 import json, torch
 from lzo_bench.energy import counter_period_ms, open_meter
@@ -53,12 +56,6 @@ print(json.dumps(r)); open('$rest/nvml.json', 'w').write(json.dumps(r))"
 stage build 300 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
 stage tests 180 $py -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_event_network.py -k cuda
 stage gpu-tests 60 $py -m pytest -q -p no:cacheprovider -m gpu tests
-if command -v compute-sanitizer > /dev/null; then
-  stage racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
-  stage memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
-else
-  echo "compute-sanitizer not found: racecheck and memcheck skipped" | tee -a "$log"
-fi
 stage cuda-vs-reference 120 sh -c "$py benchmarks/cuda_check.py > '$rest/cuda_check.json'"
 for cfg in "nmnist-l2:--n-in 200 --rate 0.01" "nmnist-l1:--n-in 1156 --rate 0.012 --first-layer" \
            "shd-l2:--n-in 200 --steps 500 --beta 0.8187 --rate 0.01" \
@@ -82,6 +79,12 @@ for row in r['rows']:
           row['j_per_update'], row['j_per_update_std'], row['energy_ratio_vs_surrogate'])
 print('energy:', r['energy'])"
 done
+if command -v compute-sanitizer > /dev/null; then
+  stage racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
+  stage memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 $py benchmarks/cuda_check.py --sanitize
+else
+  echo "compute-sanitizer not found: racecheck and memcheck skipped" | tee -a "$log"
+fi
 stage train-energy 120 $py -c "
 import json, time, tempfile
 from lzo_bench.train import TrainConfig, train
