@@ -51,6 +51,8 @@ def main() -> None:
     for method in METHODS:
         spec = GateSpec.build(method, "normal", 0.05)
         auto = select_backend("auto", device, spec)
+        if device.type == "cuda" and auto.name != "cuda":  # a fallback would compare the reference with itself
+            raise SystemExit(f"cuda_check: the CUDA ops did not load ({auto.reason}); nothing to check")
         for path, backend in (("events", auto), ("layers", replace(auto, network=None))):
             model = SNN(net).to(device)
             model.load_state_dict(init)

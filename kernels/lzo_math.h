@@ -134,12 +134,17 @@ LZO_HD float int_pow(float z, int alpha) {
   return alpha < 0 ? 1.0f / r : r;
 }
 
+// e^x, flushed to 0 where it falls below FLT_MIN (x < -87.33), as snn_cpu.cpp's exp_neg_ftz: the
+// exponential is flushed before any constant multiplies it, so the CPU and the GPU agree on which
+// gate values are 0 (finding 8 of the kernel-layer issue: the GPU flushed c*exp(x) instead).
+LZO_HD float exp_ftz(float x) { return x >= -87.33f ? expf(x) : 0.0f; }
+
 // ---- surrogates g(v)
 LZO_HD float surrogate(const GateParams& g, float v) {
   const double d = g.delta;
   switch (g.surrogate_kind) {
     case SURR_NORMAL: {  // exp(-v^2 / (2 d^2)) / (d sqrt(2 pi))        (eq. 10)
-      float e = expf(-(v * v) / static_cast<float>(2.0 * d * d));
+      float e = exp_ftz(-(v * v) / static_cast<float>(2.0 * d * d));
       return e / static_cast<float>(d * kSqrt2Pi);
     }
     case SURR_UNIFORM: {  // (3 - v^2/d^2) / (4 sqrt3 d) for v^2/d^2 < 3    (eq. 11)
@@ -149,11 +154,12 @@ LZO_HD float surrogate(const GateParams& g, float v) {
     case SURR_LAPLACE: {  // (|v|/d + 1/sqrt2) exp(-sqrt2 |v|/d) / (2d)     (eq. 12)
       float r = fabsf(v) / static_cast<float>(d);
       return (r + static_cast<float>(1.0 / 1.4142135623730951)) *
-             expf(static_cast<float>(-1.4142135623730951) * r) / static_cast<float>(2.0 * d);
+             exp_ftz(static_cast<float>(-1.4142135623730951) * r) / static_cast<float>(2.0 * d);
     }
-    case SURR_SIGMOID: {  // k s (1 - s), s = sigmoid(-k|v|)
-      float s = 1.0f / (1.0f + expf(g.k * fabsf(v)));
-      return g.k * s * (1.0f - s);
+    case SURR_SIGMOID: {  // k s (1 - s) with s = sigmoid(-k|v|), written k e / (1 + e)^2, e = exp(-k|v|)
+      const float e = exp_ftz(-g.k * fabsf(v));
+      const float q = 1.0f + e;
+      return g.k * e / (q * q);
     }
     default: {  // fast sigmoid: (1 + k|v|)^-2
       float q = 1.0f + g.k * fabsf(v);

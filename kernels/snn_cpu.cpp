@@ -25,8 +25,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "lif_common.h"
@@ -85,16 +85,40 @@ void check_columns(const Tensor& col, int64_t width, const char* op, const char*
               hi, "]");
 }
 
-// beta^d and beta^-d for d = 0..kRebaseSteps
+// beta^d and beta^-d for d = 0..span, where span <= kRebaseSteps keeps beta^-span <= 2^64: the running
+// sums are held relative to a reference step tr (h = beta^-(t-tr) * trace), so for a small beta the
+// reference must move often or beta^-d leaves float range (beta < 0.063 passes 2^128 within 32
+// steps). beta = 0 gives span 0: the reference moves at every step and the trace is the step's input.
 struct Powers {
+  int64_t span;
   float down[kRebaseSteps + 1], up[kRebaseSteps + 1];
-  explicit Powers(double beta) {
-    for (int64_t d = 0; d <= kRebaseSteps; ++d) {
+  explicit Powers(double beta) : span(rebase_span(beta)) {
+    for (int64_t d = 0; d <= span; ++d) {
       down[d] = static_cast<float>(std::pow(beta, static_cast<double>(d)));
       up[d] = static_cast<float>(std::pow(beta, -static_cast<double>(d)));
     }
   }
+  static int64_t rebase_span(double beta) {
+    if (!(beta > 0.0)) return 0;
+    if (beta >= 1.0) return kRebaseSteps;
+    return std::min<int64_t>(kRebaseSteps, static_cast<int64_t>(std::floor(64.0 * std::log(2.0) / -std::log(beta))));
+  }
 };
+
+// std::bit_cast without C++20: torch 2.11's extension builds are C++17 (seen on the GPU machine,
+// where std::bit_cast failed to compile).
+template <typename To, typename From>
+inline To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_bit_cast)
+  return __builtin_bit_cast(To, x);
+#endif
+#endif
+  To y;
+  std::memcpy(&y, &x, sizeof(To));
+  return y;
+}
 
 // e^x for x <= 0, flushed to 0 where e^x is below FLT_MIN (x < -87.33: a denormal gate value moves
 // no gradient, and glibc's expf takes a slow path there). Cody-Waite reduction and Cephes' degree-6
@@ -102,7 +126,7 @@ struct Powers {
 // the bit pattern: for negative floats a larger magnitude is a larger int32) so loops over it vectorise.
 inline float exp_neg_ftz(float x) {
   constexpr int32_t kBitsMinus100 = static_cast<int32_t>(0xC2C80000u);  // -100.0f
-  const float xc = std::bit_cast<float>(std::min(std::bit_cast<int32_t>(x), kBitsMinus100));
+  const float xc = bits_as<float>(std::min(bits_as<int32_t>(x), kBitsMinus100));
   const int32_t ni = static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f);  // round(x / ln 2)
   const float n = static_cast<float>(ni);
   float r = xc - n * 0.693359375f;
@@ -114,9 +138,9 @@ inline float exp_neg_ftz(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const float scale = std::bit_cast<float>((ni + 127) << 23);
+  const float scale = bits_as<float>((ni + 127) << 23);
   const int32_t keep = -static_cast<int32_t>(x >= -87.33f);
-  return std::bit_cast<float>(std::bit_cast<int32_t>(e * scale) & keep);
+  return bits_as<float>(bits_as<int32_t>(e * scale) & keep);
 }
 
 // The dense gate g(v) for a row of potentials, one loop per surrogate so each vectorises.
@@ -297,13 +321,14 @@ class SparseGateRows {
   std::vector<float> cav_, acc_, ukeep_;
 };
 
-// Dense rows [rows, width] (row r = b*T + t) from an event list.
+// Dense rows [rows, width] (row r = b*T + t) from an event list; a column listed twice in a row adds,
+// as the event current and the event dW do.
 Tensor rows_from_events(const EventView& ev, int64_t rows, int64_t width, const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
   float* o = out.data_ptr<float>();
   at::parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) o[r * width + ev.col[q]] = ev.value(q);
+      for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) o[r * width + ev.col[q]] += ev.value(q);
   });
   return out;
 }
@@ -656,7 +681,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         if (av.ptr[r] == last) break;  // no active entry left in this batch row
         const bool events = xv.ptr[r + 1] > xv.ptr[r];
         if (!any && !events) continue;
-        if (!any || t - tr > kRebaseSteps) {
+        if (!any || t - tr > pw.span) {
           if (any) {
             rebase_trace(h.data(), Nin, beta, t - tr);
           }
@@ -699,7 +724,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         if (pv.ptr[r + 1] == first) break;  // no prev entry at or before t
         const bool entries = av.ptr[r + 1] > av.ptr[r];
         if (!any && !entries) continue;
-        if (!any || tr - t > kRebaseSteps) {
+        if (!any || tr - t > pw.span) {
           if (any) {
             rebase_trace(h.data(), Nin, beta, tr - t);
           }

@@ -4,7 +4,9 @@
 //   - a list an op makes (spikes, active entries) is sized by its bound, B*T*N entries: its valid
 //     prefix is ptr[B*T] long (kept on the device; SpikeEvents.nnz reads it when asked);
 //   - row pointers come from a device cumsum of per-row counts;
-//   - loops are grid-stride, so any size runs with the grids capped at kMaxGrid blocks.
+//   - loops are grid-stride, so any size runs with the grids capped at g_max_grid blocks
+//     (65535; lzo::set_cuda_max_grid lowers it so tests make the loops take several passes);
+//   - a list an op receives is validated on the device (validate_list_kernel), without a host read.
 // Exception: to_events (a dense tensor from the user) reads its event count back once, since its
 // bound would be twice the dense tensor.
 //
@@ -50,13 +52,13 @@ using Ptr = int32_t;
 constexpr auto kPtr = at::kInt;
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-constexpr int64_t kMaxGrid = 65535;
+int64_t g_max_grid = 65535;  // blocks per grid dimension; lzo::set_cuda_max_grid lowers it for tests
 constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
 
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 inline unsigned grid(int64_t items, int64_t per_block = kThreads) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, kMaxGrid)));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, g_max_grid)));
 }
 
 void check_on_gpu(const Tensor& weight, const char* op) {
@@ -69,8 +71,26 @@ void check_cuda(const Tensor& t, const Tensor& ref, const char* op, const char* 
               ref.device(), "; move both to one device");
 }
 
-void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, const Tensor& ref,
-                const char* op, const char* name) {
+// A list from outside (a CPU-made list moved to the GPU, say) checked on the device without a host
+// read: row pointers from 0, never decreasing, within the arrays, columns in [0, width). A bad list
+// stops at a device-side assert naming the rule instead of reading past the arrays.
+__global__ void validate_list_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col, int64_t rows,
+                                     int64_t cap, int64_t width) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (first == 0) {
+    CUDA_KERNEL_ASSERT(ptr[0] == 0 && "event list: ptr[0] must be 0");
+    CUDA_KERNEL_ASSERT(ptr[rows] <= cap && "event list: ptr[B*T] must not exceed the number of columns");
+  }
+  for (int64_t r = first; r < rows; r += stride)
+    CUDA_KERNEL_ASSERT(ptr[r] <= ptr[r + 1] && "event list: row pointers must not decrease");
+  const int64_t n = ptr[rows] < cap ? ptr[rows] : cap;
+  for (int64_t q = first; q < n; q += stride)
+    CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width && "event list: a column is outside [0, width)");
+}
+
+void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
+                const Tensor& ref, const char* op, const char* name) {
   TORCH_CHECK(ptr.scalar_type() == kPtr && ptr.dim() == 1 && ptr.is_contiguous() && ptr.numel() == rows + 1, op, ": ",
               name, "_ptr must be a contiguous int32 tensor of B*T + 1 = ", rows + 1, " row pointers");
   TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous(), op, ": ", name,
@@ -80,6 +100,11 @@ void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t
   check_cuda(ptr, ref, op, name);
   check_cuda(col, ref, op, name);
   check_cuda(val, ref, op, name);
+  TORCH_CHECK(ptr.is_cuda() && col.is_cuda(), op, ": ", name, " list must be on the GPU with the weights");
+  const c10::cuda::CUDAGuard guard(ptr.device());
+  validate_list_kernel<<<grid(std::max<int64_t>(rows, col.numel())), kThreads, 0, stream()>>>(
+      ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), rows, col.numel(), width);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // A list's bound B*T*N must be addressable by the int32 row pointers.
@@ -138,9 +163,6 @@ __device__ int4 block_rank2(bool a, bool b, int* sh /* shared, 66 ints */) {
   return out;
 }
 
-// A gate value below FLT_MIN moves no gradient: flushed as on the CPU (exp_neg_ftz).
-__device__ __forceinline__ float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
-
 __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
                                       const float* __restrict__ xval, const float* __restrict__ W,
                                       const float* __restrict__ cur_all, GateParams g, int64_t T, int64_t B,
@@ -176,9 +198,9 @@ __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_
           s_buf[b * N + j] = spike ? 1.0f : 0.0f;
           if (spike) counts[b * N + j] += 1.0f;
           if (dense_gate) {
-            dense_gate[r * N + j] = flush(gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j)));
+            dense_gate[r * N + j] = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
           } else if (sparse) {
-            gv = flush(gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j)));
+            gv = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
           }
         }
         if (sparse) {  // spikes and active entries ranked together: one set of barriers
@@ -216,7 +238,7 @@ __global__ void compact_kernel(const T* __restrict__ slot, const Ptr* __restrict
   }
 }
 
-// Dense rows [rows, width] from an event list (one warp per row).
+// Dense rows [rows, width] from an event list (one warp per row); out must be zeroed.
 __global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
                                     const float* __restrict__ val, float* __restrict__ out, int64_t rows,
                                     int64_t width) {
@@ -225,7 +247,7 @@ __global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* 
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
     for (int64_t q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) {
       CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width);
-      out[r * width + col[q]] = val ? val[q] : 1.0f;
+      atomicAdd(&out[r * width + col[q]], val ? val[q] : 1.0f);  // a column listed twice in a row adds
     }
 }
 
@@ -358,8 +380,7 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
             if (c >= i0 && c < i0 + blockDim.x) atomicAdd(&sh_x[c - i0], xval ? xval[q] : 1.0f);
           }
           __syncthreads();
-          x = sh_x[threadIdx.x];
-          __syncthreads();
+          x = sh_x[threadIdx.x];  // own slot: the next step zeroes it before its first barrier
         }
         h = beta * h + x;
         if (!mine) continue;
@@ -495,7 +516,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
   check_current_mode(current_mode, op);
   const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T, Nin = weight.size(0), N = weight.size(1);
-  check_list(x_ptr, x_col, x_val, rows, weight, op, "x");
+  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
   check_cuda(table, weight, op, "table");
   check_bound(rows, N, op);
   const c10::cuda::CUDAGuard guard(weight.device());
@@ -539,7 +560,7 @@ Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tens
   check_on_gpu(w_out, op);
   check_readout_forward_args(s_ptr, w_out, steps, op);
   const int64_t rows = s_ptr.numel() - 1, T = steps, B = rows / T, C = w_out.size(1);
-  check_list(s_ptr, s_col, at::empty({0}, w_out.options()), rows, w_out, op, "s");
+  check_list(s_ptr, s_col, at::empty({0}, w_out.options()), rows, w_out.size(0), w_out, op, "s");
   const c10::cuda::CUDAGuard guard(w_out.device());
   const Tensor W = w_out.contiguous();
   Tensor o = at::empty({T, B, C}, w_out.options());
@@ -560,9 +581,9 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cuda(const Tensor& grad_o, c
   const int64_t T = grad_o.size(0), B = grad_o.size(1), C = grad_o.size(2), N = w_out.size(0), rows = T * B;
   const Tensor empty = at::empty({0}, w_out.options());
   check_cuda(grad_o, w_out, op, "grad_o");
-  check_list(s_ptr, s_col, empty, rows, w_out, op, "s");
+  check_list(s_ptr, s_col, empty, rows, N, w_out, op, "s");
   const bool with_act = act_ptr.numel() > 0;
-  if (with_act) check_list(act_ptr, act_col, empty, rows, w_out, op, "active");
+  if (with_act) check_list(act_ptr, act_col, empty, rows, N, w_out, op, "active");
   const c10::cuda::CUDAGuard guard(w_out.device());
   const Tensor go = grad_o.contiguous(), W = w_out.contiguous();
   Tensor d_a = at::empty({rows, C}, w_out.options());
@@ -575,7 +596,7 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cuda(const Tensor& grad_o, c
         dw.data_ptr<float>(), per_row, T, B, C, N, static_cast<float>(beta_out), static_cast<float>(1.0 - beta_out));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   Tensor dw_out = per_row ? dw.sum(0) : dw;
-  Tensor g_act = at::zeros({with_act ? act_col.numel() : 0}, w_out.options());
+  Tensor g_act = at::empty({with_act ? act_col.numel() : 0}, w_out.options());  // every valid entry written
   if (with_act && act_col.numel() > 0)
     readout_active_grad_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(
         act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), d_a.data_ptr<float>(), W.data_ptr<float>(),
@@ -594,14 +615,14 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   const int64_t Nin = weight.size(0), N = weight.size(1);
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, weight.options());
-  check_list(act_ptr, act_col, empty, rows, weight, op, "active");
-  check_list(x_ptr, x_col, x_val, rows, weight, op, "x");
+  check_list(act_ptr, act_col, empty, rows, N, weight, op, "active");
+  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
   check_cuda(grad_act, weight, op, "grad_act");
   check_cuda(act_gate, weight, op, "active_gate");
   check_cuda(count_grad, weight, op, "count_grad");
   const bool with_cg = count_grad.numel() > 0;
   const bool with_prev = prev_ptr.numel() > 0;
-  if (with_prev) check_list(prev_ptr, prev_col, empty, rows, weight, op, "prev");
+  if (with_prev) check_list(prev_ptr, prev_col, empty, rows, Nin, weight, op, "prev");
   const c10::cuda::CUDAGuard guard(weight.device());
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), ga = grad_act.contiguous(),
                gam = act_gate.contiguous();
@@ -624,7 +645,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
     dwt = at::zeros({N, Nin}, weight.options());
   }
   if (B > 0 && Nin > 0 && act_col.numel() > 0)
-    sparse_dw_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, kMaxGrid))), kThreads, 0,
+    sparse_dw_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_max_grid))), kThreads, 0,
                        stream()>>>(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
                                    x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(),
                                    x_val.numel() ? x_val.data_ptr<float>() : nullptr, dwt.data_ptr<float>(), T, B,
@@ -632,10 +653,10 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   Tensor dw = (deterministic ? dwt.sum(0) : dwt).t().contiguous();
   if (!with_prev) return {dw, empty};
-  Tensor g_prev = at::zeros({prev_col.numel()}, weight.options());
+  Tensor g_prev = at::empty({prev_col.numel()}, weight.options());  // every valid entry written
   const Tensor wt = W.t().contiguous();  // [N, N_in]
   if (B > 0 && Nin > 0 && prev_col.numel() > 0)
-    sparse_dx_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(B, kMaxGrid))), kThreads, 0, stream()>>>(
+    sparse_dx_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(B, g_max_grid))), kThreads, 0, stream()>>>(
         act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(), wt.data_ptr<float>(),
         prev_ptr.data_ptr<Ptr>(), prev_col.data_ptr<int32_t>(), g_prev.data_ptr<float>(), T, B, Nin,
         static_cast<float>(beta));
@@ -652,7 +673,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   check_dense_backward_args(grad, gate_t, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
   const int64_t rows = grad.size(0), T = steps, B = rows / T;
-  check_list(x_ptr, x_col, x_val, rows, weight, op, "x");
+  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
   check_cuda(grad, weight, op, "grad");
   check_cuda(gate_t, weight, op, "gate");
   check_cuda(count_grad, weight, op, "count_grad");
@@ -670,6 +691,17 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   Tensor dx = input_grad ? at::mm(ghat, W.t()) : at::empty({0}, weight.options());
   return {dw, dx};
 }
+
+// The grid cap of every launch (at most 65535, the default); returns the previous cap. Tests lower it
+// so that each grid-stride loop takes several passes.
+int64_t set_cuda_max_grid(int64_t blocks) {
+  TORCH_CHECK(blocks >= 1 && blocks <= 65535, "lzo::set_cuda_max_grid: blocks must lie in [1, 65535], got ", blocks);
+  const int64_t old = g_max_grid;
+  g_max_grid = blocks;
+  return old;
+}
+
+TORCH_LIBRARY_FRAGMENT(lzo, m) { m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid); }
 
 TORCH_LIBRARY_IMPL(lzo, CUDA, m) {
   m.impl("to_events", &to_events_cuda);

@@ -91,9 +91,21 @@ def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
     from lzo_bench.event_network import event_network
 
     if cuda:
-        return Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}, event-driven "
-                                                "end to end", event_network)
+        backend = Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}, event-driven "
+                                                   "end to end", event_network)
+        return verified(backend, device)
     return Backend("cpp", extension_layer, "lzo C++ ops on the CPU, event-driven end to end", event_network)
+
+
+def verified(backend: Backend, device: torch.device) -> Backend:
+    """``backend`` once its self-check against the reference on ``device`` has passed in this process
+    (:mod:`lzo_bench.selfcheck`); raises BackendUnavailable naming what differed otherwise."""
+    from lzo_bench import selfcheck
+
+    verdict = selfcheck.cached_verdict(backend, device)
+    if not verdict.ok:
+        raise BackendUnavailable(selfcheck.refusal(verdict))
+    return Backend(backend.name, backend.layer, f"{backend.reason}; self-check passed", backend.network)
 
 
 def select_backend(

@@ -547,6 +547,19 @@ def _print_placement(summary: dict) -> None:
         console.print(f"ran on {where}: {', '.join(names)}", highlight=False)
 
 
+@app.command()
+def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False) -> None:
+    """What works on this machine and why not where not: torch, the C++ and CUDA ops (with the CUDA
+    self-check), GPU, NVML energy and power, RAPL, onnxruntime and its providers, the optional extras."""
+    from lzo_bench.doctor import as_json, run_checks
+    from lzo_bench.report import console, doctor_table
+
+    checks = run_checks()
+    if json_out:
+        return _print_json(as_json(checks))
+    console.print(doctor_table(checks))
+
+
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)
 app.add_typer(theory_app, name="theory")
 

@@ -51,9 +51,10 @@ class LayerState:
     dense_gate: torch.Tensor
 
     @property
-    def active(self) -> int:
-        """Active entries, ``active_ptr[-1]`` (lists made on the GPU are allocated at their bound)."""
-        return int(self.active_ptr[-1])
+    def active(self) -> torch.Tensor:
+        """Active entries, ``active_ptr[-1]`` as a 0-d tensor on the list's device (lists made on the
+        GPU are allocated at their bound); ``Forward.active`` reads them, without a sync per layer."""
+        return self.active_ptr[-1]
 
 
 @dataclass

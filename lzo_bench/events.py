@@ -59,11 +59,12 @@ class SpikeEvents:
         return torch.repeat_interleave(torch.arange(counts.numel(), device=self.ptr.device), counts)
 
     def dense(self) -> torch.Tensor:
-        """The float32 ``[T, B, width]`` tensor."""
+        """The float32 ``[T, B, width]`` tensor; a column listed twice in a row adds, as it does in
+        the layer's current."""
         out = torch.zeros(self.batch, self.steps, self.width, device=self.device)
         n = self.nnz
         values = self.val[:n] if self.val.numel() else torch.ones(n, device=self.device)
-        out.view(-1, self.width)[self.row_of_event(), self.col[:n].long()] = values
+        out.view(-1, self.width).index_put_((self.row_of_event(), self.col[:n].long()), values, accumulate=True)
         return out.transpose(0, 1).contiguous()
 
     @classmethod

@@ -88,12 +88,23 @@ class Forward:
     regulariser's input), the entries the backward touches, and the spikes — dense ``[T, B, N]``
     tensors, built on first access where the forward produced events."""
 
-    def __init__(self, logits: torch.Tensor, counts: list[torch.Tensor], active: list[int],
+    def __init__(self, logits: torch.Tensor, counts: list[torch.Tensor], active: list[int | torch.Tensor],
                  spikes: list[torch.Tensor | SpikeEvents]):
         self.logits = logits    # [B, C]
         self.counts = counts    # per hidden layer, [B, N]
-        self.active = active    # per hidden layer, entries the backward touches
+        self._active = active   # ints, or 0-d device tensors read on first access
         self._spikes = spikes
+
+    @property
+    def active(self) -> list[int]:
+        """Per hidden layer, the entries the backward touches. A forward on the GPU leaves them on the
+        device (its lists are sized by their bound); they are read here, once, in one transfer, so the
+        forward itself never waits for the device."""
+        if any(isinstance(a, torch.Tensor) for a in self._active):
+            on_device = [a for a in self._active if isinstance(a, torch.Tensor)]
+            values = iter(torch.stack([a.reshape(()).long() for a in on_device]).tolist())
+            self._active = [next(values) if isinstance(a, torch.Tensor) else a for a in self._active]
+        return self._active  # type: ignore[return-value]
 
     @property
     def spikes(self) -> list[torch.Tensor]:

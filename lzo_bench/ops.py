@@ -71,13 +71,28 @@ class Extension:
     path: str
 
 
-@lru_cache(maxsize=None)
-def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
-    """Compile (once, cached) and load the ops; ``cuda=None`` means: when a GPU can use them."""
-    cpp_extension = _cpp_extension()
+#: builds that failed in this process, by ``cuda``: raised again instead of compiling again (every
+#: backend selection used to recompile, 5-20 s each, seen on the GPU machine)
+_FAILED: dict[bool, RuntimeError] = {}
 
+
+def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
+    """Compile (once, cached) and load the ops; ``cuda=None`` means: when a GPU can use them. A
+    failed build is raised again, without recompiling, for the rest of the process."""
     if cuda is None:
         cuda = torch.cuda.is_available() and cuda_toolchain() is None
+    if cuda in _FAILED:
+        raise _FAILED[cuda]
+    try:
+        return _build(cuda, verbose)
+    except Exception as e:
+        _FAILED[cuda] = e if isinstance(e, RuntimeError) else RuntimeError(str(e))
+        raise
+
+
+@lru_cache(maxsize=None)
+def _build(cuda: bool, verbose: bool) -> Extension:
+    cpp_extension = _cpp_extension()
     src = kernels_dir()
     sources = [str(src / "lif_cpu.cpp"), str(src / "snn_cpu.cpp")]
     if cuda:

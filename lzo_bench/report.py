@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -153,6 +154,18 @@ def evaluate_table(report: dict) -> Table:
     ]
     for row in rows:
         table.add_row(*row)
+    return table
+
+
+def doctor_table(checks: list) -> Table:
+    """``lzo-bench doctor``: one row per check (:mod:`lzo_bench.doctor`)."""
+    table = Table(title="lzo-bench doctor — what works here")
+    table.add_column("item")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    colour = {"ok": "green", "missing": "yellow", "n/a": "red"}
+    for c in checks:
+        table.add_row(escape(c.item), f"[{colour.get(c.status, 'white')}]{c.status}[/]", escape(c.detail))
     return table
 
 

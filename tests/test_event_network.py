@@ -253,3 +253,124 @@ def test_deterministic_mode_gives_bitwise_equal_gradients(method, device):
     finally:
         torch.use_deterministic_algorithms(was)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+# ---- findings of the kernel-layer issue's trace of snn_cuda.cu / snn_cpu.cpp, each failed before its fix
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("beta", [0.0, 0.02, 0.05, 0.2])
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+def test_small_beta_trains_with_reference_gradients(method, beta, device):
+    """β anywhere in [0, 1): the CPU backward's trace re-basing overflowed float range for β < 0.063
+    (β^-d past 2^128 within 32 steps: NaN weight gradients at β = 0.05 and 0)."""
+    net = NetworkSpec(20, (30, 20), 4, beta=beta, beta_out=0.9, init="uniform", init_gain=6.0)
+    model = SNN(net, torch.Generator().manual_seed(2))
+    x = (torch.rand(120, 4, 20, generator=torch.Generator().manual_seed(3)) < 0.2).float()
+    ref = assert_same(GateSpec.build(method, "normal", delta=0.4), model, x, torch.arange(4), device=device)
+    assert all(c.sum() > 0 for c in ref.counts), "both hidden layers must spike"
+
+
+def _duplicate_column_events():
+    """Row (b=0, t=1) lists input 2 twice and row (b=1, t=0) input 0 three times; T = 3, B = 2, 4 inputs."""
+    ptr = torch.tensor([0, 1, 4, 5, 8, 9, 10], dtype=torch.int32)  # rows b·T + t
+    col = torch.tensor([1, 2, 3, 2, 0, 0, 0, 0, 3, 1], dtype=torch.int32)
+    return SpikeEvents(ptr, col, torch.zeros(0), 3, 2, 4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_duplicate_columns_add_in_the_gemm_current_and_dense_dw(device):
+    """A column listed twice in a row adds (x = 2) in every path: the event current and event dW did,
+    the GEMM current and the dense dW's scatter stored one of the two values."""
+    ev = _duplicate_column_events().to(device)
+    w = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).to(device)
+    spec = GateSpec.build("surrogate", "normal", delta=0.4)
+    table, *params = ops.gate_args(spec, None, torch.device(device))
+    outs = {mode: torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, 3, 0.9, 1.0, *params, 0, mode)
+            for mode in (1, 2)}
+    dense = ev.dense().cpu()
+    assert float(dense[1, 0, 2]) == 2.0 and float(dense[0, 1, 0]) == 3.0
+    v = lif_potentials((dense.reshape(-1, 4) @ w.cpu()).view(3, 2, 6), 0.9, 1.0).transpose(0, 1).reshape(6, 6)
+    for mode, out in outs.items():
+        torch.testing.assert_close(out[6].cpu(), gate_values(v, spec, DrawKey(0, 0), 0), rtol=1e-5, atol=1e-7)
+    grad = torch.randn(6, 6, generator=torch.Generator().manual_seed(1)).to(device)
+    dws = [torch.ops.lzo.lif_dense_backward(grad, outs[m][6], torch.zeros(0, device=device), ev.ptr, ev.col, ev.val, w,
+                                            0.9, 3, False, m)[0].cpu() for m in (1, 2)]
+    ghat = torch.zeros(6, 6)
+    gam, g = outs[1][6].cpu().view(2, 3, 6), grad.cpu().view(2, 3, 6)
+    h = ghat.view(2, 3, 6)
+    for t in reversed(range(3)):
+        h[:, t] = g[:, t] * gam[:, t] + (0.9 * h[:, t + 1] if t + 1 < 3 else 0)
+    want = dense.transpose(0, 1).reshape(6, 4).t() @ ghat
+    for dw in dws:
+        torch.testing.assert_close(dw, want, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_leaves_active_counts_on_the_device_until_read():
+    """The forward does not read each layer's active count back (a host sync per layer on the GPU):
+    ``Forward.active`` holds the device scalars and reads them all at once when asked."""
+    model, x, _ = make((20, 3, 8, (6, 5)), seed=1)
+    out = model(x, GateSpec.build("localzo", "normal", delta=0.4), DrawKey(0, 1), select_backend("cpp", "cpu"))
+    assert all(isinstance(a, torch.Tensor) for a in out._active)
+    want = [int(a) for a in out._active]
+    assert out.active == want and all(isinstance(a, int) for a in out.active)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by benchmarks/gpu_check.sh)")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+def test_cuda_grid_stride_loops_take_several_passes(method):
+    """With the grid capped at 2 blocks every grid-stride loop (batch rows, warps over rows, dW groups)
+    takes several passes; the result is the reference's."""
+    old = torch.ops.lzo.set_cuda_max_grid(2)
+    try:
+        model, x, y = make((75, 7, 300, (260, 40)), seed=6)
+        assert_same(GateSpec.build(method, "normal", delta=0.4, samples=2), model, x, y, device="cuda")
+    finally:
+        torch.ops.lzo.set_cuda_max_grid(old)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("dist", ["normal", "laplace", "sigmoid"])
+def test_cuda_gates_flush_where_the_cpu_flushes(dist):
+    """Potentials around the exponential's underflow (exp(x) < FLT_MIN from x < -87.33): the GPU
+    flushed c·exp(x) instead of exp(x), so for c > 1 (δ < 0.4) it kept entries the CPU drops."""
+    spec = GateSpec.build("surrogate", dist, delta=0.05)
+    if dist == "sigmoid":  # e = exp(-k|v|)
+        edge = 87.33 / ops._kinds(spec)[2]
+    else:  # exp(-v^2 / (2 delta^2)), exp(-sqrt2 |v| / delta)
+        edge = (2 * 87.33) ** 0.5 * 0.05 if dist == "normal" else 87.33 / 2**0.5 * 0.05
+    v = torch.linspace(-1.03 * edge, -0.97 * edge, 4096)
+    w = (1.0 + v).view(1, -1)  # one input event at t = 0: u = W, v = u - θ
+    ev = SpikeEvents(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), torch.zeros(0), 1, 1, 1)
+    gates = []
+    for device in ("cpu", "cuda"):
+        table, *params = ops.gate_args(spec, None, torch.device(device))
+        e = ev.to(device)
+        gates.append(torch.ops.lzo.lif_events_forward(e.ptr, e.col, e.val, w.to(device), table, 1, 0.9, 1.0, *params, 0,
+                                                      0)[6].cpu())
+    cpu, gpu = gates
+    assert (cpu == 0).any() and (cpu != 0).any(), "the grid must straddle the flush"
+    assert torch.equal(cpu == 0, gpu == 0)
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=0)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_refuses_a_bad_list_instead_of_reading_past_it():
+    """A CPU-made list with decreasing row pointers moved to the GPU stops at a device-side assert
+    naming the rule (in a child process: a device assert ends the CUDA context)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from lzo_bench import ops; ops.build(cuda=True); "
+            "ptr = torch.tensor([0, 5, 2, 3], dtype=torch.int32).cuda(); col = torch.zeros(3, dtype=torch.int32).cuda(); "
+            "torch.ops.lzo.readout_forward(ptr, col, torch.randn(4, 2).cuda(), 3, 0.9); torch.cuda.synchronize()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    said = r.stdout + r.stderr
+    assert "row pointers must not decrease" in said, said[-2000:]

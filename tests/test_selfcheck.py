@@ -1,0 +1,81 @@
+"""The self-check that stands between the extension and a user's first update on a GPU
+(lzo_bench/selfcheck.py), exercised on the CPU build of the same ops: it passes on correct ops,
+names what differs on wrong ones, and a failed check refuses the backend in one line."""
+
+import pytest
+import torch
+
+from lzo_bench import selfcheck
+from lzo_bench.backends import Backend, BackendUnavailable, select_backend, verified
+from lzo_bench.event_network import event_network
+from lzo_bench.model import Forward
+
+
+def _cpp():
+    return select_backend("cpp", "cpu")
+
+
+def test_self_check_passes_on_the_cpu_ops():
+    verdict = selfcheck.verify(_cpp(), "cpu")
+    assert verdict.ok, verdict.detail
+    assert "surrogate, sparsegrad, localzo equal to the reference" in verdict.detail
+
+
+def _sabotaged(kind: str) -> Backend:
+    """The C++ ops with one planted error: gradients scaled by 1.01, or one spike moved."""
+
+    def network(model, x, spec, key):
+        out = event_network(model, x, spec, key)
+        if kind == "logits":
+            return Forward(out.logits * 1.01, out.counts, out._active, out._spikes)
+        counts = [out.counts[0] + torch.nn.functional.one_hot(torch.tensor(0), out.counts[0].shape[1]), *out.counts[1:]]
+        return Forward(out.logits, counts, out._active, out._spikes)
+
+    cpp = _cpp()
+    return Backend("sabotaged-" + kind, cpp.layer, cpp.reason, network)
+
+
+@pytest.mark.parametrize("kind,finding", [("logits", "logits differ by"), ("counts", "spike counts differ by [3, 0]")])
+def test_self_check_names_what_differs(kind, finding):
+    verdict = selfcheck.verify(_sabotaged(kind), "cpu")
+    assert not verdict.ok
+    assert all(f"{rule}: {finding}" in verdict.detail for rule in selfcheck.RULES), verdict.detail
+
+
+def test_gradients_that_differ_fail_the_check():
+    def network(model, x, spec, key):
+        model.weights[0].register_hook(lambda g: g * 1.01)  # the same forward, a gradient 1 % off
+        return event_network(model, x, spec, key)
+
+    cpp = _cpp()
+    verdict = selfcheck.verify(Backend("wrong-dw", cpp.layer, cpp.reason, network), "cpu")
+    assert not verdict.ok and "weight 0's gradient differs by" in verdict.detail
+
+
+def test_an_op_that_raises_fails_the_check():
+    def network(model, x, spec, key):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+
+    cpp = _cpp()
+    verdict = selfcheck.verify(Backend("raises", cpp.layer, cpp.reason, network), "cpu")
+    assert not verdict.ok
+    assert "localzo: the ops raised RuntimeError: CUDA error: an illegal memory access was encountered" in verdict.detail
+    assert "more lines" not in verdict.detail
+
+
+def test_a_failed_check_refuses_the_backend_in_one_line():
+    with pytest.raises(BackendUnavailable) as err:
+        verified(_sabotaged("logits"), torch.device("cpu"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("its self-check against the reference failed (surrogate: logits differ by")
+    assert "lzo-bench doctor --json" in message
+
+
+def test_verdicts_are_cached_per_backend_and_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(selfcheck, "_VERDICTS", {})
+    monkeypatch.setattr(selfcheck, "verify", lambda b, d: calls.append(b.name) or selfcheck.Verdict(True, "ok", 0.0))
+    for _ in range(3):
+        assert verified(_cpp(), torch.device("cpu")).reason.endswith("self-check passed")
+    assert calls == ["cpp"]
