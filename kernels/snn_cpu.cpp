@@ -806,27 +806,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
   return {dw, dx};
 }
 
-TORCH_LIBRARY_FRAGMENT(lzo, m) {
-  m.def("to_events(Tensor x) -> (Tensor ptr, Tensor col, Tensor val)");
-  m.def("batch_events(Tensor events, Tensor offsets, Tensor idx, int steps, int units) -> (Tensor ptr, Tensor col)");
-  m.def(
-      "lif_events_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, Tensor table, int steps, "
-      "float beta, float theta, int method, int sample_kind, int surrogate_kind, float delta, float bth, float k, "
-      "float band, float term_scale, int samples, int alpha, int seed, int update, int layer, int current_mode) "
-      "-> (Tensor spike_ptr, Tensor spike_col, Tensor counts, Tensor active_ptr, Tensor active_col, "
-      "Tensor active_gate, Tensor dense_gate)");
-  m.def("readout_forward(Tensor s_ptr, Tensor s_col, Tensor w_out, int steps, float beta_out) -> Tensor");
-  m.def(
-      "readout_backward(Tensor grad_o, Tensor s_ptr, Tensor s_col, Tensor w_out, float beta_out, "
-      "Tensor active_ptr, Tensor active_col) -> (Tensor grad_w_out, Tensor d_a, Tensor grad_active)");
-  m.def(
-      "lif_sparse_backward(Tensor grad_active, Tensor active_ptr, Tensor active_col, Tensor active_gate, "
-      "Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, float beta, int steps, "
-      "Tensor prev_ptr, Tensor prev_col) -> (Tensor grad_weight, Tensor grad_prev)");
-  m.def(
-      "lif_dense_backward(Tensor grad, Tensor gate, Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, "
-      "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)");
-}
+TORCH_LIBRARY_FRAGMENT(lzo, m) { LZO_EVENT_OP_SCHEMAS(m); }
 
 TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("to_events", &to_events_cpu);

@@ -29,18 +29,41 @@
 //              layer's active entries through shared memory.
 //   readout    one thread per (b, c) walking t (C is 10 or 20).
 // The dense backward (surrogate) always forms dW by one GEMM from the input rows.
+//
+// The kernels themselves are in snn_cuda_kernels.cuh. This file is the host side, written once for
+// two builds: nvcc (the CUDA ops, torch.ops.lzo on CUDA tensors) and, with LZO_CUDA_SIM defined by
+// snn_cuda_sim.cpp, the host compiler against cuda_sim.h (the same kernels executed on the CPU by the
+// simulator, torch.ops.lzo_sim on CPU tensors). The macros below are the only difference.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
-#include <cfloat>
 #include <tuple>
 
 #include "lif_common.h"
+
+#ifdef LZO_CUDA_SIM
+#include "cuda_sim.h"
+#define LZO_LAUNCH(kernel, blocks, threads) ::lzo_sim::launch(&kernel, dim3(blocks), dim3(threads))
+#define LZO_LAUNCH_CHECK() ((void)0)     // a failed device assert already ended the process
+#define LZO_GUARD(device) ((void)0)
+#define LZO_ON_DEVICE(t) ((t).is_cpu())  // the simulator's "device" memory is the CPU's
+#define LZO_OPS lzo_sim
+#define LZO_DEVICE_NAME "the simulator (CPU tensors)"
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define LZO_LAUNCH(kernel, blocks, threads) kernel<<<(blocks), (threads), 0, stream()>>>
+#define LZO_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+#define LZO_GUARD(device) const c10::cuda::CUDAGuard guard(device)
+#define LZO_ON_DEVICE(t) ((t).is_cuda())
+#define LZO_OPS lzo
+#define LZO_DEVICE_NAME "one CUDA device"
+#endif
+
+#include "snn_cuda_kernels.cuh"
 
 namespace lzo {
 
@@ -48,45 +71,26 @@ using at::Tensor;
 
 namespace {
 
-using Ptr = int32_t;
 constexpr auto kPtr = at::kInt;
-constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 int64_t g_max_grid = 65535;  // blocks per grid dimension; lzo::set_cuda_max_grid lowers it for tests
 constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
 
+#ifndef LZO_CUDA_SIM
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+#endif
 
 inline unsigned grid(int64_t items, int64_t per_block = kThreads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, g_max_grid)));
 }
 
 void check_on_gpu(const Tensor& weight, const char* op) {
-  TORCH_CHECK(weight.is_cuda(), op, ": CUDA kernel called with the weights on ", weight.device(),
-              "; move the weights and lists to one CUDA device");
+  TORCH_CHECK(LZO_ON_DEVICE(weight), op, ": CUDA kernel called with the weights on ", weight.device(),
+              "; move the weights and lists to " LZO_DEVICE_NAME);
 }
 
 void check_cuda(const Tensor& t, const Tensor& ref, const char* op, const char* name) {
   TORCH_CHECK(t.numel() == 0 || t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but weight is on ",
               ref.device(), "; move both to one device");
-}
-
-// A list from outside (a CPU-made list moved to the GPU, say) checked on the device without a host
-// read: row pointers from 0, never decreasing, within the arrays, columns in [0, width). A bad list
-// stops at a device-side assert naming the rule instead of reading past the arrays.
-__global__ void validate_list_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col, int64_t rows,
-                                     int64_t cap, int64_t width) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (first == 0) {
-    CUDA_KERNEL_ASSERT(ptr[0] == 0 && "event list: ptr[0] must be 0");
-    CUDA_KERNEL_ASSERT(ptr[rows] <= cap && "event list: ptr[B*T] must not exceed the number of columns");
-  }
-  for (int64_t r = first; r < rows; r += stride)
-    CUDA_KERNEL_ASSERT(ptr[r] <= ptr[r + 1] && "event list: row pointers must not decrease");
-  const int64_t n = ptr[rows] < cap ? ptr[rows] : cap;
-  for (int64_t q = first; q < n; q += stride)
-    CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width && "event list: a column is outside [0, width)");
 }
 
 void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
@@ -100,155 +104,17 @@ void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t
   check_cuda(ptr, ref, op, name);
   check_cuda(col, ref, op, name);
   check_cuda(val, ref, op, name);
-  TORCH_CHECK(ptr.is_cuda() && col.is_cuda(), op, ": ", name, " list must be on the GPU with the weights");
-  const c10::cuda::CUDAGuard guard(ptr.device());
-  validate_list_kernel<<<grid(std::max<int64_t>(rows, col.numel())), kThreads, 0, stream()>>>(
+  TORCH_CHECK(LZO_ON_DEVICE(ptr) && LZO_ON_DEVICE(col), op, ": ", name, " list must be on the weights' device");
+  LZO_GUARD(ptr.device());
+  LZO_LAUNCH(validate_list_kernel, grid(std::max<int64_t>(rows, col.numel())), kThreads)(
       ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), rows, col.numel(), width);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
 }
 
 // A list's bound B*T*N must be addressable by the int32 row pointers.
 void check_bound(int64_t rows, int64_t width, const char* op) {
   TORCH_CHECK(rows * width < (int64_t(1) << 31), op, ": B*T*N = ", rows * width,
               " entries exceed the 2^31 - 1 its int32 row pointers address; use a smaller batch");
-}
-
-// Rank of this thread's flag among the block's set flags (thread order) and the block's count.
-// Every thread of the block must call it (it holds barriers); blockDim.x is a multiple of 32.
-__device__ int2 block_rank(bool flag, int* sh /* shared, 33 ints */) {
-  const int lane = threadIdx.x & (kWarp - 1), warp = threadIdx.x / kWarp;
-  const unsigned ballot = __ballot_sync(0xFFFFFFFFu, flag);
-  if (lane == 0) sh[warp] = __popc(ballot);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int run = 0;
-    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
-      const int c = sh[w];
-      sh[w] = run;
-      run += c;
-    }
-    sh[32] = run;
-  }
-  __syncthreads();
-  const int2 out = make_int2(sh[warp] + __popc(ballot & ((1u << lane) - 1u)), sh[32]);
-  __syncthreads();
-  return out;
-}
-
-// block_rank for two flags with one set of barriers: (rank, count) of `a` in .x/.y, of `b` in .z/.w.
-__device__ int4 block_rank2(bool a, bool b, int* sh /* shared, 66 ints */) {
-  const int lane = threadIdx.x & (kWarp - 1), warp = threadIdx.x / kWarp;
-  const unsigned ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
-  if (lane == 0) {
-    sh[warp] = __popc(ba);
-    sh[33 + warp] = __popc(bb);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int ra = 0, rb = 0;
-    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
-      const int ca = sh[w], cb = sh[33 + w];
-      sh[w] = ra;
-      sh[33 + w] = rb;
-      ra += ca;
-      rb += cb;
-    }
-    sh[32] = ra;
-    sh[65] = rb;
-  }
-  __syncthreads();
-  const unsigned below = (1u << lane) - 1u;
-  const int4 out = make_int4(sh[warp] + __popc(ba & below), sh[32], sh[33 + warp] + __popc(bb & below), sh[65]);
-  __syncthreads();
-  return out;
-}
-
-__global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
-                                      const float* __restrict__ xval, const float* __restrict__ W,
-                                      const float* __restrict__ cur_all, GateParams g, int64_t T, int64_t B,
-                                      int64_t Nin, int64_t N, float beta, float theta, float* __restrict__ u_buf,
-                                      float* __restrict__ s_buf, float* __restrict__ counts,
-                                      int32_t* __restrict__ spk_slot, Ptr* __restrict__ spk_cnt,
-                                      int32_t* __restrict__ act_slot, float* __restrict__ act_slot_val,
-                                      Ptr* __restrict__ act_cnt, float* __restrict__ dense_gate) {
-  __shared__ int sh[66];
-  const bool sparse = g.method >= SPARSEGRAD;
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = b * T + t;
-      int n_spk = 0, n_act = 0;
-      for (int64_t j0 = 0; j0 < N; j0 += blockDim.x) {
-        const int64_t j = j0 + threadIdx.x;
-        bool spike = false;
-        float gv = 0.0f;
-        if (j < N) {
-          float cur = 0.0f;
-          if (cur_all) {
-            cur = cur_all[r * N + j];
-          } else {
-            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
-              CUDA_KERNEL_ASSERT(xcol[q] >= 0 && xcol[q] < Nin);
-              cur += (xval ? xval[q] : 1.0f) * W[static_cast<int64_t>(xcol[q]) * N + j];
-            }
-          }
-          float u = u_buf[b * N + j];
-          const float v = lif_step(&u, cur, s_buf[b * N + j], beta, theta);
-          spike = v > 0.0f;
-          u_buf[b * N + j] = u;
-          s_buf[b * N + j] = spike ? 1.0f : 0.0f;
-          if (spike) counts[b * N + j] += 1.0f;
-          if (dense_gate) {
-            dense_gate[r * N + j] = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
-          } else if (sparse) {
-            gv = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
-          }
-        }
-        if (sparse) {  // spikes and active entries ranked together: one set of barriers
-          const int4 rk = block_rank2(spike, gv != 0.0f, sh);
-          if (spike) spk_slot[r * N + n_spk + rk.x] = static_cast<int32_t>(j);
-          if (gv != 0.0f) {
-            act_slot[r * N + n_act + rk.z] = static_cast<int32_t>(j);
-            act_slot_val[r * N + n_act + rk.z] = gv;
-          }
-          n_spk += rk.y;
-          n_act += rk.w;
-        } else {
-          const int2 rs = block_rank(spike, sh);
-          if (spike) spk_slot[r * N + n_spk + rs.x] = static_cast<int32_t>(j);
-          n_spk += rs.y;
-        }
-      }
-      if (threadIdx.x == 0) {
-        spk_cnt[r] = n_spk;
-        if (sparse) act_cnt[r] = n_act;
-      }
-    }
-  }
-}
-
-// Row r's entries from slot r*width to ptr[r] (one warp per row).
-template <typename T>
-__global__ void compact_kernel(const T* __restrict__ slot, const Ptr* __restrict__ ptr, T* __restrict__ out,
-                               int64_t rows, int64_t width) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps) {
-    const Ptr n = ptr[r + 1] - ptr[r];
-    for (int64_t q = lane; q < n; q += kWarp) out[ptr[r] + q] = slot[r * width + q];
-  }
-}
-
-// Dense rows [rows, width] from an event list (one warp per row); out must be zeroed.
-__global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
-                                    const float* __restrict__ val, float* __restrict__ out, int64_t rows,
-                                    int64_t width) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (int64_t q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) {
-      CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width);
-      atomicAdd(&out[r * width + col[q]], val ? val[q] : 1.0f);  // a column listed twice in a row adds
-    }
 }
 
 // ptr = [0, cumsum(counts)] on the device.
@@ -262,9 +128,9 @@ template <typename T>
 Tensor compact(const Tensor& slot, const Tensor& ptr, int64_t rows, int64_t width) {
   Tensor out = at::empty_like(slot);
   if (rows > 0)
-    compact_kernel<T><<<grid(rows * kWarp), kThreads, 0, stream()>>>(slot.data_ptr<T>(), ptr.data_ptr<Ptr>(),
+    LZO_LAUNCH(compact_kernel<T>, grid(rows * kWarp), kThreads)(slot.data_ptr<T>(), ptr.data_ptr<Ptr>(),
                                                                      out.data_ptr<T>(), rows, width);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return out;
 }
 
@@ -272,211 +138,11 @@ Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val,
                         const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
   if (rows > 0 && col.numel() > 0)
-    scatter_rows_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(scatter_rows_kernel, grid(rows * kWarp), kThreads)(
         ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr,
         out.data_ptr<float>(), rows, width);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return out;
-}
-
-__global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32_t* __restrict__ scol,
-                                       const float* __restrict__ W, float* __restrict__ o, int64_t T, int64_t B,
-                                       int64_t N, int64_t C, float bo, float omb) {
-  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * C;
-       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = id / C, c = id % C;
-    float acc = 0.0f;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = b * T + t;
-      float a = 0.0f;
-      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
-        CUDA_KERNEL_ASSERT(scol[q] >= 0 && scol[q] < N);
-        a += W[static_cast<int64_t>(scol[q]) * C + c];
-      }
-      acc = bo * acc + omb * a;
-      o[(t * B + b) * C + c] = acc;
-    }
-  }
-}
-
-// d_a and dW_out: partial[b or 0][j, c] (atomic when partial is shared).
-__global__ void readout_backward_kernel(const float* __restrict__ go, const Ptr* __restrict__ sptr,
-                                        const int32_t* __restrict__ scol, float* __restrict__ d_a,
-                                        float* __restrict__ dw, bool per_row, int64_t T, int64_t B, int64_t C,
-                                        int64_t N, float bo, float omb) {
-  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * C;
-       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = id / C, c = id % C;
-    float* dst = per_row ? dw + b * N * C : dw;
-    float acc = 0.0f;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t r = b * T + t;
-      acc = go[(t * B + b) * C + c] + bo * acc;
-      const float da = omb * acc;
-      d_a[r * C + c] = da;
-      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
-        float* p = dst + static_cast<int64_t>(scol[q]) * C + c;
-        if (per_row) *p += da;
-        else atomicAdd(p, da);
-      }
-    }
-  }
-}
-
-// dL/ds at the active entries: d_a[r, :] . W_out[j, :] (one warp per row).
-__global__ void readout_active_grad_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
-                                           const float* __restrict__ d_a, const float* __restrict__ W,
-                                           float* __restrict__ out, int64_t rows, int64_t C) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
-      const float* w = W + static_cast<int64_t>(acol[q]) * C;
-      float sum = 0.0f;
-      for (int64_t c = 0; c < C; ++c) sum += d_a[r * C + c] * w[c];
-      out[q] = sum;
-    }
-}
-
-// e = (dL/ds + dL/dcount) * gamma on the active list (one warp per row).
-__global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
-                                    const float* __restrict__ grad, const float* __restrict__ gam,
-                                    const float* __restrict__ cg, float* __restrict__ e, int64_t rows, int64_t T,
-                                    int64_t N) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
-    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
-      const float gsum = cg ? grad[q] + cg[(r / T) * N + acol[q]] : grad[q];
-      e[q] = gsum * gam[q];
-    }
-}
-
-// dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of rows).
-__global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
-                                 const float* __restrict__ e, const Ptr* __restrict__ xptr,
-                                 const int32_t* __restrict__ xcol, const float* __restrict__ xval,
-                                 float* __restrict__ dwt, int64_t T, int64_t B, int64_t Nin, int64_t N, float beta,
-                                 int64_t group_rows, int64_t groups, bool shared_out) {
-  __shared__ float sh_x[kThreads];
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
-  const bool mine = i < Nin;
-  for (int64_t grp = blockIdx.y; grp < groups; grp += gridDim.y) {
-    float* dst = shared_out ? dwt : dwt + grp * N * Nin;
-    const int64_t b_end = std::min<int64_t>(B, (grp + 1) * group_rows);
-    for (int64_t b = grp * group_rows; b < b_end; ++b) {
-      const Ptr last = aptr[(b + 1) * T];
-      if (aptr[b * T] == last) continue;  // no active entry in this batch row
-      float h = 0.0f;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t r = b * T + t;
-        if (aptr[r] == last) break;  // no active entry left in this batch row
-        float x = 0.0f;
-        if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
-          sh_x[threadIdx.x] = 0.0f;
-          __syncthreads();
-          for (int64_t q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {
-            const int64_t c = xcol[q];  // a column listed twice in a row adds, as on the CPU
-            if (c >= i0 && c < i0 + blockDim.x) atomicAdd(&sh_x[c - i0], xval ? xval[q] : 1.0f);
-          }
-          __syncthreads();
-          x = sh_x[threadIdx.x];  // own slot: the next step zeroes it before its first barrier
-        }
-        h = beta * h + x;
-        if (!mine) continue;
-        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
-          float* p = dst + static_cast<int64_t>(acol[q]) * Nin + i;
-          if (shared_out) atomicAdd(p, e[q] * h);
-          else *p += e[q] * h;
-        }
-      }
-    }
-  }
-}
-
-// dL/ds_prev at prev's entries: y = beta*y + sum_{entries at t} e*W^T[j, i], walking t down.
-__global__ void sparse_dx_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
-                                 const float* __restrict__ e, const float* __restrict__ wt,
-                                 const Ptr* __restrict__ pptr, const int32_t* __restrict__ pcol,
-                                 float* __restrict__ g_prev, int64_t T, int64_t B, int64_t Nin, float beta) {
-  __shared__ float sh_y[kThreads];
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
-  const bool mine = i < Nin;
-  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    const Ptr first = pptr[b * T];
-    if (pptr[(b + 1) * T] == first) continue;  // no previous-layer entry in this batch row
-    float y = 0.0f;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t r = b * T + t;
-      if (pptr[r + 1] == first) break;  // no previous-layer entry at or before t
-      y = beta * y;
-      if (mine)
-        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) y += e[q] * wt[static_cast<int64_t>(acol[q]) * Nin + i];
-      if (pptr[r + 1] == pptr[r]) continue;
-      sh_y[threadIdx.x] = y;
-      __syncthreads();
-      for (int64_t q = pptr[r] + threadIdx.x; q < pptr[r + 1]; q += blockDim.x) {
-        const int64_t c = pcol[q];
-        if (c >= i0 && c < i0 + blockDim.x) g_prev[q] = sh_y[c - i0];
-      }
-      __syncthreads();
-    }
-  }
-}
-
-// ghat[t] = (g + dL/dcount) * gamma + beta * ghat[t+1], one thread per (b, j).
-__global__ void dense_reverse_kernel(const float* __restrict__ grad, const float* __restrict__ gam,
-                                     const float* __restrict__ cg, float* __restrict__ ghat, int64_t T, int64_t B,
-                                     int64_t N, float beta) {
-  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * N;
-       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = id / N, j = id % N;
-    const float c = cg ? cg[b * N + j] : 0.0f;
-    float next = 0.0f;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t q = (b * T + t) * N + j;
-      next = (grad[q] + c) * gam[q] + beta * next;
-      ghat[q] = next;
-    }
-  }
-}
-
-// Per-row non-zero counts of x [T, B, N] for rows r = b*T + t (one warp per row).
-__global__ void count_nonzero_rows_kernel(const float* __restrict__ x, Ptr* __restrict__ cnt, int64_t T, int64_t B,
-                                          int64_t N) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < T * B; r += warps) {
-    const float* src = x + ((r % T) * B + r / T) * N;
-    int c = 0;
-    for (int64_t i0 = 0; i0 < N; i0 += kWarp) {
-      const bool nz = i0 + lane < N && src[i0 + lane] != 0.0f;
-      c += __popc(__ballot_sync(0xFFFFFFFFu, nz));
-    }
-    if (lane == 0) cnt[r] = c;
-  }
-}
-
-// The non-zero entries of each row in column order (one warp per row, ballot ranks).
-__global__ void fill_events_kernel(const float* __restrict__ x, const Ptr* __restrict__ ptr,
-                                   int32_t* __restrict__ col, float* __restrict__ val, int64_t T, int64_t B,
-                                   int64_t N) {
-  const int lane = threadIdx.x & (kWarp - 1);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < T * B; r += warps) {
-    const float* src = x + ((r % T) * B + r / T) * N;
-    int64_t k = ptr[r];
-    for (int64_t i0 = 0; i0 < N; i0 += kWarp) {
-      const float v = i0 + lane < N ? src[i0 + lane] : 0.0f;
-      const unsigned ballot = __ballot_sync(0xFFFFFFFFu, v != 0.0f);
-      if (v != 0.0f) {
-        const int64_t at = k + __popc(ballot & ((1u << lane) - 1u));
-        col[at] = static_cast<int32_t>(i0 + lane);
-        val[at] = v;
-      }
-      k += __popc(ballot);
-    }
-  }
 }
 
 }  // namespace
@@ -485,23 +151,23 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cuda(const Tensor& x) {
   TORCH_CHECK(x.dim() == 3, "lzo::to_events: x must have shape [T, B, N], got rank ", x.dim());
   check_float(x, "lzo::to_events", "x");
   check_on_gpu(x, "lzo::to_events");
-  const c10::cuda::CUDAGuard guard(x.device());
+  LZO_GUARD(x.device());
   const Tensor xc = x.contiguous();
   const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
   check_bound(rows, N, "lzo::to_events");
   Tensor cnt = at::zeros({rows}, x.options().dtype(kPtr));
   if (rows > 0 && N > 0)
-    count_nonzero_rows_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(xc.data_ptr<float>(),
+    LZO_LAUNCH(count_nonzero_rows_kernel, grid(rows * kWarp), kThreads)(xc.data_ptr<float>(),
                                                                              cnt.data_ptr<Ptr>(), T, B, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   Tensor ptr = row_pointers_from_counts(cnt);
   const int64_t nnz = ptr[rows].item<int64_t>();  // the one host read of the event ops (see the header)
   Tensor col = at::empty({nnz}, x.options().dtype(at::kInt));
   Tensor val = at::empty({nnz}, x.options());
   if (nnz > 0)
-    fill_events_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(fill_events_kernel, grid(rows * kWarp), kThreads)(
         xc.data_ptr<float>(), ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.data_ptr<float>(), T, B, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return {ptr, col, val};
 }
 
@@ -519,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
   check_cuda(table, weight, op, "table");
   check_bound(rows, N, op);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  LZO_GUARD(weight.device());
   const Tensor W = weight.contiguous(), tc = table.contiguous();
   const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
                                    alpha, seed, update, layer, tc);
@@ -534,14 +200,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   Tensor act_cnt = at::empty({sparse ? rows : 0}, iopts);
   Tensor dense_gate = method == SURROGATE ? at::empty({rows, N}, fopts) : at::empty({0}, fopts);
   if (rows > 0 && N > 0)
-    events_forward_kernel<<<grid(B, 1), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(events_forward_kernel, grid(B, 1), kThreads)(
         x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(), x_val.numel() ? x_val.data_ptr<float>() : nullptr,
         W.data_ptr<float>(), cur_all.defined() ? cur_all.data_ptr<float>() : nullptr, g, T, B, Nin, N,
         static_cast<float>(beta), static_cast<float>(theta), u.data_ptr<float>(), s.data_ptr<float>(),
         counts.data_ptr<float>(), spk_slot.data_ptr<int32_t>(), spk_cnt.data_ptr<Ptr>(),
         sparse ? act_slot.data_ptr<int32_t>() : nullptr, sparse ? act_slot_val.data_ptr<float>() : nullptr,
         sparse ? act_cnt.data_ptr<Ptr>() : nullptr, method == SURROGATE ? dense_gate.data_ptr<float>() : nullptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   if (rows == 0 || N == 0) spk_cnt.zero_(), act_cnt.zero_();
   Tensor spk_ptr = row_pointers_from_counts(spk_cnt);
   Tensor spk_col = compact<int32_t>(spk_slot, spk_ptr, rows, N);
@@ -561,14 +227,14 @@ Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tens
   check_readout_forward_args(s_ptr, w_out, steps, op);
   const int64_t rows = s_ptr.numel() - 1, T = steps, B = rows / T, C = w_out.size(1);
   check_list(s_ptr, s_col, at::empty({0}, w_out.options()), rows, w_out.size(0), w_out, op, "s");
-  const c10::cuda::CUDAGuard guard(w_out.device());
+  LZO_GUARD(w_out.device());
   const Tensor W = w_out.contiguous();
   Tensor o = at::empty({T, B, C}, w_out.options());
   if (B * C > 0)
-    readout_forward_kernel<<<grid(B * C), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(readout_forward_kernel, grid(B * C), kThreads)(
         s_ptr.data_ptr<Ptr>(), s_col.data_ptr<int32_t>(), W.data_ptr<float>(), o.data_ptr<float>(), T, B, W.size(0), C,
         static_cast<float>(beta_out), static_cast<float>(1.0 - beta_out));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return o;
 }
 
@@ -584,24 +250,24 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cuda(const Tensor& grad_o, c
   check_list(s_ptr, s_col, empty, rows, N, w_out, op, "s");
   const bool with_act = act_ptr.numel() > 0;
   if (with_act) check_list(act_ptr, act_col, empty, rows, N, w_out, op, "active");
-  const c10::cuda::CUDAGuard guard(w_out.device());
+  LZO_GUARD(w_out.device());
   const Tensor go = grad_o.contiguous(), W = w_out.contiguous();
   Tensor d_a = at::empty({rows, C}, w_out.options());
   const bool per_row = B * N * C * 4 <= kDeterministicBytes;
   if (!per_row) at::globalContext().alertNotDeterministic("lzo::readout_backward (atomicAdd into dW_out)");
   Tensor dw = per_row ? at::zeros({B, N, C}, w_out.options()) : at::zeros({N, C}, w_out.options());
   if (B * C > 0)
-    readout_backward_kernel<<<grid(B * C), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(readout_backward_kernel, grid(B * C), kThreads)(
         go.data_ptr<float>(), s_ptr.data_ptr<Ptr>(), s_col.data_ptr<int32_t>(), d_a.data_ptr<float>(),
         dw.data_ptr<float>(), per_row, T, B, C, N, static_cast<float>(beta_out), static_cast<float>(1.0 - beta_out));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   Tensor dw_out = per_row ? dw.sum(0) : dw;
   Tensor g_act = at::empty({with_act ? act_col.numel() : 0}, w_out.options());  // every valid entry written
   if (with_act && act_col.numel() > 0)
-    readout_active_grad_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(readout_active_grad_kernel, grid(rows * kWarp), kThreads)(
         act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), d_a.data_ptr<float>(), W.data_ptr<float>(),
         g_act.data_ptr<float>(), rows, C);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return {dw_out, d_a, g_act};
 }
 
@@ -623,15 +289,15 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   const bool with_cg = count_grad.numel() > 0;
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_list(prev_ptr, prev_col, empty, rows, Nin, weight, op, "prev");
-  const c10::cuda::CUDAGuard guard(weight.device());
+  LZO_GUARD(weight.device());
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), ga = grad_act.contiguous(),
                gam = act_gate.contiguous();
   Tensor e = at::empty({act_col.numel()}, weight.options());
   if (rows > 0 && act_col.numel() > 0)
-    active_error_kernel<<<grid(rows * kWarp), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(active_error_kernel, grid(rows * kWarp), kThreads)(
         act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), ga.data_ptr<float>(), gam.data_ptr<float>(),
         with_cg ? cg.data_ptr<float>() : nullptr, e.data_ptr<float>(), rows, T, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   const unsigned tiles = static_cast<unsigned>((Nin + kThreads - 1) / kThreads);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   int64_t group_rows = 1, groups = B;
@@ -645,22 +311,21 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
     dwt = at::zeros({N, Nin}, weight.options());
   }
   if (B > 0 && Nin > 0 && act_col.numel() > 0)
-    sparse_dw_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_max_grid))), kThreads, 0,
-                       stream()>>>(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
+    LZO_LAUNCH(sparse_dw_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_max_grid))), kThreads)(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
                                    x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(),
                                    x_val.numel() ? x_val.data_ptr<float>() : nullptr, dwt.data_ptr<float>(), T, B,
                                    Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   Tensor dw = (deterministic ? dwt.sum(0) : dwt).t().contiguous();
   if (!with_prev) return {dw, empty};
   Tensor g_prev = at::empty({prev_col.numel()}, weight.options());  // every valid entry written
   const Tensor wt = W.t().contiguous();  // [N, N_in]
   if (B > 0 && Nin > 0 && prev_col.numel() > 0)
-    sparse_dx_kernel<<<dim3(tiles, static_cast<unsigned>(std::min<int64_t>(B, g_max_grid))), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(sparse_dx_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(B, g_max_grid))), kThreads)(
         act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(), wt.data_ptr<float>(),
         prev_ptr.data_ptr<Ptr>(), prev_col.data_ptr<int32_t>(), g_prev.data_ptr<float>(), T, B, Nin,
         static_cast<float>(beta));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   return {dw, g_prev};
 }
 
@@ -679,14 +344,14 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   check_cuda(count_grad, weight, op, "count_grad");
   const bool with_cg = count_grad.numel() > 0;
   (void)current_mode;  // the GPU always forms dW by one GEMM
-  const c10::cuda::CUDAGuard guard(weight.device());
+  LZO_GUARD(weight.device());
   const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), gc = grad.contiguous(), gtc = gate_t.contiguous();
   Tensor ghat = at::empty({rows, N}, weight.options());
   if (B * N > 0)
-    dense_reverse_kernel<<<grid(B * N), kThreads, 0, stream()>>>(
+    LZO_LAUNCH(dense_reverse_kernel, grid(B * N), kThreads)(
         gc.data_ptr<float>(), gtc.data_ptr<float>(), with_cg ? cg.data_ptr<float>() : nullptr,
         ghat.data_ptr<float>(), T, B, N, static_cast<float>(beta));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LZO_LAUNCH_CHECK();
   Tensor dw = at::mm(rows_from_events(x_ptr, x_col, x_val, rows, Nin, weight.options()).t(), ghat);
   Tensor dx = input_grad ? at::mm(ghat, W.t()) : at::empty({0}, weight.options());
   return {dw, dx};
@@ -701,9 +366,18 @@ int64_t set_cuda_max_grid(int64_t blocks) {
   return old;
 }
 
+#ifdef LZO_CUDA_SIM
+// The simulated ops: the event ops' schemas (lif_common.h) under their own namespace, on CPU tensors.
+TORCH_LIBRARY(lzo_sim, m) {
+  LZO_EVENT_OP_SCHEMAS(m);
+  m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid);
+}
+TORCH_LIBRARY_IMPL(lzo_sim, CPU, m) {
+#else
 TORCH_LIBRARY_FRAGMENT(lzo, m) { m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid); }
 
 TORCH_LIBRARY_IMPL(lzo, CUDA, m) {
+#endif
   m.impl("to_events", &to_events_cuda);
   m.impl("lif_events_forward", &lif_events_forward_cuda);
   m.impl("readout_forward", &readout_forward_cuda);

@@ -108,6 +108,20 @@ def verified(backend: Backend, device: torch.device) -> Backend:
     return Backend(backend.name, backend.layer, f"{backend.reason}; self-check passed", backend.network)
 
 
+def cuda_simulator() -> Backend:
+    """The CUDA kernels of ``kernels/snn_cuda_kernels.cuh`` executed on the CPU by the CUDA execution
+    simulator (``kernels/cuda_sim.h``), on CPU tensors: the CUDA code path, verifiable without a GPU
+    (slow: every thread of a block is an OS thread)."""
+    from functools import partial
+
+    from lzo_bench import ops
+    from lzo_bench.event_network import event_network
+
+    ops.build_sim()
+    return Backend("cuda-sim", lif.lif_layer, "lzo CUDA kernels run by the CUDA execution simulator on the CPU",
+                   partial(event_network, lib=torch.ops.lzo_sim))
+
+
 def select_backend(
     requested: BackendName | str = BackendName.AUTO,
     device: torch.device | str = "cpu",

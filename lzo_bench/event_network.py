@@ -23,7 +23,7 @@ a dense backward (reverse scan, dW from the input events or one GEMM, dx by GEMM
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -68,6 +68,7 @@ class _Run:
     theta: float
     beta_out: float
     current_mode: int
+    lib: Any = None  # the op namespace: torch.ops.lzo, or torch.ops.lzo_sim (the CUDA kernels, simulated)
     layers: list[LayerState | None] = field(default_factory=list)
 
 
@@ -75,7 +76,7 @@ def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> La
     from lzo_bench.ops import gate_args
 
     table, *params = gate_args(run.spec, run.key, w.device)
-    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = torch.ops.lzo.lif_events_forward(
+    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = run.lib.lif_events_forward(
         x.ptr, x.col, x.val, w, table, x.steps, run.beta, run.theta, *params, layer, run.current_mode)
     spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, w.shape[1])
     return LayerState(spikes, counts, a_ptr, a_col, a_gate, dense_gate)
@@ -87,7 +88,7 @@ def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         state = _layer_forward(run, h, w, layer)
         run.layers.append(state)
         h = state.spikes
-    return torch.ops.lzo.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.beta_out)
+    return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.beta_out)
 
 
 class _EventNetwork(torch.autograd.Function):
@@ -126,7 +127,7 @@ class _EventNetwork(torch.autograd.Function):
             g = empty_f.new_zeros(last[3].numel() if sparse else steps * batch * n_last)
             g = g if sparse else g.view(steps * batch, n_last)
         else:
-            grads[-1], d_a, g = torch.ops.lzo.readout_backward(
+            grads[-1], d_a, g = run.lib.readout_backward(
                 grad_o.contiguous(), last[0], last[1], weights[-1], run.beta_out,
                 last[2] if sparse else empty_i, last[3] if sparse else empty_c)
             if not sparse:
@@ -137,11 +138,11 @@ class _EventNetwork(torch.autograd.Function):
             xin = inputs[layer]
             if sparse:
                 prev = per_layer[layer - 1] if layer > 0 else None
-                grads[layer], g = torch.ops.lzo.lif_sparse_backward(
+                grads[layer], g = run.lib.lif_sparse_backward(
                     g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], run.beta, steps,
                     prev[2] if prev else empty_i, prev[3] if prev else empty_c)
             else:
-                grads[layer], g = torch.ops.lzo.lif_dense_backward(
+                grads[layer], g = run.lib.lif_dense_backward(
                     g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], run.beta, steps, layer > 0,
                     run.current_mode)
         return (None, *grads)
@@ -161,15 +162,16 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
 
 
 def event_network(model: "SNN", x: torch.Tensor | SpikeEvents, spec: GateSpec | None, key: DrawKey | None,
-                  current: str = "auto") -> "Forward":
-    """The forward of ``model`` on ``x`` through the event ops; differentiable in the weights."""
+                  current: str = "auto", lib: Any = None) -> "Forward":
+    """The forward of ``model`` on ``x`` through the event ops (``lib``: their namespace, by default
+    ``torch.ops.lzo``); differentiable in the weights."""
     from lzo_bench.model import Forward
 
     net = model.spec
     events = as_events(x)
     if events.width != net.n_in:
         raise ValueError(f"x has {events.width} input units but the network takes {net.n_in}")
-    run = _Run(events, spec, key, net.beta, net.theta, net.beta_out, CURRENT_MODES[current])
+    run = _Run(events, spec, key, net.beta, net.theta, net.beta_out, CURRENT_MODES[current], lib or torch.ops.lzo)
     weights = tuple(model.weights)
     if spec is None:
         with torch.no_grad():

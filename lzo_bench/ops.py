@@ -27,7 +27,10 @@ from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu", "snn_cuda.cu")
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu", "snn_cuda.cu",
+                "snn_cuda_kernels.cuh", "cuda_sim.h", "snn_cuda_sim.cpp")
+#: threads per block of the simulated CUDA kernels (a multiple of 32: two warps keep the cross-warp ranking)
+SIM_THREADS = 64
 METHOD_NONE = -1
 
 
@@ -120,6 +123,31 @@ def _build(cuda: bool, verbose: bool) -> Extension:
     )
     _register_python_side()
     return Extension(cuda=cuda, path=str(path))
+
+
+@lru_cache(maxsize=None)
+def build_sim(verbose: bool = False) -> Extension:
+    """Compile (once, cached) and load the CUDA kernels for the CUDA execution simulator
+    (``kernels/cuda_sim.h``): ``torch.ops.lzo_sim.*``, the event ops' schemas on CPU tensors, run the
+    kernels of ``snn_cuda_kernels.cuh`` with blocks of :data:`SIM_THREADS` OS threads."""
+    build(cuda=False)  # the CPU ops first: the simulated ops take lists they make
+    cpp_extension = _cpp_extension()
+    src = kernels_dir()
+    arch, tag = _host_arch()
+    name = f"lzo_sim_{tag}_{_torch_tag()}"
+    if not _built(cpp_extension, name):
+        print("lzo-bench: compiling the CUDA kernels for the simulator (first run, about 30 s)…", file=sys.stderr, flush=True)
+    path = cpp_extension.load(
+        name=name,
+        sources=[str(src / "snn_cuda_sim.cpp")],
+        extra_include_paths=[str(src)],
+        extra_cflags=["-O2", "-pthread", "-ffp-contract=off", f"-DLZO_THREADS={SIM_THREADS}", *arch],
+        extra_ldflags=["-pthread"],
+        is_python_module=False,
+        with_cuda=False,
+        verbose=verbose,
+    )
+    return Extension(cuda=False, path=str(path))
 
 
 def _torch_tag() -> str:

@@ -1,0 +1,380 @@
+// The CUDA kernels of the event ops, in plain CUDA (threadIdx, __syncthreads, __ballot_sync,
+// atomicAdd, __shared__) and nothing else: no torch, no host code. snn_cuda.cu includes them for
+// nvcc; snn_cuda_sim.cpp includes them for the host compiler against cuda_sim.h, the CUDA execution
+// simulator that runs them on the CPU (tests/test_cuda_sim.py, benchmarks/cuda_sim_sanitize.sh).
+// What each kernel computes, and the work split: snn_cuda.cu's header.
+#pragma once
+
+#include <cstdint>
+
+#include "lzo_math.h"
+
+namespace lzo {
+namespace {
+
+using Ptr = int32_t;  // row pointers and columns of the event lists (snn_cpu.cpp)
+#ifndef LZO_THREADS
+#define LZO_THREADS 256  // threads per block; the simulator builds with fewer (a multiple of 32)
+#endif
+constexpr int kThreads = LZO_THREADS;
+constexpr int kWarp = 32;
+static_assert(kThreads % kWarp == 0 && kThreads <= 1024, "threads per block: a multiple of 32, at most 1024");
+
+// A list from outside (a CPU-made list moved to the GPU, say) checked on the device without a host
+// read: row pointers from 0, never decreasing, within the arrays, columns in [0, width). A bad list
+// stops at a device-side assert naming the rule instead of reading past the arrays.
+__global__ void validate_list_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col, int64_t rows,
+                                     int64_t cap, int64_t width) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (first == 0) {
+    CUDA_KERNEL_ASSERT(ptr[0] == 0 && "event list: ptr[0] must be 0");
+    CUDA_KERNEL_ASSERT(ptr[rows] <= cap && "event list: ptr[B*T] must not exceed the number of columns");
+  }
+  for (int64_t r = first; r < rows; r += stride)
+    CUDA_KERNEL_ASSERT(ptr[r] <= ptr[r + 1] && "event list: row pointers must not decrease");
+  const int64_t n = ptr[rows] < cap ? ptr[rows] : cap;
+  for (int64_t q = first; q < n; q += stride)
+    CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width && "event list: a column is outside [0, width)");
+}
+
+// Rank of this thread's flag among the block's set flags (thread order) and the block's count.
+// Every thread of the block must call it (it holds barriers); blockDim.x is a multiple of 32.
+__device__ int2 block_rank(bool flag, int* sh /* shared, 33 ints */) {
+  const int lane = threadIdx.x & (kWarp - 1), warp = threadIdx.x / kWarp;
+  const unsigned ballot = __ballot_sync(0xFFFFFFFFu, flag);
+  if (lane == 0) sh[warp] = __popc(ballot);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int run = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
+      const int c = sh[w];
+      sh[w] = run;
+      run += c;
+    }
+    sh[32] = run;
+  }
+  __syncthreads();
+  const int2 out = make_int2(sh[warp] + __popc(ballot & ((1u << lane) - 1u)), sh[32]);
+  __syncthreads();
+  return out;
+}
+
+// block_rank for two flags with one set of barriers: (rank, count) of `a` in .x/.y, of `b` in .z/.w.
+__device__ int4 block_rank2(bool a, bool b, int* sh /* shared, 66 ints */) {
+  const int lane = threadIdx.x & (kWarp - 1), warp = threadIdx.x / kWarp;
+  const unsigned ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
+  if (lane == 0) {
+    sh[warp] = __popc(ba);
+    sh[33 + warp] = __popc(bb);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int ra = 0, rb = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
+      const int ca = sh[w], cb = sh[33 + w];
+      sh[w] = ra;
+      sh[33 + w] = rb;
+      ra += ca;
+      rb += cb;
+    }
+    sh[32] = ra;
+    sh[65] = rb;
+  }
+  __syncthreads();
+  const unsigned below = (1u << lane) - 1u;
+  const int4 out = make_int4(sh[warp] + __popc(ba & below), sh[32], sh[33 + warp] + __popc(bb & below), sh[65]);
+  __syncthreads();
+  return out;
+}
+
+__global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
+                                      const float* __restrict__ xval, const float* __restrict__ W,
+                                      const float* __restrict__ cur_all, GateParams g, int64_t T, int64_t B,
+                                      int64_t Nin, int64_t N, float beta, float theta, float* __restrict__ u_buf,
+                                      float* __restrict__ s_buf, float* __restrict__ counts,
+                                      int32_t* __restrict__ spk_slot, Ptr* __restrict__ spk_cnt,
+                                      int32_t* __restrict__ act_slot, float* __restrict__ act_slot_val,
+                                      Ptr* __restrict__ act_cnt, float* __restrict__ dense_gate) {
+  __shared__ int sh[66];
+  const bool sparse = g.method >= SPARSEGRAD;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      int n_spk = 0, n_act = 0;
+      for (int64_t j0 = 0; j0 < N; j0 += blockDim.x) {
+        const int64_t j = j0 + threadIdx.x;
+        bool spike = false;
+        float gv = 0.0f;
+        if (j < N) {
+          float cur = 0.0f;
+          if (cur_all) {
+            cur = cur_all[r * N + j];
+          } else {
+            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
+              CUDA_KERNEL_ASSERT(xcol[q] >= 0 && xcol[q] < Nin);
+              cur += (xval ? xval[q] : 1.0f) * W[static_cast<int64_t>(xcol[q]) * N + j];
+            }
+          }
+          float u = u_buf[b * N + j];
+          const float v = lif_step(&u, cur, s_buf[b * N + j], beta, theta);
+          spike = v > 0.0f;
+          u_buf[b * N + j] = u;
+          s_buf[b * N + j] = spike ? 1.0f : 0.0f;
+          if (spike) counts[b * N + j] += 1.0f;
+          if (dense_gate) {
+            dense_gate[r * N + j] = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
+          } else if (sparse) {
+            gv = gate(g, v, static_cast<int>(t), static_cast<int>(b), static_cast<int>(j));
+          }
+        }
+        if (sparse) {  // spikes and active entries ranked together: one set of barriers
+          const int4 rk = block_rank2(spike, gv != 0.0f, sh);
+          if (spike) spk_slot[r * N + n_spk + rk.x] = static_cast<int32_t>(j);
+          if (gv != 0.0f) {
+            act_slot[r * N + n_act + rk.z] = static_cast<int32_t>(j);
+            act_slot_val[r * N + n_act + rk.z] = gv;
+          }
+          n_spk += rk.y;
+          n_act += rk.w;
+        } else {
+          const int2 rs = block_rank(spike, sh);
+          if (spike) spk_slot[r * N + n_spk + rs.x] = static_cast<int32_t>(j);
+          n_spk += rs.y;
+        }
+      }
+      if (threadIdx.x == 0) {
+        spk_cnt[r] = n_spk;
+        if (sparse) act_cnt[r] = n_act;
+      }
+    }
+  }
+}
+
+// Row r's entries from slot r*width to ptr[r] (one warp per row).
+template <typename T>
+__global__ void compact_kernel(const T* __restrict__ slot, const Ptr* __restrict__ ptr, T* __restrict__ out,
+                               int64_t rows, int64_t width) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps) {
+    const Ptr n = ptr[r + 1] - ptr[r];
+    for (int64_t q = lane; q < n; q += kWarp) out[ptr[r] + q] = slot[r * width + q];
+  }
+}
+
+// Dense rows [rows, width] from an event list (one warp per row); out must be zeroed.
+__global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
+                                    const float* __restrict__ val, float* __restrict__ out, int64_t rows,
+                                    int64_t width) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) {
+      CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width);
+      atomicAdd(&out[r * width + col[q]], val ? val[q] : 1.0f);  // a column listed twice in a row adds
+    }
+}
+
+__global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32_t* __restrict__ scol,
+                                       const float* __restrict__ W, float* __restrict__ o, int64_t T, int64_t B,
+                                       int64_t N, int64_t C, float bo, float omb) {
+  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * C;
+       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = id / C, c = id % C;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      float a = 0.0f;
+      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
+        CUDA_KERNEL_ASSERT(scol[q] >= 0 && scol[q] < N);
+        a += W[static_cast<int64_t>(scol[q]) * C + c];
+      }
+      acc = bo * acc + omb * a;
+      o[(t * B + b) * C + c] = acc;
+    }
+  }
+}
+
+// d_a and dW_out: partial[b or 0][j, c] (atomic when partial is shared).
+__global__ void readout_backward_kernel(const float* __restrict__ go, const Ptr* __restrict__ sptr,
+                                        const int32_t* __restrict__ scol, float* __restrict__ d_a,
+                                        float* __restrict__ dw, bool per_row, int64_t T, int64_t B, int64_t C,
+                                        int64_t N, float bo, float omb) {
+  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * C;
+       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = id / C, c = id % C;
+    float* dst = per_row ? dw + b * N * C : dw;
+    float acc = 0.0f;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t r = b * T + t;
+      acc = go[(t * B + b) * C + c] + bo * acc;
+      const float da = omb * acc;
+      d_a[r * C + c] = da;
+      for (int64_t q = sptr[r]; q < sptr[r + 1]; ++q) {
+        float* p = dst + static_cast<int64_t>(scol[q]) * C + c;
+        if (per_row) *p += da;
+        else atomicAdd(p, da);
+      }
+    }
+  }
+}
+
+// dL/ds at the active entries: d_a[r, :] . W_out[j, :] (one warp per row).
+__global__ void readout_active_grad_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                                           const float* __restrict__ d_a, const float* __restrict__ W,
+                                           float* __restrict__ out, int64_t rows, int64_t C) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
+      const float* w = W + static_cast<int64_t>(acol[q]) * C;
+      float sum = 0.0f;
+      for (int64_t c = 0; c < C; ++c) sum += d_a[r * C + c] * w[c];
+      out[q] = sum;
+    }
+}
+
+// e = (dL/ds + dL/dcount) * gamma on the active list (one warp per row).
+__global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                                    const float* __restrict__ grad, const float* __restrict__ gam,
+                                    const float* __restrict__ cg, float* __restrict__ e, int64_t rows, int64_t T,
+                                    int64_t N) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = aptr[r] + lane; q < aptr[r + 1]; q += kWarp) {
+      const float gsum = cg ? grad[q] + cg[(r / T) * N + acol[q]] : grad[q];
+      e[q] = gsum * gam[q];
+    }
+}
+
+// dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of rows).
+__global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                                 const float* __restrict__ e, const Ptr* __restrict__ xptr,
+                                 const int32_t* __restrict__ xcol, const float* __restrict__ xval,
+                                 float* __restrict__ dwt, int64_t T, int64_t B, int64_t Nin, int64_t N, float beta,
+                                 int64_t group_rows, int64_t groups, bool shared_out) {
+  __shared__ float sh_x[kThreads];
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
+  const bool mine = i < Nin;
+  for (int64_t grp = blockIdx.y; grp < groups; grp += gridDim.y) {
+    float* dst = shared_out ? dwt : dwt + grp * N * Nin;
+    const int64_t b_end = std::min<int64_t>(B, (grp + 1) * group_rows);
+    for (int64_t b = grp * group_rows; b < b_end; ++b) {
+      const Ptr last = aptr[(b + 1) * T];
+      if (aptr[b * T] == last) continue;  // no active entry in this batch row
+      float h = 0.0f;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = b * T + t;
+        if (aptr[r] == last) break;  // no active entry left in this batch row
+        float x = 0.0f;
+        if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
+          sh_x[threadIdx.x] = 0.0f;
+          __syncthreads();
+          for (int64_t q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {
+            const int64_t c = xcol[q];  // a column listed twice in a row adds, as on the CPU
+            if (c >= i0 && c < i0 + blockDim.x) atomicAdd(&sh_x[c - i0], xval ? xval[q] : 1.0f);
+          }
+          __syncthreads();
+          x = sh_x[threadIdx.x];  // own slot: the next step zeroes it before its first barrier
+        }
+        h = beta * h + x;
+        if (!mine) continue;
+        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
+          float* p = dst + static_cast<int64_t>(acol[q]) * Nin + i;
+          if (shared_out) atomicAdd(p, e[q] * h);
+          else *p += e[q] * h;
+        }
+      }
+    }
+  }
+}
+
+// dL/ds_prev at prev's entries: y = beta*y + sum_{entries at t} e*W^T[j, i], walking t down.
+__global__ void sparse_dx_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                                 const float* __restrict__ e, const float* __restrict__ wt,
+                                 const Ptr* __restrict__ pptr, const int32_t* __restrict__ pcol,
+                                 float* __restrict__ g_prev, int64_t T, int64_t B, int64_t Nin, float beta) {
+  __shared__ float sh_y[kThreads];
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
+  const bool mine = i < Nin;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const Ptr first = pptr[b * T];
+    if (pptr[(b + 1) * T] == first) continue;  // no previous-layer entry in this batch row
+    float y = 0.0f;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t r = b * T + t;
+      if (pptr[r + 1] == first) break;  // no previous-layer entry at or before t
+      y = beta * y;
+      if (mine)
+        for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) y += e[q] * wt[static_cast<int64_t>(acol[q]) * Nin + i];
+      if (pptr[r + 1] == pptr[r]) continue;
+      sh_y[threadIdx.x] = y;
+      __syncthreads();
+      for (int64_t q = pptr[r] + threadIdx.x; q < pptr[r + 1]; q += blockDim.x) {
+        const int64_t c = pcol[q];
+        if (c >= i0 && c < i0 + blockDim.x) g_prev[q] = sh_y[c - i0];
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// ghat[t] = (g + dL/dcount) * gamma + beta * ghat[t+1], one thread per (b, j).
+__global__ void dense_reverse_kernel(const float* __restrict__ grad, const float* __restrict__ gam,
+                                     const float* __restrict__ cg, float* __restrict__ ghat, int64_t T, int64_t B,
+                                     int64_t N, float beta) {
+  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * N;
+       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = id / N, j = id % N;
+    const float c = cg ? cg[b * N + j] : 0.0f;
+    float next = 0.0f;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t q = (b * T + t) * N + j;
+      next = (grad[q] + c) * gam[q] + beta * next;
+      ghat[q] = next;
+    }
+  }
+}
+
+// Per-row non-zero counts of x [T, B, N] for rows r = b*T + t (one warp per row).
+__global__ void count_nonzero_rows_kernel(const float* __restrict__ x, Ptr* __restrict__ cnt, int64_t T, int64_t B,
+                                          int64_t N) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < T * B; r += warps) {
+    const float* src = x + ((r % T) * B + r / T) * N;
+    int c = 0;
+    for (int64_t i0 = 0; i0 < N; i0 += kWarp) {
+      const bool nz = i0 + lane < N && src[i0 + lane] != 0.0f;
+      c += __popc(__ballot_sync(0xFFFFFFFFu, nz));
+    }
+    if (lane == 0) cnt[r] = c;
+  }
+}
+
+// The non-zero entries of each row in column order (one warp per row, ballot ranks).
+__global__ void fill_events_kernel(const float* __restrict__ x, const Ptr* __restrict__ ptr,
+                                   int32_t* __restrict__ col, float* __restrict__ val, int64_t T, int64_t B,
+                                   int64_t N) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < T * B; r += warps) {
+    const float* src = x + ((r % T) * B + r / T) * N;
+    int64_t k = ptr[r];
+    for (int64_t i0 = 0; i0 < N; i0 += kWarp) {
+      const float v = i0 + lane < N ? src[i0 + lane] : 0.0f;
+      const unsigned ballot = __ballot_sync(0xFFFFFFFFu, v != 0.0f);
+      if (v != 0.0f) {
+        const int64_t at = k + __popc(ballot & ((1u << lane) - 1u));
+        col[at] = static_cast<int32_t>(i0 + lane);
+        val[at] = v;
+      }
+      k += __popc(ballot);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lzo
