@@ -6,7 +6,7 @@
 // Cases: a two-layer forward and backward chain (event forward with the fused gate and ranking,
 // compaction, readout forward/backward, active errors, sparse dW with atomics and in the
 // deterministic mode, sparse dx, dense reverse scan, scatter to rows, dense-to-events) for every rule
-// at T = 80, layers 40 and 300 wide, graded input with duplicate columns, empty lists, and grids of 65535, 2 and 1 blocks. Exit 0 when every case ran; a sanitizer report exits non-zero.
+// at T = 80, layers 40 and 300 wide, graded input with duplicate columns, empty lists, and grids of 65535 blocks and of 1 block. Exit 0 when every case ran; a sanitizer report exits non-zero.
 #include <algorithm>
 #include <cstdio>
 #include <random>
