@@ -159,3 +159,39 @@ def test_a_damaged_dataset_is_one_line_and_leaves_no_folder(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --data-dir holds a damaged dataset: ")
     assert "train-images-idx3-ubyte is truncated" in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_doctor_says_plainly_what_works_here(monkeypatch):
+    import torch
+
+    from lzo_bench import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["item"]: r for r in json.loads(result.output)}
+    assert rows["GPU"]["status"] == "n/a" and rows["GPU"]["detail"].startswith("no GPU here")
+    assert rows["CUDA ops"]["status"] == "n/a" and rows["NVML energy"]["status"] == "n/a"
+    assert rows["C++ ops"]["status"] == "ok" and "torch_extensions" in rows["C++ ops"]["detail"]
+    assert rows["torch"]["detail"].startswith(torch.__version__)
+    assert {m for m, *_ in doctor.EXTRAS} <= set(rows)
+    for module, dist, extra, _use in doctor.EXTRAS:
+        if rows[module]["status"] == "missing":
+            assert f"lzo-bench[{extra}]" in rows[module]["detail"] or dist in rows[module]["detail"]
+    table = plain(runner.invoke(app, ["doctor"]).output)
+    assert "lzo-bench doctor" in table and "no GPU here" in table
+
+
+def test_doctor_reports_the_onnxruntime_clash(monkeypatch):
+    from importlib import metadata
+
+    from lzo_bench import doctor
+
+    real = list(metadata.distributions())
+
+    class Fake:
+        metadata = {"Name": "onnxruntime-gpu"}
+
+    monkeypatch.setattr(doctor.metadata, "distributions", lambda: real + [Fake()])
+    check = doctor.onnxruntime_check()
+    assert check.status == "n/a" and "both installed and clash" in check.detail

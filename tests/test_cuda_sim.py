@@ -180,3 +180,23 @@ def test_a_column_outside_the_layer_stops_at_a_device_assert():
             "torch.ops.lzo_sim.readout_forward(ptr, col, torch.randn(4, 2), 3, 0.9)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "a column is outside [0, width)" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace", "sigmoid"])
+def test_gates_flush_where_the_cpu_flushes(dist):
+    """Potentials around the exponential's underflow (exp(x) < FLT_MIN below x = -87.33): the CUDA
+    kernels flushed c·exp(x) instead of exp(x) (finding 8), so for c > 1 (δ < 0.4) they kept gate
+    values the CPU drops."""
+    spec = GateSpec.build("surrogate", dist, delta=0.05)
+    if dist == "sigmoid":  # e = exp(-k|v|)
+        edge = 87.33 / ops._kinds(spec)[2]
+    else:  # exp(-v^2 / (2 delta^2)), exp(-sqrt2 |v| / delta)
+        edge = (2 * 87.33) ** 0.5 * 0.05 if dist == "normal" else 87.33 / 2**0.5 * 0.05
+    w = (1.0 + torch.linspace(-1.03 * edge, -0.97 * edge, 512)).view(1, -1)  # one event at t = 0: v = W - θ
+    ptr, col = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
+    table, *params = ops.gate_args(spec, None, torch.device("cpu"))
+    cpu, sim = (lib.lif_events_forward(ptr, col, torch.zeros(0), w, table, 1, 0.9, 1.0, *params, 0, 0)[6]
+                for lib in (torch.ops.lzo, LIB))
+    assert (cpu == 0).any() and (cpu != 0).any(), "the grid must straddle the flush"
+    assert torch.equal(cpu == 0, sim == 0)
+    torch.testing.assert_close(sim, cpu, rtol=1e-5, atol=0)
