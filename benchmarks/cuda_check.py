@@ -1,9 +1,8 @@
-"""The CUDA ops against the pure-PyTorch reference on a GPU (a stage of gpu_check.sh), both paths:
-``events`` (the whole network through the event ops of kernels/snn_cuda.cu, what training runs)
-and ``layers`` (the per-layer ops ``lzo::lif_forward`` / ``lif_backward`` of kernels/lif_cuda.cu).
+"""The CUDA ops against the pure-PyTorch reference on a GPU (a stage of gpu_check.sh): the whole
+network through the event ops (kernels/snn_cuda_kernels.cuh), what training runs.
 
-``--sanitize``: one small training step (T = 70, so the trace re-basing runs) of every method on
-both paths — the program compute-sanitizer's racecheck and memcheck run. Default: the paper's 2 × 200 network at T = 300 (B = 16, N-MNIST-shaped input),
+``--sanitize``: one small training step (T = 70) of every method — the program compute-sanitizer's
+racecheck and memcheck run. Default: the paper's 2 × 200 network at T = 300 (B = 16, N-MNIST-shaped input),
 CUDA vs the reference (spikes identical, max |ΔW| relative to the gradient's scale) and CUDA vs
 CUDA for the same step twice (atomics make dW depend on the order of additions: the difference is
 the non-determinism), one JSON object on stdout.
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
 import torch
 
@@ -53,18 +51,17 @@ def main() -> None:
         auto = select_backend("auto", device, spec)
         if device.type == "cuda" and auto.name != "cuda":  # a fallback would compare the reference with itself
             raise SystemExit(f"cuda_check: the CUDA ops did not load ({auto.reason}); nothing to check")
-        for path, backend in (("events", auto), ("layers", replace(auto, network=None))):
-            model = SNN(net).to(device)
-            model.load_state_dict(init)
-            s1, g1 = step(model, x.to(device), y.to(device), spec, backend)
-            if args.sanitize:
-                report["methods"][f"{method}/{path}"] = {"backend": backend.name, "ran": True}
-                continue
-            s2, g2 = step(model, x.to(device), y.to(device), spec, backend)
-            ref_model = SNN(net)
-            ref_model.load_state_dict(init)
-            rs, rg = step(ref_model, x, y, spec, None)
-            report["methods"][f"{method}/{path}"] = compare(backend.name, s1, g1, s2, g2, rs, rg)
+        model = SNN(net).to(device)
+        model.load_state_dict(init)
+        s1, g1 = step(model, x.to(device), y.to(device), spec, auto)
+        if args.sanitize:
+            report["methods"][method] = {"backend": auto.name, "ran": True}
+            continue
+        s2, g2 = step(model, x.to(device), y.to(device), spec, auto)
+        ref_model = SNN(net)
+        ref_model.load_state_dict(init)
+        rs, rg = step(ref_model, x, y, spec, None)
+        report["methods"][method] = compare(auto.name, s1, g1, s2, g2, rs, rg)
     print(json.dumps(report))
 
 

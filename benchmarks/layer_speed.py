@@ -9,14 +9,15 @@ order), after warm-up; medians and the interquartile range over repeats:
 
   (a) ``autograd-loop``: a plain per-step autograd loop with a surrogate spike function, as users
       of other SNN libraries write it (one matmul per step);
-  (b) ``fused-dense``:  ``lzo::lif_forward`` with the dense ``surrogate`` gate;
-  (c) ``sparsegrad`` and ``localzo``: the same op with the sparse gates;
-  (e) ``events-dense``, ``events-sparsegrad``, ``events-localzo``: the sparse-end-to-end ops
+  (e) ``events-dense``, ``events-sparsegrad``, ``events-localzo``: the event ops
       (kernels/snn_cpu.cpp) — current from the input events, fused scan + gate, and a backward that
       takes the upstream gradient as values on the active list and returns the input gradient as
       values on the previous layer's active list (events-dense: the dense rule on the same forward,
       dW from the input events, dx by GEMM). The upstream values are gathered outside the timing,
       as the network's backward hands them over.
+
+(The per-layer ops ``lzo::lif_forward`` / ``lif_backward``, methods (b) ``fused-dense`` and (c) of
+earlier results in BENCHMARKS.md, were retired with the kernel-layer issue: one op family.)
 
 The layer's input requires grad (it is layer 2), so every method computes dW and dx; the sparse
 ops compute dx only at the previous layer's active entries, taken as a random set of the same
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +46,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.lif import autograd_loop_layer
 from lzo_bench.profile import saved_bytes
 from lzo_bench.rng import DrawKey
+from lzo_bench.train import device_name
 
 
 @dataclass
@@ -96,12 +97,20 @@ def main() -> None:
     # calibrate μ by bisection on the output rate (target: the input rate).
     lo, hi = 0.0, 5.0
     base = torch.randn(Nin, N, generator=gen).to(device) * sigma
+    ev = as_events(x)  # the event ops' layout: rows b*T + t
+
+    def forward(w, spec, update=0):
+        table, *params = ops.gate_args(spec, DrawKey(0, update), device)
+        return torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, T, args.beta, 1.0, *params, 1, 0)
+
+    def rate(w) -> float:
+        return float(forward(w, None)[0][-1]) / (T * B * N)
+
     for _ in range(20):
         mu = 0.5 * (lo + hi)
-        s, *_ = ops.lif_forward(x, base + mu, args.beta, 1.0, None, None, 0)
-        lo, hi = (mu, hi) if float(s.mean()) < args.rate else (lo, mu)
+        lo, hi = (mu, hi) if rate(base + mu) < args.rate else (lo, mu)
     w0 = base + 0.5 * (lo + hi)
-    out_rate = float(ops.lif_forward(x, w0, args.beta, 1.0, None, None, 0)[0].mean())
+    out_rate = rate(w0)
 
     specs = {
         "fused-dense": GateSpec.build("surrogate", "normal", args.delta),
@@ -109,16 +118,12 @@ def main() -> None:
         "localzo": GateSpec.build("localzo", "normal", args.delta),
     }
     # the previous layer's active entries: a random set with this layer's localzo density
-    idx_lzo = ops.lif_forward(x, w0, args.beta, 1.0, specs["localzo"], DrawKey(0, 0), 1).active_idx
-    density = idx_lzo.numel() / (T * B * N)
+    density = float(forward(w0, specs["localzo"])[3][-1]) / (T * B * N)
     n_prev = max(1, int(density * T * B * Nin))
-    prev_idx = torch.randperm(T * B * Nin, generator=gen)[:n_prev].sort().values.to(device)
+    prev_key = torch.randperm(T * B * Nin, generator=gen)[:n_prev].sort().values.to(device)  # (b*T + t)*Nin + i
+    prev_ev = SpikeEvents.from_keys(prev_key, T, B, Nin)
     upstream = torch.randn(T, B, N, generator=gen).to(device)
-    # the event ops' layout: rows b*T + t
-    ev = as_events(x)
     upstream_rows = upstream.transpose(0, 1).reshape(T * B, N).contiguous()
-    prev_t, prev_rem = prev_idx // (B * Nin), prev_idx % (B * Nin)
-    prev_ev = SpikeEvents.from_keys((prev_rem // Nin * T + prev_t) * Nin + prev_rem % Nin, T, B, Nin)
     empty_f, empty_i = torch.empty(0, device=device), torch.empty(0, dtype=torch.int32, device=device)
     no_prev = (empty_i, empty_i)
 
@@ -163,15 +168,8 @@ def main() -> None:
         if name.startswith("events-"):
             return event_step(name, update)
         t0 = time.perf_counter()
-        if name == "autograd-loop":
-            out, saved = saved_bytes(lambda: autograd_loop_layer(xi, w, args.beta, 1.0, specs["fused-dense"], None, 1))
-            spikes, active = out.spikes, out.active
-        else:
-            spec = specs[name]
-            prev = prev_idx if spec.is_sparse and not args.first_layer else None
-            res, saved = saved_bytes(lambda: ops.lif_forward(xi, w, args.beta, 1.0, spec, DrawKey(0, update), 1, prev))
-            spikes = res.spikes
-            active = res.active_idx.numel() if spec.is_sparse else T * B * N
+        out, saved = saved_bytes(lambda: autograd_loop_layer(xi, w, args.beta, 1.0, specs["fused-dense"], None, 1))
+        spikes, active = out.spikes, out.active
         sync(device)
         t1 = time.perf_counter()
         spikes.backward(upstream)
@@ -180,7 +178,7 @@ def main() -> None:
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else None
         return t1 - t0, t2 - t1, active, saved, peak
 
-    names = ["autograd-loop", "fused-dense", "sparsegrad", "localzo", "events-dense", "events-sparsegrad", "events-localzo"]
+    names = ["autograd-loop", "events-dense", "events-sparsegrad", "events-localzo"]
     samples = {n: {"fwd": [], "bwd": [], "active": [], "saved": 0, "peak": []} for n in names}
     for rep in range(args.warmup + args.repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]
@@ -207,24 +205,22 @@ def main() -> None:
         rows.append(Row(name, fm, fi, bm, bi, 100 * statistics.mean(d["active"]) / (T * B * N),
                         d["saved"] / 2**20, max(d["peak"]) if d["peak"] else None))
     by = {r.method: r for r in rows}
-    header = (f"LIF layer training step, {device.type} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, "
+    header = (f"LIF layer training step, {device.type} ({device_name(device)}, "
               f"{torch.get_num_threads()} threads), T={T} B={B} {Nin}->{N}, beta={args.beta}, delta={args.delta}, "
               f"input rate {args.rate:.2%}, output rate {out_rate:.2%}, "
               + ("first layer (no input gradient); " if args.first_layer else f"prev-layer active {density:.3%}; ")
               + f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up")
     print(header)
-    cols = ("method", "fwd ms", "bwd ms", "bwd x vs (a)", "bwd x vs (b)", "bwd x vs (e) events-dense",
-            "overall x vs (a)", "overall x vs (b)", "overall x vs (e)", "active %", "saved MiB", "peak MiB")
+    cols = ("method", "fwd ms", "bwd ms", "bwd x vs (a)", "bwd x vs (e) events-dense",
+            "overall x vs (a)", "overall x vs (e)", "active %", "saved MiB", "peak MiB")
     print(" | ".join(cols))
     for r in rows:
         tot = r.fwd_ms + r.bwd_ms
-        a, b = by["autograd-loop"], by["fused-dense"]
-        e = by.get("events-dense")
+        a, e = by["autograd-loop"], by["events-dense"]
         print(" | ".join([
             r.method, f"{r.fwd_ms:.1f} ±{r.fwd_iqr_ms / 2:.1f}", f"{r.bwd_ms:.2f} ±{r.bwd_iqr_ms / 2:.2f}",
-            f"{a.bwd_ms / r.bwd_ms:.1f}", f"{b.bwd_ms / r.bwd_ms:.1f}", f"{e.bwd_ms / r.bwd_ms:.1f}" if e else "n/a",
-            f"{(a.fwd_ms + a.bwd_ms) / tot:.2f}", f"{(b.fwd_ms + b.bwd_ms) / tot:.2f}",
-            f"{(e.fwd_ms + e.bwd_ms) / tot:.2f}" if e else "n/a",
+            f"{a.bwd_ms / r.bwd_ms:.1f}", f"{e.bwd_ms / r.bwd_ms:.1f}",
+            f"{(a.fwd_ms + a.bwd_ms) / tot:.2f}", f"{(e.fwd_ms + e.bwd_ms) / tot:.2f}",
             f"{r.active_pct:.3f}", f"{r.saved_mib:.1f}", "n/a (CPU)" if r.peak_mib is None else f"{r.peak_mib:.1f}",
         ]))
     if args.profile_kernels:

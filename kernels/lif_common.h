@@ -1,4 +1,5 @@
-// Host-side helpers shared by lif_cpu.cpp and lif_cuda.cu: argument checks and GateParams.
+// Host-side helpers of the event ops, shared by snn_cpu.cpp and snn_cuda.cu (and so by the simulator's
+// build of the CUDA ops): argument checks, the ops' schemas, GateParams, the trace re-basing.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,12 +14,6 @@ namespace lzo {
 inline void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be a float32 tensor, got ",
               t.scalar_type());
-}
-
-inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                              const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
-              ref.device(), "; move both to one device");
 }
 
 // The gate's codes (lzo_math.h) and the table, as every forward op takes them.
@@ -123,29 +118,6 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)"); \
   do {} while (0)
 
-struct LayerShape {
-  int64_t T, B, Nin, N;
-};
-
-inline LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& weight,
-                                     const at::Tensor& table, int64_t method, int64_t sample_kind,
-                                     int64_t surrogate_kind, int64_t samples, int64_t alpha) {
-  const char* op = "lzo::lif_forward";
-  check_float(x, op, "x");
-  check_float(weight, op, "weight");
-  check_float(table, op, "table");
-  TORCH_CHECK(x.dim() == 3, op, ": x must have shape [T, B, N_in], got rank ", x.dim());
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must have shape [N_in, N], got rank ", weight.dim());
-  TORCH_CHECK(weight.size(0) == x.size(2), op, ": weight.size(0) (", weight.size(0),
-              ") must equal x.size(2) = N_in (", x.size(2), ")");
-  check_same_device(weight, x, op, "weight");
-  check_same_device(table, x, op, "table");
-  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
-  TORCH_CHECK(x.size(0) * x.size(1) * weight.size(1) < (int64_t(1) << 40), op,
-              ": layer too large (T*B*N >= 2^40)");
-  return {x.size(0), x.size(1), x.size(2), weight.size(1)};
-}
-
 inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surrogate_kind,
                               double delta, double bth, double k, double band, double term_scale,
                               int64_t samples, int64_t alpha, int64_t seed, int64_t update,
@@ -175,43 +147,6 @@ inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surro
 inline void rebase_trace(float* h, int64_t n, double beta, int64_t gap) {
   const float f = static_cast<float>(std::pow(beta, static_cast<double>(gap)));
   for (int64_t i = 0; i < n; ++i) h[i] *= f;
-}
-
-// Row pointers of a flat index list sorted by (t*B + b)*width + col: entries of row r = t*B + b
-// are list[ptr[r] : ptr[r+1]].
-inline at::Tensor row_pointers(const at::Tensor& idx, int64_t rows, int64_t width) {
-  auto bounds = at::arange(rows + 1, idx.options()) * width;
-  return at::searchsorted(idx, bounds);
-}
-
-inline void check_backward_args(const at::Tensor& grad_spikes, const at::Tensor& x,
-                                const at::Tensor& input_idx, const at::Tensor& input_val,
-                                const at::Tensor& weight, const at::Tensor& idx,
-                                const at::Tensor& gate, int64_t method) {
-  const char* op = "lzo::lif_backward";
-  check_float(grad_spikes, op, "grad_spikes");
-  check_float(weight, op, "weight");
-  check_float(gate, op, "active_gate");
-  TORCH_CHECK(grad_spikes.dim() == 3, op, ": grad_spikes must have shape [T, B, N], got rank ",
-              grad_spikes.dim());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == grad_spikes.size(2), op,
-              ": weight must be [N_in, N] with N = grad_spikes.size(2) (", grad_spikes.size(2), ")");
-  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": active_idx must be int64");
-  if (method == SURROGATE) {
-    check_float(x, op, "x");
-    TORCH_CHECK(x.dim() == 3 && x.size(0) == grad_spikes.size(0) && x.size(1) == grad_spikes.size(1) &&
-                    x.size(2) == weight.size(0),
-                op, ": x must be [T, B, N_in] matching grad_spikes and weight");
-    TORCH_CHECK(gate.sizes() == grad_spikes.sizes(), op, ": a dense gate must match grad_spikes");
-  } else {
-    TORCH_CHECK(gate.dim() == 1 && gate.size(0) == idx.size(0), op,
-                ": active_gate must be 1-D with one value per active index");
-    TORCH_CHECK(input_idx.scalar_type() == at::kLong && input_idx.dim() == 1, op,
-                ": input_idx must be a 1-D int64 tensor");
-    check_float(input_val, op, "input_val");
-    TORCH_CHECK(input_val.dim() == 1 && input_val.size(0) == input_idx.size(0), op,
-                ": input_val must hold one value per input_idx entry");
-  }
 }
 
 }  // namespace lzo

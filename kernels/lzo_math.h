@@ -1,5 +1,5 @@
-// Per-element math of the LIF layer ops, shared by the CPU loops (lif_cpu.cpp) and the CUDA
-// kernels (lif_cuda.cu). Every function mirrors one in the pure-PyTorch reference:
+// Per-element math of the event ops, shared by the CPU loops (snn_cpu.cpp) and the CUDA kernels
+// (snn_cuda_kernels.cuh). Every function mirrors one in the pure-PyTorch reference:
 //   philox4x32_10 / uniform_from_bits  <->  lzo_bench/rng.py
 //   erfinv_f32 / abs_icdf              <->  lzo_bench/distributions.py
 //   surrogate / gate                   <->  lzo_bench/gates.py, lzo_bench/surrogates.py

@@ -15,8 +15,9 @@
 // readout_backward     ghat_o[t] = dL/do[t] + beta_r*ghat_o[t+1], d_a = (1 - beta_r)*ghat_o;
 //                      dW_out[j,:] += d_a[t,b,:] per spike (t,b,j); dL/ds at the last layer's
 //                      active entries = d_a[t,b,:] . W_out[j,:].
-// lif_sparse_backward  e = (dL/ds + dL/dcount) * gamma on the active list; dW from the input trace
-//                      (as lif_cpu.cpp); dL/ds of the previous layer only at its active entries:
+// lif_sparse_backward  e = (dL/ds + dL/dcount) * gamma on the active list; dW[:, j] += e * xbar[t, b, :] with
+//                      the input trace xbar[t] = beta*xbar[t-1] + x[t] (kept relative to a reference
+//                      step, see Powers); dL/ds of the previous layer only at its active entries:
 //                      sum over entries t' >= t of beta^(t'-t) e W[i,j]. Nothing of size T*B*N.
 // lif_dense_backward   the dense rule: ghat[t] = e[t] + beta*ghat[t+1]; dW = x^T ghat (events or
 //                      GEMM, the forward's choice); dx = ghat W^T.

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from lzo_bench import lif
+from lzo_bench import lif, ops
+from lzo_bench.event_network import event_network
 from lzo_bench.gates import GateSpec
 
 
@@ -30,11 +31,12 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Backend:
-    """A LIF implementation: ``layer`` runs one layer on dense tensors; ``network``, where set, runs
-    the whole network sparse end to end (``SNN.forward`` prefers it)."""
+    """A LIF implementation: ``layer`` runs one layer on dense tensors (the reference and the naive
+    baseline); ``network`` runs the whole network sparse end to end through the event ops (the
+    extension's backends, which have no per-layer path)."""
 
     name: str
-    layer: Callable[..., lif.LayerOut]
+    layer: Callable[..., lif.LayerOut] | None
     reason: str
     network: Callable[..., Any] | None = None
 
@@ -48,33 +50,8 @@ AUTOGRAD_LOOP = Backend(
 )
 
 
-def extension_layer(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    beta: float,
-    theta: float,
-    spec: GateSpec | None,
-    key,
-    layer: int,
-    prev: lif.LayerOut | None = None,
-) -> lif.LayerOut:
-    """One LIF layer through ``torch.ops.lzo.lif_forward``; the input gradient of a sparse rule
-    is computed only at ``prev``'s active entries."""
-    from lzo_bench import ops
-
-    prev_idx = prev.active_idx if prev is not None and spec is not None and spec.is_sparse else None
-    out = ops.lif_forward(x, weight, beta, theta, spec, key, layer, prev_idx)
-    if spec is None:
-        return lif.LayerOut(out.spikes, 0, None)
-    if not spec.is_sparse:
-        return lif.LayerOut(out.spikes, out.spikes.numel(), None)
-    return lif.LayerOut(out.spikes, int(out.active_idx.numel()), out.active_idx)
-
-
 def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
     """The C++/CUDA backend for ``device``; raises BackendUnavailable with the reason."""
-    from lzo_bench import ops
-
     if spec is not None:
         try:
             ops.check_supported(spec)
@@ -88,13 +65,11 @@ def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
         raise BackendUnavailable(f"the C++ extension failed to build: {first}") from None
     if cuda and not ext.cuda:
         raise BackendUnavailable("the extension was built without CUDA")
-    from lzo_bench.event_network import event_network
-
     if cuda:
-        backend = Backend("cuda", extension_layer, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}, event-driven "
-                                                   "end to end", event_network)
+        backend = Backend("cuda", None, f"lzo CUDA ops on {torch.cuda.get_device_name(device)}, event-driven end to end",
+                          event_network)
         return verified(backend, device)
-    return Backend("cpp", extension_layer, "lzo C++ ops on the CPU, event-driven end to end", event_network)
+    return Backend("cpp", None, "lzo C++ ops on the CPU, event-driven end to end", event_network)
 
 
 def verified(backend: Backend, device: torch.device) -> Backend:
@@ -114,11 +89,8 @@ def cuda_simulator() -> Backend:
     (slow: every thread of a block is an OS thread)."""
     from functools import partial
 
-    from lzo_bench import ops
-    from lzo_bench.event_network import event_network
-
     ops.build_sim()
-    return Backend("cuda-sim", lif.lif_layer, "lzo CUDA kernels run by the CUDA execution simulator on the CPU",
+    return Backend("cuda-sim", None, "lzo CUDA kernels run by the CUDA execution simulator on the CPU",
                    partial(event_network, lib=torch.ops.lzo_sim))
 
 

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lzo_bench import ops
 from lzo_bench.events import SpikeEvents
+from lzo_bench.forward import Forward
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 
 if TYPE_CHECKING:
-    from lzo_bench.model import SNN, Forward
+    from lzo_bench.model import SNN
 
 #: how a layer's current is formed: chosen by input density (``auto``), or forced for benchmarks
 CURRENT_MODES = {"auto": 0, "events": 1, "gemm": 2}
@@ -73,9 +75,7 @@ class _Run:
 
 
 def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
-    from lzo_bench.ops import gate_args
-
-    table, *params = gate_args(run.spec, run.key, w.device)
+    table, *params = ops.gate_args(run.spec, run.key, w.device)
     s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = run.lib.lif_events_forward(
         x.ptr, x.col, x.val, w, table, x.steps, run.beta, run.theta, *params, layer, run.current_mode)
     spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, w.shape[1])
@@ -152,8 +152,6 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
     """``x`` as events (the C++ compaction for a dense CPU tensor)."""
     if isinstance(x, SpikeEvents):
         return x
-    from lzo_bench import ops
-
     ops.build()  # cached: loads the ops when no backend has yet
     ptr, col, val = torch.ops.lzo.to_events(x.float())
     if val.numel() and bool((val == 1).all()):
@@ -162,11 +160,9 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
 
 
 def event_network(model: "SNN", x: torch.Tensor | SpikeEvents, spec: GateSpec | None, key: DrawKey | None,
-                  current: str = "auto", lib: Any = None) -> "Forward":
+                  current: str = "auto", lib: Any = None) -> Forward:
     """The forward of ``model`` on ``x`` through the event ops (``lib``: their namespace, by default
     ``torch.ops.lzo``); differentiable in the weights."""
-    from lzo_bench.model import Forward
-
     net = model.spec
     events = as_events(x)
     if events.width != net.n_in:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from lzo_bench.backends import Backend, select_backend
 from lzo_bench.events import SpikeEvents
+from lzo_bench.forward import Forward, leaky_readout  # noqa: F401  (leaky_readout: re-exported)
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 
@@ -83,48 +84,6 @@ class SpikeRegularizer:
         return total
 
 
-class Forward:
-    """What a forward pass returns: logits, per hidden layer the spike counts (differentiable, the
-    regulariser's input), the entries the backward touches, and the spikes — dense ``[T, B, N]``
-    tensors, built on first access where the forward produced events."""
-
-    def __init__(self, logits: torch.Tensor, counts: list[torch.Tensor], active: list[int | torch.Tensor],
-                 spikes: list[torch.Tensor | SpikeEvents]):
-        self.logits = logits    # [B, C]
-        self.counts = counts    # per hidden layer, [B, N]
-        self._active = active   # ints, or 0-d device tensors read on first access
-        self._spikes = spikes
-
-    @property
-    def active(self) -> list[int]:
-        """Per hidden layer, the entries the backward touches. A forward on the GPU leaves them on the
-        device (its lists are sized by their bound); they are read here, once, in one transfer, so the
-        forward itself never waits for the device."""
-        if any(isinstance(a, torch.Tensor) for a in self._active):
-            on_device = [a for a in self._active if isinstance(a, torch.Tensor)]
-            values = iter(torch.stack([a.reshape(()).long() for a in on_device]).tolist())
-            self._active = [next(values) if isinstance(a, torch.Tensor) else a for a in self._active]
-        return self._active  # type: ignore[return-value]
-
-    @property
-    def spikes(self) -> list[torch.Tensor]:
-        """Per hidden layer, ``[T, B, N]``."""
-        self._spikes = [s.dense() if isinstance(s, SpikeEvents) else s for s in self._spikes]
-        return self._spikes  # type: ignore[return-value]
-
-
-def leaky_readout(s: torch.Tensor, w_out: torch.Tensor, beta_out: float) -> torch.Tensor:
-    """``o[t] = β_r·o[t−1] + (1 − β_r)·(s[t] @ W_out)`` for ``s [T, B, N]`` → ``o [T, B, C]``."""
-    steps, batch, _ = s.shape
-    a = (s.reshape(steps * batch, -1) @ w_out).view(steps, batch, -1)
-    o = torch.zeros_like(a[0])
-    outs = []
-    for a_t in a.unbind(0):
-        o = beta_out * o + (1.0 - beta_out) * a_t
-        outs.append(o)
-    return torch.stack(outs)
-
-
 class SNN(nn.Module):
     """Feed-forward LIF network; weights are stored ``[fan_in, fan_out]`` as in ``x @ W``."""
 
@@ -161,6 +120,7 @@ class SNN(nn.Module):
         backend = backend or select_backend("torch")
         if backend.network is not None:
             return backend.network(self, x, gate, key)
+        assert backend.layer is not None, f"backend {backend.name} has neither a network nor a layer path"
         if isinstance(x, SpikeEvents):
             x = x.dense()
         spikes, active = [], []

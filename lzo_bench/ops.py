@@ -1,11 +1,18 @@
-"""The ``lzo`` C++/CUDA ops: JIT build, fake (meta) kernels, autograd, and the layer function.
+"""The ``lzo`` C++/CUDA event ops: JIT build, fake (meta) kernels, and the gate's arguments.
 
-``torch.ops.lzo.lif_forward`` / ``lif_backward`` are defined in ``kernels/lif_cpu.cpp`` (schema and
-CPU kernels) and ``kernels/lif_cuda.cu`` (CUDA kernels); see those files for the math. They are
-compiled on first use with :func:`torch.utils.cpp_extension.load` (ninja), cached by PyTorch under
-``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` overrides). CUDA sources are compiled
-when a GPU is visible and nvcc plus a CUDA build of torch exist, or when asked for
-(:func:`build` ``cuda=True``, as the compile-only CI check does).
+One op family, the event ops (schemas once in ``kernels/lif_common.h``, ``LZO_EVENT_OP_SCHEMAS``):
+``to_events``, ``batch_events``, ``lif_events_forward``, ``readout_forward``, ``readout_backward``,
+``lif_sparse_backward`` and ``lif_dense_backward`` — CPU kernels in ``kernels/snn_cpu.cpp``, CUDA
+kernels in ``kernels/snn_cuda_kernels.cuh`` (host side ``snn_cuda.cu``), and the same CUDA kernels on
+CPU tensors through the CUDA execution simulator as ``torch.ops.lzo_sim`` (:func:`build_sim`). They
+are compiled on first use with :func:`torch.utils.cpp_extension.load` (ninja), cached by PyTorch
+under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` overrides). CUDA sources are compiled
+when a GPU is visible and nvcc plus a CUDA build of torch exist, or when asked for (:func:`build`
+``cuda=True``, as the compile-only CI check does).
+
+Autograd is not registered per op: the network's one autograd node
+(:class:`lzo_bench.event_network._EventNetwork`) chains the forward and backward ops, since a sparse
+rule hands gradients between layers as values on the active lists, which no per-op derivative sees.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -27,11 +33,16 @@ from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "lif_cpu.cpp", "snn_cpu.cpp", "lif_cuda.cu", "snn_cuda.cu",
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "snn_cpu.cpp", "snn_cuda.cu",
                 "snn_cuda_kernels.cuh", "cuda_sim.h", "snn_cuda_sim.cpp")
 #: threads per block of the simulated CUDA kernels (a multiple of 32: two warps keep the cross-warp ranking)
 SIM_THREADS = 64
 METHOD_NONE = -1
+#: the event ops, as the fake kernels, opcheck and the compile check know them
+EVENT_OPS = ("to_events", "batch_events", "lif_events_forward", "readout_forward", "readout_backward",
+             "lif_sparse_backward", "lif_dense_backward")
+#: of those, the ops with CUDA kernels (batch_events reads the dataset on the CPU)
+CUDA_OPS = EVENT_OPS[:1] + EVENT_OPS[2:]
 
 
 class UnsupportedGate(ValueError):
@@ -97,12 +108,12 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
 def _build(cuda: bool, verbose: bool) -> Extension:
     cpp_extension = _cpp_extension()
     src = kernels_dir()
-    sources = [str(src / "lif_cpu.cpp"), str(src / "snn_cpu.cpp")]
+    sources = [str(src / "snn_cpu.cpp")]
     if cuda:
         reason = cuda_toolchain()
         if reason:
             raise RuntimeError(f"cannot compile the CUDA ops: {reason}")
-        sources += [str(src / "lif_cuda.cu"), str(src / "snn_cuda.cu")]
+        sources += [str(src / "snn_cuda.cu")]
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
     arch, tag = _host_arch()
@@ -121,7 +132,7 @@ def _build(cuda: bool, verbose: bool) -> Extension:
         with_cuda=cuda,
         verbose=verbose,
     )
-    _register_python_side()
+    _register_fakes("lzo")
     return Extension(cuda=cuda, path=str(path))
 
 
@@ -147,6 +158,7 @@ def build_sim(verbose: bool = False) -> Extension:
         with_cuda=False,
         verbose=verbose,
     )
+    _register_fakes("lzo_sim")
     return Extension(cuda=False, path=str(path))
 
 
@@ -182,67 +194,66 @@ def _host_arch() -> tuple[list[str], str]:
     return ["-march=native"], hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
-_REGISTERED = False
+_REGISTERED: set[str] = set()
 
 
-def _register_python_side() -> None:
-    global _REGISTERED
-    if _REGISTERED:
+def _register_fakes(ns: str) -> None:
+    """Fake (meta) kernels of the event ops in namespace ``ns``: output shapes from input shapes, a
+    list's length a dynamic size. Lists an op makes on the GPU (and in the simulator, ``lzo_sim``)
+    are allocated at their bound ``B·T·N``; on the CPU they are exactly ``nnz`` long."""
+    if ns in _REGISTERED:
         return
-    _REGISTERED = True
+    _REGISTERED.add(ns)
 
-    @torch.library.register_fake("lzo::lif_forward")
-    def _forward_fake(x, weight, table, prev_idx, beta, theta, method, sample_kind, surrogate_kind,
-                      delta, bth, k, band, term_scale, samples, alpha, seed, update, layer):
-        torch._check(weight.device == x.device, lambda: f"lzo::lif_forward: weight is on {weight.device} "
-                     f"but x is on {x.device}; move both to one device")
-        torch._check(x.dim() == 3, lambda: "x must have shape [T, B, N_in]")
-        torch._check(weight.dim() == 2 and weight.shape[0] == x.shape[2], lambda: "weight must be [N_in, N]")
-        steps, batch, _ = x.shape
-        n = weight.shape[1]
-        spikes = x.new_empty((steps, batch, n))
-        if method <= Method.SURROGATE.index:
-            gate = x.new_empty((steps, batch, n) if method == Method.SURROGATE.index else (0,))
-            return spikes, x.new_empty((0,), dtype=torch.int64), gate, x.new_empty((0,), dtype=torch.int64), x.new_empty((0,))
-        ctx = torch.library.get_ctx()
-        nnz, n_events = ctx.new_dynamic_size(), ctx.new_dynamic_size()
-        return (spikes, x.new_empty((nnz,), dtype=torch.int64), x.new_empty((nnz,)),
-                x.new_empty((n_events,), dtype=torch.int64), x.new_empty((n_events,)))
+    def bound_sized(t: torch.Tensor) -> bool:
+        return ns == "lzo_sim" or t.device.type == "cuda"
 
-    @torch.library.register_fake("lzo::lif_backward")
-    def _backward_fake(grad_spikes, x, input_idx, input_val, weight, active_idx, active_gate, prev_idx, beta,
-                       method, input_grad):
-        steps, batch, _ = grad_spikes.shape
-        n_in = weight.shape[0]
-        dx = grad_spikes.new_empty((steps, batch, n_in)) if input_grad else grad_spikes.new_empty((0,))
-        return dx, weight.new_empty(weight.shape)
+    def dyn() -> int:
+        return torch.library.get_ctx().new_dynamic_size()
 
-    def _setup_context(ctx, inputs, output):
-        x, weight, _table, prev_idx, beta, *_rest = inputs
-        method = inputs[6]
-        _spikes, idx, gate, in_idx, in_val = output
-        ctx.beta, ctx.method = beta, method
-        ctx.x_shape = x.shape
-        dense_x = x if method == Method.SURROGATE.index else None  # sparse rules keep only x's events
-        ctx.save_for_backward(dense_x, in_idx, in_val, weight, idx, gate, prev_idx)
+    @torch.library.register_fake(f"{ns}::to_events")
+    def _to_events(x):
+        torch._check(x.dim() == 3, lambda: "x must have shape [T, B, N]")
+        nnz = dyn()
+        return x.new_empty((x.shape[0] * x.shape[1] + 1,), dtype=torch.int32), x.new_empty((nnz,), dtype=torch.int32), \
+            x.new_empty((nnz,))
 
-    def _backward(ctx, grad_spikes, *_unused):
-        x, in_idx, in_val, weight, idx, gate, prev_idx = ctx.saved_tensors
-        input_grad = ctx.needs_input_grad[0]
-        grads = [None] * 19
-        if ctx.method == METHOD_NONE:  # no gate: the Heaviside's true derivative, 0 a.e.
-            grads[0] = weight.new_zeros(ctx.x_shape) if input_grad else None
-            grads[1] = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-            return tuple(grads)
-        if x is None:
-            x = weight.new_empty((0,))
-        dx, dw = torch.ops.lzo.lif_backward(grad_spikes, x, in_idx, in_val, weight, idx, gate, prev_idx,
-                                            ctx.beta, ctx.method, input_grad)
-        grads[0] = dx if input_grad else None
-        grads[1] = dw if ctx.needs_input_grad[1] else None
-        return tuple(grads)
+    @torch.library.register_fake(f"{ns}::batch_events")
+    def _batch_events(events, offsets, idx, steps, units):
+        return idx.new_empty((idx.shape[0] * steps + 1,), dtype=torch.int32), idx.new_empty((dyn(),), dtype=torch.int32)
 
-    torch.library.register_autograd("lzo::lif_forward", _backward, setup_context=_setup_context)
+    @torch.library.register_fake(f"{ns}::lif_events_forward")
+    def _events_forward(x_ptr, x_col, x_val, weight, table, steps, beta, theta, method, sample_kind, surrogate_kind,
+                        delta, bth, k, band, term_scale, samples, alpha, seed, update, layer, current_mode):
+        torch._check(weight.dim() == 2, lambda: "weight must have shape [N_in, N]")
+        rows, n = x_ptr.shape[0] - 1, weight.shape[1]
+        sparse = method >= Method.SPARSEGRAD.index
+        i32 = dict(dtype=torch.int32)
+        spikes = rows * n if bound_sized(weight) else dyn()
+        active = (rows * n if bound_sized(weight) else dyn()) if sparse else 0
+        return (x_ptr.new_empty((rows + 1,)), x_ptr.new_empty((spikes,)), weight.new_empty((rows // steps, n)),
+                x_ptr.new_empty((rows + 1 if sparse else 1,)), weight.new_empty((active,), **i32),
+                weight.new_empty((active,)), weight.new_empty((rows, n) if method == Method.SURROGATE.index else (0,)))
+
+    @torch.library.register_fake(f"{ns}::readout_forward")
+    def _readout_forward(s_ptr, s_col, w_out, steps, beta_out):
+        return w_out.new_empty((steps, (s_ptr.shape[0] - 1) // steps, w_out.shape[1]))
+
+    @torch.library.register_fake(f"{ns}::readout_backward")
+    def _readout_backward(grad_o, s_ptr, s_col, w_out, beta_out, active_ptr, active_col):
+        rows = grad_o.shape[0] * grad_o.shape[1]
+        n_act = active_col.shape[0] if active_ptr.numel() > 0 else 0
+        return w_out.new_empty(w_out.shape), w_out.new_empty((rows, w_out.shape[1])), w_out.new_empty((n_act,))
+
+    @torch.library.register_fake(f"{ns}::lif_sparse_backward")
+    def _sparse_backward(grad_active, active_ptr, active_col, active_gate, count_grad, x_ptr, x_col, x_val, weight,
+                         beta, steps, prev_ptr, prev_col):
+        n_prev = prev_col.shape[0] if prev_ptr.numel() > 0 else 0
+        return weight.new_empty(weight.shape), weight.new_empty((n_prev,))
+
+    @torch.library.register_fake(f"{ns}::lif_dense_backward")
+    def _dense_backward(grad, gate, count_grad, x_ptr, x_col, x_val, weight, beta, steps, input_grad, current_mode):
+        return weight.new_empty(weight.shape), weight.new_empty((grad.shape[0], weight.shape[0]) if input_grad else (0,))
 
 
 def _kinds(spec: GateSpec) -> tuple[int, int, float]:
@@ -265,16 +276,6 @@ def check_supported(spec: GateSpec) -> None:
     _kinds(spec)
 
 
-class LayerOps(NamedTuple):
-    """Outputs of ``lzo::lif_forward``."""
-
-    spikes: torch.Tensor       # [T, B, N]
-    active_idx: torch.Tensor   # sparse rules: flat (t·B + b)·N + j of non-zero gates, sorted
-    active_gate: torch.Tensor  # their γ (sparse) or γ for all entries [T, B, N] (dense rule)
-    input_idx: torch.Tensor    # sparse rules: non-zero entries of x, flat (t·B + b)·N_in + i
-    input_val: torch.Tensor    # their values
-
-
 def gate_args(spec: GateSpec | None, key: DrawKey | None, device: torch.device) -> tuple:
     """The gate as the kernels take it: ``(table, method, sample_kind, surrogate_kind, delta, bth, k,
     band, term_scale, samples, alpha, seed, update)``; ``spec=None`` is inference (method −1)."""
@@ -287,18 +288,3 @@ def gate_args(spec: GateSpec | None, key: DrawKey | None, device: torch.device) 
     return (table, spec.method.index, sample_kind, surrogate_kind, spec.delta, spec.bth, k,
             band if band != float("inf") else 3.0e38, spec.dist.scale / spec.samples, spec.samples,
             spec.dist.alpha, seed, update)
-
-
-def lif_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    beta: float,
-    theta: float,
-    spec: GateSpec | None,
-    key: DrawKey | None,
-    layer: int,
-    prev_idx: torch.Tensor | None = None,
-) -> LayerOps:
-    """``torch.ops.lzo.lif_forward`` with the gate spelled out as the kernels take it."""
-    table, *params = gate_args(spec, key, x.device)
-    return LayerOps(*torch.ops.lzo.lif_forward(x, weight, table, prev_idx, beta, theta, *params, layer))

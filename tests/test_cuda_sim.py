@@ -4,7 +4,9 @@
 is: T = 80 (past the CPU's re-basing span), m > 1, layers 40 and 300 wide (several blocks and input
 tiles at 64 threads a block), graded input, empty and all-active lists, duplicate columns, the GEMM
 current, the deterministic mode, and grids capped at 1 and 2 blocks so every grid-stride loop takes
-several passes."""
+several passes. Where a GPU is present the same cases run on it too (``KERNELS``: the real CUDA
+ops, torch.ops.lzo on CUDA tensors), so benchmarks/gpu_check.sh repeats the simulator's cases on
+the device."""
 
 import subprocess
 import sys
@@ -13,7 +15,9 @@ import pytest
 import torch
 
 from lzo_bench import ops
-from lzo_bench.backends import cuda_simulator
+from dataclasses import dataclass
+
+from lzo_bench.backends import Backend, cuda_simulator, select_backend
 from lzo_bench.event_network import as_events, event_network
 from lzo_bench.events import SpikeEvents
 from lzo_bench.gates import GateSpec
@@ -22,6 +26,23 @@ from lzo_bench.rng import DrawKey
 
 SIM = cuda_simulator()
 LIB = torch.ops.lzo_sim
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Where the CUDA kernels run: the simulator on CPU tensors, or a GPU."""
+
+    name: str
+    lib: object
+    device: str
+
+    def backend(self, spec=None) -> Backend:
+        return SIM if self.name == "sim" else select_backend("cuda", "cuda", spec)
+
+
+KERNELS = [pytest.param(Kernels("sim", LIB, "cpu"), id="sim")] + (
+    [pytest.param(Kernels("cuda", torch.ops.lzo, "cuda"), id="cuda", marks=pytest.mark.gpu)]
+    if torch.cuda.is_available() else [])  # gpu_check.sh runs `-m gpu`: these cases on the device
 
 
 def make(steps, batch, n_in, hidden, seed=0, density=0.2, values=False, gain=2.0, beta=0.9):
@@ -41,17 +62,17 @@ def step(model, x, y, spec, backend):
     return out, [w.grad.clone() for w in model.weights]
 
 
-def assert_sim_equals_reference(spec, model, x, y, backend=SIM):
+def assert_sim_equals_reference(spec, model, x, y, backend=None, kern=Kernels("sim", LIB, "cpu")):
     ref, g_ref = step(model, x, y, spec, None)
-    sim_model = SNN(model.spec)
+    sim_model = SNN(model.spec).to(kern.device)
     sim_model.load_state_dict(model.state_dict())
-    out, g_sim = step(sim_model, x, y, spec, backend)
+    out, g_sim = step(sim_model, x.to(kern.device), y.to(kern.device), spec, backend or kern.backend(spec))
     for a, b in zip(out.spikes, ref.spikes):
-        assert torch.equal(a, b.detach()), "spikes differ"
+        assert torch.equal(a.cpu(), b.detach()), "spikes differ"
     assert out.active == ref.active
-    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits.cpu(), ref.logits, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_sim, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
     return ref
 
 
@@ -59,103 +80,119 @@ def assert_sim_equals_reference(spec, model, x, y, backend=SIM):
     ("surrogate", "normal", 1), ("surrogate", "sigmoid", 1), ("sparsegrad", "laplace", 5), ("sparsegrad", "fast-sigmoid", 1),
     ("localzo", "normal", 1), ("localzo", "normal", 5), ("localzo", "uniform", 3), ("localzo", "sigmoid", 2),
 ])
-def test_long_sequences(method, dist, m):
+@pytest.mark.parametrize("kern", KERNELS)
+def test_long_sequences(method, dist, m, kern):
     spec = GateSpec.build(method, dist, delta=0.4, samples=m)
     model, x, y = make(80, 3, 11, (13, 9))
-    ref = assert_sim_equals_reference(spec, model, x, y)
+    ref = assert_sim_equals_reference(spec, model, x, y, kern=kern)
     if spec.is_sparse:
         assert all(a > 0 for a in ref.active)
 
 
 @pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
-def test_wide_layers_several_blocks_and_tiles(method):
-    """300 inputs and 300 / 40 neurons: five input tiles and neuron chunks of 64 threads."""
+@pytest.mark.parametrize("kern", KERNELS)
+def test_wide_layers_several_blocks_and_tiles(method, kern):
+    """300 inputs and 300 / 40 neurons: five input tiles and neuron chunks of 64 threads (two of 256 on a GPU)."""
     model, x, y = make(30, 2, 300, (300, 40), seed=11, density=0.05)
-    ref = assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4), model, x, y)
+    ref = assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4), model, x, y, kern=kern)
     assert not GateSpec.build(method, "normal").is_sparse or all(a > 0 for a in ref.active)
 
 
 @pytest.mark.parametrize("method", ["surrogate", "localzo"])
-def test_graded_input(method):
+@pytest.mark.parametrize("kern", KERNELS)
+def test_graded_input(method, kern):
     model, x, y = make(40, 3, 7, (9, 6), seed=3, values=True)
     assert as_events(x).val.numel() > 0
-    assert_sim_equals_reference(GateSpec.build(method, "laplace", delta=0.4, samples=2), model, x, y)
+    assert_sim_equals_reference(GateSpec.build(method, "laplace", delta=0.4, samples=2), model, x, y, kern=kern)
 
 
 @pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
-def test_grid_stride_loops_take_several_passes(method, blocks):
-    old = LIB.set_cuda_max_grid(blocks)
+@pytest.mark.parametrize("kern", KERNELS)
+def test_grid_stride_loops_take_several_passes(method, blocks, kern):
+    old = kern.lib.set_cuda_max_grid(blocks)
     try:
         model, x, y = make(35, 5, 70, (70, 33), seed=6)
-        assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4, samples=2), model, x, y)
+        assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4, samples=2), model, x, y, kern=kern)
     finally:
-        LIB.set_cuda_max_grid(old)
+        kern.lib.set_cuda_max_grid(old)
 
 
-def test_empty_lists_no_input_events():
+@pytest.mark.parametrize("kern", KERNELS)
+def test_empty_lists_no_input_events(kern):
     """No input event: no spike, no active entry, zero gradients, nothing read past an empty list."""
     model, x, y = make(20, 2, 8, (6, 5))
     x.zero_()
     for method in ("sparsegrad", "localzo", "surrogate"):
         spec = GateSpec.build(method, "normal", delta=0.4)
-        ref = assert_sim_equals_reference(spec, model, x, y)
+        ref = assert_sim_equals_reference(spec, model, x, y, kern=kern)
         assert all(int(c.sum()) == 0 for c in ref.counts)
 
 
-def test_all_active_lists():
+@pytest.mark.parametrize("kern", KERNELS)
+def test_all_active_lists(kern):
     """A band wider than every potential: every entry is active, the lists fill to their bound."""
     model, x, y = make(25, 2, 9, (7, 6), seed=2)
     spec = GateSpec.build("sparsegrad", "normal", delta=0.4, bth=1e6)
-    ref = assert_sim_equals_reference(spec, model, x, y)
+    ref = assert_sim_equals_reference(spec, model, x, y, kern=kern)
     assert ref.active == [25 * 2 * 7, 25 * 2 * 6]
 
 
-def test_gemm_current():
+@pytest.mark.parametrize("kern", KERNELS)
+def test_gemm_current(kern):
     model, x, y = make(35, 3, 10, (8, 7), seed=5)
-    gemm = type(SIM)(SIM.name, SIM.layer, SIM.reason,
-                     lambda m, xx, s, k: event_network(m, xx, s, k, current="gemm", lib=LIB))
+    gemm = Backend(kern.name, None, "forced GEMM current",
+                   lambda m, xx, s, k: event_network(m, xx, s, k, current="gemm", lib=kern.lib))
     for method in ("surrogate", "localzo"):
-        assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4), model, x, y, backend=gemm)
+        assert_sim_equals_reference(GateSpec.build(method, "normal", delta=0.4), model, x, y, backend=gemm, kern=kern)
 
 
-def test_duplicate_columns_add_like_the_cpu_ops():
+@pytest.mark.parametrize("kern", KERNELS)
+def test_duplicate_columns_add_like_the_cpu_ops(kern):
+    """Against the CPU ops, which add a column listed twice in a row (tests/test_event_network.py
+    checks them against the dense reference)."""
     ptr = torch.tensor([0, 1, 4, 5, 8, 9, 10], dtype=torch.int32)
     col = torch.tensor([1, 2, 3, 2, 0, 0, 0, 0, 3, 1], dtype=torch.int32)
     w = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     spec = GateSpec.build("surrogate", "normal", delta=0.4)
     table, *params = ops.gate_args(spec, None, torch.device("cpu"))
+    d = kern.device
+    e = torch.zeros(0)
     for mode in (1, 2):
-        cpu = torch.ops.lzo.lif_events_forward(ptr, col, torch.zeros(0), w, table, 3, 0.9, 1.0, *params, 0, mode)
-        sim = LIB.lif_events_forward(ptr, col, torch.zeros(0), w, table, 3, 0.9, 1.0, *params, 0, mode)
-        torch.testing.assert_close(sim[6], cpu[6], rtol=1e-5, atol=0)  # dense gates: expf vs the CPU's polynomial
+        cpu = torch.ops.lzo.lif_events_forward(ptr, col, e, w, table, 3, 0.9, 1.0, *params, 0, mode)
+        sim = kern.lib.lif_events_forward(ptr.to(d), col.to(d), e.to(d), w.to(d), table.to(d), 3, 0.9, 1.0, *params, 0, mode)
+        torch.testing.assert_close(sim[6].cpu(), cpu[6], rtol=1e-5, atol=0)  # dense gates: expf vs the CPU's polynomial
         grad = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
-        dw_cpu = torch.ops.lzo.lif_dense_backward(grad, cpu[6], torch.zeros(0), ptr, col, torch.zeros(0), w, 0.9, 3, False, mode)[0]
-        dw_sim = LIB.lif_dense_backward(grad, sim[6], torch.zeros(0), ptr, col, torch.zeros(0), w, 0.9, 3, False, mode)[0]
-        torch.testing.assert_close(dw_sim, dw_cpu, rtol=1e-5, atol=1e-6)
+        dw_cpu = torch.ops.lzo.lif_dense_backward(grad, cpu[6], e, ptr, col, e, w, 0.9, 3, False, mode)[0]
+        dw_sim = kern.lib.lif_dense_backward(grad.to(d), sim[6], e.to(d), ptr.to(d), col.to(d), e.to(d), w.to(d), 0.9, 3,
+                                             False, mode)[0]
+        torch.testing.assert_close(dw_sim.cpu(), dw_cpu, rtol=1e-5, atol=1e-6)
 
 
-def test_to_events_equals_the_cpu_compaction():
+@pytest.mark.parametrize("kern", KERNELS)
+def test_to_events_equals_the_cpu_compaction(kern):
     x = (torch.rand(13, 5, 70, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     x[2, 1, 3] = 0.25
-    for a, b in zip(LIB.to_events(x), torch.ops.lzo.to_events(x)):
-        assert torch.equal(a, b)
+    for a, b in zip(kern.lib.to_events(x.to(kern.device)), torch.ops.lzo.to_events(x)):
+        assert torch.equal(a.cpu(), b)
 
 
 @pytest.mark.parametrize("method", ["sparsegrad", "localzo"])
-def test_deterministic_mode_is_bitwise_repeatable(method):
+@pytest.mark.parametrize("kern", KERNELS)
+def test_deterministic_mode_is_bitwise_repeatable(method, kern):
     spec = GateSpec.build(method, "normal", delta=0.4)
     model, x, y = make(40, 4, 11, (13, 9), seed=4)
+    _, g_ref = step(model, x, y, spec, None)
+    model, x, y = model.to(kern.device), x.to(kern.device), y.to(kern.device)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        grads = [step(model, x, y, spec, SIM)[1] for _ in range(2)]
+        grads = [step(model, x, y, spec, kern.backend(spec))[1] for _ in range(2)]
     finally:
         torch.use_deterministic_algorithms(was)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
-    _, g_ref = step(model, x, y, spec, None)
     for a, b in zip(grads[0], g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("ptr,message", [
@@ -183,7 +220,8 @@ def test_a_column_outside_the_layer_stops_at_a_device_assert():
 
 
 @pytest.mark.parametrize("dist", ["normal", "laplace", "sigmoid"])
-def test_gates_flush_where_the_cpu_flushes(dist):
+@pytest.mark.parametrize("kern", KERNELS)
+def test_gates_flush_where_the_cpu_flushes(dist, kern):
     """Potentials around the exponential's underflow (exp(x) < FLT_MIN below x = -87.33): the CUDA
     kernels flushed c·exp(x) instead of exp(x) (finding 8), so for c > 1 (δ < 0.4) they kept gate
     values the CPU drops."""
@@ -195,8 +233,10 @@ def test_gates_flush_where_the_cpu_flushes(dist):
     w = (1.0 + torch.linspace(-1.03 * edge, -0.97 * edge, 512)).view(1, -1)  # one event at t = 0: v = W - θ
     ptr, col = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
     table, *params = ops.gate_args(spec, None, torch.device("cpu"))
-    cpu, sim = (lib.lif_events_forward(ptr, col, torch.zeros(0), w, table, 1, 0.9, 1.0, *params, 0, 0)[6]
-                for lib in (torch.ops.lzo, LIB))
+    cpu = torch.ops.lzo.lif_events_forward(ptr, col, torch.zeros(0), w, table, 1, 0.9, 1.0, *params, 0, 0)[6]
+    d = kern.device
+    sim = kern.lib.lif_events_forward(ptr.to(d), col.to(d), torch.zeros(0, device=d), w.to(d), table.to(d), 1, 0.9, 1.0,
+                                      *params, 0, 0)[6].cpu()
     assert (cpu == 0).any() and (cpu != 0).any(), "the grid must straddle the flush"
     assert torch.equal(cpu == 0, sim == 0)
     torch.testing.assert_close(sim, cpu, rtol=1e-5, atol=0)

@@ -1,7 +1,10 @@
-"""The lzo C++/CUDA ops against the pure-PyTorch reference (the correctness oracle).
-
-Every test runs on the CPU build and, when a GPU is present, repeats on CUDA (``DEVICES``).
-Tolerance: rtol 1e-5 / atol 1e-6 in float32, as the issue states; spikes must be identical.
+"""The lzo event ops (the one op family): the network through them against the pure-PyTorch
+reference (shapes T = 1, B = 1, three hidden layers; no and every neuron active; non-contiguous
+input), their registration (``torch.library.opcheck`` of every op: schema, fake kernel, autograd
+registration, AOT dispatch), ``torch.compile`` of a training step, backend selection and the CUDA
+build. Every test runs on the CPU build and, when a GPU is present, repeats on CUDA (``DEVICES``);
+opcheck also runs on the simulated CUDA ops (``torch.ops.lzo_sim``). Tolerance: rtol 1e-5 / atol
+1e-6 in float32; spikes must be identical.
 """
 
 import os
@@ -12,7 +15,8 @@ import pytest
 import torch
 
 from lzo_bench import ops
-from lzo_bench.backends import BackendUnavailable, extension_layer, select_backend
+from lzo_bench.backends import BackendUnavailable, cuda_simulator, select_backend
+from lzo_bench.event_network import as_events, event_network
 from lzo_bench.gates import GateSpec, gate_values
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
@@ -89,116 +93,128 @@ def test_non_contiguous_input(device):
     compare(spec, SHAPES[0], device, lambda x: torch.cat([x, x], 2)[:, :, ::2])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dist", ["normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"])
-def test_draws_identical_to_reference(device, dist):
-    """The kernels' LocalZO gates at the active entries are the reference's gates there."""
-    spec = GateSpec.build("localzo", dist, delta=0.5, samples=3)
-    x = (torch.rand(20, 6, 10, generator=torch.Generator().manual_seed(3)) < 0.4).float().to(device)
-    w = (torch.rand(10, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1).to(device)
-    key = DrawKey(123456789012, 77)
-    _, idx, gate, _, _ = ops.lif_forward(x, w, 0.9, 1.0, spec, key, 2)
-    from lzo_bench.lif import lif_potentials
-
-    v = lif_potentials((x.reshape(120, 10) @ w).view(20, 6, 12), 0.9, 1.0)
-    ref = gate_values(v, spec, key, 2).reshape(-1)
-    assert torch.equal(idx, ref.nonzero().view(-1))
-    torch.testing.assert_close(gate, ref[idx], rtol=1e-6, atol=0)
-
-
-def _sample_args(method: int, device="cpu"):
-    x = (torch.rand(5, 3, 4) < 0.5).float().to(device)
-    w = torch.randn(4, 6, device=device, requires_grad=True)
-    return (x, w, x.new_empty((0,)), None, 0.9, 1.0, method, 0, 0, 0.5, 0.4, 0.0, 2.7, 1.0, 1, 1, 3, 4, 0)
-
-
-@pytest.mark.parametrize("method", [-1, 0, 1, 2])
-def test_opcheck_forward(method):
-    torch.library.opcheck(torch.ops.lzo.lif_forward.default, _sample_args(method))
-
-
-def test_opcheck_forward_with_table_and_prev_idx():
-    spec = GateSpec.build("localzo", "sigmoid", delta=0.5)
-    x = (torch.rand(5, 3, 4) < 0.5).float()
-    w = torch.randn(4, 6, requires_grad=True)
-    prev = torch.tensor([0, 5, 17, 40], dtype=torch.int64)
-    args = (x, w, spec.dist.table, prev, 0.9, 1.0, 2, 3, 3, 0.5, spec.bth, float(dict(spec.dist.surrogate.params)["k"]),
-            spec.band(), spec.dist.scale, 1, 1, 3, 4, 1)
-    torch.library.opcheck(torch.ops.lzo.lif_forward.default, args)
+def _event_samples(device: str, method: int):
+    """Inputs of every event op for one two-layer step (T = 6, B = 3, 5 -> 4 -> 3 -> 2), made by the ops
+    themselves on ``device``, so every list is what the next op really receives."""
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 3, 5, generator=gen) < 0.5).float()
+    x[0, 0, 1] = 0.5  # one graded value
+    w1, w2, wo = (torch.randn(a, b, generator=gen) * 1.5 for a, b in ((5, 4), (4, 3), (3, 2)))
+    lib = torch.ops.lzo
+    ptr, col, val = lib.to_events(x.to(dev))
+    spec = None if method < 0 else GateSpec.build(("surrogate", "sparsegrad", "localzo")[method], "normal", delta=0.6)
+    table, *params = ops.gate_args(spec, DrawKey(1, 2), dev)
+    l1 = lib.lif_events_forward(ptr, col, val, w1.to(dev), table, 6, 0.9, 1.0, *params, 0, 0)
+    l2 = lib.lif_events_forward(l1[0], l1[1], torch.zeros(0, device=dev), w2.to(dev), table, 6, 0.9, 1.0, *params, 1, 0)
+    go = torch.randn(6, 3, 2, generator=gen).to(dev)
+    empty_i = torch.zeros(0, dtype=torch.int32, device=dev)
+    return {
+        "to_events": (x.to(dev),),
+        "batch_events": (torch.tensor([1, 4, 7, 3, 5], dtype=torch.int32), torch.tensor([0, 3, 5]),
+                         torch.tensor([1, 0, 1]), 2, 4),
+        "lif_events_forward": (ptr, col, val, w1.to(dev), table, 6, 0.9, 1.0, *params, 0, 0),
+        "readout_forward": (l2[0], l2[1], wo.to(dev), 6, 0.85),
+        "readout_backward": (go, l2[0], l2[1], wo.to(dev), 0.85, *((l2[3], l2[4]) if method > 0 else (empty_i, empty_i))),
+        "lif_sparse_backward": (torch.randn(l2[4].numel(), generator=gen).to(dev), l2[3], l2[4], l2[5],
+                                torch.randn(3, 3, generator=gen).to(dev), l1[0], l1[1], torch.zeros(0, device=dev),
+                                w2.to(dev), 0.9, 6, l1[3], l1[4]),
+        "lif_dense_backward": (torch.randn(18, 3, generator=gen).to(dev), l2[6], torch.zeros(0, device=dev), l1[0], l1[1],
+                               torch.zeros(0, device=dev), w2.to(dev), 0.9, 6, True, 0),
+    }
 
 
-@pytest.mark.parametrize("method,input_grad", [(0, True), (0, False), (1, True), (2, False)])
-def test_opcheck_backward(method, input_grad):
-    x, w, *_ = _sample_args(method)
-    no_i = torch.zeros(0, dtype=torch.int64)
+def _cases(method: int) -> list[str]:
+    names = ["to_events", "batch_events", "lif_events_forward", "readout_forward", "readout_backward"]
     if method == 0:
-        dense_x, in_idx, in_val, idx, gate = x, no_i, torch.zeros(0), no_i, torch.rand(5, 3, 6)
-    else:
-        dense_x = torch.zeros(0)
-        in_idx = torch.tensor([0, 3, 13, 40], dtype=torch.int64)
-        in_val = torch.ones(4)
-        idx = torch.tensor([1, 7, 30, 80], dtype=torch.int64)
-        gate = torch.rand(4)
-    prev = torch.tensor([2, 9, 33], dtype=torch.int64) if method and input_grad else None
-    args = (torch.randn(5, 3, 6), dense_x, in_idx, in_val, w.detach(), idx, gate, prev, 0.9, method, input_grad)
-    torch.library.opcheck(torch.ops.lzo.lif_backward.default, args, test_utils=("test_schema", "test_faketensor"))
+        names.append("lif_dense_backward")
+    elif method > 0:
+        names.append("lif_sparse_backward")
+    return names
 
 
-def test_torch_compile_fullgraph_training_step():
+OPCHECK = [(d, m, op) for d in DEVICES for m in (-1, 0, 1, 2) for op in _cases(m) if d == "cpu" or op != "batch_events"]
+
+
+@pytest.mark.parametrize("device,method,op", OPCHECK, ids=[f"{d}-m{m}-{o}" for d, m, o in OPCHECK])
+def test_opcheck_every_event_op(device, method, op):
+    """Schema, fake kernel (data-dependent list lengths as dynamic sizes), autograd registration and
+    AOT dispatch of each op, on the lists the ops make themselves."""
+    args = _event_samples(device, method)[op]
+    torch.library.opcheck(getattr(torch.ops.lzo, op).default, args)
+
+
+SIM_OPS = [(m, op) for m in (0, 1, 2) for op in _cases(m) if op != "batch_events"]
+
+
+@pytest.mark.parametrize("method,op", SIM_OPS, ids=[f"m{m}-{o}" for m, o in SIM_OPS])
+def test_opcheck_simulated_cuda_ops(method, op):
+    """The CUDA kernels' ops as the simulator runs them: their lists are allocated at the bound, as on a GPU."""
+    cuda_simulator()
+    args = _event_samples("cpu", method)[op]
+    if op in ("readout_forward", "readout_backward", "lif_sparse_backward", "lif_dense_backward"):
+        # inputs made by the simulated forward, bound-sized as the fake kernel of lzo_sim says
+        args = _sim_inputs(method)[op]
+    # Lists made on the GPU hold their valid prefix ptr[-1] inside a bound-sized buffer whose tail is
+    # never written (finding 5: no memset): eager and AOT-traced runs differ there by construction,
+    # so AOT's output comparison applies only to ops whose outputs have no such tail.
+    tails = op == "lif_events_forward" or (method > 0 and op in ("readout_backward", "lif_sparse_backward"))
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") if tails else None
+    torch.library.opcheck(getattr(torch.ops.lzo_sim, op).default, args, test_utils=utils or
+                          ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def _sim_inputs(method: int):
+    samples = _event_samples("cpu", method)
+    lib = torch.ops.lzo_sim
+    fwd = samples["lif_events_forward"]
+    l1 = lib.lif_events_forward(*fwd)
+    w2 = samples["lif_sparse_backward"][8] if method > 0 else samples["lif_dense_backward"][6]
+    l2 = lib.lif_events_forward(l1[0], l1[1], torch.zeros(0), w2, *fwd[4:20], 1, 0)
+    wo = samples["readout_forward"][2]
+    go = samples["readout_backward"][0]
+    empty_i = torch.zeros(0, dtype=torch.int32)
+    return {
+        "readout_forward": (l2[0], l2[1], wo, 6, 0.85),
+        "readout_backward": (go, l2[0], l2[1], wo, 0.85, *((l2[3], l2[4]) if method > 0 else (empty_i, empty_i))),
+        "lif_sparse_backward": (torch.randn(l2[4].numel()), l2[3], l2[4], l2[5], torch.randn(3, 3), l1[0], l1[1],
+                                torch.zeros(0), w2, 0.9, 6, l1[3], l1[4]),
+        "lif_dense_backward": (torch.randn(18, 3), l2[6], torch.zeros(0), l1[0], l1[1], torch.zeros(0), w2, 0.9, 6, True, 0),
+    }
+
+
+def test_torch_compile_training_step_equals_eager():
+    """``torch.compile`` of a training step through the event ops gives eager's loss and gradients.
+    It is not one graph: ``_EventNetwork`` is an autograd.Function whose forward takes a ``_Run``
+    (Python object) and builds ``SpikeEvents``, so dynamo breaks the graph around the network call
+    (``torch._dynamo.explain`` counts the breaks) and the loss, regulariser and readout reduction
+    compile around it."""
     spec = GateSpec.build("localzo", "normal", delta=0.5)
-    key = DrawKey(1, 2)
-
-    def loss_fn(x, w1, w2, g):
-        s1, i1, *_ = ops.lif_forward(x, w1, 0.9, 1.0, spec, key, 0)
-        s2, *_ = ops.lif_forward(s1, w2, 0.9, 1.0, spec, key, 1, i1)
-        return (s2 * g).sum()
-
+    net = NetworkSpec(5, (4, 3), 2, beta=0.9, beta_out=0.85, init="uniform", init_gain=3.0)
+    model = SNN(net, torch.Generator().manual_seed(1))
     x = (torch.rand(6, 3, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-    w1 = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)).requires_grad_()
-    w2 = torch.randn(4, 3, generator=torch.Generator().manual_seed(2)).requires_grad_()
-    g = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(3))
-    loss_fn(x, w1, w2, g).backward()
-    eager = [w1.grad.clone(), w2.grad.clone()]
+    y = torch.tensor([0, 1, 0])
+    backend = select_backend("cpp", "cpu", spec)
+    events = as_events(x)
+
+    def loss_fn(events):
+        out = model(events, spec, DrawKey(1, 2), backend)
+        return classification_loss(out.logits, y) + SpikeRegularizer(f_up=0.3)(out.counts)
+
+    model.zero_grad()
+    eager_loss = loss_fn(events)
+    eager_loss.backward()
+    eager = [w.grad.clone() for w in model.weights]
     assert eager[0].abs().max() > 0
-    w1.grad = w2.grad = None
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    compiled(x, w1, w2, g).backward()
-    torch.testing.assert_close(w1.grad, eager[0])
-    torch.testing.assert_close(w2.grad, eager[1])
-
-
-@pytest.mark.parametrize("mutate,match", [
-    (lambda a: a.update(x=a["x"].double()), "x must be a float32 tensor"),
-    (lambda a: a.update(w=a["w"].half()), "weight must be a float32 tensor"),
-    (lambda a: a.update(x=a["x"][0]), r"x must have shape \[T, B, N_in\], got rank 2"),
-    (lambda a: a.update(w=a["w"][0]), r"weight must have shape \[N_in, N\], got rank 1"),
-    (lambda a: a.update(w=torch.randn(5, 6)), r"weight.size\(0\) \(5\) must equal x.size\(2\) = N_in \(4\)"),
-    (lambda a: a.update(w=torch.randn(4, 6, device="meta")), "weight is on meta but x is on cpu"),
-    (lambda a: a.update(samples=0), r"samples must lie in \[1, 65535\]"),
-    (lambda a: a.update(method=7), "method must be -1"),
-])
-def test_bad_input_raises_named_errors(mutate, match):
-    a = {"x": (torch.rand(5, 3, 4) < 0.5).float(), "w": torch.randn(4, 6), "samples": 1, "method": 2}
-    mutate(a)
-    with pytest.raises(RuntimeError, match=match):
-        torch.ops.lzo.lif_forward(a["x"], a["w"], torch.empty(0), None, 0.9, 1.0, a["method"], 0, 0, 0.5, 0.4,
-                                  0.0, 2.7, 1.0, a["samples"], 1, 3, 4, 0)
-
-
-def test_backward_bad_input():
-    no_i = torch.zeros(0, dtype=torch.int64)
-    with pytest.raises(RuntimeError, match="grad_spikes must be a float32 tensor"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3, dtype=torch.int32), torch.zeros(0), no_i, torch.zeros(0),
-                                   torch.zeros(4, 3), no_i, torch.zeros(0), None, 0.9, 1, False)
-    with pytest.raises(RuntimeError, match="active_gate must be 1-D with one value per active index"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(0), no_i, torch.zeros(0), torch.zeros(4, 3),
-                                   torch.zeros(2, dtype=torch.int64), torch.zeros(3), None, 0.9, 1, False)
-    with pytest.raises(RuntimeError, match="input_val must hold one value per input_idx entry"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(0), torch.zeros(2, dtype=torch.int64),
-                                   torch.zeros(1), torch.zeros(4, 3), no_i, torch.zeros(0), None, 0.9, 1, False)
-    with pytest.raises(RuntimeError, match=r"x must be \[T, B, N_in\] matching grad_spikes and weight"):
-        torch.ops.lzo.lif_backward(torch.zeros(2, 2, 3), torch.zeros(2, 2, 5), no_i, torch.zeros(0), torch.zeros(4, 3),
-                                   no_i, torch.zeros(2, 2, 3), None, 0.9, 0, False)
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled_loss = torch.compile(loss_fn)(events)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for w, g in zip(model.weights, eager):
+        torch.testing.assert_close(w.grad, g)
+    explained = torch._dynamo.explain(loss_fn)(events)
+    assert explained.graph_break_count >= 1  # documented above; a fix that removes them should update the docs
 
 
 def test_backend_selection_and_reasons():
@@ -216,23 +232,30 @@ def test_backend_selection_and_reasons():
         select_backend("cpp", "cpu", spec)
     with pytest.raises(BackendUnavailable, match="--backend cuda needs --device cuda"):
         select_backend("cuda", "cpu", spec)
-    assert extension_layer is select_backend("cpp", "cpu").layer
+    cpp = select_backend("cpp", "cpu")
+    assert cpp.network is event_network and cpp.layer is None  # one op family: no per-layer path
+
+
+def test_one_op_family():
+    """The per-layer ops are gone: only the event ops (and the simulator's copy) are registered."""
+    assert not hasattr(torch.ops.lzo, "lif_forward") or not torch._C._dispatch_has_kernel("lzo::lif_forward")
+    for op in ops.EVENT_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lzo::{op}", "CPU")
+    assert not (ops.kernels_dir() / "lif_cpu.cpp").exists() and not (ops.kernels_dir() / "lif_cuda.cu").exists()
 
 
 @pytest.mark.skipif(ops.cuda_toolchain() is not None, reason=f"no CUDA toolchain: {ops.cuda_toolchain()}")
 def test_cuda_sources_compile_and_link():
-    """Compile-only check of kernels/lif_cuda.cu and snn_cuda.cu (no GPU needed): build and load the
-    CUDA variant in a fresh process and confirm the CUDA kernels are registered with the dispatcher."""
+    """Compile-only check of kernels/snn_cuda.cu (no GPU needed): build and load the CUDA variant in a
+    fresh process and confirm every CUDA kernel is registered with the dispatcher."""
     env = dict(os.environ)
     if "CUDA_HOME" not in env and os.path.isdir("/usr/local/cuda"):
         env["CUDA_HOME"] = "/usr/local/cuda"
     code = (
         "import torch; from lzo_bench import ops; e = ops.build(cuda=True); "
         "assert e.cuda; "
-        "ops = ['lif_forward', 'lif_backward', 'to_events', 'lif_events_forward', 'readout_forward', "
-        "'readout_backward', 'lif_sparse_backward', 'lif_dense_backward']; "
-        "print(*[torch._C._dispatch_has_kernel_for_dispatch_key('lzo::' + o, 'CUDA') for o in ops])"
+        "print(*[torch._C._dispatch_has_kernel_for_dispatch_key('lzo::' + o, 'CUDA') for o in ops.CUDA_OPS])"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == " ".join(["True"] * 8)
+    assert proc.stdout.strip().splitlines()[-1] == " ".join(["True"] * len(ops.CUDA_OPS))
