@@ -117,7 +117,8 @@ void sparse_backward(const List& act, const std::vector<float>& grad_act, const 
   const int64_t group_rows = deterministic ? 2 : 1, groups = (B + group_rows - 1) / group_rows;
   std::vector<float> dwt((deterministic ? groups : 1) * N * Nin, 0.0f);
   if (!act.col.empty())
-    lzo_sim::launch(&sparse_dw_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_grid))),
+    lzo_sim::launch(&sparse_dw_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_grid)),
+                                            deterministic ? 3u : 1u),  // slices of neurons, as snn_cuda.cu splits them
                     dim3(kThreads))(act.ptr.data(), act.col.data(), e.data(), x.ptr.data(), x.col.data(),
                                     x.val.empty() ? nullptr : x.val.data(), dwt.data(), T, B, Nin, N, 0.9f,
                                     group_rows, groups, !deterministic);

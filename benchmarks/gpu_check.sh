@@ -8,7 +8,8 @@
 #   OUT=/tmp/o bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
 #
 # Stages, most important first (a run cut short keeps what matters most; the build failing stops it):
-# machine facts; build of the CUDA ops; `lzo-bench doctor` (with the CUDA self-check); NVML probe;
+# machine facts; `lzo-bench doctor` (builds the CUDA ops, runs their self-check); the build on its own
+# (cached; its failure stops the run); NVML probe;
 # CUDA op tests and gpu-marked tests; CUDA vs reference at T = 300, twice (determinism); profile
 # --energy on nmnist; layer benchmark at N-MNIST layer 2 with a per-kernel torch.profiler table;
 # compute-sanitizer racecheck and memcheck on a T = 70 step; train --energy overhead (in-process);
@@ -46,14 +47,14 @@ stage() {  # stage NAME SECONDS COMMAND...: run under timeout, output to the log
 stage env 30 sh -c "nvidia-smi --query-gpu=name,driver_version,mig.mode.current,memory.total --format=csv; \
   (nvcc --version | tail -2) 2>&1; lscpu | grep 'Model name'; \
   $py -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
-stage build 300 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
+stage doctor 300 sh -c "$py cli.py doctor --json > '$rest/doctor.json'; rc=\$?; cat '$rest/doctor.json'; exit \$rc"
+stage build 120 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
 if [ "$(tail -1 "$rest/stages.tsv" | cut -f2)" != 0 ]; then  # every later stage needs the CUDA ops
   echo "gpu_check: the CUDA ops did not build (log.txt, stage build); later stages skipped" | tee -a "$log"
   $py benchmarks/gpu_summary.py "$rest" > "$out/summary.json" 2>> "$log"
   tar -czf "$out/rest.tar.gz" -C "$out" rest && rm -rf "$rest"
   exit 1
 fi
-stage doctor 120 sh -c "$py cli.py doctor --json > '$rest/doctor.json'; rc=\$?; cat '$rest/doctor.json'; exit \$rc"
 stage nvml 30 $py -c "
 import json, torch
 from lzo_bench.energy import counter_period_ms, open_meter

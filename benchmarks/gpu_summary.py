@@ -45,6 +45,7 @@ def summarize(rest: Path) -> dict:
     return {
         "stages": stages,
         "failed_stages": [s["stage"] for s in stages if s.get("rc") != "0"],
+        "doctor": _load(rest / "doctor.json"),
         "nvml": _load(rest / "nvml.json"),
         "cuda_vs_reference": _load(rest / "cuda_check.json"),
         "layer": layer,

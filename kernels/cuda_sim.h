@@ -1,7 +1,7 @@
 // A small CUDA execution simulator: the kernels of snn_cuda_kernels.cuh, unchanged, compiled by the
 // host C++ compiler and executed on the CPU with CUDA's semantics where our kernels depend on them.
 //
-//   blocks     run one after another (x fastest, then y); every block's threads are real OS threads
+//   blocks     run one after another (x fastest, then y, then z); every block's threads are real OS threads
 //              (blockDim.x of them, created once per launch), so ThreadSanitizer sees their races
 //   __syncthreads   a barrier of the block's threads; one that not every thread reaches, or that
 //              meets a thread which has left the kernel (a divergent barrier), stops the process
@@ -100,8 +100,8 @@ inline Block* block = nullptr;
 // Runs kernel(args...) on every thread of every block of the grid.
 template <typename... P, typename... A>
 void run(void (*kernel)(P...), dim3 blocks, dim3 threads, A&&... args) {
-  if (threads.x % 32 != 0 || threads.y != 1 || threads.z != 1 || blocks.z != 1)
-    fail("the simulator runs 1-D blocks of a multiple of 32 threads and 2-D grids", __FILE__, __LINE__);
+  if (threads.x % 32 != 0 || threads.y != 1 || threads.z != 1)
+    fail("the simulator runs 1-D blocks of a multiple of 32 threads", __FILE__, __LINE__);
   const std::tuple<P...> params(std::forward<A>(args)...);  // converted to the kernel's parameter types once
   Block state(static_cast<int>(threads.x));
   block = &state;
@@ -112,12 +112,13 @@ void run(void (*kernel)(P...), dim3 blocks, dim3 threads, A&&... args) {
   for (unsigned tid = 0; tid < threads.x; ++tid)
     pool.emplace_back([&, tid] {
       thread_idx = dim3(tid, 0, 0);
-      for (unsigned by = 0; by < blocks.y; ++by)
-        for (unsigned bx = 0; bx < blocks.x; ++bx) {
-          block_idx = dim3(bx, by, 0);
-          std::apply(kernel, params);
-          state.barrier.wait(BLOCK_END, "divergent __syncthreads: a barrier met a thread that had left the kernel");
-        }
+      for (unsigned bz = 0; bz < blocks.z; ++bz)
+        for (unsigned by = 0; by < blocks.y; ++by)
+          for (unsigned bx = 0; bx < blocks.x; ++bx) {
+            block_idx = dim3(bx, by, bz);
+            std::apply(kernel, params);
+            state.barrier.wait(BLOCK_END, "divergent __syncthreads: a barrier met a thread that had left the kernel");
+          }
     });
   for (auto& t : pool) t.join();
   block = nullptr;

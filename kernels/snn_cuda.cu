@@ -1,6 +1,6 @@
-// CUDA kernels of the event ops (schemas and the math of each op in snn_cpu.cpp; per-element math
-// in lzo_math.h). The lists have the CPU layout (CSR over rows r = b*T + t, int32 row pointers and
-// columns), and nothing waits for the host inside an op:
+// The CUDA event ops (the math of each op in snn_cpu.cpp's header, per-element math in lzo_math.h,
+// the kernels in snn_cuda_kernels.cuh). The lists have the CPU layout (CSR over rows r = b*T + t,
+// int32 row pointers and columns), and nothing waits for the host inside an op:
 //   - a list an op makes (spikes, active entries) is sized by its bound, B*T*N entries: its valid
 //     prefix is ptr[B*T] long (kept on the device; SpikeEvents.nnz reads it when asked);
 //   - row pointers come from a device cumsum of per-row counts;
@@ -21,7 +21,8 @@
 //              e*xbar_i into dW^T[j, i] (coalesced over i) for each active entry (j) of the row.
 //              Default: atomicAdd into one dW^T (float rounding order varies run to run). With
 //              torch.use_deterministic_algorithms(True): every group of rows owns a partial dW^T
-//              (plain adds; groups sized so the partials fit kDeterministicBytes), summed after.
+//              (plain adds; groups sized so the partials fit kDeterministicBytes), summed after; when
+//              that leaves few blocks, the neurons j are split into slices (grid z) as well.
 //              (torch then also needs CUBLAS_WORKSPACE_CONFIG=:4096:8 for the GEMMs of `surrogate`
 //              and of a forced GEMM current.)
 //   dL/ds of the previous layer: blocks over (input tile, batch row), the reverse recurrence
@@ -49,7 +50,6 @@
 #define LZO_LAUNCH_CHECK() ((void)0)     // a failed device assert already ended the process
 #define LZO_GUARD(device) ((void)0)
 #define LZO_ON_DEVICE(t) ((t).is_cpu())  // the simulator's "device" memory is the CPU's
-#define LZO_OPS lzo_sim
 #define LZO_DEVICE_NAME "the simulator (CPU tensors)"
 #else
 #include <c10/cuda/CUDAException.h>
@@ -59,7 +59,6 @@
 #define LZO_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define LZO_GUARD(device) const c10::cuda::CUDAGuard guard(device)
 #define LZO_ON_DEVICE(t) ((t).is_cuda())
-#define LZO_OPS lzo
 #define LZO_DEVICE_NAME "one CUDA device"
 #endif
 
@@ -74,6 +73,8 @@ namespace {
 constexpr auto kPtr = at::kInt;
 int64_t g_max_grid = 65535;  // blocks per grid dimension; lzo::set_cuda_max_grid lowers it for tests
 constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
+constexpr int64_t kTargetBlocks = 1024;  // the sparse dW's grid in the deterministic mode: ~8 blocks per SM of an H100/H200
+constexpr int64_t kMaxSlices = 64;       // each slice re-reads the rows' entries and input events
 
 #ifndef LZO_CUDA_SIM
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -310,8 +311,15 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   } else {
     dwt = at::zeros({N, Nin}, weight.options());
   }
+  // Few groups (a large dW^T in the deterministic mode: 1 group once N*Nin >= 2^26, so tiles = Nin/256
+  // blocks) leave the GPU idle: split the neurons j into slices until about kTargetBlocks blocks run.
+  const int64_t base_blocks = static_cast<int64_t>(tiles) * std::min<int64_t>(groups, g_max_grid);
+  const int64_t slices = deterministic
+      ? std::max<int64_t>(1, std::min<int64_t>({(kTargetBlocks + base_blocks - 1) / base_blocks, N, kMaxSlices}))
+      : 1;
   if (B > 0 && Nin > 0 && act_col.numel() > 0)
-    LZO_LAUNCH(sparse_dw_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_max_grid))), kThreads)(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
+    LZO_LAUNCH(sparse_dw_kernel, dim3(tiles, static_cast<unsigned>(std::min<int64_t>(groups, g_max_grid)),
+                                      static_cast<unsigned>(slices)), kThreads)(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
                                    x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(),
                                    x_val.numel() ? x_val.data_ptr<float>() : nullptr, dwt.data_ptr<float>(), T, B,
                                    Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic);

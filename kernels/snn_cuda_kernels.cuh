@@ -249,7 +249,10 @@ __global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t*
     }
 }
 
-// dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of rows).
+// dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of
+// rows, slice of neurons j): a block adds only the entries whose j lies in its slice (blockIdx.z of
+// gridDim.z), so slices write disjoint rows of dW^T and the deterministic mode, which has few groups
+// when dW^T is large, still fills the GPU.
 __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
                                  const float* __restrict__ e, const Ptr* __restrict__ xptr,
                                  const int32_t* __restrict__ xcol, const float* __restrict__ xval,
@@ -258,6 +261,7 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
   __shared__ float sh_x[kThreads];
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
   const bool mine = i < Nin;
+  const int64_t j_lo = N * blockIdx.z / gridDim.z, j_hi = N * (blockIdx.z + 1) / gridDim.z;
   for (int64_t grp = blockIdx.y; grp < groups; grp += gridDim.y) {
     float* dst = shared_out ? dwt : dwt + grp * N * Nin;
     const int64_t b_end = std::min<int64_t>(B, (grp + 1) * group_rows);
@@ -282,7 +286,9 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
         h = beta * h + x;
         if (!mine) continue;
         for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
-          float* p = dst + static_cast<int64_t>(acol[q]) * Nin + i;
+          const int64_t j = acol[q];
+          if (j < j_lo || j >= j_hi) continue;
+          float* p = dst + j * Nin + i;
           if (shared_out) atomicAdd(p, e[q] * h);
           else *p += e[q] * h;
         }
