@@ -83,7 +83,9 @@ class NIRResetRow:
     agreement_pct: float               # samples whose predicted class is unchanged
     spikes_subtractive: list[float]    # per hidden layer, spikes per sample
     spikes_nir: list[float]
-    subtractive_sim_exact: bool        # nirtorch with lzo-bench's reset reproduces logits and counts
+    subtractive_sim_matches: bool      # the graph with lzo-bench's reset: spike counts equal, logits within the bound
+    max_dlogit: float                  # its largest |logit − the network's logit|
+    dlogit_bound: float                # the rounding bound at the largest logit (lzo_bench.floatcmp.readout_bound)
 
 
 class ProviderFallback(RuntimeError):
@@ -278,6 +280,7 @@ def nir_reset_cost(path: Path, model: SNN, src: ExportSource, limit: int = 512) 
     specifies) and compare with ``model`` (subtractive reset)."""
     import nir
 
+    from lzo_bench.floatcmp import compare_logits, readout_bound
     from lzo_bench.nir_sim import simulate
 
     graph = nir.read(path)
@@ -286,10 +289,11 @@ def nir_reset_cost(path: Path, model: SNN, src: ExportSource, limit: int = 512) 
         ref = model(x)
     zero = simulate(graph, x, "zero", src.network.reduce)
     sub = simulate(graph, x, "subtract", src.network.reduce)
-    exact = bool(torch.equal(sub.logits, ref.logits)) and all(
-        torch.equal(c, r) for c, r in zip(sub.counts.values(), ref.counts))
+    bound = readout_bound(ref.spikes[-1], model.weights[-1], model.spec.beta_out, src.network.reduce)
+    match = compare_logits(sub.logits, ref.logits, bound, list(zip(sub.counts.values(), ref.counts)))
     n = x.shape[1]
     per_sample = lambda counts: [float(c.sum()) / n for c in counts]  # noqa: E731
     agree = 100.0 * float((zero.logits.argmax(1) == ref.logits.argmax(1)).float().mean())
     return NIRResetRow(what, n, x.shape[0], _accuracy(ref.logits.numpy(), labels), _accuracy(zero.logits.numpy(), labels),
-                       agree, per_sample(ref.counts), per_sample(zero.counts.values()), exact)
+                       agree, per_sample(ref.counts), per_sample(zero.counts.values()), match.agree, match.max_dlogit,
+                       match.max_bound)

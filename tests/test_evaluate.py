@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from lzo_bench.checkpoint import load_checkpoint
 from lzo_bench.cli import app
 from lzo_bench.data import NMNIST_INFO, load_dataset
+from lzo_bench.floatcmp import compare_logits, readout_bound
 from lzo_bench.model import SNN, NetworkSpec
 from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, membranes, static_metrics, synaptic_ops
 
@@ -91,8 +92,29 @@ def test_adapter_reproduces_the_logits_exactly(trained, reduce):
         x = test.dense(slice(0, batch)).float().transpose(0, 1).contiguous()[:steps]
         if steps < 40:  # short inputs: random spikes, so the first steps are not silent
             x = (torch.rand(steps, batch, 64, generator=g) < 0.3).float()
-        ref = model(x).logits
-        assert torch.equal(net.run(x), ref), (steps, batch)
+        ref = model(x)
+        bound = readout_bound(ref.spikes[-1], model.weights[-1], model.spec.beta_out, model.spec.reduce)
+        assert compare_logits(net.run(x), ref.logits, bound).within, (steps, batch)  # not torch.equal: rounding differs by CPU
+
+
+def test_adapter_comparison_catches_a_wrong_reset(trained):
+    """The rounding bound of the adapter test is no blanket tolerance: an adapter whose neurons reset to
+    zero instead of subtracting θ (a real defect) falls far outside it."""
+    snn = pytest.importorskip("snntorch")
+    from lzo_bench.nbmetrics import NeuroBenchNet
+
+    model, _ = load_checkpoint(trained)
+    net = NeuroBenchNet(model)
+    for i, (fc, _) in enumerate(net.layers):  # snnTorch picks its state function at construction
+        wrong = snn.Leaky(beta=model.spec.beta, threshold=model.spec.theta, reset_mechanism="zero")
+        net.layers[i] = (fc, wrong)
+        setattr(net, f"lif{i + 1}", wrong)
+    _, test = load_dataset("digits", 40)
+    x = test.dense(slice(0, 64)).float().transpose(0, 1).contiguous()
+    ref = model(x)
+    bound = readout_bound(ref.spikes[-1], model.weights[-1], model.spec.beta_out, model.spec.reduce)
+    result = compare_logits(net.run(x), ref.logits, bound)
+    assert not result.within and result.max_dlogit > 100 * result.max_bound
 
 
 def test_neurobench_benchmark_reports_the_same_numbers(trained):

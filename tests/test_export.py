@@ -308,7 +308,8 @@ def test_cli_nir_reports_the_reset_cost(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])["check"]
     cost = report["reset_cost"]
-    assert report["passed"] and cost["subtractive_sim_exact"] and cost["samples"] == 64
+    assert report["passed"] and cost["subtractive_sim_matches"] and cost["samples"] == 64
+    assert 0 <= cost["max_dlogit"] <= cost["dlogit_bound"] < 1e-3
     assert len(cost["spikes_subtractive"]) == len(cost["spikes_nir"]) == 2 and 0 <= cost["agreement_pct"] <= 100
     assert 0 <= cost["acc_nir"] <= 100 and 0 <= cost["acc_subtractive"] <= 100
     meta = nir.read(tmp_path / "m.nir").metadata
@@ -399,6 +400,28 @@ def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_
     logits = li_readout(graph, out, "max")
     assert torch.equal(logits.argmax(1), zero.logits.argmax(1))
     assert torch.allclose(logits, zero.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_nir_comparison_is_a_rounding_bound_that_still_catches_a_wrong_reset(run_dir, tmp_path):
+    """The NIR check compares logits within lzo_bench.floatcmp's rounding bound, not bit for bit (two
+    CPUs' kernels round differently: an AMD EPYC failed every export on torch.equal). The bound is far
+    below what a real defect moves: the reset-to-zero simulation, a wrong reset for this network,
+    fails the same comparison; logits nudged by 4 bounds fail it too."""
+    from lzo_bench.checkpoint import load_checkpoint
+    from lzo_bench.floatcmp import compare_logits, readout_bound
+    from lzo_bench.nir_sim import simulate
+
+    graph, x = exported_nir(run_dir, tmp_path, samples=64)
+    model, _ = load_checkpoint(run_dir)
+    with torch.no_grad():
+        ref = model(x)
+    bound = readout_bound(ref.spikes[-1], model.weights[-1], model.spec.beta_out, "max")
+    assert float(bound.max()) < 1e-3 * float(ref.logits.abs().max())
+    sub, zero = simulate(graph, x, "subtract", "max"), simulate(graph, x, "zero", "max")
+    assert compare_logits(sub.logits, ref.logits, bound, list(zip(sub.counts.values(), ref.counts))).agree
+    wrong = compare_logits(zero.logits, ref.logits, bound, list(zip(zero.counts.values(), ref.counts)))
+    assert not wrong.counts_equal and not wrong.within and wrong.max_dlogit > 100 * wrong.max_bound
+    assert not compare_logits(sub.logits + 4 * bound.float(), ref.logits, bound).within
 
 
 def test_nir_check_without_nirtorch_is_one_line(run_dir, tmp_path, monkeypatch):
