@@ -350,9 +350,15 @@ class RunFolder:
     lifetime), cleared of a previous run's artefacts with ``overwrite``, and removed again if it was
     created here and the run ends before finishing anything."""
 
-    def __init__(self, out: Path, overwrite: bool):
-        self.out, self.created = out, not out.exists()
+    def __init__(self, out: Path, overwrite: bool, resume: bool = False):
+        self.out = out
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir()
+                self.created = True  # this process made it (two runs racing for one folder cannot both)
+            except FileExistsError:
+                self.created = False
             ensure_writable_dir(out)
         except OSError as e:
             raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
@@ -369,6 +375,11 @@ class RunFolder:
             self.lock.close()
             raise ConfigError("--out", f"is in use by another lzo-bench run (pid {holder}) in {out}; wait for it to "
                                        "end or choose another folder") from None
+        if (out / "metrics.json").exists() and not (overwrite or resume):
+            # checked again under the lock: a run that finished between prepare_out_dir and here owns it
+            (out / LOCK_NAME).unlink(missing_ok=True)  # ours while we hold it: no one else's to lose
+            self.lock.close()
+            raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
         self.lock.seek(0)
         self.lock.truncate()
         self.lock.write(f"{os.getpid()}\n")
@@ -511,7 +522,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
     regularizer = SpikeRegularizer(f_up=info.f_up, enabled=cfg.regularize)
 
     result = RunResult(out, cfg, gate, backend)
-    folder = RunFolder(out, cfg.overwrite)
+    folder = RunFolder(out, cfg.overwrite, resume)
     done, update = 0, 0
     environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "device": str(device), "device_name": device_name(device), "host": platform.node(),

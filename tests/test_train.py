@@ -120,6 +120,25 @@ def test_existing_run_is_not_overwritten_silently(tmp_path):
     train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out), overwrite=True))
 
 
+def test_a_run_that_finishes_between_the_check_and_the_lock_keeps_its_folder(tmp_path, monkeypatch):
+    """Two runs into one folder (issue 19, D2: both exited 0 in 1 of 6 tries): the folder check is
+    repeated under the lock, so the later run is refused and the earlier run's folder survives."""
+    out = tmp_path / "run"
+    real = train_mod.prepare_out_dir
+
+    def finished_meanwhile(cfg, resume=False):  # the other run completes right after our check
+        checked = real(cfg, resume)
+        monkeypatch.setattr(train_mod, "prepare_out_dir", real)
+        train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out)))
+        return checked
+
+    monkeypatch.setattr(train_mod, "prepare_out_dir", finished_meanwhile)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(TrainConfig(epochs=1, hidden=(10, 10), out=str(out)))
+    assert (out / "metrics.json").is_file() and (out / "checkpoint.pt").is_file()
+    assert not (out / train_mod.LOCK_NAME).exists()
+
+
 def test_non_finite_parameters_stop_the_run_and_keep_the_last_finite_checkpoint(tmp_path, monkeypatch):
     real_step = torch.optim.Adam.step
     calls = {"n": 0}
