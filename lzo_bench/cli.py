@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -172,11 +173,14 @@ def export(
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")
-    if threads < 1:
-        raise fail(f"--threads must be ≥ 1 (got {threads})")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:  # far beyond the CPUs, onnxruntime's thread pool crashed (100000: a segfault)
+        raise fail(f"--threads must lie in [1, {cpus}], the logical CPUs here (got {threads})")
     suffix = Path(DEFAULT_EXPORT_NAME[format]).suffix
     if out and Path(out).suffix != suffix:
         raise fail(f"--out {out} does not match --format {format.value}: name the file *{suffix}")
+    if out and Path(out).is_dir():
+        raise fail(f"--out {out} is a folder; name a file inside it, e.g. {Path(out) / DEFAULT_EXPORT_NAME[format]}")
     if format is ExportFormat.NIR and dtype is not WeightDtype.FLOAT32:
         raise fail(f"--dtype {dtype.value} applies to the ONNX formats; NIR stores float32")
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
