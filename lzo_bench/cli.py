@@ -153,6 +153,7 @@ class WeightDtype(str, Enum):
 
 @app.command()
 def export(
+    ctx: typer.Context,
     run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="onnx: Scan over time; onnx-step: one time bin per call; nir.")] = ExportFormat.ONNX,
     out: Annotated[Optional[str], typer.Option(help="Output file; default <run>/model.onnx, model_step.onnx or model.nir.")] = None,
@@ -183,6 +184,8 @@ def export(
         raise fail(f"--out {out} is a folder; name a file inside it, e.g. {Path(out) / DEFAULT_EXPORT_NAME[format]}")
     if format is ExportFormat.NIR and dtype is not WeightDtype.FLOAT32:
         raise fail(f"--dtype {dtype.value} applies to the ONNX formats; NIR stores float32")
+    if format is ExportFormat.NIR and typed(ctx, "opset"):
+        raise fail(f"--opset {opset} applies to the ONNX formats; NIR has no opset")
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     try:
         model, ckpt = load_checkpoint(run)
@@ -387,12 +390,14 @@ def profile(
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
     from lzo_bench.rng import MAX_SAMPLES
-    from lzo_bench.train import ConfigError, check_device_option
+    from lzo_bench.train import ConfigError, check_device_option, check_float32_positive
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     valid = {m.value for m in Method}
     if not names or any(m not in valid for m in names):
         raise fail(f"--methods must be a comma-separated subset of {', '.join(sorted(valid))} (got {methods!r})")
+    if len(set(names)) != len(names):
+        raise fail(f"--methods names a method twice ({methods!r}); list each once")
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
     if run is not None and typed(ctx, "workload"):
@@ -406,11 +411,12 @@ def profile(
         raise fail(f"--updates must be ≥ 3 (got {updates})")
     if warmup < 0:
         raise fail(f"--warmup must be ≥ 0 (got {warmup})")
-    if not (math.isfinite(delta) and delta > 0):
-        raise fail(f"--delta must be > 0 and finite (got {delta})")
+    if not (math.isfinite(energy_seconds) and energy_seconds > 0):
+        raise fail(f"--energy-seconds must be > 0 and finite (got {energy_seconds})")
     if not 1 <= samples < MAX_SAMPLES:
         raise fail(f"--samples must lie in [1, {MAX_SAMPLES - 1}] (got {samples})")
     try:
+        check_float32_positive("--delta", delta, "0.05")
         check_device_option(device)
     except ConfigError as e:
         raise fail(str(e)) from None

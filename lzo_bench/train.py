@@ -105,8 +105,19 @@ def finite_model(model: torch.nn.Module) -> bool:
 FLOAT32_TINY, FLOAT32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 MAX_STEPS = 100_000     # time bins: 100 s at 1 ms; beyond, a batch no longer fits in memory
 MAX_NEURONS = 1 << 20   # per hidden layer
+MAX_EPOCHS = 1_000_000  # metrics.json keeps a record per epoch, rewritten after every epoch
 LIMIT_WHY = {"--samples": "the kernels count LocalZO samples in 16 bits of the Philox counter",
-             "--steps": "100 s at 1 ms bins; a longer sequence does not fit a batch in memory"}
+             "--steps": "100 s at 1 ms bins; a longer sequence does not fit a batch in memory",
+             "--epochs": "metrics.json keeps a record per epoch and is rewritten after each"}
+
+
+def check_float32_positive(option: str, value: float, usual: str) -> None:
+    """``value`` > 0, finite and inside float32's normal range, in which training computes (one check
+    for train, profile and reproduce: ``profile --delta 1e-300`` used to pass where train refused it)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(option, f"must be > 0 (got {value})")
+    if not FLOAT32_TINY <= value <= FLOAT32_MAX:
+        raise ConfigError(option, f"{value:g} does not fit float32, in which training computes; choose a value around {usual}")
 
 
 def check_device_option(device: str, option: str = "--device") -> None:
@@ -156,15 +167,11 @@ class TrainConfig:
                                        "LocalZO's band comes from δ and the draws")
         if self.k is not None and self.dist not in SURROGATE_DISTRIBUTIONS:
             raise ConfigError("--k", f"applies to --dist {' or '.join(SURROGATE_DISTRIBUTIONS)} only (got --dist {self.dist})")
-        for option, value in (("--delta", self.delta), ("--bth", self.bth), ("--lr", self.lr), ("--k", self.k)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(option, f"must be > 0 (got {value})")
         for option, value, usual in (("--delta", self.delta, "0.05"), ("--bth", self.bth, "0.05"),
                                      ("--lr", self.lr, "1e-3"), ("--k", self.k, "100")):
-            if value is not None and not FLOAT32_TINY <= value <= FLOAT32_MAX:
-                raise ConfigError(option, f"{value:g} does not fit float32, in which training computes; "
-                                          f"choose a value around {usual}")
-        for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, None),
+            if value is not None:
+                check_float32_positive(option, value, usual)
+        for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, MAX_EPOCHS),
                                    ("--batch-size", self.batch_size, None), ("--steps", self.steps, MAX_STEPS)):
             if value is not None and value < 1:
                 raise ConfigError(option, f"must be ≥ 1 (got {value})")

@@ -82,6 +82,7 @@ def test_resume_trains_a_finished_run_further_with_its_own_configuration(tmp_pat
     (["--delta", "-0.1"], "error: --delta must be > 0 (got -0.1)"),
     (["--samples", "0"], "error: --samples must be ≥ 1 (got 0)"),
     (["--epochs", "0"], "error: --epochs must be ≥ 1 (got 0)"),
+    (["--epochs", "99999999999999999999999"], "error: --epochs must be ≤ 1000000 (got 99999999999999999999999)"),  # D13
     (["--hidden", ""], "error: --hidden needs one or more positive layer sizes"),
     (["--hidden", "200,,x"], "error: --hidden needs one or more positive layer sizes"),
     (["--method", "sparsegrad", "--bth", "0"], "error: --bth must be > 0 (got 0.0)"),
@@ -139,7 +140,10 @@ def test_nan_loss_exits_1_naming_epoch_and_update(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args,message", [
     (["--device", "tpu"], "error: --device must be auto, cpu, cuda or cuda:N (got 'tpu')"),
-    (["--delta", "inf"], "error: --delta must be > 0 and finite (got inf)"),
+    (["--delta", "inf"], "error: --delta must be > 0 (got inf)"),
+    (["--delta", "1e-300"], "error: --delta 1e-300 does not fit float32, in which training computes"),  # D13: train refused it
+    (["--energy-seconds", "nan"], "error: --energy-seconds must be > 0 and finite (got nan)"),          # D13: bare NaN in JSON
+    (["--methods", "localzo,localzo"], "error: --methods names a method twice ('localzo,localzo')"),     # D13: duplicate rows
     (["--samples", "70000"], "error: --samples must lie in [1, 65535] (got 70000)"),
 ])
 def test_profile_bad_input_is_one_line_exit_2(args, message, tmp_path):

@@ -167,6 +167,7 @@ def test_nir_graph_reads_back_with_the_model_parameters(run_dir, tmp_path):
     (lambda run, tmp: [str(run), "--format", "nir", "--out", str(tmp / "x.onnx")], "does not match --format nir: name the file *.nir"),
     (lambda run, tmp: [str(run), "--out", str(tmp / "x.nir")], "does not match --format onnx: name the file *.onnx"),
     (lambda run, tmp: [str(run), "--format", "nir", "--dtype", "float16"], "--dtype float16 applies to the ONNX formats"),
+    (lambda run, tmp: [str(run), "--format", "nir", "--opset", "99"], "--opset 99 applies to the ONNX formats; NIR has no opset"),
 ])
 def test_bad_input(run_dir, tmp_path, make_args, message):
     result = runner.invoke(app, ["export", *make_args(run_dir, tmp_path)])
