@@ -220,3 +220,25 @@ def _subset(ds, idx):
     per = [torch.nonzero(d.reshape(-1)).reshape(-1) for d in dense]
     offsets = torch.tensor([0] + [len(p) for p in per]).cumsum(0)
     return torch.cat(per), offsets, ds.labels[idx], ds.n_classes, ds.steps, ds.n_units
+
+
+def test_nmnist_empty_folders_never_reach_the_network(tmp_path, monkeypatch):
+    """Empty train.zip / test.zip and empty Train/ and Test/ (issue 19, D8): tonic would try to
+    download; without --download the loader says which files it expected and touches no network."""
+    import urllib.request
+
+    from lzo_bench.data import DatasetMissing
+
+    for name in ("train.zip", "test.zip"):
+        (tmp_path / "NMNIST").mkdir(exist_ok=True)
+        (tmp_path / "NMNIST" / name).write_bytes(b"")
+    for split in ("Train", "Test"):
+        (tmp_path / "NMNIST" / split).mkdir()
+
+    def no_network(*a, **k):
+        raise AssertionError("the loader reached the network without --download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+    with pytest.raises(DatasetMissing, match=r"N-MNIST not found under .*expected .*Train/<digit 0-9>/\*\.bin"):
+        load_dataset("nmnist", 40, tmp_path)

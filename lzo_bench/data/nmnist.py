@@ -27,7 +27,8 @@ def expected_files(root: Path) -> list[str]:
 def _split(root: Path, train: bool, steps: int, download: bool) -> tuple[EventDataset, str]:
     folder = root / "NMNIST" / ("Train" if train else "Test")
     zipname = root / "NMNIST" / ("train.zip" if train else "test.zip")
-    if not download and not (zipname.exists() and folder.is_dir()):
+    if not download and not (zipname.exists() and folder.is_dir() and any(folder.glob("*/*.bin"))):
+        # tonic downloads whatever it does not find: an empty folder must stop here, not reach the network
         raise DatasetMissing(
             f"N-MNIST not found under {root}: expected {'; '.join(expected_files(root))}. Get it from "
             "https://www.garrickorchard.com/datasets/n-mnist (train.zip, test.zip, extracted beside them) "
