@@ -58,6 +58,39 @@ def checkpoint_steps(ckpt: dict[str, Any]) -> int:
     return int(ckpt["train"].get("steps") or ckpt["dataset"]["default_steps"])
 
 
+def check_contents(path: Path, ckpt: dict[str, Any], network: NetworkSpec) -> None:
+    """What export, evaluate, profile --run and --resume read besides the weights: the dataset (a known
+    one, whose inputs and classes the network's shape matches), the training configuration (a dict,
+    its steps within train's limit) and the epoch. A hand-edited checkpoint fails here in one line
+    instead of with a KeyError, a shape error or a 919 GB allocation later (issue 19, D7)."""
+    from lzo_bench.data import DATASET_INFO
+    from lzo_bench.train import MAX_STEPS
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} {what}; use the checkpoint.pt a run of lzo-bench train wrote")
+
+    dataset, train = ckpt.get("dataset"), ckpt.get("train")
+    if not isinstance(dataset, dict) or "name" not in dataset:
+        raise bad("has no dataset record")
+    info = DATASET_INFO.get(dataset["name"])
+    if info is None:
+        raise bad(f"names an unknown dataset {dataset['name']!r} (known: {', '.join(DATASET_INFO)})")
+    if (network.n_in, network.n_out) != (info.n_units, info.n_classes):
+        raise bad(f"has a network of {network.n_in} inputs and {network.n_out} outputs, but {info.name} has "
+                  f"{info.n_units} inputs and {info.n_classes} classes")
+    if not isinstance(train, dict):
+        raise bad("has no training configuration")
+    steps = train.get("steps")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS):
+        raise bad(f"records steps = {steps!r}, outside [1, {MAX_STEPS}]")
+    epoch = ckpt.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise bad(f"records epoch = {epoch!r}, not a count of finished epochs")
+    if "update" in ckpt and not (isinstance(ckpt["update"], int) and not isinstance(ckpt["update"], bool)
+                                 and ckpt["update"] >= 0):
+        raise bad(f"records update = {ckpt['update']!r}, not a count of updates")
+
+
 def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
     """The network (on CPU, eval mode) and the raw checkpoint dict; a run folder works too."""
     path = Path(path)
@@ -82,6 +115,7 @@ def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a hand-made or damaged checkpoint
         what = f"missing key {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:300]
         raise CheckpointError(f"{path} does not describe a network this lzo-bench can rebuild: {what}") from None
+    check_contents(path, ckpt, model.spec)
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights (NaN/inf in {', '.join(bad)}): the run diverged; "

@@ -194,6 +194,8 @@ def test_evaluate_missing_run_and_missing_dataset_are_one_line_exit_2(trained, t
     ckpt = torch.load(trained / "checkpoint.pt", weights_only=True)
     ckpt["dataset"] = asdict(NMNIST_INFO)
     ckpt["train"] = ckpt["train"] | {"dataset": "nmnist", "data_dir": str(tmp_path / "empty"), "steps": None}
+    ckpt["network"]["n_in"] = NMNIST_INFO.n_units  # an N-MNIST-shaped network: the checkpoint is consistent
+    ckpt["state_dict"]["weights.0"] = torch.zeros(NMNIST_INFO.n_units, ckpt["state_dict"]["weights.0"].shape[1])
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "checkpoint.pt")])
     assert result.exit_code == 2 and result.output.startswith("error: the run's test set is not there")

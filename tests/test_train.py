@@ -291,6 +291,15 @@ def test_extension_cache_is_keyed_by_the_torch_build():
     (lambda c: c.pop("network"), "missing key 'network'"),
     (lambda c: c["state_dict"].__setitem__("weights.0", torch.zeros(3, 3)), "size mismatch"),
     (lambda c: c["network"].pop("n_in"), "does not describe a network"),
+    # issue 19, D7: contents that export, evaluate and profile --run read later
+    (lambda c: c.pop("dataset"), "has no dataset record"),
+    (lambda c: c.pop("train"), "has no training configuration"),
+    (lambda c: c["dataset"].__setitem__("name", "imagenet"), "names an unknown dataset 'imagenet'"),
+    (lambda c: (c["network"].__setitem__("n_in", 100), c["state_dict"].__setitem__("weights.0", torch.zeros(100, 8))),
+     "has a network of 100 inputs and 10 outputs, but digits has 64 inputs and 10 classes"),
+    (lambda c: c["train"].__setitem__("steps", 10**7), "records steps = 10000000, outside"),
+    (lambda c: c.__setitem__("epoch", "two"), "records epoch = 'two'"),
+    (lambda c: c.__setitem__("update", "x"), "records update = 'x'"),
 ])
 def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, damage, message):
     out = tmp_path / "run"
