@@ -447,6 +447,16 @@ def resume_config(run: str | Path, epochs: int | None = None, energy: bool | Non
     return cfg
 
 
+def earlier_environment(out: Path) -> dict:
+    """``config.json``'s environment record of the run in ``out``, or ``{}`` where the file is gone or
+    edited: it is rewritten after the next epoch, and the checkpoint, not it, holds the configuration."""
+    try:
+        env = json.loads((out / "config.json").read_text()).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
 def restore_run(out: Path, cfg: TrainConfig, model: SNN, optimizer: torch.optim.Optimizer,
                 result: RunResult) -> tuple[int, int]:
     """Load the run in ``out`` (checkpoint, Adam state, finished epochs' records) into ``model``,
@@ -461,20 +471,27 @@ def restore_run(out: Path, cfg: TrainConfig, model: SNN, optimizer: torch.optim.
     if same != now or "optimizer" not in ckpt:
         raise ConfigError("--resume", f"cannot continue {out}: its checkpoint changed since the run was read")
     done, updates = int(ckpt["epoch"]), int(ckpt["update"])
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("history", []), list):
+        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is not a run's metrics (a JSON object "
+                                      "with a history list); restore it or train the run again")
     if len(metrics.get("history", [])) < done:
         raise ConfigError("--resume", f"cannot continue {out}: metrics.json records {len(metrics.get('history', []))} "
                                       f"epoch(s) but the checkpoint {done}; the folder was edited or damaged")
+    try:  # a hand-edited metrics.json: wrong types anywhere are one line, not a traceback (issue 19, D6)
+        history = [EpochRecord(**r) for r in metrics["history"][:done]]
+        per_update = metrics.get("updates", {})
+        lists = [list(per_update.get(k, []))[:updates] for k in ("loss", "active_pct", "fwd_ms", "bwd_ms")]
+        wall_s = float((metrics.get("final") or {}).get("wall_s", 0.0))
+        earlier = metrics.get("processes") or [metrics.get("process")]
+        processes = [p for p in earlier if p] + [PROCESS_ID]
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is damaged ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())[:160]}); restore it or train the run again") from None
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    result.history = [EpochRecord(**r) for r in metrics["history"][:done]]
-    per_update = metrics.get("updates", {})
-    result.update_loss = per_update.get("loss", [])[:updates]
-    result.update_active_pct = per_update.get("active_pct", [])[:updates]
-    result.update_fwd_ms = per_update.get("fwd_ms", [])[:updates]
-    result.update_bwd_ms = per_update.get("bwd_ms", [])[:updates]
-    result.wall_s = float((metrics.get("final") or {}).get("wall_s", 0.0))
-    earlier = metrics.get("processes") or [metrics.get("process")]
-    result.processes = [p for p in earlier if p] + [PROCESS_ID]
+    result.history = history
+    result.update_loss, result.update_active_pct, result.update_fwd_ms, result.update_bwd_ms = lists
+    result.wall_s, result.processes = wall_s, processes
     return done, updates
 
 
@@ -537,12 +554,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
     if resume:
         try:
             done, update = restore_run(out, cfg, model, optimizer, result)
-            before = json.loads((out / "config.json").read_text()).get("environment", {})
+            before = earlier_environment(out)
         except (ConfigError, OSError, ValueError):
             folder.release()
             raise
-        environment |= {"created": before.get("created"),
-                        "resumed": before.get("resumed", []) + [environment["created"]]}
+        resumed = before.get("resumed") if isinstance(before.get("resumed"), list) else []
+        environment |= {"created": before.get("created"), "resumed": resumed + [environment["created"]]}
     meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
     period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
     if cfg.energy:

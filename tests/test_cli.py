@@ -199,3 +199,39 @@ def test_doctor_reports_the_onnxruntime_clash(monkeypatch):
     monkeypatch.setattr(doctor.metadata, "distributions", lambda: real + [Fake()])
     check = doctor.onnxruntime_check()
     assert check.status == "n/a" and "both installed and clash" in check.detail
+
+
+def _edit_json(name, edit):
+    def apply(out):
+        path = out / name
+        path.write_text(edit(json.loads(path.read_text())) if callable(edit) else edit)
+    return apply
+
+
+@pytest.mark.parametrize("damage,expect", [
+    # issue 19, D6: each was a traceback, five of them with a stale lock
+    (_edit_json("config.json", lambda c: json.dumps([1, 2, 3])), None),
+    (_edit_json("config.json", "{not json"), None),
+    (lambda out: (out / "config.json").unlink(), None),
+    (_edit_json("config.json", lambda c: json.dumps(c | {"environment": "x"})), None),
+    (_edit_json("metrics.json", lambda m: "[]"), "its metrics.json is not a run's metrics"),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"updates": "oops"})), "its metrics.json is damaged"),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"history": [m["history"][0] | {"extra": 1}]})),
+     "its metrics.json is damaged (TypeError"),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"final": {"wall_s": "abc"}})), "its metrics.json is damaged (ValueError"),
+])
+def test_resume_of_hand_edited_files_is_one_line_or_resumes(tmp_path, damage, expect):
+    """config.json is informational (the checkpoint holds the configuration): its damage does not stop
+    a resume; a damaged metrics.json is one line, exit 2. Never a traceback, never a stale lock."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)]).exit_code == 0
+    damage(out)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    if expect is None:
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["environment"]["resumed"]
+    else:
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --resume cannot continue") and expect in lines[0], lines
+    assert not (out / ".lzo-run.lock").exists()
