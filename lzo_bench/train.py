@@ -28,6 +28,7 @@ from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
+from lzo_bench.data.encoding import TooLarge
 from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
 from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
@@ -538,6 +539,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
         raise ConfigError("--data-dir", f"does not hold the dataset: {e}") from None
     except DatasetError as e:
         raise ConfigError("--data-dir", f"holds a damaged dataset: {e}") from None
+    except TooLarge as e:
+        raise ConfigError("--steps", f"{cfg.steps} is too many for this machine: {e}; choose fewer --steps") from None
     info = DATASET_INFO[cfg.dataset]
     net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
     torch.manual_seed(cfg.seed)

@@ -235,3 +235,17 @@ def test_resume_of_hand_edited_files_is_one_line_or_resumes(tmp_path, damage, ex
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --resume cannot continue") and expect in lines[0], lines
     assert not (out / ".lzo-run.lock").exists()
+
+
+def test_steps_too_large_for_the_memory_are_one_line(tmp_path, monkeypatch):
+    """Issue 19, D12: --steps 100000 (the documented maximum) on digits asked the allocator for 9–11 GB
+    and died with a traceback where that memory was not free; now one line, exit 2, no folder."""
+    from lzo_bench.data import encoding
+
+    monkeypatch.setattr(encoding, "available_bytes", lambda: 2 * 2**30)
+    result = runner.invoke(app, ["train", "--steps", "100000", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: --steps 100000 is too many for this machine: 1437 samples × 100000 steps × 64 "
+                                "units of spikes need 8.6 GiB, more than half of the 2.0 GiB available")
+    assert not (tmp_path / "run").exists()
