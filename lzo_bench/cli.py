@@ -170,7 +170,7 @@ def export(
 
     from lzo_bench import export as ex
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
-    from lzo_bench.fsio import ensure_writable_dir
+    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")
@@ -194,12 +194,20 @@ def export(
         raise fail(str(e)) from None
     target = Path(out) if out else run_dir / DEFAULT_EXPORT_NAME[format]
     try:
-        ensure_writable_dir(target.parent)
+        check_creatable_dir(target.parent)  # created only once there is a file to write (issue 19, D10)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another path") from None
+
+    def writable_parent() -> None:
+        try:
+            ensure_writable_dir(target.parent)
+        except OSError as e:
+            raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another path") from None
+
     try:
         if format is ExportFormat.NIR:
             graph = ex.nir_graph(src)
+            writable_parent()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ex.write_nir(graph, target)
@@ -208,6 +216,7 @@ def export(
         else:
             build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
             onnx_model = build(src, opset, dtype.value)
+            writable_parent()
             ex.write_onnx(onnx_model, target)
             report = _check_onnx(format, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
     except ex.ExportError as e:
@@ -386,7 +395,7 @@ def profile(
 
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
-    from lzo_bench.fsio import ensure_writable_dir
+    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
     from lzo_bench.rng import MAX_SAMPLES
@@ -422,7 +431,7 @@ def profile(
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"profile-{workload}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
-        ensure_writable_dir(target)
+        check_creatable_dir(target)  # created once there is a report to write (issue 19, D10)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
@@ -435,6 +444,10 @@ def profile(
             report = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
         except BackendUnavailable as e:
             raise fail(f"--backend {backend.value} is unavailable: {e}") from None
+    try:
+        ensure_writable_dir(target)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     write_report(report, target)
     if json_out:
         typer.echo(_json.dumps(report, indent=2))

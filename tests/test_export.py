@@ -437,3 +437,10 @@ def test_nir_check_without_nirtorch_is_one_line(run_dir, tmp_path, monkeypatch):
     assert result.output.strip().splitlines()[-1] == ("error: the NIR check runs the file through nirtorch, which is "
                                                       "not installed: pip install 'lzo-bench[nir]' (or pass --no-check)")
     assert (tmp_path / "m.nir").is_file()
+
+
+def test_a_refused_export_creates_no_folder(run_dir, tmp_path):
+    """Issue 19, D10: --opset 99 with --out newdir/deep/m.onnx created newdir/deep before refusing."""
+    result = runner.invoke(app, ["export", str(run_dir), "--opset", "99", "--out", str(tmp_path / "newdir" / "deep" / "m.onnx")])
+    assert result.exit_code == 2 and "--opset 99 is not supported" in result.output
+    assert not (tmp_path / "newdir").exists()

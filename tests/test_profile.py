@@ -86,3 +86,17 @@ def test_train_energy_records_the_reason(tmp_path):
     assert metrics["energy"]["requested"] and not metrics["energy"]["available"]
     assert "CPU" in metrics["energy"]["reason"]
     assert metrics["history"][0]["energy_j"] is None and metrics["final"]["energy_j"] is None
+
+
+def test_a_refused_profile_leaves_no_folder(tmp_path, monkeypatch):
+    """Issue 19, D10: profile --backend cuda --out pr left pr/ behind when the backend was refused."""
+    from lzo_bench import profile as profile_mod
+    from lzo_bench.backends import BackendUnavailable
+
+    def refuse(cfg, progress=None):
+        raise BackendUnavailable("the extension was built without CUDA")
+
+    monkeypatch.setattr(profile_mod, "run_profile", refuse)
+    result = runner.invoke(app, ["profile", "--updates", "3", "--out", str(tmp_path / "pr")])
+    assert result.exit_code == 2 and "is unavailable: the extension was built without CUDA" in result.output
+    assert not (tmp_path / "pr").exists()
