@@ -49,12 +49,11 @@ class ConfigError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    def __init__(self, epoch: int, update: int, out: Path, what: str = "loss"):
+    def __init__(self, epoch: int, update: int, out: Path, what: str = "loss", kept: bool = True):
         self.epoch, self.update, self.out = epoch, update, out
-        super().__init__(
-            f"{what} became NaN/inf at epoch {epoch}, update {update}; stopped. The last good "
-            f"checkpoint (if any epoch finished) is kept in {out}. Try a smaller --lr."
-        )
+        where = (f"The last good checkpoint is kept in {out}." if kept
+                 else f"No epoch finished: nothing to keep, removed {out}.")
+        super().__init__(f"{what} became NaN/inf at epoch {epoch}, update {update}; stopped. {where} Try a smaller --lr.")
 
 
 class TrainingInterrupted(Exception):
@@ -584,6 +583,17 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     reporter.start(result, n_batches)
     started = time.perf_counter() - result.wall_s  # a resumed run's wall time goes on from its own
+
+    def diverged(epoch: int, update: int, what: str) -> TrainingDiverged:
+        """Stop on a non-finite value: keep what finished (the last finite checkpoint), or, if no epoch
+        did, remove the folder this run made, as any run that finishes nothing (README: no debris)."""
+        result.status = "diverged"
+        result.wall_s = time.perf_counter() - started
+        if result.history:
+            atomic_write_json(out / "metrics.json", result.metrics())
+        kept = not folder.release(bool(result.history))
+        return TrainingDiverged(epoch, update, out, what, kept)
+
     with sigterm_as_interrupt():
         try:
             for epoch in range(done + 1, cfg.epochs + 1):
@@ -605,10 +615,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                     t1 = time.perf_counter()
                     loss_value = float(loss.detach())
                     if not math.isfinite(loss_value):
-                        result.status = "diverged"
-                        result.wall_s = time.perf_counter() - started
-                        atomic_write_json(out / "metrics.json", result.metrics())
-                        raise TrainingDiverged(epoch, update, out)
+                        raise diverged(epoch, update, "loss")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     sync_device(device)
@@ -617,10 +624,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                     sync_device(device)
                     t3 = time.perf_counter()
                     if not finite_model(model):
-                        result.status = "diverged"
-                        result.wall_s = time.perf_counter() - started
-                        atomic_write_json(out / "metrics.json", result.metrics())
-                        raise TrainingDiverged(epoch, update, out, "the model's parameters or gradients")
+                        raise diverged(epoch, update, "the model's parameters or gradients")
                     fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
 
                     steps, b = x.shape[0], x.shape[1]

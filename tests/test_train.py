@@ -74,6 +74,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert ckpt["epoch"] == 1
 
 
+def test_divergence_before_any_epoch_leaves_no_folder(tmp_path, monkeypatch):
+    """Issue 19, D10: --lr 1e30 diverged at update 1 and kept config + metrics without a checkpoint; a run
+    that finishes nothing removes the folder it made, as the README promises."""
+    real = train_mod.classification_loss
+    monkeypatch.setattr(train_mod, "classification_loss", lambda lo, la: real(lo, la) * float("nan"))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=rf"epoch 1, update 0; stopped. No epoch finished: nothing to keep, removed {out}"):
+        train(TrainConfig(epochs=2, hidden=(10, 10), out=str(out)))
+    assert not out.exists()
+
+
 def test_interrupt_keeps_finished_epochs(tmp_path, monkeypatch):
     real = train_mod.classification_loss
     calls = {"n": 0}
