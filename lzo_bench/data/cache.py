@@ -111,7 +111,14 @@ def bin_events(t_us: np.ndarray, units: np.ndarray, dt_us: float, steps: int, n_
     return np.unique(step[keep] * n_units + np.asarray(units, dtype=np.int64)[keep])
 
 
-def events_dataset(per_sample: list[np.ndarray], labels: list[int], n_classes: int, steps: int, n_units: int) -> EventDataset:
+def events_dataset(per_sample: list[np.ndarray], labels: list[int], n_classes: int, steps: int, n_units: int,
+                   source: str = "the dataset") -> EventDataset:
+    """One split as events; a label outside ``[0, n_classes)`` is a damaged dataset, named here rather
+    than as an IndexError inside the loss (issue 19, D10: Fashion-MNIST labels of 200)."""
+    bad = [v for v in labels if not 0 <= v < n_classes]
+    if bad:
+        raise DatasetUnreadable(f"{source} holds label {bad[0]} ({len(bad)} labels outside 0..{n_classes - 1}); "
+                                "replace it with an intact copy")
     counts = np.array([len(e) for e in per_sample], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     events = np.concatenate(per_sample) if per_sample else np.zeros(0, dtype=np.int64)

@@ -81,7 +81,9 @@ def _split(root: Path, train: bool, steps: int) -> tuple[EventDataset, str]:
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if len(images) != len(labels):
             raise IdxError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
-        return events_dataset(latency_events(images, steps), labels.astype(int).tolist(), 10, steps, 784)
+        if images.shape[1:] != (28, 28):
+            raise IdxError(f"{paths[0]} holds images of shape {images.shape[1:]}; Fashion-MNIST's are 28 x 28")
+        return events_dataset(latency_events(images, steps), labels.astype(int).tolist(), 10, steps, 784, str(paths[1]))
 
     params = {"dataset": "fmnist", "train": train, "steps": steps, "tau_eff": 20.0, "threshold": 0.2}
     return cached_split(root / "FashionMNIST", "train" if train else "test", params, list(paths), build)
