@@ -395,6 +395,7 @@ def profile(
 
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
+    from lzo_bench.data import DatasetError
     from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table
@@ -444,6 +445,9 @@ def profile(
             report = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
         except BackendUnavailable as e:
             raise fail(f"--backend {backend.value} is unavailable: {e}") from None
+        except DatasetError as e:
+            raise fail(f"--data-dir holds a damaged {workload} dataset: {e}; fix it, or move it away to profile "
+                       "synthetic spikes of its shape") from None
     try:
         ensure_writable_dir(target)
     except OSError as e:

@@ -29,7 +29,7 @@ import torch
 from lzo_bench import __version__
 from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
 from lzo_bench.checkpoint import checkpoint_steps, load_checkpoint
-from lzo_bench.data import DATASET_INFO, load_dataset
+from lzo_bench.data import DATASET_INFO, DatasetMissing, load_dataset
 from lzo_bench.energy import (
     EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_period_ms,
     difference, estimate, integrate_power_j, open_meter,
@@ -89,15 +89,17 @@ WORKLOADS = {name: workload(name) for name in DATASET_INFO}
 
 def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None = None
                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
-    """``updates`` batches ``(x [T, B, n_in], y)``: the real training set when it loads, else
-    synthetic Bernoulli spikes at the workload's stated rate with random labels."""
+    """``updates`` batches ``(x [T, B, n_in], y)``: the real training set when it is on disk, else
+    synthetic Bernoulli spikes at the workload's stated rate with random labels. A dataset that is
+    there but damaged raises :class:`~lzo_bench.data.DatasetUnreadable`: profiling synthetic spikes
+    instead would pass them off silently as the real workload (issue 19, D13)."""
     g = torch.Generator().manual_seed(seed)
     try:
         train, _ = load_dataset(w.name, w.steps, data_dir)
         idx = torch.randint(len(train), (updates, w.batch), generator=g)
         out = [(train.dense(i).float().transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
         return out, f"{w.name} training set"
-    except (ValueError, FileNotFoundError, OSError):
+    except DatasetMissing:
         out = [((torch.rand(w.steps, w.batch, w.n_in, generator=g) < w.synthetic_rate).float(),
                 torch.randint(w.n_out, (w.batch,), generator=g)) for _ in range(min(updates, 8))]
         return [out[i % len(out)] for i in range(updates)], f"synthetic spikes at {w.synthetic_rate:.1%} per (step, input)"

@@ -100,3 +100,17 @@ def test_a_refused_profile_leaves_no_folder(tmp_path, monkeypatch):
     result = runner.invoke(app, ["profile", "--updates", "3", "--out", str(tmp_path / "pr")])
     assert result.exit_code == 2 and "is unavailable: the extension was built without CUDA" in result.output
     assert not (tmp_path / "pr").exists()
+
+
+def test_a_damaged_dataset_is_not_profiled_as_synthetic_spikes(tmp_path):
+    """Issue 19, D13: profile --workload fmnist on a damaged folder silently profiled synthetic spikes."""
+    d = tmp_path / "data" / "FashionMNIST"
+    d.mkdir(parents=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (d / stem).write_bytes(b"\x00\x00\x08\x03\x00")  # header cut short
+    result = runner.invoke(app, ["profile", "--workload", "fmnist", "--updates", "3", "--data-dir", str(tmp_path / "data"),
+                                 "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: --data-dir holds a damaged fmnist dataset: ") and "move it away" in line
+    assert not (tmp_path / "p").exists()
