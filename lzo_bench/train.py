@@ -439,6 +439,13 @@ def resume_config(run: str | Path, epochs: int | None = None, energy: bool | Non
         cfg = TrainConfig(**(ckpt["train"] | {"hidden": tuple(ckpt["train"]["hidden"])}))
     except (TypeError, KeyError) as e:
         raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint's configuration is unreadable ({e})") from None
+    try:  # the checkpoint's own values, named as the checkpoint's (the user typed no --lr: issue 19, D13)
+        cfg.validate()
+    except ConfigError as e:
+        key = e.option.lstrip("-").replace("-", "_")
+        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint records {key} = "
+                                      f"{getattr(cfg, key, '?')!r}, which {str(e).removeprefix(e.option).strip()}; "
+                                      "the checkpoint was edited or damaged") from None
     cfg = replace(cfg, out=str(folder), overwrite=False, epochs=epochs or cfg.epochs,
                   energy=cfg.energy if energy is None else energy)
     if ckpt["epoch"] >= cfg.epochs:

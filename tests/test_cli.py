@@ -249,3 +249,18 @@ def test_steps_too_large_for_the_memory_are_one_line(tmp_path, monkeypatch):
     assert lines[-1].startswith("error: --steps 100000 is too many for this machine: 1437 samples × 100000 steps × 64 "
                                 "units of spikes need 8.6 GiB, more than half of the 2.0 GiB available")
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_names_the_checkpoints_bad_value_not_an_option(tmp_path):
+    """Issue 19, D13: a checkpoint with lr -1 was blamed on --lr, which the user never typed."""
+    import torch
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)]).exit_code == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["train"]["lr"] = -1.0
+    torch.save(ckpt, out / "checkpoint.pt")
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: --resume cannot continue {out}: its checkpoint records lr = "
+                                                  "-1.0, which must be > 0 (got -1.0); the checkpoint was edited or damaged"]
