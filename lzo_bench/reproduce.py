@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import tempfile
 import tomllib
@@ -44,6 +45,8 @@ from lzo_bench.fsio import atomic_write_bytes, atomic_write_json, atomic_write_t
 
 PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "bth", "epochs", "trials",
                 "seeds", "hidden", "batch_size", "lr", "steps", "paper"}
+MAX_TRIALS = 10_000  # one run folder per (method, trial): beyond this a grid is a typo, not an experiment
+PAPER_METRICS = ("train", "test", "backward", "overall")  # what a [paper.<method>] table may hold (numbers)
 
 
 class ProfileError(ValueError):
@@ -95,24 +98,45 @@ def _field_problem(key: str, value: Any) -> str | None:
     """What a profile field must be, if ``value`` is not that; ``None`` when it is fine."""
     from lzo_bench.gates import Method
 
-    if key in ("name", "title", "dataset", "dist"):
+    from lzo_bench.data import DATASET_INFO
+
+    if key == "name":  # the grid folder's name under runs/: no path of its own
+        ok = isinstance(value, str) and value not in (".", "..") and value.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        return None if ok else "a folder name of letters, digits, '-', '_' and '.' (it names runs/<name>)"
+    if key == "dataset":
+        return None if value in DATASET_INFO else f"one of {', '.join(DATASET_INFO)}"
+    if key in ("title", "dist"):
         return None if isinstance(value, str) and value else "a non-empty string"
     if key == "methods":
         valid = [m.value for m in Method]
-        ok = isinstance(value, list) and value and all(m in valid for m in value)
-        return None if ok else f"a non-empty list of {', '.join(valid)}"
+        ok = isinstance(value, list) and value and all(m in valid for m in value) and len(set(value)) == len(value)
+        return None if ok else f"a non-empty list of {', '.join(valid)}, each once"
     if key in ("delta", "lr", "k", "bth"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         return None if ok else "a number > 0"
-    if key in ("samples", "epochs", "trials", "batch_size", "steps"):
+    if key == "trials":
+        return None if _is_int(value) and 1 <= value <= MAX_TRIALS else f"an integer in [1, {MAX_TRIALS}]"
+    if key in ("samples", "epochs", "batch_size", "steps"):
         return None if _is_int(value) and value >= 1 else "an integer ≥ 1"
     if key == "seeds":
-        return None if isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value) else "a list of integers ≥ 0"
+        ok = isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value) and len(set(value)) == len(value)
+        return None if ok else "a list of distinct integers ≥ 0 (a repeated seed would train one folder twice)"
     if key == "hidden":
         ok = isinstance(value, list) and value and all(_is_int(v) and v >= 1 for v in value)
         return None if ok else "a non-empty list of positive integers"
     if key == "paper":
-        return None if isinstance(value, dict) else "a table"
+        valid = [m.value for m in Method]
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        ok = isinstance(value, dict) and all(
+            m in valid and isinstance(t, dict) and all(
+                k in PAPER_METRICS and (number(v) or isinstance(v, list) and len(v) == 2 and all(map(number, v)))
+                for k, v in t.items())
+            for m, t in value.items())
+        return None if ok else (f"tables [paper.<method>] ({', '.join(valid)}) of {', '.join(PAPER_METRICS)}, "
+                                "each a number or [mean, std]")
     return None
 
 
@@ -141,13 +165,28 @@ def load_profile(path: str | Path) -> Profile:
     seeds = tuple(int(s) for s in raw.get("seeds", range(trials)))
     if len(seeds) < trials:
         raise ProfileError(f"{path}: {trials} trials need {trials} seeds, got {len(seeds)}")
-    return Profile(
+    profile = Profile(
         name=raw["name"], title=raw.get("title", raw["name"]), dataset=raw["dataset"],
         methods=tuple(raw["methods"]), dist=raw["dist"], delta=float(raw["delta"]), samples=int(raw["samples"]),
         epochs=int(raw["epochs"]), trials=trials, seeds=seeds[:trials], hidden=tuple(raw.get("hidden", (200, 200))),
         k=raw.get("k"), batch_size=raw.get("batch_size"), lr=raw.get("lr"), steps=raw.get("steps"),
         bth=raw.get("bth"), paper=raw.get("paper", {}),
     )
+    check_trainable(profile, path)
+    return profile
+
+
+def check_trainable(p: Profile, path: Path) -> None:
+    """Every trial's configuration checked as train checks it, before any folder exists, with the
+    error naming the profile key (``delta``), not a command-line option reproduce does not have."""
+    from lzo_bench.train import ConfigError, TrainConfig
+
+    for method in p.methods:
+        try:
+            TrainConfig(method=method, seed=p.seeds[0], **p.train_kwargs(method)).validate()
+        except ConfigError as e:
+            said = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(e))  # options as keys
+            raise ProfileError(f"{path}: {said}") from None
 
 
 def with_overrides(p: Profile, epochs: int | None = None, trials: int | None = None) -> Profile:

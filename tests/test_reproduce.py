@@ -69,6 +69,15 @@ def test_a_profiles_bth_reaches_sparsegrad_trials_only(tmp_path):
     (VALID + "hidden = ['abc']\n", "hidden must be a non-empty list of positive integers"),
     (VALID + "lr = 'fast'\n", "lr must be a number > 0 (got 'fast')"),
     (VALID + "bth = -1\n", "bth must be a number > 0 (got -1)"),
+    # issue 19, D9
+    (VALID.replace("trials = 1", "trials = 1000000000000"), "trials must be an integer in [1, 10000]"),
+    (VALID.replace('dataset = "digits"', 'dataset = "imagenet"'), "dataset must be one of digits, nmnist, shd, fmnist"),
+    (VALID + '[paper]\nlocalzo = "x"\n', "paper must be tables [paper.<method>]"),
+    (VALID.replace('methods = ["surrogate"]', 'methods = ["surrogate", "surrogate"]'), "methods must be a non-empty list of surrogate, sparsegrad, localzo, each once"),
+    (VALID.replace('name = "x"', 'name = "../../escape"'), "name must be a folder name of letters, digits"),
+    (VALID.replace("trials = 1", "trials = 2") + "seeds = [3, 3]\n", "seeds must be a list of distinct integers"),
+    (VALID.replace("delta = 0.05", "delta = 1e-300"), "delta 1e-300 does not fit float32"),
+    (VALID.replace('dist = "normal"', 'dist = "normal"\nk = 3'), "k applies to dist sigmoid or fast-sigmoid only (got dist normal)"),
 ])
 def test_bad_profiles(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)
