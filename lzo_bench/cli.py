@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: extras like '.[bench]' shown literally, flags without <bool>, 80 columns
 )
 
 DistName = Enum("DistName", {n: n for n in DIST_NAMES}, type=str)  # type: ignore[misc]
@@ -588,7 +589,8 @@ def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the chec
     console.print(doctor_table(checks))
 
 
-theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True)
+theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True,
+                         rich_markup_mode=None)
 app.add_typer(theory_app, name="theory")
 
 

@@ -264,3 +264,11 @@ def test_resume_names_the_checkpoints_bad_value_not_an_option(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: --resume cannot continue {out}: its checkpoint records lr = "
                                                   "-1.0, which must be > 0 (got -1.0); the checkpoint was edited or damaged"]
+
+
+def test_help_shows_extras_literally_and_flags_plainly():
+    """Issue 19, output: rich markup ate '[bench]' from the help ('pip install -e .'), and every flag
+    showed '<bool>'."""
+    out = runner.invoke(app, ["profile", "--help"], terminal_width=80).output
+    assert "'.[bench]'" in out and "<bool>" not in out
+    assert all(len(line) <= 80 for line in out.splitlines())
