@@ -136,6 +136,7 @@ def train(
     except TrainingInterrupted as e:
         raise fail(str(e), 128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
     console.print(summary_table(result))
+    typer.echo(f"run folder: {result.out}")  # whole, on its own line, to copy (the table may cut it at 80 columns)
 
 
 class ExportFormat(str, Enum):

@@ -94,7 +94,7 @@ def summary_table(result: RunResult) -> Table:
     if result.energy.get("requested"):
         rows.append(("energy", f"{final['energy_j']:.1f} J" if final and final.get("energy_j") is not None
                      else f"n/a ({result.energy.get('reason')})"))
-    rows += [("backend", result.backend.name), ("run folder", str(result.out))]
+    rows += [("backend", result.backend.name)]  # the run folder follows the table on a line of its own
     for name, value in rows:
         table.add_row(name, value)
     return table

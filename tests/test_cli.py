@@ -272,3 +272,11 @@ def test_help_shows_extras_literally_and_flags_plainly():
     out = runner.invoke(app, ["profile", "--help"], terminal_width=80).output
     assert "'.[bench]'" in out and "<bool>" not in out
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_the_run_folder_is_printed_whole_at_80_columns(tmp_path):
+    """Issue 19, output: the summary table cut the run folder at 80 columns, so it could not be copied."""
+    out = tmp_path / ("a-rather-long-folder-name-" * 3) / "digits-localzo-normal-seed0-20261204-192600"
+    result = runner.invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"run folder: {out}"
