@@ -533,12 +533,12 @@ def reproduce(
             raise fail(str(e)) from None
     summary = summarize(prof, target)
     summary["grid"] = counts | {"jobs": jobs, "engine": engine.value, "out": str(target)}
-    if counts["interrupted"]:  # Ctrl-C: the table of what finished, then 130
+    if counts["interrupted"]:  # Ctrl-C or SIGTERM: the table of what finished, then 128 + the signal
         if not json_out:
             console.print(reproduce_table(summary))
             _print_placement(summary)
         raise fail(f"interrupted after {counts['trained']} trained run(s); finished trials are kept in {target} "
-                   "and a rerun resumes", 130)
+                   "and a rerun resumes", 128 + counts["interrupted"])
     files = write_outputs(summary, target)
     try:
         files += figures(prof, target)
@@ -691,5 +691,7 @@ def theory_plot(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point (``lzo_bench.entry.main`` installs the signal handling first)."""
+    from lzo_bench.entry import main as entry_main
+
+    entry_main()

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lzo_bench.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lzo_bench.signals import signum_of
 
 PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "bth", "epochs", "trials",
                 "seeds", "hidden", "batch_size", "lr", "steps", "paper"}
@@ -388,14 +389,14 @@ def run_grid(
                          "device": dev, "backend": backend, "data_dir": data_dir, "download": download})
     progress(0, len(todo), "")
     outcome = GridOutcome()
-    interrupted = False
+    interrupted = 0  # the signal that stopped the grid (SIGINT, or SIGTERM through lzo_bench.signals), else 0
     try:
         if engine is Engine.RAY:
             _run_ray(todo, jobs, device, address, retries, progress, outcome)
         else:
             _run_local(todo, jobs, progress, outcome)
-    except (KeyboardInterrupt, TrainingInterrupted):
-        interrupted = True
+    except (KeyboardInterrupt, TrainingInterrupted) as e:
+        interrupted = signum_of(e)
     return {"trained": outcome.done, "skipped": skipped, "lost": outcome.lost, "interrupted": interrupted}
 
 

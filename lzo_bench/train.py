@@ -34,6 +34,7 @@ from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writab
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import MAX_SAMPLES, MAX_SEED, DrawKey
+from lzo_bench.signals import Terminated, signum_of
 
 
 #: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
@@ -70,12 +71,6 @@ class TrainingFailed(RuntimeError):
     def __init__(self, reason: str, epochs_done: int, out: Path):
         self.reason, self.epochs_done, self.out = reason, epochs_done, out
         super().__init__(f"training failed after {epochs_done} finished epoch(s): {reason}; what finished is kept in {out}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the run keeps what it finished and says it was interrupted."""
-
-    signum = signal.SIGTERM
 
 
 @contextlib.contextmanager
@@ -556,39 +551,43 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
 
     result = RunResult(out, cfg, gate, backend)
     folder = RunFolder(out, cfg.overwrite, resume)
-    done, update = 0, 0
-    environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                   "device": str(device), "device_name": device_name(device), "host": platform.node(),
-                   "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if resume:
-        try:
+    try:  # from the folder's creation on: a signal or an error in the setup keeps no stale lock (D4, D5)
+        done, update = 0, 0
+        environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                       "device": str(device), "device_name": device_name(device), "host": platform.node(),
+                       "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if resume:
             done, update = restore_run(out, cfg, model, optimizer, result)
             before = earlier_environment(out)
-        except (ConfigError, OSError, ValueError):
-            folder.release()
-            raise
-        resumed = before.get("resumed") if isinstance(before.get("resumed"), list) else []
-        environment |= {"created": before.get("created"), "resumed": resumed + [environment["created"]]}
-    meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
-    period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
-    if cfg.energy:
-        result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
-                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
-                                   "epoch shorter than 10 counter periods is not measured",
-                         "counter_period_ms": period_ms}
-    atomic_write_json(out / "config.json", {
-        "train": cfg.to_dict(),
-        "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
-                 "scale": gate.dist.scale, "delta": gate.delta,
-                 "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
-        "network": net_spec.to_dict(),
-        "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
-        "backend": {"name": backend.name, "reason": backend.reason},
-        "environment": environment,
-    })
+            resumed = before.get("resumed") if isinstance(before.get("resumed"), list) else []
+            environment |= {"created": before.get("created"), "resumed": resumed + [environment["created"]]}
+        meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+        period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
+        if cfg.energy:
+            result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
+                             "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
+                                       "epoch shorter than 10 counter periods is not measured",
+                             "counter_period_ms": period_ms}
+        atomic_write_json(out / "config.json", {
+            "train": cfg.to_dict(),
+            "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
+                     "scale": gate.dist.scale, "delta": gate.delta,
+                     "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
+            "network": net_spec.to_dict(),
+            "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
+            "backend": {"name": backend.name, "reason": backend.reason},
+            "environment": environment,
+        })
 
-    n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    reporter.start(result, n_batches)
+        n_batches = math.ceil(len(train_set) / cfg.batch_size)
+        reporter.start(result, n_batches)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (lzo_bench.signals) before the first update
+        kept = not folder.release(bool(result.history))
+        raise TrainingInterrupted(len(result.history), out, signum_of(e), kept=kept) from None
+    except BaseException:
+        if not folder.lock.closed:
+            folder.release(bool(result.history) or resume)
+        raise
     started = time.perf_counter() - result.wall_s  # a resumed run's wall time goes on from its own
 
     def diverged(epoch: int, update: int, what: str) -> TrainingDiverged:

@@ -280,3 +280,49 @@ def test_the_run_folder_is_printed_whole_at_80_columns(tmp_path):
     result = runner.invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)], terminal_width=80)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == f"run folder: {out}"
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "from lzo_bench.entry import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_start_up_is_one_line(signame):
+    """Issue 19, D5: SIGINT during the imports was a KeyboardInterrupt traceback, SIGTERM a silent
+    default-action death. The entry point installs the handling before any heavy import."""
+    import signal
+    import time
+
+    proc = _cli("train", "--epochs", "1")
+    time.sleep(0.15)  # inside the imports of torch and typer (they take seconds)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=120)
+    n = int(getattr(signal, signame))
+    if proc.returncode == 0:  # the machine imported everything within 0.15 s: nothing to test
+        pytest.skip("start-up finished before the signal")
+    assert proc.returncode == 128 + n, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+
+
+def test_sigterm_right_after_the_run_folder_appears_keeps_no_lock(tmp_path):
+    """Issue 19, D5: SIGTERM within ms of config.json appearing died by default action with a stale
+    lock and a config without metrics; now the run stops in one line, exit 143, nothing left."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = _cli("train", "--epochs", "3", "--hidden", "8,8", "--out", str(out))
+    deadline = time.time() + 120
+    while not (out / "config.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted after ")
+    assert not (out / ".lzo-run.lock").exists()
+    assert not out.exists() or (out / "metrics.json").exists()  # removed, or it kept a finished epoch

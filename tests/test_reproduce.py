@@ -13,6 +13,7 @@ from lzo_bench.cli import app
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.gates import DIST_NAMES
 from lzo_bench.reproduce import ProfileError, load_profile, summarize
+from lzo_bench.signals import Terminated
 
 runner = CliRunner()
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -178,7 +179,9 @@ def test_speedups_only_between_runs_timed_by_one_process_and_diverged_trials_cou
     assert rows["localzo"]["test_mean"] == 75
 
 
-def test_reproduce_ctrl_c_prints_the_finished_trials_and_exits_130(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signal_error,code", [(KeyboardInterrupt, 130), (Terminated, 143)], ids=["ctrl-c", "sigterm"])
+def test_reproduce_interrupted_prints_the_finished_trials_and_exits_128_plus_the_signal(tmp_path, monkeypatch,
+                                                                                       signal_error, code):
     from lzo_bench import train as train_mod
 
     real = train_mod.classification_loss
@@ -187,14 +190,14 @@ def test_reproduce_ctrl_c_prints_the_finished_trials_and_exits_130(tmp_path, mon
     def interrupted(logits, labels):
         calls["n"] += 1
         if calls["n"] == 40:  # 23 updates per epoch: in the second run
-            raise KeyboardInterrupt
+            raise signal_error()
         return real(logits, labels)
 
     monkeypatch.setattr(train_mod, "classification_loss", interrupted)
     out = tmp_path / "grid"
     result = runner.invoke(app, ["reproduce", str(PROFILES / "digits-quick.toml"), "--trials", "1", "--epochs", "1",
                                  "--out", str(out)])
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == code, result.output  # issue 19, D5: SIGTERM exited 143 with no table
     text = " ".join(result.output.split())
     assert "interrupted after 1 trained run(s)" in text and "surrogate" in text
     assert json.loads((out / "surrogate-seed0" / "metrics.json").read_text())["status"] == "completed"
