@@ -133,6 +133,9 @@ def train(
         raise fail(str(e)) from None
     except (TrainingDiverged, TrainingFailed) as e:
         raise fail(str(e), 1) from None
+    except OSError as e:  # the run folder's first files could not be written (a full disk, say): lock released
+        raise fail(f"cannot write the run folder: {e.filename or ''} ({e.strerror or e}); free space or choose "
+                   "another --out", 1) from None
     except TrainingInterrupted as e:
         raise fail(str(e), 128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
     console.print(summary_table(result))

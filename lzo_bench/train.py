@@ -68,9 +68,12 @@ class TrainingInterrupted(Exception):
 class TrainingFailed(RuntimeError):
     """Anything else that stopped a run (a write error, a kernel error); metrics.json says "failed"."""
 
-    def __init__(self, reason: str, epochs_done: int, out: Path):
+    def __init__(self, reason: str, epochs_done: int, out: Path, kept: bool = True):
         self.reason, self.epochs_done, self.out = reason, epochs_done, out
-        super().__init__(f"training failed after {epochs_done} finished epoch(s): {reason}; what finished is kept in {out}")
+        where = f"what finished is kept in {out}" if kept else f"nothing finished: removed {out}"
+        if kept and epochs_done == 0:
+            where = f"no epoch finished; {out} is left as it was"
+        super().__init__(f"training failed after {epochs_done} finished epoch(s): {reason}; {where}")
 
 
 @contextlib.contextmanager
@@ -589,6 +592,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
             folder.release(bool(result.history) or resume)
         raise
     started = time.perf_counter() - result.wall_s  # a resumed run's wall time goes on from its own
+    saved = done  # epochs whose checkpoint is on disk
 
     def diverged(epoch: int, update: int, what: str) -> TrainingDiverged:
         """Stop on a non-finite value: keep what finished (the last finite checkpoint), or, if no epoch
@@ -676,6 +680,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
                 result.status = "completed" if epoch == cfg.epochs else "running"
                 save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
                 atomic_write_json(out / "metrics.json", result.metrics())
+                saved = epoch  # checkpoint and metrics of this epoch are on disk
                 reporter.epoch(record)
         except KeyboardInterrupt as e:
             result.status = "interrupted"
@@ -689,11 +694,14 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
             result.status = "failed"
             result.wall_s = time.perf_counter() - started
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            try:
-                atomic_write_json(out / "metrics.json", result.metrics() | {"failure": reason})
-            except OSError:
-                pass  # the folder itself may be what failed
-            raise TrainingFailed(reason, len(result.history), out) from e
+            del result.history[saved:]  # an epoch whose checkpoint did not reach the disk did not finish (D4)
+            if saved:
+                try:
+                    atomic_write_json(out / "metrics.json", result.metrics() | {"failure": reason})
+                except OSError:
+                    pass  # the folder itself may be what failed (a full disk): the last epoch's files stand
+            kept = not folder.release(saved > done or resume)
+            raise TrainingFailed(reason, saved, out, kept) from e
         finally:
             reporter.stop()
             if not folder.lock.closed:

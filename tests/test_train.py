@@ -383,3 +383,48 @@ def test_a_band_that_holds_no_neuron_warns_once_and_is_recorded(tmp_path):
                       "around 0.05 (or a wider --bth) gives the paper's ~1 % active"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == warned
     assert train(TrainConfig(epochs=1, hidden=(16, 16), out=str(tmp_path / "ok"))).warnings == []
+
+
+def _enospc(*a, **k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", "checkpoint.pt")
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_epoch_on_disk(tmp_path, monkeypatch):
+    """Issue 19, D4: 'what finished is kept' was claimed with no checkpoint on disk. The epoch whose
+    checkpoint failed did not finish; the message and metrics.json count the epochs really kept."""
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, *a, **k: _enospc() if a[4] == 2 else real(path, *a, **k))
+    out = tmp_path / "run"
+    with pytest.raises(train_mod.TrainingFailed, match=rf"after 1 finished epoch\(s\): OSError: .*No space left on device.*; what finished is kept in {out}"):
+        train(TrainConfig(epochs=3, hidden=(8, 8), out=str(out)))
+    assert load_checkpoint(out)[1]["epoch"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and len(metrics["history"]) == 1
+    assert not (out / train_mod.LOCK_NAME).exists()
+
+
+def test_a_full_disk_before_any_epoch_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "save_checkpoint", _enospc)
+    out = tmp_path / "run"
+    with pytest.raises(train_mod.TrainingFailed, match=rf"after 0 finished epoch\(s\).*nothing finished: removed {out}"):
+        train(TrainConfig(epochs=2, hidden=(8, 8), out=str(out)))
+    assert not out.exists()
+
+
+def test_a_full_disk_at_the_first_file_is_one_line_and_no_lock(tmp_path, monkeypatch):
+    """Issue 19, D4: config.json's write failed with a traceback and left a stale lock."""
+    from typer.testing import CliRunner
+
+    from lzo_bench.cli import app
+
+    real = train_mod.atomic_write_json
+    monkeypatch.setattr(train_mod, "atomic_write_json",
+                        lambda path, obj: _enospc() if path.name == "config.json" else real(path, obj))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: cannot write the run folder: checkpoint.pt "
+                                                             "(No space left on device)")
+    assert not out.exists()
