@@ -527,7 +527,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
     cfg = cfg.resolved()
     try:
         gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
-    except ValueError as e:
+    except ValueError as e:  # the distribution Theorem 3 builds from g: with a --k given, k is what made it fail
+        if cfg.k is not None:
+            raise ConfigError("--k", f"{cfg.k:g} gives no usable distribution for --dist {cfg.dist}: {e}; "
+                                     f"choose k around 100") from None
         raise ConfigError("--dist", str(e)) from None
     out = prepare_out_dir(cfg, resume)
     cfg = replace(cfg, out=str(out))

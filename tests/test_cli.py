@@ -76,6 +76,7 @@ def test_resume_trains_a_finished_run_further_with_its_own_configuration(tmp_pat
     (["--dist", "cauchy"], "'cauchy' is not one of 'normal', 'uniform', 'laplace', 'sigmoid', 'fast-sigmoid'"),
     (["--dist", "normal", "--k", "3"], "error: --k applies to --dist sigmoid or fast-sigmoid only"),
     (["--dist", "sigmoid", "--k", "0"], "error: --k must be > 0 (got 0.0)"),
+    (["--dist", "sigmoid", "--k", "1e38"], "error: --k 1e+38 gives no usable distribution for --dist sigmoid: c = 0"),  # D13
     (["--delta", "1e300"], "error: --delta 1e+300 does not fit float32, in which training computes; choose a value around 0.05"),
     (["--lr", "1e39"], "error: --lr 1e+39 does not fit float32, in which training computes; choose a value around 1e-3"),
     (["--delta", "0"], "error: --delta must be > 0 (got 0.0)"),
