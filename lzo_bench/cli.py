@@ -226,6 +226,8 @@ def export(
             report = _check_onnx(format, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
     except ex.ExportError as e:
         raise fail(str(e)) from None
+    except OSError as e:  # a full disk, say: the atomic write left no partial file
+        raise fail(f"cannot write {target} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:
         _print_json({"file": str(target), "format": format.value, "check": _plain(report)})
     else:

@@ -21,6 +21,7 @@ opset, so the oldest onnxruntime this package declares loads it.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -372,14 +373,9 @@ def write_nir(graph, path: Path) -> Path:
     import nir
 
     warnings.warn(NIR_RESET_NOTE, stacklevel=2)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        nir.write(tmp, graph)
-        with open(tmp, "rb") as f:
-            data = f.read()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return atomic_write_bytes(path, data)
+    buffer = io.BytesIO()  # h5py writes to memory: on a full disk it crashed after its tracebacks (issue 19, D4)
+    nir.write(buffer, graph)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def check_nir(path: Path, src: ExportSource) -> dict[str, Any]:

@@ -444,3 +444,22 @@ def test_a_refused_export_creates_no_folder(run_dir, tmp_path):
     result = runner.invoke(app, ["export", str(run_dir), "--opset", "99", "--out", str(tmp_path / "newdir" / "deep" / "m.onnx")])
     assert result.exit_code == 2 and "--opset 99 is not supported" in result.output
     assert not (tmp_path / "newdir").exists()
+
+
+@pytest.mark.parametrize("fmt,name", [("onnx", "m.onnx"), ("nir", "m.nir")])
+def test_a_full_disk_is_one_line_and_no_file(run_dir, tmp_path, monkeypatch, fmt, name):
+    """Issue 19, D4: on a full disk the NIR export crashed after h5py tracebacks and the ONNX export
+    ended in a traceback; NIR is now written through memory and both writes are atomic."""
+    import errno
+
+    from lzo_bench import export as ex
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "atomic_write_bytes", full)
+    result = runner.invoke(app, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / name), "--no-check"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / name} (No space left on device); "
+                                                      "free space or choose another --out")
+    assert not list(tmp_path.iterdir())
