@@ -501,7 +501,7 @@ def reproduce(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
-    from lzo_bench.fsio import ensure_writable_dir
+    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.plots import PlotUnavailable
     from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
                                      with_overrides, write_outputs)
@@ -518,7 +518,7 @@ def reproduce(
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"reproduce-{prof.name}"
     try:
-        ensure_writable_dir(target)
+        check_creatable_dir(target)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     if prof.dataset != "digits" and engine is Engine.LOCAL:  # a cluster's workers may hold data this machine lacks
@@ -528,6 +528,10 @@ def reproduce(
             raise fail(f"--data-dir does not hold the dataset: {e}") from None
         except DatasetError as e:
             raise fail(f"--data-dir holds a damaged dataset: {e}") from None
+    try:  # created only once the data is known to be there (issue 19, D10: an empty --data-dir left it)
+        ensure_writable_dir(target)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task(f"{prof.name}: training", total=None)

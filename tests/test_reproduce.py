@@ -224,3 +224,13 @@ def test_engine_ray_without_ray_installed_is_one_line(tmp_path, monkeypatch):
     assert result.output.strip().splitlines() == ["error: --engine ray needs Ray: pip install 'lzo-bench[ray]' "
                                                   "(or pip install ray)"]
     assert not list((tmp_path / "o").iterdir())
+
+
+def test_a_missing_dataset_leaves_no_grid_folder(tmp_path):
+    """Issue 19, D10: reproduce with an empty --data-dir left its grid folder behind."""
+    (tmp_path / "p.toml").write_text(VALID.replace('dataset = "digits"', 'dataset = "shd"'))
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--data-dir", str(tmp_path / "empty"),
+                                 "--out", str(tmp_path / "grid")])
+    assert result.exit_code == 2 and "--data-dir does not hold the dataset" in result.output
+    assert not (tmp_path / "grid").exists()
