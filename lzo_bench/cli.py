@@ -459,7 +459,10 @@ def profile(
         ensure_writable_dir(target)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
-    write_report(report, target)
+    try:
+        write_report(report, target)
+    except OSError as e:  # a full disk, say: each file is written atomically, none is left half-written
+        raise fail(f"cannot write the profile into {target} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:
         typer.echo(_json.dumps(report, indent=2))
         return
@@ -548,12 +551,16 @@ def reproduce(
             _print_placement(summary)
         raise fail(f"interrupted after {counts['trained']} trained run(s); finished trials are kept in {target} "
                    "and a rerun resumes", 128 + counts["interrupted"])
-    files = write_outputs(summary, target)
     try:
-        files += figures(prof, target)
-        figure_note = None
-    except PlotUnavailable as e:
-        figure_note = str(e)
+        files = write_outputs(summary, target)
+        try:
+            files += figures(prof, target)
+            figure_note = None
+        except PlotUnavailable as e:
+            figure_note = str(e)
+    except OSError as e:  # a full disk, say: the trials are kept, a rerun writes the table again
+        raise fail(f"cannot write the summary into {target} ({e.strerror or e}); the finished trials are kept there: "
+                   "free space and run again to write it", 1) from None
     if json_out:
         return _print_json(summary)
     console.print(reproduce_table(summary))

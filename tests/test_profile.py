@@ -114,3 +114,20 @@ def test_a_damaged_dataset_is_not_profiled_as_synthetic_spikes(tmp_path):
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("error: --data-dir holds a damaged fmnist dataset: ") and "move it away" in line
     assert not (tmp_path / "p").exists()
+
+
+def test_a_full_disk_at_the_report_is_one_line(tmp_path, monkeypatch):
+    """Issue 19, D4: profile ended in a traceback when its report hit a full disk."""
+    import errno
+
+    from lzo_bench import profile as profile_mod
+
+    def full(report, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(profile_mod, "write_report", full)
+    result = runner.invoke(app, ["profile", "--updates", "3", "--warmup", "0", "--methods", "localzo",
+                                 "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: cannot write the profile into {tmp_path / 'p'} "
+                                                             "(No space left on device)")

@@ -234,3 +234,20 @@ def test_a_missing_dataset_leaves_no_grid_folder(tmp_path):
                                  "--out", str(tmp_path / "grid")])
     assert result.exit_code == 2 and "--data-dir does not hold the dataset" in result.output
     assert not (tmp_path / "grid").exists()
+
+
+def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
+    """Issue 19, D4: reproduce ended in a traceback when its summary or figures hit a full disk."""
+    import errno
+
+    from lzo_bench import reproduce as rep
+
+    def full(summary, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rep, "write_outputs", full)
+    (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 1"))
+    result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--out", str(tmp_path / "grid")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: cannot write the summary into {tmp_path / 'grid'} "
+                                                             "(No space left on device); the finished trials are kept")
