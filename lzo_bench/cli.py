@@ -398,14 +398,14 @@ def profile(
     from datetime import datetime
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.data import DatasetError
     from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
-    from lzo_bench.report import console, peers_table, profile_table
+    from lzo_bench.report import console, peers_table, profile_table, progress_columns
     from lzo_bench.rng import MAX_SAMPLES
     from lzo_bench.train import ConfigError, check_device_option, check_float32_positive
 
@@ -445,9 +445,8 @@ def profile(
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
                         energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=json_out) as bar:
-        task = bar.add_task("measuring", total=None)
+    with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("loading data and backends", total=None)
         try:
             report = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
         except BackendUnavailable as e:
@@ -501,14 +500,14 @@ def reproduce(
     """Train every method × trial of a profile and print the paper-style table next to the paper's numbers."""
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
     from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.plots import PlotUnavailable
     from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
                                      with_overrides, write_outputs)
-    from lzo_bench.report import console, reproduce_table
+    from lzo_bench.report import console, progress_columns, reproduce_table
     from lzo_bench.train import ConfigError
 
     if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
@@ -535,9 +534,8 @@ def reproduce(
         ensure_writable_dir(target)
     except OSError as e:
         raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=json_out) as bar:
-        task = bar.add_task(f"{prof.name}: training", total=None)
+    with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task(f"{prof.name}: trials", total=None)
         try:
             counts = run_grid(prof, target, jobs, device, backend.value, data_dir, download,
                               lambda n, total, _: bar.update(task, completed=n, total=total), engine, address, retries)

@@ -416,6 +416,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     clock = PhaseClock(device)
     total = len(runners) * (cfg.warmup + cfg.updates)
     done = 0
+    progress("timing", 0, total)  # the whole count from the start, not "0/?"
     # event-driven backends get the batch as events, as the training loader hands it
     converted: dict[int, SpikeEvents] = {}
     events = [converted.setdefault(id(x), as_events(x)) for x, _ in batches] if any(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 from rich.table import Table
 
 from lzo_bench.train import EpochRecord, RunResult
@@ -16,20 +18,29 @@ def _pct(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
+class RateColumn(ProgressColumn):
+    """Steps per second of a task (batches/s, epochs/s), ``-`` until rich has measured it."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:.3g}/s", style="progress.data.speed")
+
+
+def progress_columns() -> tuple:
+    """The columns of every lzo-bench progress bar: what, bar, n/total, rate and time left (elapsed
+    once done), compact enough for 80 columns beside a short info text."""
+    return (TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), RateColumn(),
+            TimeRemainingColumn(compact=True, elapsed_when_finished=True))
+
+
 class RichReporter:
-    """Two progress bars (epochs, batches of the current epoch) with loss, accuracy and active %."""
+    """Two progress bars (epochs, batches of the current epoch) with loss, accuracy and active %, each
+    with its rate and the time left."""
 
     def __init__(self, con: Console | None = None):
         self.console = con or console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
+        self.progress = Progress(*progress_columns(), TextColumn("{task.fields[info]}"), console=self.console,
+                                 transient=False)
 
     def start(self, result: RunResult, n_batches: int) -> None:
         self.console.print(result.backend.describe(), highlight=False)

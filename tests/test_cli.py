@@ -327,3 +327,21 @@ def test_sigterm_right_after_the_run_folder_appears_keeps_no_lock(tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: interrupted after ")
     assert not (out / ".lzo-run.lock").exists()
     assert not out.exists() or (out / "metrics.json").exists()  # removed, or it kept a finished epoch
+
+
+def test_progress_bars_show_rate_and_time_left_within_80_columns():
+    """Issue 19, output: bars had no ETA or rate."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from lzo_bench.report import progress_columns
+
+    con = Console(width=80, record=True, force_terminal=False, color_system=None)
+    with Progress(*progress_columns(), console=con, auto_refresh=False) as bar:
+        task = bar.add_task("batch", total=23)
+        for i in range(5):
+            bar.update(task, completed=i + 1)
+        bar.refresh()
+    text = con.export_text()
+    line = [ln for ln in text.splitlines() if "batch" in ln][-1]
+    assert "5/23" in line and "/s" in line and ":" in line and len(line) <= 80
