@@ -463,3 +463,14 @@ def test_a_full_disk_is_one_line_and_no_file(run_dir, tmp_path, monkeypatch, fmt
     assert result.output.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / name} (No space left on device); "
                                                       "free space or choose another --out")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_onnx_report_fits_80_columns(run_dir, tmp_path):
+    """Issue 19, output: the parity headers were cut ('spike mismatc…') and the latency table called
+    ORT's slower time a 'speed-up 0.26×'; now short headers and ORT's time in multiples of ours."""
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.onnx"), "--samples", "16"],
+                           terminal_width=80)
+    assert result.exit_code == 0, result.output
+    for header in ("Δlogit", "spikes ≠", "ORT acc", "ORT ms", "lzo ms", "ORT × lzo"):
+        assert header in result.output, header
+    assert "…" not in result.output and "speed-up" not in result.output
