@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -89,6 +88,7 @@ def train(
     backend: Annotated[BackendName, typer.Option(help="LIF layer implementation.")] = BackendName.AUTO,
     regularize: Annotated[bool, typer.Option(help="SparseGrad spike-count regularisers.")] = True,
     energy: Annotated[bool, typer.Option("--energy", help="Record GPU energy per epoch and per update (NVML) in metrics.json.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's, every core). On a shared machine give the cores that are free: two runs that each take all cores slow each other 10-40x.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder; default runs/<dataset>-<method>-<dist>-seed<seed>-<time>.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Reuse an --out folder that already holds a run.")] = False,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its last finished epoch, with its own configuration (only --epochs and --energy may be given).")] = None,
@@ -103,7 +103,7 @@ def train(
         dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
         steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
-        out=out, overwrite=overwrite,
+        threads=threads, out=out, overwrite=overwrite,
     )
     if resume is not None:
         others = [name for name in [*cfg_kwargs, "profile"] if typed(ctx, name) and name not in RESUME_MAY_CHANGE]
@@ -176,12 +176,13 @@ def export(
     from lzo_bench import export as ex
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
+    from lzo_bench.threads import threads_problem
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")
-    cpus = os.cpu_count() or 1
-    if not 1 <= threads <= cpus:  # far beyond the CPUs, onnxruntime's thread pool crashed (100000: a segfault)
-        raise fail(f"--threads must lie in [1, {cpus}], the logical CPUs here (got {threads})")
+    problem = threads_problem(threads)  # far beyond the CPUs, onnxruntime's thread pool crashed (100000: a segfault)
+    if problem:
+        raise fail(f"--threads {problem}")
     suffix = Path(DEFAULT_EXPORT_NAME[format]).suffix
     if out and Path(out).suffix != suffix:
         raise fail(f"--out {out} does not match --format {format.value}: name the file *{suffix}")

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lzo_bench.backends import BackendName, BackendUnavailable, select_backend
+from lzo_bench.threads import torch_threads
 from lzo_bench.data import load_dataset
 from lzo_bench.export import WEIGHT_DTYPES, ExportSource, initial_step_state
 from lzo_bench.model import SNN
@@ -90,17 +91,6 @@ class NIRResetRow:
 
 class ProviderFallback(RuntimeError):
     pass
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` for the block, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def rounded_copy(model: SNN, dtype: str) -> SNN:

@@ -35,6 +35,7 @@ from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Metho
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import MAX_SAMPLES, MAX_SEED, DrawKey
 from lzo_bench.signals import Terminated, signum_of
+from lzo_bench.threads import threads_problem, torch_threads
 
 
 #: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
@@ -149,6 +150,7 @@ class TrainConfig:
     backend: str = "auto"
     regularize: bool = True
     energy: bool = False
+    threads: int | None = None  # torch's CPU threads for the run (None: torch's own, every core)
     out: str | None = None
     overwrite: bool = False
 
@@ -183,6 +185,8 @@ class TrainConfig:
             raise ConfigError("--seed", f"must lie in [0, 2^64) (got {self.seed})")
         check_device_option(self.device)
         BackendName(self.backend)
+        if self.threads is not None and threads_problem(self.threads):
+            raise ConfigError("--threads", threads_problem(self.threads))
 
     def resolved(self) -> "TrainConfig":
         """A copy with every dataset default filled in and the device made concrete."""
@@ -521,9 +525,15 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
 
     ``resume``: continue the run in ``cfg.out`` from its last finished epoch (``cfg`` from
     :func:`resume_config`); the result equals an uninterrupted run's on the same backend, bit for bit.
+    ``cfg.threads`` sets torch's CPU threads for the run, restored after.
     """
-    reporter = reporter or NullReporter()
     cfg.validate()
+    with torch_threads(cfg.threads):
+        return _train(cfg, reporter, resume)
+
+
+def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
+    reporter = reporter or NullReporter()
     cfg = cfg.resolved()
     try:
         gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)

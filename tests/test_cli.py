@@ -345,3 +345,19 @@ def test_progress_bars_show_rate_and_time_left_within_80_columns():
     text = con.export_text()
     line = [ln for ln in text.splitlines() if "batch" in ln][-1]
     assert "5/23" in line and "/s" in line and ":" in line and len(line) <= 80
+
+
+def test_train_threads_sets_torchs_threads_for_the_run_only(tmp_path):
+    """Issue 19, output: two runs that each took every core of the shared 2-core machine slowed each
+    other 10–40×; --threads gives a run the cores that are free, recorded in config.json."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["threads"] == 1 and config["train"]["threads"] == 1
+    assert torch.get_num_threads() == before
+    bad = runner.invoke(app, ["train", "--threads", "100000", "--out", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "error: --threads must lie in [1, " in plain(bad.output)
