@@ -69,6 +69,9 @@ def check_contents(path: Path, ckpt: dict[str, Any], network: NetworkSpec) -> No
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path} {what}; use the checkpoint.pt a run of lzo-bench train wrote")
 
+    def count(v: Any, low: int = 0) -> bool:  # an int (not a bool) of at least ``low``
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
     dataset, train = ckpt.get("dataset"), ckpt.get("train")
     if not isinstance(dataset, dict) or "name" not in dataset:
         raise bad("has no dataset record")
@@ -81,13 +84,12 @@ def check_contents(path: Path, ckpt: dict[str, Any], network: NetworkSpec) -> No
     if not isinstance(train, dict):
         raise bad("has no training configuration")
     steps = train.get("steps")
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS):
+    if steps is not None and not (count(steps, 1) and steps <= MAX_STEPS):
         raise bad(f"records steps = {steps!r}, outside [1, {MAX_STEPS}]")
     epoch = ckpt.get("epoch")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+    if not count(epoch):
         raise bad(f"records epoch = {epoch!r}, not a count of finished epochs")
-    if "update" in ckpt and not (isinstance(ckpt["update"], int) and not isinstance(ckpt["update"], bool)
-                                 and ckpt["update"] >= 0):
+    if "update" in ckpt and not count(ckpt["update"]):
         raise bad(f"records update = {ckpt['update']!r}, not a count of updates")
 
 

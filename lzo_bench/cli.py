@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -34,6 +34,17 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print ``error: message`` on one line to stderr and return the exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def out_dir(path: Path, target: Path, create: bool, choose: str = "folder") -> None:
+    """``--out``'s folder ``path`` made writable (``create``) or only checked to be creatable (nothing is
+    made yet, so a command refused later leaves no folder); one line naming ``target`` if not."""
+    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
+
+    try:
+        (ensure_writable_dir if create else check_creatable_dir)(path)
+    except OSError as e:
+        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another {choose}") from None
 
 
 def typed(ctx: typer.Context, name: str) -> bool:
@@ -171,11 +182,9 @@ def export(
 ) -> None:
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
-    from pathlib import Path
 
     from lzo_bench import export as ex
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
-    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.threads import threads_problem
 
     if samples < 1:
@@ -199,21 +208,11 @@ def export(
     except CheckpointError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else run_dir / DEFAULT_EXPORT_NAME[format]
-    try:
-        check_creatable_dir(target.parent)  # created only once there is a file to write (issue 19, D10)
-    except OSError as e:
-        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another path") from None
-
-    def writable_parent() -> None:
-        try:
-            ensure_writable_dir(target.parent)
-        except OSError as e:
-            raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another path") from None
-
+    out_dir(target.parent, target, False, "path")  # created only once there is a file to write (issue 19, D10)
     try:
         if format is ExportFormat.NIR:
             graph = ex.nir_graph(src)
-            writable_parent()
+            out_dir(target.parent, target, True, "path")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ex.write_nir(graph, target)
@@ -222,7 +221,7 @@ def export(
         else:
             build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
             onnx_model = build(src, opset, dtype.value)
-            writable_parent()
+            out_dir(target.parent, target, True, "path")
             ex.write_onnx(onnx_model, target)
             report = _check_onnx(format, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
     except ex.ExportError as e:
@@ -399,14 +398,12 @@ def profile(
     """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
     import json as _json
     from datetime import datetime
-    from pathlib import Path
 
     from rich.progress import Progress
 
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.data import DatasetError
-    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table, progress_columns
     from lzo_bench.rng import MAX_SAMPLES
@@ -441,10 +438,7 @@ def profile(
     except ConfigError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"profile-{workload}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    try:
-        check_creatable_dir(target)  # created once there is a report to write (issue 19, D10)
-    except OSError as e:
-        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    out_dir(target, target, False)  # created once there is a report to write (issue 19, D10)
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
                         energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run)
@@ -457,10 +451,7 @@ def profile(
         except DatasetError as e:
             raise fail(f"--data-dir holds a damaged {workload} dataset: {e}; fix it, or move it away to profile "
                        "synthetic spikes of its shape") from None
-    try:
-        ensure_writable_dir(target)
-    except OSError as e:
-        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    out_dir(target, target, True)
     try:
         write_report(report, target)
     except OSError as e:  # a full disk, say: each file is written atomically, none is left half-written
@@ -501,12 +492,10 @@ def reproduce(
     retries: Annotated[int, typer.Option(help="--engine ray: times a trial whose worker died is run again.")] = 2,
 ) -> None:
     """Train every method × trial of a profile and print the paper-style table next to the paper's numbers."""
-    from pathlib import Path
 
     from rich.progress import Progress
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
-    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
     from lzo_bench.plots import PlotUnavailable
     from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
                                      with_overrides, write_outputs)
@@ -522,10 +511,7 @@ def reproduce(
     except ProfileError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"reproduce-{prof.name}"
-    try:
-        check_creatable_dir(target)
-    except OSError as e:
-        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    out_dir(target, target, False)
     if prof.dataset != "digits" and engine is Engine.LOCAL:  # a cluster's workers may hold data this machine lacks
         try:
             load_dataset(prof.dataset, prof.steps or 1, data_dir, download)  # fail fast, with the file list
@@ -533,10 +519,7 @@ def reproduce(
             raise fail(f"--data-dir does not hold the dataset: {e}") from None
         except DatasetError as e:
             raise fail(f"--data-dir holds a damaged dataset: {e}") from None
-    try:  # created only once the data is known to be there (issue 19, D10: an empty --data-dir left it)
-        ensure_writable_dir(target)
-    except OSError as e:
-        raise fail(f"--out cannot be written: {target} ({e.strerror or e}); choose another folder") from None
+    out_dir(target, target, True)  # created only once the data is known to be there (issue 19, D10)
     with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task(f"{prof.name}: trials", total=None)
         try:
@@ -689,7 +672,6 @@ def theory_plot(
     json_out: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
 ) -> None:
     """Figure 1 of the paper and, for one surrogate, sampled z against λ(z) and MC E[G²] against g."""
-    from pathlib import Path
 
     from lzo_bench.plots import PlotUnavailable, theory_plots
 

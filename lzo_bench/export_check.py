@@ -26,8 +26,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +33,10 @@ import numpy as np
 import torch
 
 from lzo_bench.backends import BackendName, BackendUnavailable, select_backend
-from lzo_bench.threads import torch_threads
 from lzo_bench.data import load_dataset
 from lzo_bench.export import WEIGHT_DTYPES, ExportSource, initial_step_state
 from lzo_bench.model import SNN
+from lzo_bench.threads import torch_threads
 
 RTOL, ATOL = 1e-4, 1e-5
 CUDA_SPIKE_TOL, CUDA_RTOL, CUDA_ATOL = 1e-4, 1e-3, 1e-4

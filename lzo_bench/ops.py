@@ -106,34 +106,19 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
 
 @lru_cache(maxsize=None)
 def _build(cuda: bool, verbose: bool) -> Extension:
-    cpp_extension = _cpp_extension()
-    src = kernels_dir()
-    sources = [str(src / "snn_cpu.cpp")]
+    files = ["snn_cpu.cpp"]
     if cuda:
         reason = cuda_toolchain()
         if reason:
             raise RuntimeError(f"cannot compile the CUDA ops: {reason}")
-        sources += [str(src / "snn_cuda.cu")]
+        files.append("snn_cuda.cu")
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
-    arch, tag = _host_arch()
-    name = f"lzo_ops_{'cuda' if cuda else 'cpu'}_{tag}_{_torch_tag()}"
-    if not _built(cpp_extension, name):
-        print(f"lzo-bench: compiling the C++{'/CUDA' if cuda else ''} ops for this machine and torch {torch.__version__} "
-              f"(first run, about {'1 min' if cuda else '20 s'}; cached afterwards)…", file=sys.stderr, flush=True)
-    path = cpp_extension.load(
-        name=name,
-        sources=sources,
-        extra_include_paths=[str(src)],
-        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off", *arch],
-        extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", "--fmad=false"],
-        is_python_module=False,
-        with_cuda=cuda,
-        verbose=verbose,
-    )
+    ext = _load(f"ops_{'cuda' if cuda else 'cpu'}", files, ["-O3", "-fopenmp"], ["-fopenmp"], cuda, verbose,
+                f"the C++{'/CUDA' if cuda else ''} ops for this machine and torch {torch.__version__} "
+                f"(first run, about {'1 min' if cuda else '20 s'}; cached afterwards)")
     _register_fakes("lzo")
-    return Extension(cuda=cuda, path=str(path))
+    return ext
 
 
 @lru_cache(maxsize=None)
@@ -142,24 +127,34 @@ def build_sim(verbose: bool = False) -> Extension:
     (``kernels/cuda_sim.h``): ``torch.ops.lzo_sim.*``, the event ops' schemas on CPU tensors, run the
     kernels of ``snn_cuda_kernels.cuh`` with blocks of :data:`SIM_THREADS` OS threads."""
     build(cuda=False)  # the CPU ops first: the simulated ops take lists they make
+    ext = _load("sim", ["snn_cuda_sim.cpp"], ["-O2", "-pthread", f"-DLZO_THREADS={SIM_THREADS}"], ["-pthread"], False,
+                verbose, "the CUDA kernels for the simulator (first run, about 30 s)")
+    _register_fakes("lzo_sim")
+    return ext
+
+
+def _load(kind: str, files: list[str], cflags: list[str], ldflags: list[str], cuda: bool, verbose: bool,
+          what: str) -> Extension:
+    """Compile (cached by torch) and load ``files`` of ``kernels/`` as the extension
+    ``lzo_<kind>_<CPU tag>_<torch tag>``, without FMA contraction; ``what`` names it on a first build."""
     cpp_extension = _cpp_extension()
     src = kernels_dir()
     arch, tag = _host_arch()
-    name = f"lzo_sim_{tag}_{_torch_tag()}"
+    name = f"lzo_{kind}_{tag}_{_torch_tag()}"
     if not _built(cpp_extension, name):
-        print("lzo-bench: compiling the CUDA kernels for the simulator (first run, about 30 s)…", file=sys.stderr, flush=True)
+        print(f"lzo-bench: compiling {what}…", file=sys.stderr, flush=True)
     path = cpp_extension.load(
         name=name,
-        sources=[str(src / "snn_cuda_sim.cpp")],
+        sources=[str(src / f) for f in files],
         extra_include_paths=[str(src)],
-        extra_cflags=["-O2", "-pthread", "-ffp-contract=off", f"-DLZO_THREADS={SIM_THREADS}", *arch],
-        extra_ldflags=["-pthread"],
+        extra_cflags=[*cflags, "-ffp-contract=off", *arch],
+        extra_ldflags=ldflags,
+        extra_cuda_cflags=["-O3", "--fmad=false"],
         is_python_module=False,
-        with_cuda=False,
+        with_cuda=cuda,
         verbose=verbose,
     )
-    _register_fakes("lzo_sim")
-    return Extension(cuda=False, path=str(path))
+    return Extension(cuda=cuda, path=str(path))
 
 
 def _torch_tag() -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from lzo_bench.backends import Backend, cuda_simulator, select_backend
 from lzo_bench.event_network import as_events, event_network
-from lzo_bench.events import SpikeEvents
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
@@ -208,7 +207,7 @@ def test_a_bad_list_stops_at_a_device_assert(ptr, message):
             "torch.ops.lzo_sim.readout_forward(ptr, col, torch.randn(4, 2), 3, 0.9)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
-    assert f"cuda_sim: device assert failed" in r.stderr and message in r.stderr, r.stderr[-2000:]
+    assert "cuda_sim: device assert failed" in r.stderr and message in r.stderr, r.stderr[-2000:]
 
 
 def test_a_column_outside_the_layer_stops_at_a_device_assert():

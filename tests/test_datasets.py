@@ -246,13 +246,7 @@ def test_nmnist_empty_folders_never_reach_the_network(tmp_path, monkeypatch):
 
 def test_fmnist_labels_outside_the_classes_are_a_damaged_dataset(tmp_path):
     """Issue 19, D10: a label of 200 surfaced as an IndexError, 'training failed'; it is a damaged file."""
-    from lzo_bench.data import DatasetUnreadable
-
-    d = tmp_path / "FashionMNIST"
-    d.mkdir()
-    img = np.zeros((2, 28, 28), np.uint8)
-    for stem, arr in (("train-images-idx3-ubyte", img), ("train-labels-idx1-ubyte", np.array([4, 200])),
-                      ("t10k-images-idx3-ubyte", img[:1]), ("t10k-labels-idx1-ubyte", np.array([1]))):
-        write_idx(d / stem, arr, False)
+    d = _fmnist_files(tmp_path)
+    write_idx(d / "train-labels-idx1-ubyte", np.array([4, 200]), False)
     with pytest.raises(DatasetUnreadable, match=r"train-labels-idx1-ubyte holds label 200 \(1 labels outside 0\.\.9\)"):
         load_dataset("fmnist", 100, tmp_path)

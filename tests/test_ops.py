@@ -17,7 +17,7 @@ import torch
 from lzo_bench import ops
 from lzo_bench.backends import BackendUnavailable, cuda_simulator, select_backend
 from lzo_bench.event_network import as_events, event_network
-from lzo_bench.gates import GateSpec, gate_values
+from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
 

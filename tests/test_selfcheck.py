@@ -79,3 +79,24 @@ def test_verdicts_are_cached_per_backend_and_device(monkeypatch):
     for _ in range(3):
         assert verified(_cpp(), torch.device("cpu")).reason.endswith("self-check passed")
     assert calls == ["cpp"]
+
+
+def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip_them():
+    """The self-check compares spike counts exactly between two float computations (events vs GEMM). That
+    holds on any machine only if no potential of its case lies within rounding of the threshold: every
+    |u − θ| must exceed, with a 10× margin, the bound 2·γ_n·max|u| (n = fan-in + 3T roundings on a
+    potential's path; lzo_bench.floatcmp), layer by layer."""
+    from lzo_bench.floatcmp import gamma
+    from lzo_bench.lif import lif_potentials
+    from lzo_bench.model import SNN
+
+    net, state, x, _ = selfcheck._case(torch.device("cpu"))
+    model = SNN(net)
+    model.load_state_dict(state)
+    h = x
+    steps, batch, _ = x.shape
+    for w in list(model.weights)[:-1]:
+        v = lif_potentials((h.reshape(steps * batch, -1) @ w.detach()).view(steps, batch, -1), net.beta, net.theta)
+        bound = 2 * gamma(w.shape[0] + 3 * steps) * float((v + net.theta).abs().max())
+        assert float(v.abs().min()) > 10 * bound
+        h = (v > 0).float()
