@@ -1,6 +1,6 @@
 """The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/event_network.py) against the
-pure-PyTorch reference: spikes identical, gradients equal to float rounding, LocalZO draws the
-reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
+pure-PyTorch reference: spikes identical but for flips within rounding of θ (lzo_bench.floatcmp,
+``assert_same``), gradients equal to float rounding, LocalZO draws the reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
 m > 1, both hidden layers active, and inputs that are not binary. The main cases repeat on CUDA
 (kernels/snn_cuda.cu) where a GPU is present (``DEVICES``), against the same CPU reference."""
 
@@ -12,6 +12,7 @@ from lzo_bench.backends import select_backend
 from lzo_bench.data.base import EventDataset, SpikeDataset, batches
 from lzo_bench.event_network import as_events, event_network
 from lzo_bench.events import SpikeEvents
+from lzo_bench.floatcmp import network_spikes_agree
 from lzo_bench.gates import GateSpec, gate_values
 from lzo_bench.lif import lif_potentials
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
@@ -49,7 +50,25 @@ def run(model, x, y, spec, key, backend, loss="full"):
     return out, [None if w.grad is None else w.grad.clone() for w in model.weights]
 
 
+def agreement_with_reference(model, x, spikes):
+    """The event path's hidden spikes against the reference's, up to rounding (lzo_bench.floatcmp)."""
+    net = model.spec
+    agreement = network_spikes_agree([s.cpu() for s in spikes], x.cpu(), list(model.weights)[:-1], net.beta, net.theta)
+    assert agreement.legitimate, str(agreement)
+    return agreement
+
+
 def assert_same(spec, model, x, y, loss="full", device="cpu", **net_kwargs):
+    """The event ops' forward and backward against the reference on ``(x, y)``; returns the reference's
+    output on the whole batch.
+
+    The two compute the potentials differently (event sums or a GEMM in C++/CUDA, a GEMM then a scan
+    in PyTorch), so a spike may flip where its potential lies within rounding of θ. The spikes must be
+    equal, or differ only by such flips and their consequences, few (``floatcmp.network_spikes_agree``:
+    a real defect flips a spike far from θ). The active counts and weight gradients are sums over the
+    batch that a flip changes beyond rounding, so after a flip they are compared on the samples whose
+    spikes are all equal, by running both again on those samples alone (samples are independent: the
+    loss and regulariser are per-sample means); where no sample is left the case is skipped, saying so."""
     key = DrawKey(5, 9)
     ref_out, ref_grads = run(model, x, y, spec, key, None, loss)
     ours = select_backend("cpp" if device == "cpu" else "cuda", device, spec)
@@ -59,8 +78,13 @@ def assert_same(spec, model, x, y, loss="full", device="cpu", **net_kwargs):
     on_device = SNN(model.spec).to(device)
     on_device.load_state_dict(model.state_dict())
     out, grads = run(on_device, x.to(device), y.to(device), spec, key, ours, loss)
-    for a, b in zip(out.spikes, ref_out.spikes):
-        assert torch.equal(a.cpu(), b.detach())
+    agreement = agreement_with_reference(model, x, out.spikes)
+    if not agreement.equal:
+        keep = agreement.rows_equal
+        if not keep.any():
+            pytest.skip(f"every sample has a spike flipped within rounding of θ: {agreement}")
+        assert_same(spec, model, x[:, keep], y[keep], loss, device, **net_kwargs)
+        return ref_out
     assert out.active == ref_out.active
     assert [g is None for g in grads] == [g is None for g in ref_grads]
     for a, b in zip(grads, ref_grads):
@@ -111,10 +135,36 @@ def test_inference_equals_reference(device):
     on_device.load_state_dict(model.state_dict())
     with torch.no_grad():
         ref, out = model(x), on_device(x.to(device), backend=ours)
-    torch.testing.assert_close(out.logits.cpu(), ref.logits, rtol=1e-5, atol=1e-6)
-    for a, b in zip(out.spikes, ref.spikes):
-        assert torch.equal(a.cpu(), b)
+    # a sample's logits depend on its own spikes only: compared on the samples whose spikes are equal
+    agreement = agreement_with_reference(model, x, out.spikes)
+    keep = agreement.rows_equal
+    if not keep.any():
+        pytest.skip(f"every sample has a spike flipped within rounding of θ: {agreement}")
+    torch.testing.assert_close(out.logits.cpu()[keep], ref.logits[keep], rtol=1e-5, atol=1e-6)
     assert out.active == [0, 0]
+
+
+def test_a_flip_within_rounding_compares_the_other_samples(monkeypatch):
+    """Where a spike flips within rounding (here: reported so for sample 1, as another CPU may round),
+    assert_same compares active counts and gradients on the other samples, run again alone."""
+    import sys
+
+    from lzo_bench.floatcmp import SpikeAgreement
+
+    module = sys.modules[__name__]
+    real, batches = module.network_spikes_agree, []
+
+    def flip_in_sample_1(ours, x, *args):
+        batches.append(x.shape[1])
+        if len(batches) > 1:
+            return real(ours, x, *args)
+        return SpikeAgreement(entries=x.numel(), flips=3, primary=1, near=1, worst=0.5,
+                              rows_equal=torch.tensor([True, False, True]))
+
+    monkeypatch.setattr(module, "network_spikes_agree", flip_in_sample_1)
+    model, x, y = make((30, 3, 8, (6, 5)), seed=7)
+    ref = assert_same(GateSpec.build("localzo", "normal", delta=0.4), model, x, y)
+    assert batches == [3, 2] and ref.logits.shape[0] == 3
 
 
 @pytest.mark.parametrize("device", DEVICES)
