@@ -4,7 +4,7 @@ input), their registration (``torch.library.opcheck`` of every op: schema, fake 
 registration, AOT dispatch), ``torch.compile`` of a training step, backend selection and the CUDA
 build. Every test runs on the CPU build and, when a GPU is present, repeats on CUDA (``DEVICES``);
 opcheck also runs on the simulated CUDA ops (``torch.ops.lzo_sim``). Tolerance: rtol 1e-5 / atol
-1e-6 in float32; spikes must be identical.
+1e-6 in float32; spikes must be identical but for flips within rounding of θ (``compare_on``).
 """
 
 import os
@@ -17,6 +17,7 @@ import torch
 from lzo_bench import ops
 from lzo_bench.backends import BackendUnavailable, cuda_simulator, select_backend
 from lzo_bench.event_network import as_events, event_network
+from lzo_bench.floatcmp import network_spikes_agree
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
@@ -55,10 +56,29 @@ def compare(spec, shape, device, x_transform=lambda x: x, seed=0):
     key = DrawKey(7, 11)
     ext = select_backend("auto", device, spec)
     assert ext.name == ("cuda" if device == "cuda" else "cpp")
+    return compare_on(model, x, y, spec, key, ext)
+
+
+def compare_on(model, x, y, spec, key, ext):
+    """``ext`` against the reference on ``(x, y)``; the reference's output on the whole batch.
+
+    Spikes: the two compute the potentials in other orders, so a spike may flip where its potential
+    lies within rounding of θ; every flip must be that (or downstream of one) and they must be few
+    (``floatcmp.network_spikes_agree``). After a flip, the active counts and gradients (sums over the
+    batch) are compared on the samples whose spikes are all equal, run again alone (a contiguous copy
+    then); with no sample left the case is skipped, saying so."""
     ref_out, ref_grads = grads(model, x, y, spec, key, None)
     ext_out, ext_grads = grads(model, x, y, spec, key, ext)
-    for a, b in zip(ext_out.spikes, ref_out.spikes):
-        assert torch.equal(a.detach(), b.detach())
+    net = model.spec
+    agreement = network_spikes_agree([s.detach().cpu() for s in ext_out.spikes], x.cpu(), list(model.weights)[:-1],
+                                     net.beta, net.theta)
+    assert agreement.legitimate, str(agreement)
+    if not agreement.equal:
+        keep = agreement.rows_equal.to(x.device)
+        if not keep.any():
+            pytest.skip(f"every sample has a spike flipped within rounding of θ: {agreement}")
+        compare_on(model, x[:, keep], y[keep], spec, key, ext)
+        return ref_out
     assert ext_out.active == ref_out.active
     for a, b in zip(ext_grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
