@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from lzo_bench.backends import Backend, cuda_simulator, select_backend
 from lzo_bench.event_network import as_events, event_network
+from lzo_bench.floatcmp import network_spikes_agree
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import DrawKey
@@ -62,12 +63,28 @@ def step(model, x, y, spec, backend):
 
 
 def assert_sim_equals_reference(spec, model, x, y, backend=None, kern=Kernels("sim", LIB, "cpu")):
+    """The CUDA kernels (simulated or on a GPU) against the reference on ``(x, y)``; returns the
+    reference's output on the whole batch.
+
+    They sum the potentials in other orders (per thread, per tile, fused multiply-adds on a GPU), so
+    a spike may flip where its potential lies within rounding of θ: every flip must be that (or
+    downstream of one) and they must be few (``floatcmp.network_spikes_agree``). After a flip the
+    active counts, logits and gradients are compared on the samples whose spikes are all equal, run
+    again alone; with no sample left the case is skipped, saying so."""
     ref, g_ref = step(model, x, y, spec, None)
     sim_model = SNN(model.spec).to(kern.device)
     sim_model.load_state_dict(model.state_dict())
     out, g_sim = step(sim_model, x.to(kern.device), y.to(kern.device), spec, backend or kern.backend(spec))
-    for a, b in zip(out.spikes, ref.spikes):
-        assert torch.equal(a.cpu(), b.detach()), "spikes differ"
+    net = model.spec
+    agreement = network_spikes_agree([s.detach().cpu() for s in out.spikes], x, list(model.weights)[:-1], net.beta,
+                                     net.theta)
+    assert agreement.legitimate, f"spikes differ beyond rounding: {agreement}"
+    if not agreement.equal:
+        keep = agreement.rows_equal
+        if not keep.any():
+            pytest.skip(f"every sample has a spike flipped within rounding of θ: {agreement}")
+        assert_sim_equals_reference(spec, model, x[:, keep], y[keep], backend, kern)
+        return ref
     assert out.active == ref.active
     torch.testing.assert_close(out.logits.cpu(), ref.logits, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_sim, g_ref):
