@@ -4,11 +4,12 @@ Two implementations that add the same terms in another order (a GEMM against a p
 CPU's vector kernels against another's) agree to the bit only by luck. Each computes a sum of ``n``
 float32 terms within ``γ_n·Σ|a_i|`` of the exact value, ``γ_n = n·u / (1 − n·u)``, ``u = 2⁻²⁴``
 (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.1 and §3.1), so two of
-them differ by at most ``2·γ_n·Σ|a_i|``. Spikes are integers: equal spike counts are an exact claim
-and are compared exactly where both computations threshold the same potential up to rounding: a spike
-may flip only where its potential lies within the rounding bound of the threshold
-(:func:`lif_potential_bound`, :func:`spikes_agree`), and everything downstream of a flip is not compared.
-Logits, built from the spikes by the leaky readout, are compared with the readout's bound.
+them differ by at most ``2·γ_n·Σ|a_i|``. Spikes are thresholds of such sums: they are compared
+exactly, except that a spike may flip where its potential lies within the rounding bound of θ
+(:func:`lif_potential_bound`, :func:`spikes_agree`); what lies downstream of a flip is not compared.
+Logits, built from the spikes by the leaky readout, are compared with the readout's bound
+(:func:`readout_bound`; :func:`compare_logits` takes spike counts exactly, where its caller has shown
+the potentials far from θ).
 """
 
 from __future__ import annotations
