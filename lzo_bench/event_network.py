@@ -31,6 +31,7 @@ from lzo_bench import ops
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward
 from lzo_bench.gates import GateSpec
+from lzo_bench.network import Stack, readout_logits, with_bias_unit
 from lzo_bench.rng import DrawKey
 
 if TYPE_CHECKING:
@@ -64,31 +65,33 @@ class _Run:
     """One forward's constants and what it leaves for the caller."""
 
     x: SpikeEvents
-    spec: GateSpec | None
-    key: DrawKey | None
-    beta: float
-    theta: float
-    beta_out: float
+    stack: Stack
     current_mode: int
     lib: Any = None  # the op namespace: torch.ops.lzo, or torch.ops.lzo_sim (the CUDA kernels, simulated)
+    inputs: list[SpikeEvents | None] = field(default_factory=list)  # each layer's input, bias unit included
     layers: list[LayerState | None] = field(default_factory=list)
 
 
 def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
-    table, *params = ops.gate_args(run.spec, run.key, w.device)
+    hid = run.stack.hidden[layer]
+    table, *params = ops.gate_args(hid.spec, hid.key, w.device)
     s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = run.lib.lif_events_forward(
-        x.ptr, x.col, x.val, w, table, x.steps, run.beta, run.theta, *params, layer, run.current_mode)
+        x.ptr, x.col, x.val, w, table, x.steps, hid.beta, hid.theta, *params, layer, run.current_mode)
     spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, w.shape[1])
     return LayerState(spikes, counts, a_ptr, a_col, a_gate, dense_gate)
 
 
 def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``weights``: per hidden layer ``W`` or ``[W; b]`` (a bias is one more input unit), then ``W_out``."""
     h = run.x
     for layer, w in enumerate(weights[:-1]):
+        if run.stack.hidden[layer].bias is not None:
+            h = with_bias_unit(h)
+        run.inputs.append(h)
         state = _layer_forward(run, h, w, layer)
         run.layers.append(state)
         h = state.spikes
-    return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.beta_out)
+    return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.stack.readout.beta)
 
 
 class _EventNetwork(torch.autograd.Function):
@@ -97,12 +100,16 @@ class _EventNetwork(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: _Run, *weights: torch.Tensor):  # type: ignore[override]
         o = _forward_all(run, weights)
-        saved: list[torch.Tensor] = [run.x.ptr, run.x.col, run.x.val, *weights]
-        for st in run.layers:
-            saved += [st.spikes.ptr, st.spikes.col, st.active_ptr, st.active_col, st.active_gate, st.dense_gate]
+        saved: list[torch.Tensor] = [*weights]
+        for xin, st in zip(run.inputs, run.layers):
+            saved += [xin.ptr, xin.col, xin.val, st.active_ptr, st.active_col, st.active_gate, st.dense_gate]
+        last = run.layers[-1].spikes
+        saved += [last.ptr, last.col]
         ctx.save_for_backward(*saved)
         ctx.set_materialize_grads(False)  # an output the loss does not use gets None, not a zero tensor
-        ctx.run = replace(run, layers=[None] * len(run.layers))  # tensors live in saved_tensors only: freed after backward
+        ctx.widths = [xin.width for xin in run.inputs]
+        # tensors live in saved_tensors only: freed after backward
+        ctx.run = replace(run, inputs=[None] * len(run.inputs), layers=[None] * len(run.layers))
         ctx.n_weights = len(weights)
         return (o, *(st.counts for st in run.layers))
 
@@ -110,41 +117,44 @@ class _EventNetwork(torch.autograd.Function):
     def backward(ctx, grad_o: torch.Tensor | None, *grad_counts: torch.Tensor | None):  # type: ignore[override]
         run: _Run = ctx.run
         saved = ctx.saved_tensors
-        x = SpikeEvents(*saved[:3], run.x.steps, run.x.batch, run.x.width)
-        weights = saved[3:3 + ctx.n_weights]
-        per_layer = [saved[3 + ctx.n_weights + 6 * i: 3 + ctx.n_weights + 6 * (i + 1)] for i in range(len(run.layers))]
-        steps, batch = x.steps, x.batch
+        n_w = ctx.n_weights
+        weights = saved[:n_w]
+        per_layer = [saved[n_w + 7 * i: n_w + 7 * (i + 1)] for i in range(n_w - 1)]
+        last_ptr, last_col = saved[-2:]
+        steps, batch = run.x.steps, run.x.batch
+        inputs = [SpikeEvents(p[0], p[1], p[2], steps, batch, width) for p, width in zip(per_layer, ctx.widths)]
         empty_f = weights[0].new_empty(0)
         empty_i = run.x.ptr.new_empty(0)
         empty_c = run.x.col.new_empty(0)
-        inputs = [x] + [SpikeEvents(p[0], p[1], empty_f, steps, batch, w.shape[1])
-                        for p, w in zip(per_layer, weights[:-1])]
         last = per_layer[-1]
-        sparse = run.spec is not None and run.spec.is_sparse
-        grads: list[torch.Tensor | None] = [None] * ctx.n_weights
+        sparse = run.stack.sparse
+        grads: list[torch.Tensor | None] = [None] * n_w
         if grad_o is None:  # only the counts reach the loss: no readout gradient, as autograd gives
             n_last = weights[-1].shape[0]
-            g = empty_f.new_zeros(last[3].numel() if sparse else steps * batch * n_last)
+            g = empty_f.new_zeros(last[4].numel() if sparse else steps * batch * n_last)
             g = g if sparse else g.view(steps * batch, n_last)
         else:
             grads[-1], d_a, g = run.lib.readout_backward(
-                grad_o.contiguous(), last[0], last[1], weights[-1], run.beta_out,
-                last[2] if sparse else empty_i, last[3] if sparse else empty_c)
+                grad_o.contiguous(), last_ptr, last_col, weights[-1], run.stack.readout.beta,
+                last[3] if sparse else empty_i, last[4] if sparse else empty_c)
             if not sparse:
                 g = d_a @ weights[-1].t()
         for layer in reversed(range(len(per_layer))):
-            _, _, a_ptr, a_col, a_gate, dense_gate = per_layer[layer]
+            _, _, _, a_ptr, a_col, a_gate, dense_gate = per_layer[layer]
+            beta = run.stack.hidden[layer].beta
             cg = grad_counts[layer] if grad_counts[layer] is not None else empty_f
             xin = inputs[layer]
             if sparse:
                 prev = per_layer[layer - 1] if layer > 0 else None
                 grads[layer], g = run.lib.lif_sparse_backward(
-                    g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], run.beta, steps,
-                    prev[2] if prev else empty_i, prev[3] if prev else empty_c)
+                    g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], beta, steps,
+                    prev[3] if prev else empty_i, prev[4] if prev else empty_c)
             else:
                 grads[layer], g = run.lib.lif_dense_backward(
-                    g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], run.beta, steps, layer > 0,
+                    g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], beta, steps, layer > 0,
                     run.current_mode)
+                if layer > 0 and run.stack.hidden[layer].bias is not None:
+                    g = g[:, :-1].contiguous()  # the bias unit has no layer below
         return (None, *grads)
 
 
@@ -159,24 +169,27 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
     return SpikeEvents(ptr, col, val, x.shape[0], x.shape[1], x.shape[2])
 
 
-def event_network(model: "SNN", x: torch.Tensor | SpikeEvents, spec: GateSpec | None, key: DrawKey | None,
-                  current: str = "auto", lib: Any = None) -> Forward:
+def event_network(model: "SNN | Stack", x: torch.Tensor | SpikeEvents, spec: GateSpec | None = None,
+                  key: DrawKey | None = None, current: str = "auto", lib: Any = None) -> Forward:
     """The forward of ``model`` on ``x`` through the event ops (``lib``: their namespace, by default
-    ``torch.ops.lzo``); differentiable in the weights."""
-    net = model.spec
+    ``torch.ops.lzo``); differentiable in the weights (and biases). ``model`` is an :class:`SNN` with
+    the rule ``spec`` and ``key`` for all its layers, or a :class:`~lzo_bench.network.Stack` that
+    carries its own (``spec`` and ``key`` then unused)."""
+    stack = model if isinstance(model, Stack) else model.stack(spec, key)
     events = as_events(x)
-    if events.width != net.n_in:
-        raise ValueError(f"x has {events.width} input units but the network takes {net.n_in}")
-    run = _Run(events, spec, key, net.beta, net.theta, net.beta_out, CURRENT_MODES[current], lib or torch.ops.lzo)
-    weights = tuple(model.weights)
-    if spec is None:
+    n_in = stack.hidden[0].weight.shape[0]
+    if events.width != n_in:
+        raise ValueError(f"x has {events.width} input units but the network takes {n_in}")
+    run = _Run(events, stack, CURRENT_MODES[current], lib or torch.ops.lzo)
+    weights = tuple(h.weight if h.bias is None else torch.cat([h.weight, h.bias[None]]) for h in stack.hidden)
+    weights += (stack.readout.weight,)
+    if not stack.training:
         with torch.no_grad():
             o = _forward_all(run, weights)
         counts = [st.counts for st in run.layers]
     else:
         o, *counts = _EventNetwork.apply(run, *weights)
-    logits = o.amax(0) if net.reduce == "max" else o.sum(0)
-    sparse = spec is not None and spec.is_sparse
-    active = [st.active if sparse else (0 if spec is None else st.counts.shape[0] * events.steps * st.counts.shape[1])
+    sparse = stack.sparse
+    active = [st.active if sparse else (0 if not stack.training else st.counts.shape[0] * events.steps * st.counts.shape[1])
               for st in run.layers]
-    return Forward(logits, counts, active, [st.spikes for st in run.layers])
+    return Forward(readout_logits(stack, o), counts, active, [st.spikes for st in run.layers])

@@ -68,8 +68,10 @@ def lif_layer(
     key: DrawKey | None,
     layer: int,
     prev: LayerOut | None = None,
+    bias: torch.Tensor | None = None,
 ) -> LayerOut:
-    """Spikes of one LIF layer for input spikes ``x [T, B, N_in]`` and weights ``W [N_in, N]``.
+    """Spikes of one LIF layer for input spikes ``x [T, B, N_in]``, weights ``W [N_in, N]`` and an
+    optional bias ``b [N]`` (``I[t] = x[t] @ W + b``).
 
     ``spec=None`` is inference: no gate is computed and nothing is kept for a backward.
     ``active`` counts the non-zero gate entries of a sparse rule; the dense ``surrogate`` rule
@@ -78,6 +80,8 @@ def lif_layer(
     """
     steps, batch, _ = x.shape
     current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)
+    if bias is not None:
+        current = current + bias
     v = lif_potentials(current, beta, theta)
     if spec is None:
         return LayerOut((v > 0).to(v.dtype), 0)
@@ -114,16 +118,18 @@ def autograd_loop_layer(
     key: DrawKey | None,
     layer: int,
     prev: LayerOut | None = None,
+    bias: torch.Tensor | None = None,
 ) -> LayerOut:
     """The naive baseline: a per-step loop with one matmul per step and a surrogate spike function,
     as users of other SNN libraries write it. Always the dense surrogate ``g`` of ``spec``."""
     if spec is None:
-        return lif_layer(x, weight, beta, theta, None, None, layer)
+        return lif_layer(x, weight, beta, theta, None, None, layer, bias=bias)
     u = torch.zeros(x.shape[1], weight.shape[1], dtype=x.dtype, device=x.device)
     s = torch.zeros_like(u)
     out = []
     for x_t in x.unbind(0):
-        u = beta * u + x_t @ weight - theta * s.detach()
+        i_t = x_t @ weight if bias is None else x_t @ weight + bias
+        u = beta * u + i_t - theta * s.detach()
         s = _SurrogateSpike.apply(u - theta, spec)
         out.append(s)
     spikes = torch.stack(out)

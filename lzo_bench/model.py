@@ -19,9 +19,12 @@ from torch.nn import functional as F
 
 from lzo_bench.backends import Backend, select_backend
 from lzo_bench.events import SpikeEvents
-from lzo_bench.forward import Forward, leaky_readout  # noqa: F401  (leaky_readout: re-exported)
+from lzo_bench.forward import Forward, leaky_readout
 from lzo_bench.gates import GateSpec
+from lzo_bench.network import Hidden, Readout, Stack, dense_network
 from lzo_bench.rng import DrawKey
+
+__all__ = ["SNN", "NetworkSpec", "SpikeRegularizer", "classification_loss", "Forward", "leaky_readout"]
 
 
 @dataclass(frozen=True)
@@ -121,18 +124,13 @@ class SNN(nn.Module):
         if backend.network is not None:
             return backend.network(self, x, gate, key)
         assert backend.layer is not None, f"backend {backend.name} has neither a network nor a layer path"
-        if isinstance(x, SpikeEvents):
-            x = x.dense()
-        spikes, active = [], []
-        h, out = x, None
-        for layer, w in enumerate(self.weights[:-1]):
-            out = backend.layer(h, w, self.spec.beta, self.spec.theta, gate, key, layer, out)
-            spikes.append(out.spikes)
-            active.append(out.active)
-            h = out.spikes
-        o = leaky_readout(h, self.weights[-1], self.spec.beta_out)
-        logits = o.amax(0) if self.spec.reduce == "max" else o.sum(0)
-        return Forward(logits, [s.sum(0) for s in spikes], active, spikes)
+        return dense_network(self.stack(gate, key), x, backend.layer)
+
+    def stack(self, gate: GateSpec | None, key: DrawKey | None) -> Stack:
+        """The network as the backends run it: every hidden layer with this β, θ, rule and key."""
+        s = self.spec
+        hidden = tuple(Hidden(w, None, s.beta, s.theta, gate, key) for w in self.weights[:-1])
+        return Stack(hidden, Readout(self.weights[-1], None, s.beta_out, s.reduce))
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""A feed-forward spiking network as the backends run it: hidden LIF layers and a leaky readout, each
+with its own constants, and the dense reference path through them.
+
+Hidden layer ``l`` (DESIGN.md §3, paper eq. 1), ``x_0`` the input, ``x_l = s_{l−1}``::
+
+    I[t] = x_l[t] @ W_l + b_l
+    u[t] = β_l·u[t−1] + I[t] − θ_l·s[t−1],   s[t] = H(u[t] − θ_l),   γ = gate_l(u − θ_l)
+
+Readout: ``o[t] = β_r·o[t−1] + (1 − β_r)·(s_L[t] @ W_out + b_out)``, reduced by ``max_t`` or ``Σ_t``.
+A bias enters the event path as one more input unit that fires at every step (its weight row is
+``b``), and the readout's as its closed form ``(1 − β_r^{t+1})·b_out``, so the kernels need no bias.
+Both :class:`lzo_bench.model.SNN` and :class:`lzo_bench.nn.Sequential` run through these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lzo_bench.events import SpikeEvents
+from lzo_bench.forward import Forward, leaky_readout
+from lzo_bench.gates import GateSpec
+from lzo_bench.rng import DrawKey
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """One hidden LIF layer: weights ``[n_in, n]``, optional bias ``[n]``, constants, and its rule
+    (``spec=None``: inference) with the key of this update's draws."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    beta: float
+    theta: float
+    spec: GateSpec | None
+    key: DrawKey | None
+
+
+@dataclass(frozen=True)
+class Readout:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    beta: float
+    reduce: str  # "max" or "sum" over time
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a backend runs: the hidden layers in order and the readout."""
+
+    hidden: tuple[Hidden, ...]
+    readout: Readout
+
+    def __post_init__(self) -> None:
+        specs = [h.spec for h in self.hidden]
+        if any(s is None for s in specs) and not all(s is None for s in specs):
+            raise ValueError("either every hidden layer has a rule (training) or none does (inference)")
+        if len({s.is_sparse for s in specs if s is not None}) > 1:
+            raise ValueError("the rules of one network must be all sparse (sparsegrad, localzo) or all "
+                             "dense (surrogate): the sparse backward hands gradients between layers on "
+                             "the active lists")
+
+    @property
+    def training(self) -> bool:
+        return bool(self.hidden) and self.hidden[0].spec is not None
+
+    @property
+    def sparse(self) -> bool:
+        return self.training and self.hidden[0].spec.is_sparse  # type: ignore[union-attr]
+
+
+def readout_logits(stack: Stack, o: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, C]`` from the readout's ``o [T, B, C]`` without its bias: adds
+    ``(1 − β_r^{t+1})·b_out`` (the bias through the recursion from ``o[−1] = 0``) and reduces."""
+    r = stack.readout
+    if r.bias is not None:
+        t = torch.arange(o.shape[0], device=o.device, dtype=o.dtype)
+        o = o + (1.0 - r.beta ** (t + 1.0))[:, None, None] * r.bias
+    return o.amax(0) if r.reduce == "max" else o.sum(0)
+
+
+def dense_network(stack: Stack, x: torch.Tensor | SpikeEvents, layer_fn: Callable) -> Forward:
+    """The network on dense tensors, layer by layer through ``layer_fn`` (the pure-PyTorch reference
+    :func:`lzo_bench.lif.lif_layer`, or the naive per-step baseline)."""
+    h = x.dense() if isinstance(x, SpikeEvents) else x
+    spikes, active, out = [], [], None
+    for layer, hid in enumerate(stack.hidden):
+        out = layer_fn(h, hid.weight, hid.beta, hid.theta, hid.spec, hid.key, layer, out, bias=hid.bias)
+        spikes.append(out.spikes)
+        active.append(out.active)
+        h = out.spikes
+    o = leaky_readout(h, stack.readout.weight, stack.readout.beta)
+    return Forward(readout_logits(stack, o), [s.sum(0) for s in spikes], active, spikes)
+
+
+def with_bias_unit(x: SpikeEvents) -> SpikeEvents:
+    """``x`` with one more unit, index ``width``, firing with value 1 at every row: the layer's
+    current ``Σ x·W`` over ``[W; b]`` is then ``x @ W + b``."""
+    rows = x.steps * x.batch
+    n = x.nnz
+    counts = (x.ptr[1:] - x.ptr[:-1]).long()
+    ptr = x.ptr + torch.arange(rows + 1, device=x.ptr.device, dtype=x.ptr.dtype)
+    pos = torch.arange(n, device=x.col.device) + torch.repeat_interleave(
+        torch.arange(rows, device=x.col.device), counts)
+    col = torch.full((n + rows,), x.width, dtype=x.col.dtype, device=x.col.device)
+    col[pos] = x.col[:n]
+    val = x.val
+    if val.numel():
+        val = torch.ones(n + rows, dtype=x.val.dtype, device=x.val.device)
+        val[pos] = x.val[:n]
+    return SpikeEvents(ptr, col, val, x.steps, x.batch, x.width + 1)
