@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from lzo_bench import spike
 from lzo_bench.gates import GateSpec, gate_values
 from lzo_bench.rng import DrawKey
 
@@ -92,23 +93,6 @@ def lif_layer(
     return LayerOut(_Heaviside.apply(v, gate), active)
 
 
-class _SurrogateSpike(torch.autograd.Function):
-    """``H(v)`` forward; backward ``∂L/∂v = ∂L/∂s · g(v)`` from the saved ``v`` (dense surrogate)."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, spec: GateSpec) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(v)
-        ctx.spec = spec
-        return (v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        from lzo_bench.gates import surrogate_gate
-
-        (v,) = ctx.saved_tensors
-        return grad * surrogate_gate(v, ctx.spec), None
-
-
 def autograd_loop_layer(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -124,13 +108,14 @@ def autograd_loop_layer(
     as users of other SNN libraries write it. Always the dense surrogate ``g`` of ``spec``."""
     if spec is None:
         return lif_layer(x, weight, beta, theta, None, None, layer, bias=bias)
+    fire = spike.Surrogate(spec.dist, spec.delta)
     u = torch.zeros(x.shape[1], weight.shape[1], dtype=x.dtype, device=x.device)
     s = torch.zeros_like(u)
     out = []
     for x_t in x.unbind(0):
         i_t = x_t @ weight if bias is None else x_t @ weight + bias
         u = beta * u + i_t - theta * s.detach()
-        s = _SurrogateSpike.apply(u - theta, spec)
+        s = fire(u - theta)
         out.append(s)
     spikes = torch.stack(out)
     return LayerOut(spikes, spikes.numel())

@@ -13,8 +13,8 @@ with ``γ`` of :mod:`lzo_bench.gates` (the same code as ``lzo-bench train``):
 * :class:`SparseGrad` ``γ = g(x)·1(|x| < B_th)`` (eq. 4), ``B_th = δ·E[max_k |z_k|]`` by default (§4.5);
 * :class:`LocalZO`    ``γ = (c/m) Σ_k 1(|x| < δ|z_k|)·|z_k|^α / (2δ)`` (eqs. 7–8), unbiased for ``g``.
 
-``dist`` is a distribution name (``normal``, ``uniform``, ``laplace``, ``sigmoid``, ``fast-sigmoid``) or a
-user surrogate ``g`` (:func:`lzo_bench.surrogates.custom`), turned into its sampling distribution by
+``dist`` is a distribution name (``normal``, ``uniform``, ``laplace``, ``sigmoid``, ``fast-sigmoid``), a
+:class:`~lzo_bench.distributions.Distribution`, or a user surrogate ``g`` (:func:`lzo_bench.surrogates.custom`), turned into its sampling distribution by
 Theorem 3 at this ``δ``.
 
 **LocalZO's draws** come from the project's Philox4x32 (:mod:`lzo_bench.rng`), keyed by
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lzo_bench.distributions import Distribution
 from lzo_bench.gates import GateSpec, Method, localzo_values, sparsegrad_gate, surrogate_gate
 from lzo_bench.rng import MASK32, DrawKey
 from lzo_bench.surrogates import Surrogate as SurrogateFn
@@ -46,7 +47,7 @@ class SpikeFunction(torch.nn.Module):
 
     method: Method = Method.SURROGATE
 
-    def __init__(self, dist: str | SurrogateFn = "normal", delta: float = 0.05, samples: int = 1,
+    def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, samples: int = 1,
                  bth: float | None = None, k: float | None = None, seed: int = 0, alpha: int = 1):
         super().__init__()
         self.dist, self.delta, self.samples, self.bth, self.k, self.alpha = dist, delta, samples, bth, k, alpha
@@ -84,8 +85,8 @@ class SpikeFunction(torch.nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """``γ(x)``, same shape and dtype as ``x``; LocalZO draws with key ``(seed, counter)`` and
-        advances the counter."""
-        v = x.detach().to(torch.float32)
+        advances the counter. Computed in float64 for a float64 ``x``, else in float32."""
+        v = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().to(torch.float32)
         if self.method is Method.SURROGATE:
             g = surrogate_gate(v, self.spec)
         elif self.method is Method.SPARSEGRAD:
@@ -105,7 +106,7 @@ class SpikeFunction(torch.nn.Module):
         return out.view_as(v)
 
     def extra_repr(self) -> str:
-        dist = self.dist.describe() if isinstance(self.dist, SurrogateFn) else self.dist
+        dist = self.dist.describe() if isinstance(self.dist, SurrogateFn) else getattr(self.dist, "name", self.dist)
         text = f"dist={dist!r}, delta={self.delta:g}"
         if self.method is Method.LOCALZO:
             text += f", m={self.samples}, seed={self.seed}, counter={self.counter}"
@@ -141,7 +142,7 @@ class Surrogate(SpikeFunction):
 
     method = Method.SURROGATE
 
-    def __init__(self, dist: str | SurrogateFn = "normal", delta: float = 0.05, k: float | None = None,
+    def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, k: float | None = None,
                  alpha: int = 1):
         super().__init__(dist, delta, 1, None, k, 0, alpha)
 
@@ -151,7 +152,7 @@ class SparseGrad(SpikeFunction):
 
     method = Method.SPARSEGRAD
 
-    def __init__(self, dist: str | SurrogateFn = "normal", delta: float = 0.05, bth: float | None = None,
+    def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, bth: float | None = None,
                  k: float | None = None, alpha: int = 1):
         super().__init__(dist, delta, 1, bth, k, 0, alpha)
 
@@ -162,7 +163,7 @@ class LocalZO(SpikeFunction):
 
     method = Method.LOCALZO
 
-    def __init__(self, delta: float = 0.05, dist: str | SurrogateFn = "normal", m: int = 1, seed: int = 0,
+    def __init__(self, delta: float = 0.05, dist: str | SurrogateFn | Distribution = "normal", m: int = 1, seed: int = 0,
                  k: float | None = None, alpha: int = 1):
         super().__init__(dist, delta, m, None, k, seed, alpha)
 

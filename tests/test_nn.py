@@ -209,3 +209,19 @@ def test_a_lone_lif_is_a_dense_layer_with_the_rule_as_spike_function():
     (v * spike.Surrogate(delta=0.3).gate(v.detach())).sum().backward()
     assert torch.equal(s, (v.detach() > 0).float())
     torch.testing.assert_close(layer.weight.grad, w.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("rule", RULES)
+def test_on_cuda_the_stack_equals_the_reference(rule):
+    """nn.Sequential on the CUDA event ops (biases, per-layer β) against the CPU reference."""
+    x = _input()
+    ours, reference = _stack(rule).cuda(), _stack(rule, backend="torch")
+    a, ga = _run(ours, x.cuda())
+    b, gb = _run(reference, x)
+    assert next(iter(ours._backends.values())).name == "cuda"
+    for s, t in zip(a.spikes, b.spikes):
+        assert torch.equal(s.cpu(), t)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p.cpu(), q, rtol=1e-5, atol=1e-5 * float(q.abs().max()))

@@ -213,3 +213,21 @@ def test_spikingjelly_lif_node_trains_through_localzo_in_its_torch_path():
     functional.reset_net(node)
     with pytest.raises(NotImplementedError, match="torch backend"):
         fn.cuda_codes("x", "y", "float")
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by benchmarks/gpu_check.sh)")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("dist", ["normal", "sigmoid"])
+def test_on_cuda_the_gradient_is_the_cpus(dist):
+    """The draws are a function of (seed, counter, index) only: a CUDA tensor gets the CPU's gates
+    (to the float rounding of the inverse CDF on another device)."""
+    fn = spike.LocalZO(delta=0.1, dist=dist, m=2, seed=8)
+    x = torch.randn(3, 5, 17, 17, generator=torch.Generator().manual_seed(0)) * 0.2
+    cpu = _grad(fn, x)
+    fn.reset()
+    gpu = _grad(fn, x.cuda())
+    assert gpu.device.type == "cuda" and torch.equal(cpu == 0, gpu.cpu() == 0)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
