@@ -369,42 +369,63 @@ Tensor concat(std::vector<std::vector<T>>& parts, const Ptr* ptr, int64_t steps,
 
 }  // namespace
 
-// x [T, B, N] -> events of its non-zero entries, rows b*T + t.
-std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
-  TORCH_CHECK(x.dim() == 3, "lzo::to_events: x must have shape [T, B, N], got rank ", x.dim());
-  check_float(x, "lzo::to_events", "x");
-  TORCH_CHECK(x.size(2) < (int64_t(1) << 31), "lzo::to_events: N must be < 2^31");
-  const Tensor xc = x.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
-  const float* xp = xc.data_ptr<float>();
-  Tensor ptr = at::zeros({rows + 1}, x.options().dtype(kPtr));
+namespace {
+
+// The two passes of to_events over a dense [T, B, N] input of element type S (float, uint8 or bool):
+// count the non-zeros of each row r = b*T + t, then write their columns and values (as float).
+template <typename S>
+void to_events_rows(const S* xp, int64_t T, int64_t B, int64_t N, Tensor& ptr, Tensor& col, Tensor& val,
+                    const at::TensorOptions& opts) {
+  const int64_t rows = T * B;
   Ptr* p = ptr.data_ptr<Ptr>();
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T, t = r % T;
-      const float* src = xp + (t * B + b) * N;
+      const S* src = xp + ((r % T) * B + r / T) * N;
       int64_t c = 0;
-      for (int64_t i = 0; i < N; ++i) c += src[i] != 0.0f;
+      for (int64_t i = 0; i < N; ++i) c += src[i] != S(0);
       p[r + 1] = static_cast<Ptr>(c);
     }
   });
   prefix_sum(p, rows);
-  Tensor col = at::empty({p[rows]}, x.options().dtype(at::kInt));
-  Tensor val = at::empty({p[rows]}, x.options());
+  col = at::empty({p[rows]}, opts.dtype(at::kInt));
+  val = at::empty({p[rows]}, opts.dtype(at::kFloat));
   int32_t* cp = col.data_ptr<int32_t>();
   float* vp = val.data_ptr<float>();
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T, t = r % T;
-      const float* src = xp + (t * B + b) * N;
+      const S* src = xp + ((r % T) * B + r / T) * N;
       int64_t k = p[r];
       for (int64_t i = 0; i < N; ++i)
-        if (src[i] != 0.0f) {
+        if (src[i] != S(0)) {
           cp[k] = static_cast<int32_t>(i);
-          vp[k++] = src[i];
+          vp[k++] = static_cast<float>(src[i]);
         }
     }
   });
+}
+
+}  // namespace
+
+// x [T, B, N] (float32, uint8 or bool: a spike tensor needs no float copy) -> events of its non-zero
+// entries, rows b*T + t, values as float32.
+std::tuple<Tensor, Tensor, Tensor> to_events_cpu(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 3, "lzo::to_events: x must have shape [T, B, N], got rank ", x.dim());
+  TORCH_CHECK(x.device().is_cpu(), "lzo::to_events: x must be on the CPU here, got ", x.device());
+  const auto type = x.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kByte || type == at::kBool,
+              "lzo::to_events: x must be float32, uint8 or bool, got ", type);
+  TORCH_CHECK(x.size(2) < (int64_t(1) << 31), "lzo::to_events: N must be < 2^31");
+  const Tensor xc = x.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), N = x.size(2);
+  Tensor ptr = at::zeros({T * B + 1}, x.options().dtype(kPtr));
+  Tensor col, val;
+  const auto opts = x.options();
+  if (type == at::kFloat)
+    to_events_rows(xc.data_ptr<float>(), T, B, N, ptr, col, val, opts);
+  else if (type == at::kByte)
+    to_events_rows(xc.data_ptr<uint8_t>(), T, B, N, ptr, col, val, opts);
+  else
+    to_events_rows(xc.data_ptr<bool>(), T, B, N, ptr, col, val, opts);
   return {ptr, col, val};
 }
 

@@ -159,12 +159,15 @@ class _EventNetwork(torch.autograd.Function):
 
 
 def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
-    """``x`` as events (the C++ compaction for a dense CPU tensor)."""
+    """``x`` as events (the C++ compaction for a dense tensor: float32, or a bool / uint8 spike tensor
+    read as it is on the CPU, without a float copy)."""
     if isinstance(x, SpikeEvents):
         return x
     ops.build()  # cached: loads the ops when no backend has yet
-    ptr, col, val = torch.ops.lzo.to_events(x.float())
-    if val.numel() and bool((val == 1).all()):
+    if x.dtype not in (torch.float32, torch.bool, torch.uint8) or (x.is_cuda and x.dtype != torch.float32):
+        x = x.float()
+    ptr, col, val = torch.ops.lzo.to_events(x)
+    if x.dtype == torch.bool or (val.numel() and bool((val == 1).all())):
         val = val.new_empty(0)
     return SpikeEvents(ptr, col, val, x.shape[0], x.shape[1], x.shape[2])
 

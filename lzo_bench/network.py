@@ -84,7 +84,7 @@ def readout_logits(stack: Stack, o: torch.Tensor) -> torch.Tensor:
 def dense_network(stack: Stack, x: torch.Tensor | SpikeEvents, layer_fn: Callable) -> Forward:
     """The network on dense tensors, layer by layer through ``layer_fn`` (the pure-PyTorch reference
     :func:`lzo_bench.lif.lif_layer`, or the naive per-step baseline)."""
-    h = x.dense() if isinstance(x, SpikeEvents) else x
+    h = x.dense() if isinstance(x, SpikeEvents) else x if x.is_floating_point() else x.float()
     spikes, active, out = [], [], None
     for layer, hid in enumerate(stack.hidden):
         out = layer_fn(h, hid.weight, hid.beta, hid.theta, hid.spec, hid.key, layer, out, bias=hid.bias)

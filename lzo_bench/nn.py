@@ -43,12 +43,15 @@ from lzo_bench.network import Hidden, Readout, Stack, dense_network, readout_log
 from lzo_bench.rng import DrawKey
 
 
-def _as_float(x: torch.Tensor | SpikeEvents) -> torch.Tensor | SpikeEvents:
-    if isinstance(x, SpikeEvents):
-        return x
-    if x.dim() != 3:
+def _checked(x: torch.Tensor | SpikeEvents) -> torch.Tensor | SpikeEvents:
+    if not isinstance(x, SpikeEvents) and x.dim() != 3:
         raise ValueError(f"input must have shape [T, B, n], got {tuple(x.shape)}")
-    return x if x.dtype == torch.float32 else x.to(torch.float32)
+    return x
+
+
+def _as_float(x: torch.Tensor | SpikeEvents) -> torch.Tensor | SpikeEvents:
+    x = _checked(x)
+    return x if isinstance(x, SpikeEvents) or x.dtype == torch.float32 else x.to(torch.float32)
 
 
 class LIF(nn.Module):
@@ -171,8 +174,9 @@ class Sequential(nn.Module):
         return self._backends[cache]
 
     def run(self, x: torch.Tensor | SpikeEvents) -> Forward:
-        """Logits, spike counts per hidden layer, active entries and spikes (:class:`Forward`)."""
-        x = _as_float(x)
+        """Logits, spike counts per hidden layer, active entries and spikes (:class:`Forward`); a bool
+        or uint8 ``x`` goes to the event compaction as it is (no float copy)."""
+        x = _checked(x)
         stack = self.stack(self.training and torch.is_grad_enabled())
         backend = self._backend(stack.readout.weight.device, stack)
         if backend.network is not None:

@@ -211,7 +211,7 @@ def _register_fakes(ns: str) -> None:
         torch._check(x.dim() == 3, lambda: "x must have shape [T, B, N]")
         nnz = dyn()
         return x.new_empty((x.shape[0] * x.shape[1] + 1,), dtype=torch.int32), x.new_empty((nnz,), dtype=torch.int32), \
-            x.new_empty((nnz,))
+            x.new_empty((nnz,), dtype=torch.float32)
 
     @torch.library.register_fake(f"{ns}::batch_events")
     def _batch_events(events, offsets, idx, steps, units):

@@ -218,6 +218,13 @@ def test_spike_events_round_trip_and_compaction():
     assert torch.equal(ev.dense(), x)
     binary = (x > 0.5).float()
     assert as_events(binary).val.numel() == 0 and torch.equal(as_events(binary).dense(), binary)
+    for spikes in (x > 0.5, (x * 4).to(torch.uint8)):  # no float copy: the same lists, values as float32
+        p2, c2, v2 = torch.ops.lzo.to_events(spikes)
+        want = torch.ops.lzo.to_events(spikes.float())
+        assert v2.dtype == torch.float32 and all(torch.equal(a, b) for a, b in zip((p2, c2, v2), want))
+    assert as_events(x > 0.5).val.numel() == 0 and torch.equal(as_events(x > 0.5).dense(), binary)
+    with pytest.raises(RuntimeError, match="must be float32, uint8 or bool, got Long"):
+        torch.ops.lzo.to_events(torch.zeros(2, 2, 2, dtype=torch.int64))
     # unsorted rows with a duplicate: sorted, counted once
     ev2 = SpikeEvents.from_keys(torch.tensor([4, 0, 4, 4]) * 3 + torch.tensor([2, 1, 0, 2]), 3, 2, 3)
     assert ev2.ptr.tolist() == [0, 1, 1, 1, 1, 3, 3] and ev2.col.tolist() == [1, 0, 2]
