@@ -13,12 +13,16 @@ from lzo_bench.cli.common import app, fail, out_dir, print_json, typed
 
 
 class ExportFormat(str, Enum):
+    """``--format``: the names :mod:`lzo_bench.export_run` takes."""
+
     ONNX = "onnx"
     ONNX_STEP = "onnx-step"
     NIR = "nir"
 
 
 class WeightDtype(str, Enum):
+    """``--dtype``: how an ONNX file stores its weights."""
+
     FLOAT32 = "float32"
     FLOAT16 = "float16"
 

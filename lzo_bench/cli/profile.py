@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.backends import BackendName
-from lzo_bench.cli.common import DistName, app, fail, out_dir, typed
+from lzo_bench.cli.common import DistName, app, fail, out_dir, print_json, typed
 from lzo_bench.gates import Method
 
 
@@ -34,7 +34,6 @@ def profile(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Time per phase, speedups, active %, memory and energy per update — all methods in one run."""
-    import json as _json
     from datetime import datetime
 
     from rich.progress import Progress
@@ -95,8 +94,7 @@ def profile(
     except OSError as e:  # a full disk, say: each file is written atomically, none is left half-written
         raise fail(f"cannot write the profile into {target} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:
-        typer.echo(_json.dumps(report, indent=2))
-        return
+        return print_json(report)
     console.print(profile_table(report))
     console.print(f"weights: {report['workload']['weights']}", highlight=False)
     e = report["energy"]
