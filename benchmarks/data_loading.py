@@ -25,7 +25,7 @@ from lzo_bench.backends import select_backend
 from lzo_bench.data import batches, load_dataset
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, SpikeRegularizer, classification_loss
-from lzo_bench.profile import WORKLOADS, calibrate_gain
+from lzo_bench.workloads import WORKLOADS, calibrate_gain
 from lzo_bench.rng import DrawKey
 
 

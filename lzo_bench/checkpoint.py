@@ -17,17 +17,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from lzo_bench import __version__
 from lzo_bench.data.base import DatasetInfo
 from lzo_bench.fsio import atomic_torch_save
+from lzo_bench.limits import MAX_STEPS
 from lzo_bench.model import SNN, NetworkSpec
-
-if TYPE_CHECKING:
-    from lzo_bench.train import TrainConfig
 
 CHECKPOINT_FORMAT = "lzo-bench-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,8 +35,14 @@ class CheckpointError(ValueError):
     """The file is missing, is not an lzo-bench checkpoint, or is of an incompatible version."""
 
 
+class TrainRecord(Protocol):
+    """What a checkpoint stores of a run's configuration (:class:`lzo_bench.train.TrainConfig`)."""
+
+    def to_dict(self) -> dict: ...
+
+
 def save_checkpoint(
-    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: "TrainConfig", epoch: int,
+    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: TrainRecord, epoch: int,
     optimizer: torch.optim.Optimizer | None = None, update: int | None = None,
 ) -> Path:
     return atomic_torch_save(path, {
@@ -64,7 +68,6 @@ def check_contents(path: Path, ckpt: dict[str, Any], network: NetworkSpec) -> No
     its steps within train's limit) and the epoch. A hand-edited checkpoint fails here in one line
     instead of with a KeyError, a shape error or a 919 GB allocation later (issue 19, D7)."""
     from lzo_bench.data import DATASET_INFO
-    from lzo_bench.train import MAX_STEPS
 
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path} {what}; use the checkpoint.pt a run of lzo-bench train wrote")

@@ -8,7 +8,7 @@ plus SparseGrad's spike-count regulariser on both hidden layers (f_up = 1). ``--
 f_up = 10. Input: Bernoulli spikes (1.2 % per (step, input) for nmnist, 1 % for shd), dense
 float32 ``[T, B, n_in]``, random labels, drawn once from a fixed seed. Weights: one draw of
 N(0, g·(1−β)/√fan_in) with the gain g calibrated so hidden layer 1 fires at 1 % per (step,
-neuron) on that input (:func:`lzo_bench.profile.calibrate_gain`), copied into every library.
+neuron) on that input (:func:`lzo_bench.workloads.calibrate_gain`), copied into every library.
 
 One update = forward incl. loss, ``zero_grad(set_to_none=True)`` + backward, Adam(lr=2e-4) step.
 Every contender trains its own copy of the same initial weights on the same batch. After
@@ -65,7 +65,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,7 +74,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lzo_bench.profile import WORKLOADS, Workload
+from lzo_bench.stats import median_iqr
+from lzo_bench.timing import PhaseClock
+from lzo_bench.workloads import WORKLOADS, Workload
 
 LR = 2e-4
 DELTA = 0.05
@@ -90,7 +91,7 @@ REFERENCE = "lzo localzo"
 # --------------------------------------------------------------------------- workload
 
 
-#: the workloads peers.py runs: the paper's N-MNIST and SHD networks (lzo_bench.profile.Workload)
+#: the workloads peers.py runs: the paper's N-MNIST and SHD networks (lzo_bench.workloads.Workload)
 SHAPES = {name: WORKLOADS[name] for name in ("nmnist", "shd")}
 
 
@@ -105,7 +106,7 @@ def make_inputs(shape: Workload, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 def initial_weights(shape: Workload, x: torch.Tensor) -> tuple[list[torch.Tensor], float, float]:
     """``([W1 [n_in,200], W2 [200,200], W_out [200,C]], gain, layer-1 rate)``, calibrated on ``x``."""
     from lzo_bench.model import SNN
-    from lzo_bench.profile import calibrate_gain
+    from lzo_bench.workloads import calibrate_gain
 
     gain, rate = calibrate_gain(shape.network(), x)
     model = SNN(shape.network("normal", gain), torch.Generator().manual_seed(0))
@@ -373,35 +374,31 @@ def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], bac
     return Contender(name, library, version, detail, module, fl, opt)
 
 
+CPU_CLOCK = PhaseClock(torch.device("cpu"))  # the peers run on the CPU: perf_counter phase edges
+
+
 def timed_update(c: Contender, x: torch.Tensor, y: torch.Tensor, record: bool) -> None:
+    """One update of ``c``: its phases on :data:`CPU_CLOCK`, its process CPU time, the first update's spikes."""
+    clock = CPU_CLOCK
     c0 = time.process_time()
-    t0 = time.perf_counter()
+    t0 = clock.mark()
     loss, spikes = c.forward_loss(x, y, c.updates)
-    t1 = time.perf_counter()
+    t1 = clock.mark()
     c.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    t2 = time.perf_counter()
+    t2 = clock.mark()
     c.optimizer.step()
-    t3 = time.perf_counter()
+    t3 = clock.mark()
     c1 = time.process_time()
     if c.first_spikes is None:
         c.first_spikes = [s.detach() for s in spikes()]
     c.updates += 1
     if record:
-        c.fwd.append(1e3 * (t1 - t0))
-        c.bwd.append(1e3 * (t2 - t1))
-        c.opt.append(1e3 * (t3 - t2))
-        c.total.append(1e3 * (t3 - t0))
+        c.fwd.append(clock.ms(t0, t1))
+        c.bwd.append(clock.ms(t1, t2))
+        c.opt.append(clock.ms(t2, t3))
+        c.total.append(clock.ms(t0, t3))
         c.cpu.append(1e3 * (c1 - c0))
-
-
-def _median_iqr(v: list[float]) -> tuple[float, float]:
-    if not v:
-        return math.nan, math.nan
-    if len(v) < 2:
-        return v[0], 0.0
-    q = statistics.quantiles(v, n=4, method="inclusive")
-    return statistics.median(v), q[2] - q[0]
 
 
 def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor], shape: Workload,
@@ -446,11 +443,11 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
     for c in contenders:
         if c.name in failed:
             continue
-        fwd, fwd_iqr = _median_iqr(c.fwd)
-        bwd, bwd_iqr = _median_iqr(c.bwd)
-        opt, opt_iqr = _median_iqr(c.opt)
-        tot, tot_iqr = _median_iqr(c.total)
-        cpu, cpu_iqr = _median_iqr(c.cpu)
+        fwd, fwd_iqr = median_iqr(c.fwd)
+        bwd, bwd_iqr = median_iqr(c.bwd)
+        opt, opt_iqr = median_iqr(c.opt)
+        tot, tot_iqr = median_iqr(c.total)
+        cpu, cpu_iqr = median_iqr(c.cpu)
         s1, s2 = c.first_spikes[0], c.first_spikes[1]
         d1 = float((s1.sum(0) - ref_spikes[0].sum(0)).abs().max())
         d2 = float((s2.sum(0) - ref_spikes[1].sum(0)).abs().max())

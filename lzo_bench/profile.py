@@ -16,7 +16,6 @@ Energy (``--energy``): see :func:`measure_energy`.
 from __future__ import annotations
 
 import functools
-import math
 import platform
 import statistics
 import time
@@ -29,7 +28,7 @@ import torch
 from lzo_bench import __version__
 from lzo_bench.backends import AUTOGRAD_LOOP, Backend, select_backend
 from lzo_bench.checkpoint import checkpoint_steps, load_checkpoint
-from lzo_bench.data import DATASET_INFO, DatasetMissing, load_dataset
+from lzo_bench.data import DatasetMissing, load_dataset
 from lzo_bench.energy import (
     EnergyEstimate, MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_period_ms,
     difference, estimate, integrate_power_j, open_meter,
@@ -41,50 +40,14 @@ from lzo_bench.events import SpikeEvents
 from lzo_bench.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, static_metrics
 from lzo_bench.rng import DrawKey
+from lzo_bench.stats import median_iqr
+from lzo_bench.timing import PhaseClock
 from lzo_bench.train import sync_device
+from lzo_bench.workloads import WORKLOADS, Workload, calibrate_gain
 
 BASELINE = "autograd-loop"
 
 
-@dataclass(frozen=True)
-class Workload:
-    """A dataset's shape and the paper's network constants for it (DESIGN.md §3)."""
-
-    name: str
-    n_in: int
-    n_out: int
-    steps: int
-    beta: float
-    beta_out: float
-    reduce: str
-    init: str
-    init_gain: float
-    synthetic_rate: float  # input spikes per (step, unit) when the data is not on disk
-    batch: int = 256
-    f_up: float = 1.0  # the spike-count regulariser's upper bound
-    hidden: tuple[int, ...] = (200, 200)
-    theta: float = 1.0
-
-    def network(self, init: str | None = None, init_gain: float | None = None) -> NetworkSpec:
-        """The paper's 2 × 200 network for this workload (optionally with another init)."""
-        return NetworkSpec(self.n_in, self.hidden, self.n_out, self.beta, self.beta_out, self.theta,
-                           reduce=self.reduce, init=init or self.init,
-                           init_gain=self.init_gain if init_gain is None else init_gain)
-
-
-#: input spikes per (step, unit) of the synthetic stand-in for each dataset (about the real rate)
-SYNTHETIC_RATE = {"digits": 0.012, "nmnist": 0.012, "shd": 0.01, "fmnist": 0.005}
-
-
-def workload(name: str) -> Workload:
-    """The paper's constants for dataset ``name`` (from its :class:`DatasetInfo`)."""
-    info = DATASET_INFO[name]
-    return Workload(name, info.n_units, info.n_classes, info.default_steps,
-                    math.exp(-info.dt_ms / info.tau_mem_ms), math.exp(-info.dt_ms / info.tau_out_ms),
-                    info.reduce, info.init, info.init_gain, SYNTHETIC_RATE[name], f_up=info.f_up)
-
-
-WORKLOADS = {name: workload(name) for name in DATASET_INFO}
 
 
 def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None = None
@@ -119,32 +82,6 @@ def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, sum(seen.values())
 
 
-SYNTHETIC_HIDDEN_RATE = 0.01
-
-
-@torch.no_grad()
-def calibrate_gain(net: NetworkSpec, x: torch.Tensor, target: float = SYNTHETIC_HIDDEN_RATE) -> tuple[float, float]:
-    """Gain ``g`` of ``N(0, g·(1−β)/√fan_in)`` weights at which hidden layer 1 fires at ``target``
-    spikes per (step, neuron) on ``x`` (bisection in log-space); returns ``(g, rate reached)``.
-
-    Untrained networks with the paper's init are silent on synthetic input; a trained network is
-    not, and a silent one would make every sparse backward trivially empty.
-    """
-
-    backend = select_backend("auto", x.device)
-    lo, hi = 0.1, 1e4
-    rate = 0.0
-    for _ in range(30):
-        g = math.sqrt(lo * hi)
-        model = SNN(replace(net, init="normal", init_gain=g), torch.Generator().manual_seed(0)).to(x.device)
-        count = model(x, backend=backend).counts[0]
-        rate = float(count.sum()) / (x.shape[0] * count.numel())
-        lo, hi = (g, hi) if rate < target else (lo, g)
-        if abs(rate - target) < 0.05 * target:
-            break
-    return math.sqrt(lo * hi), rate
-
-
 @dataclass
 class Runner:
     """One method's network, optimiser and backend."""
@@ -165,25 +102,6 @@ class Runner:
     def forward_loss(self, x: torch.Tensor | SpikeEvents, y: torch.Tensor, update: int):
         out = self.model(x, self.spec, DrawKey(0, update), self.backend)
         return out, classification_loss(out.logits, y) + self.regularizer(out.counts)
-
-
-class PhaseClock:
-    """Phase edges: CUDA events (plus a sync per edge) on GPU, perf_counter after a sync elsewhere."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            torch.cuda.synchronize(self.device)
-            return e
-        return time.perf_counter()
-
-    def ms(self, a, b) -> float:
-        return a.elapsed_time(b) if self.cuda else 1e3 * (b - a)
 
 
 def timed_update(r: Runner, x: torch.Tensor | SpikeEvents, y: torch.Tensor, update: int, clock: PhaseClock) -> None:
@@ -368,13 +286,6 @@ class ProfileConfig:
     run: str | None = None  # a run folder: profile its trained network on its dataset instead
 
 
-def _median_iqr(v: list[float]) -> tuple[float, float]:
-    if len(v) < 2:
-        return (v[0] if v else math.nan), 0.0
-    q = statistics.quantiles(v, n=4)
-    return statistics.median(v), q[2] - q[0]
-
-
 def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | None = None,
                 nvml: Any = None) -> dict[str, Any]:
     """Measure every method of ``cfg``; returns the report written to ``profile.json``."""
@@ -467,7 +378,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
 
     by = {r.name: r for r in runners}
     ref_name = "surrogate" if "surrogate" in by else BASELINE
-    med = {r.name: {k: _median_iqr(getattr(r, k)) for k in ("fwd", "bwd", "opt")} for r in runners}
+    med = {r.name: {k: median_iqr(getattr(r, k)) for k in ("fwd", "bwd", "opt")} for r in runners}
     rows = []
     for r in runners:
         m = med[r.name]

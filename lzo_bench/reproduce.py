@@ -217,13 +217,12 @@ def _train_job(kwargs: dict[str, Any], threads: int) -> str:
 
     if threads:
         torch.set_num_threads(threads)
-    kwargs = dict(kwargs)
-    kwargs["hidden"] = tuple(kwargs["hidden"])
+    cfg = TrainConfig.from_dict(kwargs)
     try:
-        train(TrainConfig(**kwargs))
+        train(cfg)
     except (TrainingDiverged, TrainingFailed):
         pass  # metrics.json says "diverged" / "failed"; summarize counts it
-    return kwargs["out"]
+    return cfg.out
 
 
 def _train_in_scratch(kwargs: dict[str, Any], threads: int) -> dict[str, bytes]:

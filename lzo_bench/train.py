@@ -32,6 +32,7 @@ from lzo_bench.data.encoding import TooLarge
 from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
 from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
+from lzo_bench.limits import FLOAT32_MAX, FLOAT32_TINY, LIMIT_WHY, MAX_EPOCHS, MAX_NEURONS, MAX_STEPS
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import MAX_SAMPLES, MAX_SEED, DrawKey
 from lzo_bench.signals import Terminated, signum_of
@@ -101,13 +102,6 @@ def finite_model(model: torch.nn.Module) -> bool:
     return bool(torch.stack(checks).all())
 
 
-FLOAT32_TINY, FLOAT32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
-MAX_STEPS = 100_000     # time bins: 100 s at 1 ms; beyond, a batch no longer fits in memory
-MAX_NEURONS = 1 << 20   # per hidden layer
-MAX_EPOCHS = 1_000_000  # metrics.json keeps a record per epoch, rewritten after every epoch
-LIMIT_WHY = {"--samples": "the kernels count LocalZO samples in 16 bits of the Philox counter",
-             "--steps": "100 s at 1 ms bins; a longer sequence does not fit a batch in memory",
-             "--epochs": "metrics.json keeps a record per epoch and is rewritten after each"}
 
 
 def check_float32_positive(option: str, value: float, usual: str) -> None:
@@ -207,9 +201,18 @@ class TrainConfig:
         return Path("runs") / f"{self.dataset}-{self.method}-{self.dist}-seed{self.seed}-{stamp}"
 
     def to_dict(self) -> dict:
+        """The fields as JSON-ready values (``hidden`` a list): a checkpoint's and config.json's ``train``."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The configuration :meth:`to_dict` wrote (``hidden`` as a list or tuple), or any dict of its
+        fields; the one way a ``TrainConfig`` is rebuilt from a dict (a checkpoint's ``train``, a
+        reproduce trial's arguments). An unknown field raises ``TypeError``, a missing ``hidden``
+        ``KeyError``; the values are not validated (:meth:`validate`)."""
+        return cls(**{**d, "hidden": tuple(d["hidden"])})
 
 
 @dataclass
@@ -438,7 +441,7 @@ def resume_config(run: str | Path, epochs: int | None = None, energy: bool | Non
         raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint has no optimizer state (written by an "
                                       "older lzo-bench), so it cannot continue exactly; train it again")
     try:
-        cfg = TrainConfig(**(ckpt["train"] | {"hidden": tuple(ckpt["train"]["hidden"])}))
+        cfg = TrainConfig.from_dict(ckpt["train"])
     except (TypeError, KeyError) as e:
         raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint's configuration is unreadable ({e})") from None
     try:  # the checkpoint's own values, named as the checkpoint's (the user typed no --lr: issue 19, D13)

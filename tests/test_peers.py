@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lzo_bench import peers
 from lzo_bench.cli import app
-from lzo_bench.profile import Workload
+from lzo_bench.workloads import Workload
 
 TINY = Workload("tiny", 12, 4, 25, 0.9, 0.85, "max", "normal", 1.0, 0.2, batch=6, hidden=(10, 8))
 

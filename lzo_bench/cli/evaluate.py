@@ -1,0 +1,38 @@
+"""``lzo-bench evaluate``: NeuroBench metrics of a trained run (:func:`lzo_bench.evaluate.evaluate_run`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from lzo_bench.cli.common import app, fail, print_json
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset (default: the run's own, else $LZO_DATA_DIR or ./data).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Test samples per forward (≥ 1); the metrics do not depend on it.")] = 256,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """NeuroBench metrics of a trained network on its run's test set: accuracy, activation sparsity
+    (total and per layer), synaptic operations, membrane updates, parameters, footprint, connection sparsity."""
+    from lzo_bench.checkpoint import CheckpointError
+    from lzo_bench.data import DatasetError, DatasetMissing
+    from lzo_bench.evaluate import evaluate_run
+    from lzo_bench.report import console, evaluate_table
+
+    if batch_size < 1:
+        raise fail(f"--batch-size must be ≥ 1 (got {batch_size})")
+    try:
+        report = evaluate_run(run, data_dir, batch_size)
+    except CheckpointError as e:
+        raise fail(str(e)) from None
+    except DatasetMissing as e:
+        raise fail(f"the run's test set is not there: {e}") from None
+    except DatasetError as e:
+        raise fail(f"the run's test set is damaged: {e}") from None
+    if json_out:
+        return print_json(report)
+    console.print(evaluate_table(report))
