@@ -5,7 +5,6 @@ import builtins
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lzo_bench import peers

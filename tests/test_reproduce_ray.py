@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import lzo_bench
 from lzo_bench.cli import app
-from lzo_bench.reproduce import Engine, load_profile, run_grid, with_overrides
+from lzo_bench.reproduce import load_profile, run_grid, with_overrides
 
 ray = pytest.importorskip("ray")
 
