@@ -361,3 +361,26 @@ def test_train_threads_sets_torchs_threads_for_the_run_only(tmp_path):
     assert torch.get_num_threads() == before
     bad = runner.invoke(app, ["train", "--threads", "100000", "--out", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "error: --threads must lie in [1, " in plain(bad.output)
+
+
+@pytest.mark.parametrize("signal_class,code,name", [(KeyboardInterrupt, 130, "SIGINT"), (None, 143, "SIGTERM")])
+@pytest.mark.parametrize("command,patch", [
+    (["doctor"], "lzo_bench.doctor.run_checks"),
+    (["evaluate", "somewhere"], "lzo_bench.evaluate.evaluate_run"),
+    (["theory", "check"], "lzo_bench.theory_checks.check"),
+])
+def test_an_interrupt_after_start_up_is_one_line_and_128_plus_the_signal(monkeypatch, command, patch, signal_class,
+                                                                         code, name):
+    """Issue 19, D5: Ctrl-C or SIGTERM inside export, profile, evaluate, doctor or theory was click's
+    'Aborted!' and exit 1; now one line naming the signal and what was kept, exit 128 + signal."""
+    from lzo_bench.signals import Terminated
+
+    def interrupted(*args, **kwargs):
+        raise (signal_class or Terminated)()
+
+    module, name_ = patch.rsplit(".", 1)
+    monkeypatch.setattr(__import__(module, fromlist=[name_]), name_, interrupted)
+    result = runner.invoke(app, command)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code and "Aborted" not in result.output, result.output
+    assert lines[-1].startswith(f"error: interrupted ({name}); ")

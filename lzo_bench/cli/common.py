@@ -3,10 +3,12 @@ small helpers that turn a bad option into one ``error:`` line (:func:`fail`)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
 import typer
 
@@ -33,6 +35,27 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print ``error: message`` on one line to stderr and return the exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def interruptible(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command whose Ctrl-C or SIGTERM (:mod:`lzo_bench.signals`) ends in one line naming the signal
+    and ``what`` was kept, and exit 128 + signal — not click's ``Aborted!`` and exit 1 (issue 19, D5).
+    The commands write their files atomically, so an interrupt leaves none half-written."""
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)  # typer reads the options from the wrapped signature
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from lzo_bench.signals import signum_of
+
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                n = signum_of(e)
+                raise fail(f"interrupted ({signal.Signals(n).name}); {what}", 128 + n) from None
+
+        return run
+
+    return wrap
 
 
 def out_dir(path: Path, target: Path, create: bool, choose: str = "folder") -> None:

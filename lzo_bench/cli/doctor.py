@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from lzo_bench.cli.common import app, print_json
+from lzo_bench.cli.common import app, interruptible, print_json
 
 
 @app.command()
+@interruptible("the checks did not finish")
 def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False) -> None:
     """What works on this machine and why not where not: torch, the C++ and CUDA ops (with the CUDA
     self-check), GPU, NVML energy and power, RAPL, onnxruntime and its providers, the optional extras."""

@@ -6,10 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.cli.common import app, fail, print_json
+from lzo_bench.cli.common import app, fail, interruptible, print_json
 
 
 @app.command()
+@interruptible("nothing was written")
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],
     data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset (default: the run's own, else $LZO_DATA_DIR or ./data).")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.cli.common import app, fail, out_dir, print_json, typed
+from lzo_bench.cli.common import app, fail, interruptible, out_dir, print_json, typed
 
 
 class ExportFormat(str, Enum):
@@ -28,6 +28,7 @@ class WeightDtype(str, Enum):
 
 
 @app.command()
+@interruptible("no file was written (each is written whole or not at all)")
 def export(
     ctx: typer.Context,
     run: Annotated[str, typer.Argument(help="Run folder (or its checkpoint.pt) written by `lzo-bench train`.")],

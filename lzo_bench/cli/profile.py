@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.backends import BackendName
-from lzo_bench.cli.common import DistName, app, fail, out_dir, print_json, typed
+from lzo_bench.cli.common import DistName, app, fail, interruptible, out_dir, print_json, typed
 from lzo_bench.gates import Method
 
 
 @app.command()
+@interruptible("no report was written")
 def profile(
     ctx: typer.Context,
     workload: Annotated[str, typer.Option(help="digits, nmnist, shd or fmnist (real data when on disk, else synthetic spikes of its shape).")] = "digits",

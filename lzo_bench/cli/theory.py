@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.cli.common import DistName, app, fail, print_json
+from lzo_bench.cli.common import DistName, app, fail, interruptible, print_json
 
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True,
                          rich_markup_mode=None)
@@ -43,6 +43,7 @@ def theory_table1(json_out: Annotated[bool, typer.Option("--json", help="Print J
 
 
 @theory_app.command("check")
+@interruptible("nothing was written")
 def theory_check(
     delta: Annotated[float, typer.Option(help="δ (> 0).")] = 0.05,
     draws: Annotated[int, typer.Option(help="Draws per grid point (≥ 100).")] = 20_000,
@@ -79,6 +80,7 @@ def theory_check(
 
 
 @theory_app.command("plot")
+@interruptible("nothing was written")
 def theory_plot(
     out: Annotated[str, typer.Option(help="Folder for the PNG files.")] = "theory-plots",
     surrogate: Annotated[DistName, typer.Option(help="Distribution or surrogate for the sampling figure.")] = "sigmoid",  # type: ignore[assignment]
