@@ -209,8 +209,28 @@ def finished(path: Path) -> bool:
         return False
 
 
-def _train_job(kwargs: dict[str, Any], threads: int) -> str:
-    """One trial; a trial that diverges or fails is recorded as such in its folder and the grid goes on."""
+class _EpochReporter:
+    """Hands the running trial's finished epochs to ``on_epoch(out, epoch, epochs)`` (a train Reporter)."""
+
+    def __init__(self, out: str, epochs: int, on_epoch: Callable[[str, int, int], None]):
+        self.out, self.epochs, self.on_epoch = out, epochs, on_epoch
+
+    def start(self, result: Any, n_batches: int) -> None:
+        self.on_epoch(self.out, 0, self.epochs)
+
+    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
+
+    def epoch(self, record: Any) -> None:
+        self.on_epoch(self.out, record.epoch, self.epochs)
+
+    def warn(self, message: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, int, int], None] | None = None) -> str:
+    """One trial; a trial that diverges or fails is recorded as such in its folder and the grid goes on.
+    ``on_epoch(out, epoch, epochs)``: each finished epoch of the trial (``epoch`` 0 at its start)."""
     import torch
 
     from lzo_bench.train import TrainConfig, TrainingDiverged, TrainingFailed, train
@@ -219,7 +239,7 @@ def _train_job(kwargs: dict[str, Any], threads: int) -> str:
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(kwargs)
     try:
-        train(cfg)
+        train(cfg, _EpochReporter(cfg.out, cfg.resolved().epochs, on_epoch) if on_epoch else None)
     except (TrainingDiverged, TrainingFailed):
         pass  # metrics.json says "diverged" / "failed"; summarize counts it
     return cfg.out
@@ -267,12 +287,13 @@ class GridOutcome:
 
 def _run_local(
     todo: list[dict[str, Any]], jobs: int, progress: Callable[[int, int, str], None], outcome: GridOutcome,
+    on_epoch: Callable[[str, int, int], None] | None = None,
 ) -> None:
-    """Train ``todo`` here (``jobs`` = 1) or in ``jobs`` local processes. Ctrl-C propagates once
-    the pool's queued trials are cancelled."""
+    """Train ``todo`` here (``jobs`` = 1, each trial's epochs to ``on_epoch``) or in ``jobs`` local
+    processes. Ctrl-C propagates once the pool's queued trials are cancelled."""
     if jobs <= 1:
         for kw in todo:
-            _train_job(kw, 0)
+            _train_job(kw, 0, on_epoch)
             outcome.done += 1
             progress(outcome.done, len(todo), kw["out"])
         return
@@ -365,10 +386,12 @@ def run_grid(
     data_dir: str | None = None, download: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     engine: Engine = Engine.LOCAL, address: str | None = None, retries: int = 2,
+    on_epoch: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train every method × trial not finished yet (whichever engine ran the finished ones);
     returns counts of run and skipped, the trials lost (Ray: worker died past ``retries``) and
-    whether Ctrl-C stopped it."""
+    whether Ctrl-C stopped it. ``on_epoch(out, epoch, epochs)``: the running trial's epochs, where the
+    trials run one at a time in this process (local engine, ``jobs`` = 1)."""
     import torch
 
     from lzo_bench.train import TrainingInterrupted
@@ -393,7 +416,7 @@ def run_grid(
         if engine is Engine.RAY:
             _run_ray(todo, jobs, device, address, retries, progress, outcome)
         else:
-            _run_local(todo, jobs, progress, outcome)
+            _run_local(todo, jobs, progress, outcome, on_epoch)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         interrupted = signum_of(e)
     return {"trained": outcome.done, "skipped": skipped, "lost": outcome.lost, "interrupted": interrupted}

@@ -251,3 +251,17 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"error: cannot write the summary into {tmp_path / 'grid'} "
                                                              "(No space left on device); the finished trials are kept")
+
+
+def test_the_running_trials_epochs_reach_the_progress(tmp_path):
+    """Issue 19, output: reproduce's bar counted trials only; the serial local engine also reports the
+    running trial's epochs (0 at its start, then each finished one)."""
+    from lzo_bench.reproduce import run_grid
+
+    (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 2").replace("trials = 1", "trials = 2")
+                                     + "hidden = [12, 12]\n")
+    seen: list[tuple[str, int, int]] = []
+    counts = run_grid(load_profile(tmp_path / "p.toml"), tmp_path / "grid",
+                      on_epoch=lambda out, epoch, total: seen.append((Path(out).name, epoch, total)))
+    assert counts["trained"] == 2
+    assert seen == [(f"surrogate-seed{s}", e, 2) for s in (0, 1) for e in (0, 1, 2)]

@@ -63,9 +63,16 @@ def reproduce(
     out_dir(target, target, True)  # created only once the data is known to be there (issue 19, D10)
     with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task(f"{prof.name}: trials", total=None)
+        epochs = bar.add_task("running trial: epochs", total=None, visible=False)
+
+        def on_epoch(out: str, epoch: int, total: int) -> None:
+            bar.update(epochs, completed=epoch, total=total, visible=True,
+                       description=f"{Path(out).name}: epochs")
+
         try:
             counts = run_grid(prof, target, jobs, device, backend.value, data_dir, download,
-                              lambda n, total, _: bar.update(task, completed=n, total=total), engine, address, retries)
+                              lambda n, total, _: bar.update(task, completed=n, total=total), engine, address, retries,
+                              on_epoch)
         except (ConfigError, EngineUnavailable) as e:
             raise fail(str(e)) from None
     summary = summarize(prof, target)
