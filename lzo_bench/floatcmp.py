@@ -66,7 +66,7 @@ def compare_logits(ours: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor,
                    counts: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Agreement:
     """``ours`` against ``ref`` (``[B, C]``) within ``bound`` per logit, and each ``(ours, ref)`` pair of
     spike counts equal."""
-    diff = (ours.double() - ref.double()).abs()
+    diff = (ours.detach().double() - ref.detach().double()).abs()
     within = bool((diff <= bound.to(diff)).all()) and bool(torch.isfinite(diff).all())
     counts_equal = all(torch.equal(a, b) for a, b in counts)
     return Agreement(counts_equal, float(diff.max()) if diff.numel() else 0.0,
