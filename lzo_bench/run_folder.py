@@ -22,9 +22,10 @@ import torch
 
 from lzo_bench.backends import Backend
 from lzo_bench.checkpoint import CheckpointError, load_checkpoint
-from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
+from lzo_bench.data.base import DatasetInfo
+from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN
+from lzo_bench.model import SNN, NetworkSpec
 from lzo_bench.train_config import ConfigError, TrainConfig
 
 
@@ -85,6 +86,10 @@ class RunResult:
             "wall_s": self.wall_s,
             "energy_j": sum(r.energy_j for r in self.history) if all(r.energy_j is not None for r in self.history) else None,
         }
+
+    def write_metrics(self, **extra) -> None:
+        """Write :meth:`metrics` (with ``extra`` keys, e.g. ``failure``) to ``out/metrics.json``, atomically."""
+        atomic_write_json(self.out / "metrics.json", self.metrics() | extra)
 
     def metrics(self) -> dict:
         return {
@@ -168,6 +173,22 @@ class RunFolder:
             return True
         (self.out / LOCK_NAME).unlink(missing_ok=True)
         return False
+
+
+def write_config(out: Path, cfg: TrainConfig, gate: GateSpec, network: NetworkSpec, info: DatasetInfo,
+                 n_train: int, n_test: int, backend: Backend, environment: dict) -> None:
+    """Write ``out/config.json`` (the resolved configuration, the gate, network, dataset, backend and
+    environment), atomically."""
+    atomic_write_json(out / "config.json", {
+        "train": cfg.to_dict(),
+        "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
+                 "scale": gate.dist.scale, "delta": gate.delta,
+                 "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
+        "network": network.to_dict(),
+        "dataset": asdict(info) | {"steps": cfg.steps, "n_train": n_train, "n_test": n_test},
+        "backend": {"name": backend.name, "reason": backend.reason},
+        "environment": environment,
+    })
 
 
 #: what ``--resume`` may change: the run trains on to more epochs, with or without the energy meter

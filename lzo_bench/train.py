@@ -13,7 +13,7 @@ import math
 import platform
 import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
@@ -26,13 +26,13 @@ from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.data.encoding import TooLarge
 from lzo_bench.devices import device_name, sync_device
-from lzo_bench.energy import NullMeter, counter_period_ms, epoch_energy_j, open_meter
-from lzo_bench.fsio import atomic_write_json
+from lzo_bench.energy import NullMeter, NvmlMeter, counter_period_ms, epoch_energy_j, open_meter
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.rng import MAX_SEED, DrawKey
 from lzo_bench.run_folder import (LOCK_NAME, PROCESS_ID, RESUME_MAY_CHANGE, RUN_ARTEFACTS, EpochRecord, RunFolder,
-                                  RunResult, earlier_environment, prepare_out_dir, restore_run, resume_config)
+                                  RunResult, earlier_environment, prepare_out_dir, restore_run, resume_config,
+                                  write_config)
 from lzo_bench.signals import sigterm_as_interrupt, signum_of
 from lzo_bench.threads import torch_threads
 from lzo_bench.train_config import ConfigError, TrainConfig, check_device_option, check_float32_positive
@@ -40,7 +40,8 @@ from lzo_bench.train_config import ConfigError, TrainConfig, check_device_option
 __all__ = [
     # the loop
     "train", "Reporter", "NullReporter", "TrainingDiverged", "TrainingInterrupted", "TrainingFailed",
-    "evaluate", "build_network", "finite_model", "silent_layers_warning",
+    "evaluate", "build_network", "build_gate", "run_backend", "run_datasets", "run_environment", "open_run_meter",
+    "finite_model", "silent_layers_warning",
     # re-exported: lzo_bench.train_config
     "ConfigError", "TrainConfig", "check_device_option", "check_float32_positive",
     # re-exported: lzo_bench.run_folder
@@ -150,32 +151,66 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
         return _train(cfg, reporter, resume)
 
 
-def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
-    reporter = reporter or NullReporter()
-    cfg = cfg.resolved()
+def build_gate(cfg: TrainConfig) -> GateSpec:
+    """The rule ``cfg`` names; a distribution that cannot be built is the option that made it."""
     try:
-        gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
+        return GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
     except ValueError as e:  # the distribution Theorem 3 builds from g: with a --k given, k is what made it fail
         if cfg.k is not None:
             raise ConfigError("--k", f"{cfg.k:g} gives no usable distribution for --dist {cfg.dist}: {e}; "
                                      f"choose k around 100") from None
         raise ConfigError("--dist", str(e)) from None
-    out = prepare_out_dir(cfg, resume)
-    cfg = replace(cfg, out=str(out))
-    device = torch.device(cfg.device)
+
+
+def run_backend(cfg: TrainConfig, device: torch.device, gate: GateSpec) -> Backend:
+    """The backend ``cfg.backend`` names, or :class:`ConfigError` saying why it is unavailable."""
     try:
-        backend = select_backend(cfg.backend, device, gate)
+        return select_backend(cfg.backend, device, gate)
     except BackendUnavailable as e:
         raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 
+
+def run_datasets(cfg: TrainConfig) -> tuple[SpikeDataset, SpikeDataset]:
+    """The training and test sets; a missing, damaged or too large dataset is the option at fault."""
     try:
-        train_set, test_set = load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
+        return load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
     except DatasetMissing as e:
         raise ConfigError("--data-dir", f"does not hold the dataset: {e}") from None
     except DatasetError as e:
         raise ConfigError("--data-dir", f"holds a damaged dataset: {e}") from None
     except TooLarge as e:
         raise ConfigError("--steps", f"{cfg.steps} is too many for this machine: {e}; choose fewer --steps") from None
+
+
+def run_environment(device: torch.device) -> dict:
+    """config.json's ``environment``: versions, device, host, threads and when the run was created."""
+    return {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": device_name(device), "host": platform.node(),
+            "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def open_run_meter(cfg: TrainConfig, device: torch.device, result: RunResult) -> tuple[NvmlMeter | NullMeter, float | None]:
+    """The energy meter (a :class:`NullMeter` without ``--energy``) and its counter's period; records
+    in ``result.energy`` what was asked for and how it is measured."""
+    meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+    period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
+    if cfg.energy:
+        result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
+                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
+                                   "epoch shorter than 10 counter periods is not measured",
+                         "counter_period_ms": period_ms}
+    return meter, period_ms
+
+
+def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
+    reporter = reporter or NullReporter()
+    cfg = cfg.resolved()
+    gate = build_gate(cfg)
+    out = prepare_out_dir(cfg, resume)
+    cfg = replace(cfg, out=str(out))
+    device = torch.device(cfg.device)
+    backend = run_backend(cfg, device, gate)
+    train_set, test_set = run_datasets(cfg)
     info = DATASET_INFO[cfg.dataset]
     net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
     torch.manual_seed(cfg.seed)
@@ -187,31 +222,14 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
     folder = RunFolder(out, cfg.overwrite, resume)
     try:  # from the folder's creation on: a signal or an error in the setup keeps no stale lock (D4, D5)
         done, update = 0, 0
-        environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                       "device": str(device), "device_name": device_name(device), "host": platform.node(),
-                       "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        environment = run_environment(device)
         if resume:
             done, update = restore_run(out, cfg, model, optimizer, result)
             before = earlier_environment(out)
             resumed = before.get("resumed") if isinstance(before.get("resumed"), list) else []
             environment |= {"created": before.get("created"), "resumed": resumed + [environment["created"]]}
-        meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
-        period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
-        if cfg.energy:
-            result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
-                             "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
-                                       "epoch shorter than 10 counter periods is not measured",
-                             "counter_period_ms": period_ms}
-        atomic_write_json(out / "config.json", {
-            "train": cfg.to_dict(),
-            "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
-                     "scale": gate.dist.scale, "delta": gate.delta,
-                     "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
-            "network": net_spec.to_dict(),
-            "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
-            "backend": {"name": backend.name, "reason": backend.reason},
-            "environment": environment,
-        })
+        meter, period_ms = open_run_meter(cfg, device, result)
+        write_config(out, cfg, gate, net_spec, info, len(train_set), len(test_set), backend, environment)
 
         n_batches = math.ceil(len(train_set) / cfg.batch_size)
         reporter.start(result, n_batches)
@@ -231,7 +249,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
         result.status = "diverged"
         result.wall_s = time.perf_counter() - started
         if result.history:
-            atomic_write_json(out / "metrics.json", result.metrics())
+            result.write_metrics()
         kept = not folder.release(bool(result.history))
         return TrainingDiverged(epoch, update, out, what, kept)
 
@@ -310,13 +328,13 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
                 save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
-                atomic_write_json(out / "metrics.json", result.metrics())
+                result.write_metrics()
                 saved = epoch  # checkpoint and metrics of this epoch are on disk
                 reporter.epoch(record)
         except KeyboardInterrupt as e:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
-            atomic_write_json(out / "metrics.json", result.metrics())
+            result.write_metrics()
             raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT),
                                       kept=not folder.release(bool(result.history))) from None
         except (TrainingDiverged, ConfigError):
@@ -328,7 +346,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
             del result.history[saved:]  # an epoch whose checkpoint did not reach the disk did not finish (D4)
             if saved:
                 try:
-                    atomic_write_json(out / "metrics.json", result.metrics() | {"failure": reason})
+                    result.write_metrics(failure=reason)
                 except OSError:
                     pass  # the folder itself may be what failed (a full disk): the last epoch's files stand
             kept = not folder.release(saved > done or resume)
