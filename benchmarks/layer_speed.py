@@ -46,7 +46,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.lif import autograd_loop_layer
 from lzo_bench.profile import saved_bytes
 from lzo_bench.rng import DrawKey
-from lzo_bench.train import device_name
+from lzo_bench.devices import device_name
 
 
 @dataclass

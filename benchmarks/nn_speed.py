@@ -24,7 +24,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, SpikeRegularizer, classification_loss
 from lzo_bench.peers import initial_weights, make_inputs
 from lzo_bench.rng import DrawKey
-from lzo_bench.train import device_name
+from lzo_bench.devices import device_name
 from lzo_bench.workloads import WORKLOADS
 
 RULES = {"localzo": spike.LocalZO, "sparsegrad": spike.SparseGrad, "surrogate": spike.Surrogate}

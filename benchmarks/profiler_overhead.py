@@ -20,7 +20,7 @@ from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, SpikeRegularizer
 from lzo_bench.profile import Runner, timed_update, workload_batches
 from lzo_bench.timing import PhaseClock
-from lzo_bench.train import sync_device
+from lzo_bench.devices import sync_device
 from lzo_bench.workloads import WORKLOADS
 
 

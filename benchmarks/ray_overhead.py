@@ -33,7 +33,7 @@ import ray
 import torch
 
 from lzo_bench.reproduce import Engine, Profile, load_profile, run_grid, with_overrides
-from lzo_bench.train import device_name
+from lzo_bench.devices import device_name
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 

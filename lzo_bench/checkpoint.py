@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
 
 
 class TrainRecord(Protocol):
-    """What a checkpoint stores of a run's configuration (:class:`lzo_bench.train.TrainConfig`)."""
+    """What a checkpoint stores of a run's configuration (:class:`lzo_bench.train_config.TrainConfig`)."""
 
     def to_dict(self) -> dict: ...
 

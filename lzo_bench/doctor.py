@@ -46,7 +46,7 @@ def torch_checks() -> list[Check]:
     cuda = torch.version.cuda
     rows = [Check("torch", OK, f"{torch.__version__}, {'CUDA ' + cuda + ' build' if cuda else 'CPU-only build'}; "
                                f"{torch.get_num_threads()} threads")]
-    from lzo_bench.train import device_name
+    from lzo_bench.devices import device_name
 
     rows.append(Check("CPU", OK, f"{device_name(torch.device('cpu'))}, {os.cpu_count()} logical CPUs"))
     return rows

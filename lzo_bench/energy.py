@@ -27,7 +27,6 @@ from typing import Any, Callable
 import torch
 
 
-
 class MeterUnavailable(RuntimeError):
     """No energy reading here; ``str()`` is the reason shown to the user."""
 
@@ -393,3 +392,19 @@ class RaplMeter:
 
     def info(self) -> None:
         return None
+
+
+def epoch_energy_j(start_mj: int | None, end_mj: int | None, seconds: float,
+                   period_ms: float | None) -> tuple[float | None, str | None]:
+    """An epoch's energy from the counter at its edges, or ``None`` and why: the counter moves in
+    steps of one period (~100 ms on NVML), so a window shorter than 10 periods is off by up to 10 %
+    or reads 0 J; a counter that went down was reset by the driver."""
+    if start_mj is None or end_mj is None:
+        return None, None
+    if period_ms is not None and seconds < 10 * period_ms / 1000.0:
+        return None, (f"the epoch ({seconds:.2f} s) is shorter than 10 periods of the energy counter "
+                      f"({period_ms:.0f} ms): too short to measure")
+    delta = counter_delta_mj(start_mj, end_mj)
+    if delta is None:
+        return None, "the energy counter went down during the epoch (a driver reset): not measured"
+    return delta / 1000.0, None

@@ -1,6 +1,6 @@
 """The limits a training configuration is checked against, with why each is where it is.
 
-Shared by :mod:`lzo_bench.train` (options) and :mod:`lzo_bench.checkpoint` (what a checkpoint may
+Shared by :mod:`lzo_bench.train_config` (options) and :mod:`lzo_bench.checkpoint` (what a checkpoint may
 record), so that neither imports the other for them.
 """
 

@@ -491,7 +491,7 @@ def peer_rows(x: torch.Tensor, y: torch.Tensor, init_weights: list[torch.Tensor]
 
 
 def machine_info() -> dict[str, Any]:
-    from lzo_bench.train import device_name
+    from lzo_bench.devices import device_name
 
     return {"cpu": device_name(torch.device("cpu")), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform()}

@@ -42,7 +42,7 @@ from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, static_metrics
 from lzo_bench.rng import DrawKey
 from lzo_bench.stats import median_iqr
 from lzo_bench.timing import PhaseClock
-from lzo_bench.train import sync_device
+from lzo_bench.devices import sync_device
 from lzo_bench.workloads import WORKLOADS, Workload, calibrate_gain
 
 BASELINE = "autograd-loop"

@@ -9,7 +9,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 from rich.table import Table
 
-from lzo_bench.train import EpochRecord, RunResult
+from lzo_bench.run_folder import EpochRecord, RunResult
 
 console = Console()
 

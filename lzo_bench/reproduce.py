@@ -180,7 +180,7 @@ def load_profile(path: str | Path) -> Profile:
 def check_trainable(p: Profile, path: Path) -> None:
     """Every trial's configuration checked as train checks it, before any folder exists, with the
     error naming the profile key (``delta``), not a command-line option reproduce does not have."""
-    from lzo_bench.train import ConfigError, TrainConfig
+    from lzo_bench.train_config import ConfigError, TrainConfig
 
     for method in p.methods:
         try:
@@ -233,7 +233,8 @@ def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, in
     ``on_epoch(out, epoch, epochs)``: each finished epoch of the trial (``epoch`` 0 at its start)."""
     import torch
 
-    from lzo_bench.train import TrainConfig, TrainingDiverged, TrainingFailed, train
+    from lzo_bench.train import TrainingDiverged, TrainingFailed, train
+    from lzo_bench.train_config import TrainConfig
 
     if threads:
         torch.set_num_threads(threads)
@@ -248,7 +249,7 @@ def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, in
 def _train_in_scratch(kwargs: dict[str, Any], threads: int) -> dict[str, bytes]:
     """One trial (as :func:`_train_job`) in a scratch folder of the machine that runs it; returns
     the run folder's files by name."""
-    from lzo_bench.train import RUN_ARTEFACTS
+    from lzo_bench.run_folder import RUN_ARTEFACTS
 
     with tempfile.TemporaryDirectory(prefix="lzo-trial-") as tmp:
         run = Path(_train_job({**kwargs, "out": str(Path(tmp) / "run")}, threads))
@@ -259,7 +260,7 @@ def store_trial(path: Path, files: dict[str, bytes]) -> None:
     """Write a trial's files (from :func:`_train_in_scratch`) into its grid folder, each atomically
     and ``metrics.json`` last, so the trial counts as finished only once all of them are in place.
     ``config.json`` is pointed at ``path`` instead of the worker's scratch folder."""
-    from lzo_bench.train import RUN_ARTEFACTS
+    from lzo_bench.run_folder import RUN_ARTEFACTS
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "metrics.json").unlink(missing_ok=True)
@@ -341,7 +342,8 @@ def _run_ray(
         from ray.exceptions import RayError, RayTaskError
     except ImportError:
         raise EngineUnavailable("--engine ray needs Ray: pip install 'lzo-bench[ray]' (or pip install ray)") from None
-    from lzo_bench.train import ConfigError, TrainingInterrupted
+    from lzo_bench.train import TrainingInterrupted
+    from lzo_bench.train_config import ConfigError
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -9,6 +9,7 @@ importing it costs nothing, so the entry point installs it before anything heavy
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -32,3 +33,21 @@ def install() -> None:
 def signum_of(e: BaseException) -> int:
     """The signal behind an interrupt: SIGTERM for :class:`Terminated`, else SIGINT."""
     return int(getattr(e, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises :class:`Terminated` (main thread only, where Python can
+    install handlers); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,23 +1,19 @@
-"""Training: configuration, the update loop, and the run folder it leaves behind.
+"""Training: the update loop, :func:`train`, over a :class:`~lzo_bench.train_config.TrainConfig`,
+writing the run folder (:mod:`lzo_bench.run_folder`) after every finished epoch; the ways a run ends
+early (:class:`TrainingDiverged`, :class:`TrainingInterrupted`, :class:`TrainingFailed`) and the
+:class:`Reporter` it tells its progress.
 
-A run folder holds ``config.json`` (the resolved configuration), ``metrics.json`` (``status``,
-per-epoch ``history``, per-update ``updates``, ``final``) and ``checkpoint.pt`` (state dict +
-network spec, loadable without this module). Each is rewritten atomically after every finished
-epoch, so an interrupted or diverged run keeps everything it finished.
+The configuration, run-folder, device and energy names it used to define are re-exported here
+(``__all__``), so ``from lzo_bench.train import TrainConfig`` goes on working.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import platform
-import shutil
 import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
@@ -25,30 +21,35 @@ from typing import Protocol
 import torch
 
 from lzo_bench import __version__
-from lzo_bench.backends import Backend, BackendName, BackendUnavailable, select_backend
-from lzo_bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lzo_bench.backends import Backend, BackendUnavailable, select_backend
+from lzo_bench.checkpoint import save_checkpoint
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.data.encoding import TooLarge
-from lzo_bench.energy import NullMeter, counter_delta_mj, counter_period_ms, open_meter
-from lzo_bench.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
-from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, GateSpec, Method
-from lzo_bench.limits import FLOAT32_MAX, FLOAT32_TINY, LIMIT_WHY, MAX_EPOCHS, MAX_NEURONS, MAX_STEPS
+from lzo_bench.devices import device_name, sync_device
+from lzo_bench.energy import NullMeter, NvmlMeter, counter_period_ms, epoch_energy_j, open_meter
+from lzo_bench.gates import GateSpec, Method
 from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import MAX_SAMPLES, MAX_SEED, DrawKey
-from lzo_bench.signals import Terminated, signum_of
-from lzo_bench.threads import threads_problem, torch_threads
+from lzo_bench.rng import MAX_SEED, DrawKey
+from lzo_bench.run_folder import (LOCK_NAME, PROCESS_ID, RESUME_MAY_CHANGE, RUN_ARTEFACTS, EpochRecord, RunFolder,
+                                  RunResult, earlier_environment, prepare_out_dir, restore_run, resume_config,
+                                  write_config)
+from lzo_bench.signals import sigterm_as_interrupt, signum_of
+from lzo_bench.threads import torch_threads
+from lzo_bench.train_config import ConfigError, TrainConfig, check_device_option, check_float32_positive
 
-
-#: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
-PROCESS_ID = f"{platform.node()}:{os.getpid()}:{time.time_ns()}"
-
-
-class ConfigError(ValueError):
-    """A bad option value; ``option`` names the command-line option at fault."""
-
-    def __init__(self, option: str, message: str):
-        self.option = option
-        super().__init__(f"{option} {message}")
+__all__ = [
+    # the loop
+    "train", "Reporter", "NullReporter", "TrainingDiverged", "TrainingInterrupted", "TrainingFailed",
+    "evaluate", "build_network", "build_gate", "run_backend", "run_datasets", "run_environment", "open_run_meter",
+    "finite_model", "silent_layers_warning",
+    # re-exported: lzo_bench.train_config
+    "ConfigError", "TrainConfig", "check_device_option", "check_float32_positive",
+    # re-exported: lzo_bench.run_folder
+    "EpochRecord", "RunResult", "RunFolder", "PROCESS_ID", "RUN_ARTEFACTS", "LOCK_NAME", "RESUME_MAY_CHANGE",
+    "prepare_out_dir", "resume_config", "restore_run", "earlier_environment",
+    # re-exported: lzo_bench.devices, lzo_bench.energy, lzo_bench.signals
+    "device_name", "sync_device", "epoch_energy_j", "sigterm_as_interrupt",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,209 +79,10 @@ class TrainingFailed(RuntimeError):
         super().__init__(f"training failed after {epochs_done} finished epoch(s): {reason}; {where}")
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block SIGTERM raises :class:`Terminated` (main thread only, where Python can
-    install handlers); the previous handler is restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def finite_model(model: torch.nn.Module) -> bool:
     """Every parameter and gradient finite (one device sync)."""
     checks = [torch.isfinite(t).all() for p in model.parameters() for t in (p, p.grad) if t is not None]
     return bool(torch.stack(checks).all())
-
-
-
-
-def check_float32_positive(option: str, value: float, usual: str) -> None:
-    """``value`` > 0, finite and inside float32's normal range, in which training computes (one check
-    for train, profile and reproduce: ``profile --delta 1e-300`` used to pass where train refused it)."""
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(option, f"must be > 0 (got {value})")
-    if not FLOAT32_TINY <= value <= FLOAT32_MAX:
-        raise ConfigError(option, f"{value:g} does not fit float32, in which training computes; choose a value around {usual}")
-
-
-def check_device_option(device: str, option: str = "--device") -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where a GPU is visible."""
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise ConfigError(option, f"must be auto, cpu, cuda or cuda:N (got {device!r})")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(option, "is cuda but no CUDA device is available here; use --device cpu")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``lzo-bench train`` takes. ``None`` means: the dataset's default."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    method: str = "localzo"
-    dist: str = "normal"
-    k: float | None = None
-    delta: float = 0.05
-    samples: int = 1
-    bth: float | None = None
-    epochs: int = 20
-    batch_size: int | None = None
-    lr: float | None = None
-    hidden: tuple[int, ...] = (200, 200)
-    steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "auto"
-    regularize: bool = True
-    energy: bool = False
-    threads: int | None = None  # torch's CPU threads for the run (None: torch's own, every core)
-    out: str | None = None
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad option."""
-        if self.dataset not in DATASET_INFO:
-            raise ConfigError("--dataset", f"must be one of: {', '.join(DATASET_INFO)} (got {self.dataset!r})")
-        if self.method not in {m.value for m in Method}:
-            raise ConfigError("--method", f"must be one of: {', '.join(m.value for m in Method)} (got {self.method!r})")
-        if self.dist not in DIST_NAMES:
-            raise ConfigError("--dist", f"must be one of: {', '.join(DIST_NAMES)} (got {self.dist!r})")
-        if self.bth is not None and self.method != Method.SPARSEGRAD.value:
-            raise ConfigError("--bth", f"applies to --method sparsegrad only (got --method {self.method}); "
-                                       "LocalZO's band comes from δ and the draws")
-        if self.k is not None and self.dist not in SURROGATE_DISTRIBUTIONS:
-            raise ConfigError("--k", f"applies to --dist {' or '.join(SURROGATE_DISTRIBUTIONS)} only (got --dist {self.dist})")
-        for option, value, usual in (("--delta", self.delta, "0.05"), ("--bth", self.bth, "0.05"),
-                                     ("--lr", self.lr, "1e-3"), ("--k", self.k, "100")):
-            if value is not None:
-                check_float32_positive(option, value, usual)
-        for option, value, top in (("--samples", self.samples, MAX_SAMPLES - 1), ("--epochs", self.epochs, MAX_EPOCHS),
-                                   ("--batch-size", self.batch_size, None), ("--steps", self.steps, MAX_STEPS)):
-            if value is not None and value < 1:
-                raise ConfigError(option, f"must be ≥ 1 (got {value})")
-            if value is not None and top is not None and value > top:
-                raise ConfigError(option, f"must be ≤ {top} (got {value}): {LIMIT_WHY[option]}")
-        if not self.hidden or any(n < 1 for n in self.hidden):
-            raise ConfigError("--hidden", f"needs one or more positive layer sizes, e.g. 200,200 (got {list(self.hidden)})")
-        if any(n > MAX_NEURONS for n in self.hidden):
-            raise ConfigError("--hidden", f"layer sizes must be ≤ {MAX_NEURONS} (got {list(self.hidden)})")
-        if not 0 <= self.seed < MAX_SEED:
-            raise ConfigError("--seed", f"must lie in [0, 2^64) (got {self.seed})")
-        check_device_option(self.device)
-        BackendName(self.backend)
-        if self.threads is not None and threads_problem(self.threads):
-            raise ConfigError("--threads", threads_problem(self.threads))
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every dataset default filled in and the device made concrete."""
-        info = DATASET_INFO[self.dataset]
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return replace(
-            self,
-            batch_size=self.batch_size or info.batch_size,
-            lr=self.lr or info.lr,
-            steps=self.steps or info.default_steps,
-            device=device,
-        )
-
-    def default_out(self) -> Path:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("runs") / f"{self.dataset}-{self.method}-{self.dist}-seed{self.seed}-{stamp}"
-
-    def to_dict(self) -> dict:
-        """The fields as JSON-ready values (``hidden`` a list): a checkpoint's and config.json's ``train``."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """The configuration :meth:`to_dict` wrote (``hidden`` as a list or tuple), or any dict of its
-        fields; the one way a ``TrainConfig`` is rebuilt from a dict (a checkpoint's ``train``, a
-        reproduce trial's arguments). An unknown field raises ``TypeError``, a missing ``hidden``
-        ``KeyError``; the values are not validated (:meth:`validate`)."""
-        return cls(**{**d, "hidden": tuple(d["hidden"])})
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_acc: float
-    active_pct: list[float]
-    fwd_ms: float
-    bwd_ms: float
-    opt_ms: float
-    updates: int
-    wall_s: float
-    energy_j: float | None = None        # GPU energy over the epoch (NVML counter), None if unavailable
-    j_per_update: float | None = None    # energy_j amortised over the epoch's updates
-    energy_note: str | None = None       # why energy_j is None although the meter works
-
-
-@dataclass
-class RunResult:
-    out: Path
-    config: TrainConfig
-    gate: GateSpec
-    backend: Backend
-    history: list[EpochRecord] = field(default_factory=list)
-    update_loss: list[float] = field(default_factory=list)
-    update_active_pct: list[list[float]] = field(default_factory=list)
-    update_fwd_ms: list[float] = field(default_factory=list)
-    update_bwd_ms: list[float] = field(default_factory=list)
-    status: str = "running"
-    wall_s: float = 0.0
-    energy: dict = field(default_factory=lambda: {"requested": False})
-    processes: list[str] = field(default_factory=lambda: [PROCESS_ID])  # more than one after --resume
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict | None:
-        if not self.history:
-            return None
-        last = self.history[-1]
-        n = sum(r.updates for r in self.history)
-        return {
-            "epoch": last.epoch,
-            "train_acc": last.train_acc,
-            "test_acc": last.test_acc,
-            "train_loss": last.train_loss,
-            "active_pct": last.active_pct,
-            "fwd_ms": sum(r.fwd_ms * r.updates for r in self.history) / n,
-            "bwd_ms": sum(r.bwd_ms * r.updates for r in self.history) / n,
-            "opt_ms": sum(r.opt_ms * r.updates for r in self.history) / n,
-            "updates": n,
-            "wall_s": self.wall_s,
-            "energy_j": sum(r.energy_j for r in self.history) if all(r.energy_j is not None for r in self.history) else None,
-        }
-
-    def metrics(self) -> dict:
-        return {
-            "status": self.status,
-            "process": self.processes[0] if len(self.processes) == 1 else None,  # None: timed by several
-            "processes": self.processes,
-            "history": [asdict(r) for r in self.history],
-            "updates": {"loss": self.update_loss, "active_pct": self.update_active_pct,
-                        "fwd_ms": self.update_fwd_ms, "bwd_ms": self.update_bwd_ms},
-            "energy": self.energy,
-            "warnings": self.warnings,
-            "final": self.final,
-        }
 
 
 class Reporter(Protocol):
@@ -311,23 +113,6 @@ def silent_layers_warning(gate: GateSpec, record: EpochRecord) -> str | None:
             "gradient reaches it; a δ around 0.05 (or a wider --bth) gives the paper's ~1 % active")
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name (``/proc/cpuinfo``, else the platform's word for it)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine()
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def evaluate(
     model: SNN, data: SpikeDataset, batch_size: int, device: torch.device, backend: Backend | None = None
@@ -338,76 +123,6 @@ def evaluate(
     for x, y in batches(data, batch_size, device, events=events):
         correct += int((model(x, backend=backend).logits.argmax(1) == y).sum())
     return 100.0 * correct / len(data)
-
-
-#: what a run (and its exports) leaves in its folder; --overwrite clears these first
-RUN_ARTEFACTS = ("config.json", "metrics.json", "checkpoint.pt", "model.onnx", "model_step.onnx", "model.nir")
-LOCK_NAME = ".lzo-run.lock"
-
-
-def prepare_out_dir(cfg: TrainConfig, resume: bool = False) -> Path:
-    """The run folder, checked but not created (nothing is left behind if a later check fails)."""
-    out = Path(cfg.out) if cfg.out else cfg.default_out()
-    try:
-        check_creatable_dir(out)
-    except OSError as e:
-        raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
-    if (out / "metrics.json").exists() and not (cfg.overwrite or resume):
-        raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
-    return out
-
-
-class RunFolder:
-    """A run folder owned by one process: created, locked (an exclusive ``flock`` held for the run's
-    lifetime), cleared of a previous run's artefacts with ``overwrite``, and removed again if it was
-    created here and the run ends before finishing anything."""
-
-    def __init__(self, out: Path, overwrite: bool, resume: bool = False):
-        self.out = out
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                out.mkdir()
-                self.created = True  # this process made it (two runs racing for one folder cannot both)
-            except FileExistsError:
-                self.created = False
-            ensure_writable_dir(out)
-        except OSError as e:
-            raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
-        self.lock = open(out / LOCK_NAME, "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock on this platform: no lock
-            pass
-        except BlockingIOError:
-            self.lock.seek(0)
-            holder = self.lock.read().strip() or "?"
-            self.lock.close()
-            raise ConfigError("--out", f"is in use by another lzo-bench run (pid {holder}) in {out}; wait for it to "
-                                       "end or choose another folder") from None
-        if (out / "metrics.json").exists() and not (overwrite or resume):
-            # checked again under the lock: a run that finished between prepare_out_dir and here owns it
-            (out / LOCK_NAME).unlink(missing_ok=True)  # ours while we hold it: no one else's to lose
-            self.lock.close()
-            raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
-        self.lock.seek(0)
-        self.lock.truncate()
-        self.lock.write(f"{os.getpid()}\n")
-        self.lock.flush()
-        if overwrite:
-            for name in RUN_ARTEFACTS:
-                (out / name).unlink(missing_ok=True)
-
-    def release(self, finished_anything: bool = True) -> bool:
-        """Unlock; remove the folder if this run created it and finished nothing. True if removed."""
-        self.lock.close()
-        if self.created and not finished_anything:
-            shutil.rmtree(self.out, ignore_errors=True)
-            return True
-        (self.out / LOCK_NAME).unlink(missing_ok=True)
-        return False
 
 
 def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
@@ -424,105 +139,6 @@ def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
     )
 
 
-#: what ``--resume`` may change: the run trains on to more epochs, with or without the energy meter
-RESUME_MAY_CHANGE = ("epochs", "energy")
-
-
-def resume_config(run: str | Path, epochs: int | None = None, energy: bool | None = None) -> TrainConfig:
-    """The configuration of the run in folder ``run`` (as its checkpoint records it), to be continued
-    to ``epochs`` (default: its own) by ``train(cfg, resume=True)``."""
-    run = Path(run)
-    folder = run if run.is_dir() or not run.exists() else run.parent
-    try:
-        _, ckpt = load_checkpoint(folder)
-    except CheckpointError as e:
-        raise ConfigError("--resume", f"cannot continue: {e}") from None
-    if "optimizer" not in ckpt:
-        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint has no optimizer state (written by an "
-                                      "older lzo-bench), so it cannot continue exactly; train it again")
-    try:
-        cfg = TrainConfig.from_dict(ckpt["train"])
-    except (TypeError, KeyError) as e:
-        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint's configuration is unreadable ({e})") from None
-    try:  # the checkpoint's own values, named as the checkpoint's (the user typed no --lr: issue 19, D13)
-        cfg.validate()
-    except ConfigError as e:
-        key = e.option.lstrip("-").replace("-", "_")
-        raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint records {key} = "
-                                      f"{getattr(cfg, key, '?')!r}, which {str(e).removeprefix(e.option).strip()}; "
-                                      "the checkpoint was edited or damaged") from None
-    cfg = replace(cfg, out=str(folder), overwrite=False, epochs=epochs or cfg.epochs,
-                  energy=cfg.energy if energy is None else energy)
-    if ckpt["epoch"] >= cfg.epochs:
-        raise ConfigError("--epochs", f"{cfg.epochs}: {folder} has already finished {ckpt['epoch']} epoch(s); "
-                                      f"pass --epochs N > {ckpt['epoch']} with --resume to train it further")
-    return cfg
-
-
-def earlier_environment(out: Path) -> dict:
-    """``config.json``'s environment record of the run in ``out``, or ``{}`` where the file is gone or
-    edited: it is rewritten after the next epoch, and the checkpoint, not it, holds the configuration."""
-    try:
-        env = json.loads((out / "config.json").read_text()).get("environment")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return env if isinstance(env, dict) else {}
-
-
-def restore_run(out: Path, cfg: TrainConfig, model: SNN, optimizer: torch.optim.Optimizer,
-                result: RunResult) -> tuple[int, int]:
-    """Load the run in ``out`` (checkpoint, Adam state, finished epochs' records) into ``model``,
-    ``optimizer`` and ``result``; return (epochs done, updates done)."""
-    try:
-        _, ckpt = load_checkpoint(out)
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (CheckpointError, OSError, ValueError) as e:
-        raise ConfigError("--resume", f"cannot continue {out}: {e}") from None
-    same = {k: v for k, v in ckpt["train"].items() if k not in RESUME_MAY_CHANGE + ("out", "overwrite")}
-    now = {k: v for k, v in cfg.to_dict().items() if k in same}
-    if same != now or "optimizer" not in ckpt:
-        raise ConfigError("--resume", f"cannot continue {out}: its checkpoint changed since the run was read")
-    done, updates = int(ckpt["epoch"]), int(ckpt["update"])
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("history", []), list):
-        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is not a run's metrics (a JSON object "
-                                      "with a history list); restore it or train the run again")
-    if len(metrics.get("history", [])) < done:
-        raise ConfigError("--resume", f"cannot continue {out}: metrics.json records {len(metrics.get('history', []))} "
-                                      f"epoch(s) but the checkpoint {done}; the folder was edited or damaged")
-    try:  # a hand-edited metrics.json: wrong types anywhere are one line, not a traceback (issue 19, D6)
-        history = [EpochRecord(**r) for r in metrics["history"][:done]]
-        per_update = metrics.get("updates", {})
-        lists = [list(per_update.get(k, []))[:updates] for k in ("loss", "active_pct", "fwd_ms", "bwd_ms")]
-        wall_s = float((metrics.get("final") or {}).get("wall_s", 0.0))
-        earlier = metrics.get("processes") or [metrics.get("process")]
-        processes = [p for p in earlier if p] + [PROCESS_ID]
-    except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is damaged ({type(e).__name__}: "
-                                      f"{' '.join(str(e).split())[:160]}); restore it or train the run again") from None
-    model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    result.history = history
-    result.update_loss, result.update_active_pct, result.update_fwd_ms, result.update_bwd_ms = lists
-    result.wall_s, result.processes = wall_s, processes
-    return done, updates
-
-
-def epoch_energy_j(start_mj: int | None, end_mj: int | None, seconds: float,
-                   period_ms: float | None) -> tuple[float | None, str | None]:
-    """An epoch's energy from the counter at its edges, or ``None`` and why: the counter moves in
-    steps of one period (~100 ms on NVML), so a window shorter than 10 periods is off by up to 10 %
-    or reads 0 J; a counter that went down was reset by the driver."""
-    if start_mj is None or end_mj is None:
-        return None, None
-    if period_ms is not None and seconds < 10 * period_ms / 1000.0:
-        return None, (f"the epoch ({seconds:.2f} s) is shorter than 10 periods of the energy counter "
-                      f"({period_ms:.0f} ms): too short to measure")
-    delta = counter_delta_mj(start_mj, end_mj)
-    if delta is None:
-        return None, "the energy counter went down during the epoch (a driver reset): not measured"
-    return delta / 1000.0, None
-
-
 def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False) -> RunResult:
     """Train per ``cfg``; raises :class:`ConfigError`, :class:`TrainingDiverged`, :class:`TrainingInterrupted`.
 
@@ -535,32 +151,66 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = Fal
         return _train(cfg, reporter, resume)
 
 
-def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
-    reporter = reporter or NullReporter()
-    cfg = cfg.resolved()
+def build_gate(cfg: TrainConfig) -> GateSpec:
+    """The rule ``cfg`` names; a distribution that cannot be built is the option that made it."""
     try:
-        gate = GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
+        return GateSpec.build(cfg.method, cfg.dist, cfg.delta, cfg.samples, cfg.bth, cfg.k)
     except ValueError as e:  # the distribution Theorem 3 builds from g: with a --k given, k is what made it fail
         if cfg.k is not None:
             raise ConfigError("--k", f"{cfg.k:g} gives no usable distribution for --dist {cfg.dist}: {e}; "
                                      f"choose k around 100") from None
         raise ConfigError("--dist", str(e)) from None
-    out = prepare_out_dir(cfg, resume)
-    cfg = replace(cfg, out=str(out))
-    device = torch.device(cfg.device)
+
+
+def run_backend(cfg: TrainConfig, device: torch.device, gate: GateSpec) -> Backend:
+    """The backend ``cfg.backend`` names, or :class:`ConfigError` saying why it is unavailable."""
     try:
-        backend = select_backend(cfg.backend, device, gate)
+        return select_backend(cfg.backend, device, gate)
     except BackendUnavailable as e:
         raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 
+
+def run_datasets(cfg: TrainConfig) -> tuple[SpikeDataset, SpikeDataset]:
+    """The training and test sets; a missing, damaged or too large dataset is the option at fault."""
     try:
-        train_set, test_set = load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
+        return load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
     except DatasetMissing as e:
         raise ConfigError("--data-dir", f"does not hold the dataset: {e}") from None
     except DatasetError as e:
         raise ConfigError("--data-dir", f"holds a damaged dataset: {e}") from None
     except TooLarge as e:
         raise ConfigError("--steps", f"{cfg.steps} is too many for this machine: {e}; choose fewer --steps") from None
+
+
+def run_environment(device: torch.device) -> dict:
+    """config.json's ``environment``: versions, device, host, threads and when the run was created."""
+    return {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": device_name(device), "host": platform.node(),
+            "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def open_run_meter(cfg: TrainConfig, device: torch.device, result: RunResult) -> tuple[NvmlMeter | NullMeter, float | None]:
+    """The energy meter (a :class:`NullMeter` without ``--energy``) and its counter's period; records
+    in ``result.energy`` what was asked for and how it is measured."""
+    meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+    period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
+    if cfg.energy:
+        result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
+                         "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
+                                   "epoch shorter than 10 counter periods is not measured",
+                         "counter_period_ms": period_ms}
+    return meter, period_ms
+
+
+def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
+    reporter = reporter or NullReporter()
+    cfg = cfg.resolved()
+    gate = build_gate(cfg)
+    out = prepare_out_dir(cfg, resume)
+    cfg = replace(cfg, out=str(out))
+    device = torch.device(cfg.device)
+    backend = run_backend(cfg, device, gate)
+    train_set, test_set = run_datasets(cfg)
     info = DATASET_INFO[cfg.dataset]
     net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
     torch.manual_seed(cfg.seed)
@@ -572,31 +222,14 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
     folder = RunFolder(out, cfg.overwrite, resume)
     try:  # from the folder's creation on: a signal or an error in the setup keeps no stale lock (D4, D5)
         done, update = 0, 0
-        environment = {"lzo_bench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                       "device": str(device), "device_name": device_name(device), "host": platform.node(),
-                       "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        environment = run_environment(device)
         if resume:
             done, update = restore_run(out, cfg, model, optimizer, result)
             before = earlier_environment(out)
             resumed = before.get("resumed") if isinstance(before.get("resumed"), list) else []
             environment |= {"created": before.get("created"), "resumed": resumed + [environment["created"]]}
-        meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
-        period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
-        if cfg.energy:
-            result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
-                             "method": "NVML total-energy counter read at epoch edges (one device sync per epoch); an "
-                                       "epoch shorter than 10 counter periods is not measured",
-                             "counter_period_ms": period_ms}
-        atomic_write_json(out / "config.json", {
-            "train": cfg.to_dict(),
-            "gate": {"method": gate.method.value, "dist": gate.dist.name, "alpha": gate.dist.alpha,
-                     "scale": gate.dist.scale, "delta": gate.delta,
-                     "samples": gate.samples, "bth": gate.bth, "bth_is_expected_threshold": cfg.bth is None},
-            "network": net_spec.to_dict(),
-            "dataset": asdict(info) | {"steps": cfg.steps, "n_train": len(train_set), "n_test": len(test_set)},
-            "backend": {"name": backend.name, "reason": backend.reason},
-            "environment": environment,
-        })
+        meter, period_ms = open_run_meter(cfg, device, result)
+        write_config(out, cfg, gate, net_spec, info, len(train_set), len(test_set), backend, environment)
 
         n_batches = math.ceil(len(train_set) / cfg.batch_size)
         reporter.start(result, n_batches)
@@ -616,7 +249,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
         result.status = "diverged"
         result.wall_s = time.perf_counter() - started
         if result.history:
-            atomic_write_json(out / "metrics.json", result.metrics())
+            result.write_metrics()
         kept = not folder.release(bool(result.history))
         return TrainingDiverged(epoch, update, out, what, kept)
 
@@ -695,13 +328,13 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
                 save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
-                atomic_write_json(out / "metrics.json", result.metrics())
+                result.write_metrics()
                 saved = epoch  # checkpoint and metrics of this epoch are on disk
                 reporter.epoch(record)
         except KeyboardInterrupt as e:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
-            atomic_write_json(out / "metrics.json", result.metrics())
+            result.write_metrics()
             raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT),
                                       kept=not folder.release(bool(result.history))) from None
         except (TrainingDiverged, ConfigError):
@@ -713,7 +346,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
             del result.history[saved:]  # an epoch whose checkpoint did not reach the disk did not finish (D4)
             if saved:
                 try:
-                    atomic_write_json(out / "metrics.json", result.metrics() | {"failure": reason})
+                    result.write_metrics(failure=reason)
                 except OSError:
                     pass  # the folder itself may be what failed (a full disk): the last epoch's files stand
             kept = not folder.release(saved > done or resume)

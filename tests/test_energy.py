@@ -14,7 +14,7 @@ from lzo_bench.energy import (
     integrate_power_j, open_meter,
 )
 from lzo_bench.profile import EnergyConfig, measure_energy
-from lzo_bench.train import epoch_energy_j
+from lzo_bench.energy import epoch_energy_j
 
 
 class FakeDevice:

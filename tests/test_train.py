@@ -417,10 +417,11 @@ def test_a_full_disk_at_the_first_file_is_one_line_and_no_lock(tmp_path, monkeyp
     """Issue 19, D4: config.json's write failed with a traceback and left a stale lock."""
     from typer.testing import CliRunner
 
+    from lzo_bench import run_folder
     from lzo_bench.cli import app
 
-    real = train_mod.atomic_write_json
-    monkeypatch.setattr(train_mod, "atomic_write_json",
+    real = run_folder.atomic_write_json
+    monkeypatch.setattr(run_folder, "atomic_write_json",
                         lambda path, obj: _enospc() if path.name == "config.json" else real(path, obj))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--epochs", "1", "--hidden", "8,8", "--out", str(out)])

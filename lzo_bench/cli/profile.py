@@ -45,7 +45,7 @@ def profile(
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table, progress_columns
     from lzo_bench.rng import MAX_SAMPLES
-    from lzo_bench.train import ConfigError, check_device_option, check_float32_positive
+    from lzo_bench.train_config import ConfigError, check_device_option, check_float32_positive
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     valid = {m.value for m in Method}

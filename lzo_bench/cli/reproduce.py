@@ -41,7 +41,7 @@ def reproduce(
     from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
                                      with_overrides, write_outputs)
     from lzo_bench.report import console, progress_columns, reproduce_table
-    from lzo_bench.train import ConfigError
+    from lzo_bench.train_config import ConfigError
 
     if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
         raise fail("--jobs, --trials and --epochs must be ≥ 1")

@@ -1,4 +1,4 @@
-"""``lzo-bench train``: options to a :class:`~lzo_bench.train.TrainConfig` (from a profile, or a run
+"""``lzo-bench train``: options to a :class:`~lzo_bench.train_config.TrainConfig` (from a profile, or a run
 to resume), then :func:`lzo_bench.train.train`."""
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def train(
 ) -> None:
     """Train a feed-forward LIF network and write config.json, metrics.json and checkpoint.pt."""
     from lzo_bench.report import RichReporter, console, summary_table
-    from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingFailed, TrainingInterrupted
-    from lzo_bench.train import RESUME_MAY_CHANGE, resume_config
+    from lzo_bench.run_folder import RESUME_MAY_CHANGE, resume_config
+    from lzo_bench.train import TrainingDiverged, TrainingFailed, TrainingInterrupted
     from lzo_bench.train import train as run_training
+    from lzo_bench.train_config import ConfigError, TrainConfig
 
     cfg_kwargs = dict(
         dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
