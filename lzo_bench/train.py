@@ -328,12 +328,13 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
                 save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
+                saved = epoch  # this epoch's checkpoint is on disk: from here on it counts as finished
                 result.write_metrics()
-                saved = epoch  # checkpoint and metrics of this epoch are on disk
                 reporter.epoch(record)
         except KeyboardInterrupt as e:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
+            del result.history[saved:]  # a signal between an epoch's record and its checkpoint: not finished
             result.write_metrics()
             raise TrainingInterrupted(len(result.history), out, getattr(e, "signum", signal.SIGINT),
                                       kept=not folder.release(bool(result.history))) from None
