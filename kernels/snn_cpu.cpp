@@ -30,6 +30,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "lif_common.h"
 
 namespace lzo {
@@ -187,16 +191,81 @@ void surrogate_row(const GateParams& g, const float* v, float* out, int64_t n) {
   }
 }
 
-// One step of the LIF scan over a row of neurons (lzo_math.h lif_step, vectorised):
-// u = beta*u + I - theta*s_prev, v = u - theta, s = H(v).
-inline void lif_row(float* __restrict u, float* __restrict s, float* __restrict v, const float* __restrict cur,
-                    int64_t n, float beta, float theta) {
-  for (int64_t j = 0; j < n; ++j) {
+// One step of the LIF scan over a row of neurons (lzo_math.h lif_step, vectorised), fused with the
+// two compactions the forward needs, so the row is read once:
+//   u = beta*u + I - theta*s_prev,  v = u - theta,  s = H(v);
+//   sj[0..spikes)          the neurons with s = 1, in j order;
+//   cj/cav[0..candidates)  (j, |v|) of the gate's candidates |v| < band, in j order (band <= 0: none);
+//   v_out                  v of every neuron (the dense gate reads it), when not null.
+// With AVX2 a block of 8 neurons yields a bit mask per list: the spikes' set bits are visited (~1 % of
+// a row), the candidates (<= 15 %) are left-packed without a branch (cj and cav need 8 entries of slack
+// past n); the same float operations in the same order as the scalar loop, so both give the same bits.
+#if defined(__AVX2__)
+// lanes[m] = the set bits of m in ascending order, then zeros: the permutation that left-packs a mask.
+struct LeftPack {
+  alignas(32) int32_t lanes[256][8];
+  LeftPack() {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int i = 0; i < 8; ++i)
+        if (m & (1 << i)) lanes[m][k++] = i;
+      while (k < 8) lanes[m][k++] = 0;
+    }
+  }
+};
+const LeftPack kLeftPack;
+#endif
+
+struct RowLists {
+  int64_t spikes = 0, candidates = 0;
+};
+
+inline RowLists lif_row(float* __restrict u, float* __restrict s, const float* __restrict cur, int64_t n, float beta,
+                        float theta, float band, int32_t* __restrict sj, uint32_t* __restrict cj,
+                        float* __restrict cav, float* __restrict v_out) {
+  RowLists out;
+  int64_t j = 0;
+#if defined(__AVX2__)
+  const __m256 vb = _mm256_set1_ps(beta), vt = _mm256_set1_ps(theta), vband = _mm256_set1_ps(band);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  const __m256 abs_bits = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const bool candidates = band > 0.0f;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 uu = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(vb, _mm256_loadu_ps(u + j)), _mm256_loadu_ps(cur + j)),
+                                    _mm256_mul_ps(vt, _mm256_loadu_ps(s + j)));
+    _mm256_storeu_ps(u + j, uu);
+    const __m256 vv = _mm256_sub_ps(uu, vt);
+    const __m256 fire = _mm256_cmp_ps(vv, zero, _CMP_GT_OQ);
+    _mm256_storeu_ps(s + j, _mm256_and_ps(fire, one));
+    if (v_out) _mm256_storeu_ps(v_out + j, vv);
+    for (unsigned m = static_cast<unsigned>(_mm256_movemask_ps(fire)); m; m &= m - 1)
+      sj[out.spikes++] = static_cast<int32_t>(j + __builtin_ctz(m));
+    if (!candidates) continue;
+    const __m256 av = _mm256_and_ps(vv, abs_bits);
+    const unsigned mc = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(av, vband, _CMP_LT_OQ)));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLeftPack.lanes[mc]));
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j)), lanes);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cj + out.candidates), _mm256_permutevar8x32_epi32(idx, perm));
+    _mm256_storeu_ps(cav + out.candidates, _mm256_permutevar8x32_ps(av, perm));
+    out.candidates += __builtin_popcount(mc);
+  }
+#endif
+  for (; j < n; ++j) {
     const float uu = beta * u[j] + cur[j] - theta * s[j];
     u[j] = uu;
-    v[j] = uu - theta;
-    s[j] = uu - theta > 0.0f ? 1.0f : 0.0f;
+    const float vv = uu - theta;
+    const bool fire = vv > 0.0f;
+    s[j] = fire ? 1.0f : 0.0f;
+    if (v_out) v_out[j] = vv;
+    if (fire) sj[out.spikes++] = static_cast<int32_t>(j);
+    const float av = std::fabs(vv);
+    if (av < band) {
+      cj[out.candidates] = static_cast<uint32_t>(j);
+      cav[out.candidates++] = av;
+    }
   }
+  return out;
 }
 
 // dst += a * src over a row.
@@ -204,8 +273,81 @@ inline void add_row(float* __restrict dst, const float* __restrict src, float a,
   for (int64_t j = 0; j < n; ++j) dst[j] += a * src[j];
 }
 
+// cur = sum over the events q of row r of val[q] * W[col[q], :]  (cost: the row's events * N).
+// Summed in registers over the events, one block of 64 neurons at a time: one load of W per event
+// and block, cur written once (a loop adding W rows into cur loads and stores cur once per event).
+// Per neuron the same float operations in the same order as that loop (0 + x0*W0 + x1*W1 ...; a
+// spike event adds its W row as it is: x * 1 is exact).
+template <bool kValues>
+inline void event_current_rows(const float* __restrict val, const int32_t* __restrict col, Ptr q0, Ptr q1,
+                               const float* __restrict w, int64_t n, float* __restrict cur) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  for (; j + 64 <= n; j += 64) {
+    __m256 acc[8];
+    for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
+    for (Ptr q = q0; q < q1; ++q) {
+      const float* src = w + static_cast<int64_t>(col[q]) * n + j;
+      if (kValues) {
+        const __m256 a = _mm256_set1_ps(val[q]);
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(a, _mm256_loadu_ps(src + 8 * k)));
+      } else {
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_add_ps(acc[k], _mm256_loadu_ps(src + 8 * k));
+      }
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(cur + j + 8 * k, acc[k]);
+  }
+  for (; j + 8 <= n; j += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (Ptr q = q0; q < q1; ++q) {
+      __m256 x0 = _mm256_loadu_ps(w + static_cast<int64_t>(col[q]) * n + j);
+      if (kValues) x0 = _mm256_mul_ps(_mm256_set1_ps(val[q]), x0);
+      a0 = _mm256_add_ps(a0, x0);
+    }
+    _mm256_storeu_ps(cur + j, a0);
+  }
+#endif
+  if (j == n) return;
+  std::fill(cur + j, cur + n, 0.0f);
+  for (Ptr q = q0; q < q1; ++q) add_row(cur + j, w + static_cast<int64_t>(col[q]) * n + j, kValues ? val[q] : 1.0f, n - j);
+}
+
+inline void event_current(const EventView& ev, int64_t r, const float* w, int64_t n, float* cur) {
+  if (ev.val)
+    event_current_rows<true>(ev.val, ev.col, ev.ptr[r], ev.ptr[r + 1], w, n, cur);
+  else
+    event_current_rows<false>(nullptr, ev.col, ev.ptr[r], ev.ptr[r + 1], w, n, cur);
+}
+
+#if defined(__AVX2__)
+// philox4x32_10_x0 (lzo_math.h) for 8 counters c0 at once, with c1, c2, c3 and the key shared; the same
+// 32-bit words, bit for bit. mul_epu32 multiplies the even lanes, so the odd lanes go through a shift.
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+inline __m256i philox8_x0(__m256i c0, uint32_t t1, uint32_t t2, uint32_t t3, uint32_t k0, uint32_t k1) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u)), m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m256i c1 = _mm256_set1_epi32(static_cast<int>(t1)), c2 = _mm256_set1_epi32(static_cast<int>(t2)),
+          c3 = _mm256_set1_epi32(static_cast<int>(t3));
+  for (int r = 0; r < 10; ++r) {
+    if (r) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo8(c0, m0, hi0, lo0);
+    mulhilo8(c2, m1, hi1, lo1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+    c1 = lo1;
+    c3 = lo0;
+  }
+  return c0;
+}
+#endif
+
 // The gates of the sparse rules for one row (t, b) of potentials, computed only at the candidates
-// |v| < band, which a branch-free compaction collects first (DESIGN.md 5b, item 3).
+// |v| < band, which lif_row collects as it scans (DESIGN.md 5b, item 3).
 //   sparsegrad: g(|v|) on the candidates, vectorised (surrogate_row).
 //   localzo:    exactly gate() of lzo_math.h (the same Philox counters, the same sum over k), with
 //               Philox as one vectorised loop over the candidates, and the inverse CDF skipped where
@@ -231,19 +373,19 @@ class SparseGateRows {
     }
   }
 
-  // Appends the non-zero gates of row (t, b), in j order; returns how many.
-  int64_t row(const float* v, int64_t n, int t, int b, std::vector<int32_t>& col, std::vector<float>& val) {
-    cj_.resize(n);
-    cav_.resize(n);
+  // The candidate buffers of a row of n neurons, which lif_row fills: (j, |v|) with |v| < band.
+  void reserve(int64_t n) {
+    cj_.resize(n + 8);  // lif_row's left-packing stores 8 lanes at a time
+    cav_.resize(n + 8);
     acc_.resize(n);
     ukeep_.resize(n);
-    int64_t nc = 0;
-    for (int64_t j = 0; j < n; ++j) {  // write always, advance if inside
-      const float av = std::fabs(v[j]);
-      cj_[nc] = static_cast<uint32_t>(j);
-      cav_[nc] = av;
-      nc += av < g_.band;
-    }
+    surv_.resize(n + 8);
+  }
+  uint32_t* cand_j() { return cj_.data(); }
+  float* cand_av() { return cav_.data(); }
+
+  // Appends the non-zero gates of row (t, b) from its nc candidates, in j order; returns how many.
+  int64_t row(int64_t nc, int t, int b, std::vector<int32_t>& col, std::vector<float>& val) {
     if (nc == 0) return 0;
     if (g_.method == LOCALZO && g_.samples == 1) return single_draw(nc, t, b, col, val);
     if (g_.method == SPARSEGRAD) {
@@ -263,32 +405,54 @@ class SparseGateRows {
   }
 
  private:
-  // uk[c] = the uniform of sample k at candidate c, or -1 where the skip table proves it inactive
-  // (Philox, the uniform and the table lookup in one vectorised loop).
-  void uniforms(int64_t nc, int t, int b, int k) {
+  // uk[c] = the uniform of sample k at candidate c (Philox, the uniform and the table lookup in one
+  // vectorised loop); returns how many draws the skip table could not rule out, their candidates
+  // left-packed into surv_ in c order.
+  int64_t uniforms(int64_t nc, int t, int b, int k) {
     const uint32_t tt = static_cast<uint32_t>(t), bb = static_cast<uint32_t>(b);
     const uint32_t c3 = (static_cast<uint32_t>(g_.layer) << 16) | static_cast<uint32_t>(k);
     const uint32_t* cj = cj_.data();
     const float* cav = cav_.data();
     const float* skip = skip_below_.data();
     float* uk = ukeep_.data();
-    for (int64_t c = 0; c < nc; ++c) {
+    int32_t* sv = surv_.data();
+    int64_t c = 0, ns = 0;
+#if defined(__AVX2__)
+    const __m256 inv_h = _mm256_set1_ps(inv_h_), half = _mm256_set1_ps(0.5f), ulp = _mm256_set1_ps(1.1920928955078125e-07f);
+    const __m256i grid = _mm256_set1_epi32(kGrid), lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; c + 8 <= nc; c += 8) {
+      const __m256i x = philox8_x0(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + c)), tt, bb, c3,
+                                   g_.key0, g_.key1);
+      const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 9)), half), ulp);
+      const __m256i cell = _mm256_min_epi32(grid, _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_loadu_ps(cav + c), inv_h)));
+      const __m256 keep = _mm256_cmp_ps(u, _mm256_i32gather_ps(skip, cell, 4), _CMP_GE_OQ);
+      _mm256_storeu_ps(uk + c, u);
+      const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(keep));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLeftPack.lanes[m]));
+      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c)), lanes);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sv + ns), _mm256_permutevar8x32_epi32(idx, perm));
+      ns += __builtin_popcount(m);
+    }
+#endif
+    for (; c < nc; ++c) {
       const float u = uniform_from_bits(philox4x32_10_x0(cj[c], tt, bb, c3, g_.key0, g_.key1));
       const int cell = std::min(kGrid, static_cast<int>(cav[c] * inv_h_));
-      uk[c] = u < skip[cell] ? -1.0f : u;
+      uk[c] = u;
+      sv[ns] = static_cast<int32_t>(c);
+      ns += !(u < skip[cell]);
     }
+    return ns;
   }
 
   // m = 1: the gate is |z|^alpha / (2 delta) * c where the one draw is active, else 0; only the
   // draws the table could not rule out are looked at again.
   int64_t single_draw(int64_t nc, int t, int b, std::vector<int32_t>& col, std::vector<float>& val) {
-    uniforms(nc, t, b, 0);
+    const int64_t ns = uniforms(nc, t, b, 0);
     const float two_delta = static_cast<float>(2.0 * g_.delta), delta = static_cast<float>(g_.delta);
     int64_t added = 0;
-    for (int64_t c = 0; c < nc; ++c) {
-      const float u = ukeep_[c];
-      if (u < 0.0f) continue;
-      const float z = abs_icdf(g_, u);
+    for (int64_t i = 0; i < ns; ++i) {
+      const int64_t c = surv_[i];
+      const float z = abs_icdf(g_, ukeep_[c]);
       if (!(cav_[c] < delta * z)) continue;
       const float gv = (0.0f + int_pow(z, g_.alpha) / two_delta) * g_.term_scale;  // gate()'s sum of one term
       if (gv == 0.0f) continue;
@@ -304,11 +468,10 @@ class SparseGateRows {
     std::fill(acc_.begin(), acc_.begin() + nc, 0.0f);
     const float two_delta = static_cast<float>(2.0 * g_.delta), delta = static_cast<float>(g_.delta);
     for (int k = 0; k < g_.samples; ++k) {
-      uniforms(nc, t, b, k);
-      for (int64_t c = 0; c < nc; ++c) {
-        const float u = ukeep_[c];
-        if (u < 0.0f) continue;
-        const float z = abs_icdf(g_, u);
+      const int64_t ns = uniforms(nc, t, b, k);
+      for (int64_t i = 0; i < ns; ++i) {
+        const int64_t c = surv_[i];
+        const float z = abs_icdf(g_, ukeep_[c]);
         const float term = int_pow(z, g_.alpha) / two_delta;
         if (cav_[c] < delta * z) acc_[c] = acc_[c] + term;
       }
@@ -320,6 +483,7 @@ class SparseGateRows {
   std::vector<float> skip_below_;
   std::vector<uint32_t> cj_;
   std::vector<float> cav_, acc_, ukeep_;
+  std::vector<int32_t> surv_;
 };
 
 // Dense rows [rows, width] (row r = b*T + t) from an event list; a column listed twice in a row adds,
@@ -516,10 +680,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
   std::vector<std::vector<float>> aval(sparse ? B : 0);
   const float fb = static_cast<float>(beta), ft = static_cast<float>(theta);
   const SparseGateRows gate_rows(g);
+  const float row_band = sparse ? g.band : 0.0f;
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> cur(N), u(N), s(N), v(N);
+    std::vector<float> cur(N), u(N), s(N), v(dg ? N : 0);
     std::vector<int32_t> sj(N);
     SparseGateRows rows_here = gate_rows;
+    rows_here.reserve(N);
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(u.begin(), u.end(), 0.0f);
       std::fill(s.begin(), s.end(), 0.0f);
@@ -527,24 +693,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
       for (int64_t t = 0; t < T; ++t) {
         const int64_t r = b * T + t;
         const float* c = cur_p ? cur_p + r * N : cur.data();
-        if (!cur_p) {
-          std::fill(cur.begin(), cur.end(), 0.0f);
-          for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q)
-            add_row(cur.data(), wp + static_cast<int64_t>(ev.col[q]) * N, ev.value(q), N);
-        }
-        const float* spp = s.data();
-        float* vp = v.data();
-        lif_row(u.data(), s.data(), vp, c, N, fb, ft);
-        int64_t n_spk = 0;
-        for (int64_t j = 0; j < N; ++j) {  // write always, advance on a spike
-          sj[n_spk] = static_cast<int32_t>(j);
-          n_spk += spp[j] != 0.0f;
-        }
-        spk[b].insert(spk[b].end(), sj.begin(), sj.begin() + n_spk);
-        for (int64_t q = 0; q < n_spk; ++q) cnt[sj[q]] += 1.0f;
-        sp[r + 1] = static_cast<Ptr>(n_spk);
-        if (dg) surrogate_row(g, vp, dg + r * N, N);
-        else if (sparse) ap[r + 1] = static_cast<Ptr>(rows_here.row(vp, N, static_cast<int>(t), static_cast<int>(b), acol[b], aval[b]));
+        if (!cur_p) event_current(ev, r, wp, N, cur.data());
+        const RowLists n = lif_row(u.data(), s.data(), c, N, fb, ft, row_band, sj.data(), rows_here.cand_j(),
+                                   rows_here.cand_av(), dg ? v.data() : nullptr);
+        spk[b].insert(spk[b].end(), sj.begin(), sj.begin() + n.spikes);
+        for (int64_t q = 0; q < n.spikes; ++q) cnt[sj[q]] += 1.0f;
+        sp[r + 1] = static_cast<Ptr>(n.spikes);
+        if (dg) surrogate_row(g, v.data(), dg + r * N, N);
+        else if (sparse)
+          ap[r + 1] = static_cast<Ptr>(rows_here.row(n.candidates, static_cast<int>(t), static_cast<int>(b), acol[b], aval[b]));
       }
     }
   });
