@@ -34,7 +34,7 @@ def main() -> None:
     device = torch.device(args.device)
     w = WORKLOADS[args.workload]
     batches, source = workload_batches(w, args.updates, 0)
-    batches = [(x.to(device), y.to(device)) for x, y in batches]
+    batches = [(x.float().to(device), y.to(device)) for x, y in batches]
     net = w.network()
     spec = GateSpec.build(args.method)
     model = SNN(net).to(device)

@@ -3,6 +3,7 @@ sync before reading a clock."""
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -18,6 +19,36 @@ def device_name(device: torch.device) -> str:
     except OSError:
         model = ""
     return model or platform.processor() or platform.machine()
+
+
+def vector_isa() -> str:
+    """The widest x86 vector extension the CPU reports (``avx512f``, ``avx2``, ``avx``), or the machine's
+    word for its architecture; the C++ ops are built with ``-march=native`` and their fast paths need AVX2."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), platform.machine())
+
+
+def cpu_facts() -> dict[str, object]:
+    """What a CPU timing depends on, for every benchmark's header (issue 21): the model, its widest vector
+    extension, logical CPUs, torch's threads, the 1-minute load average when the run started, and the
+    allocator setting (:mod:`lzo_bench.memory`)."""
+    from lzo_bench.memory import malloc_state
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": device_name(torch.device("cpu")), "vector_isa": vector_isa(), "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "load_1min": load, "malloc": malloc_state()}
+
+
+def cpu_header(facts: dict[str, object] | None = None) -> str:
+    """:func:`cpu_facts` on one line."""
+    f = facts or cpu_facts()
+    load = "n/a" if f["load_1min"] is None else f"{f['load_1min']:.2f}"
+    return (f"CPU {f['cpu']} ({f['vector_isa']}, {f['logical_cpus']} logical), torch threads {f['torch_threads']}, "
+            f"load {load}, malloc: {f['malloc']}")
 
 
 def sync_device(device: torch.device) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import signal
 import sys
 
-from lzo_bench import signals
+from lzo_bench import memory, signals
 
 
 def main() -> None:
     signals.install()
+    memory.keep_freed_memory()
     try:
         from lzo_bench.cli import app
     except KeyboardInterrupt as e:

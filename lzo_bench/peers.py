@@ -63,7 +63,6 @@ import importlib
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -86,6 +85,8 @@ OUR_METHODS = ("localzo", "sparsegrad", "surrogate")
 PEERS = ("snntorch", "spikingjelly", "norse")
 ALL_NAMES = (*(f"lzo {m}" for m in OUR_METHODS), *PEERS)
 REFERENCE = "lzo localzo"
+#: the name suffix of our rows that take the dense tensor when ``--input both`` times both ways
+DENSE_SUFFIX = "[dense input]"
 
 
 # --------------------------------------------------------------------------- workload
@@ -181,11 +182,13 @@ def _linear(w: torch.Tensor, cls: type[nn.Linear] = nn.Linear, scale: float = 1.
 
 
 def our_update_factory(method: str, shape: Workload, weights: list[torch.Tensor], backend: str = "auto",
-                       seed: int = 0) -> tuple[nn.Module, ForwardLoss, str]:
+                       seed: int = 0, input_mode: str = "events") -> tuple[nn.Module, ForwardLoss, str]:
     """Our model for ``method`` loaded with ``weights``: ``(model, forward_loss, backend line)``.
 
     ``forward_loss(x, y, update)`` returns ``(loss, spikes)`` with ``spikes()`` the list of hidden
-    spikes.
+    spikes. ``input_mode`` ``"events"``: each batch converted to events once, outside the timed update
+    (as the training loader hands them); ``"dense"``: the dense float tensor every peer gets, converted
+    inside the update.
     """
     from lzo_bench.backends import select_backend
     from lzo_bench.gates import GateSpec
@@ -200,10 +203,10 @@ def our_update_factory(method: str, shape: Workload, weights: list[torch.Tensor]
     inputs: dict[int, Any] = {}  # id(x) -> (x, converted input): convert each batch once
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor, update: int):
-        if id(x) not in inputs:
+        if input_mode == "events" and id(x) not in inputs:
             inputs.clear()
             inputs[id(x)] = (x, _our_input(x, be))
-        out = model(inputs[id(x)][1], spec, DrawKey(seed, update), be)
+        out = model(inputs[id(x)][1] if input_mode == "events" else x, spec, DrawKey(seed, update), be)
         return classification_loss(out.logits, y) + reg(out.counts), lambda: _our_spikes(out)
 
     return model, forward_loss, be.describe()
@@ -357,14 +360,16 @@ class Contender:
     total: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     first_spikes: list[torch.Tensor] | None = None
+    input: str = "dense"  # how the contender takes the batch: the dense tensor, or our events made outside the update
 
 
-def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], backend: str = "auto") -> Contender:
+def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], backend: str = "auto",
+                    input_mode: str = "events") -> Contender:
     """The contender called ``name``; raises :class:`PeerMissing` for a peer not installed."""
     if name.startswith("lzo "):
         from lzo_bench import __version__
 
-        module, fl, detail = our_update_factory(name.split(" ", 1)[1], shape, weights, backend)
+        module, fl, detail = our_update_factory(name.split(" ", 1)[1], shape, weights, backend, input_mode=input_mode)
         library, version = "lzo-bench", __version__
     else:
         dist, factory = PEER_FACTORIES[name]
@@ -404,11 +409,13 @@ def timed_update(c: Contender, x: torch.Tensor, y: torch.Tensor, record: bool) -
 def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor], shape: Workload,
                    repeats: int = 7, warmup: int = 2, backend: str = "auto", threads: int | None = None,
                    ref_spikes: list[torch.Tensor] | None = None,
-                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[dict[str, Any]]:
+                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                   input_mode: str = "events") -> list[dict[str, Any]]:
     """Time ``names`` interleaved on one batch; one row dict per contender that ran.
 
     A peer that is not installed, or fails, is skipped with one logged line; ``shape.steps`` and
-    ``shape.batch`` are taken from ``x``.
+    ``shape.batch`` are taken from ``x``. ``input_mode``: how our rows take the batch (see
+    :func:`our_update_factory`); the peers always take the dense tensor.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -416,9 +423,15 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
     if ref_spikes is None:
         ref_spikes = reference_spikes(shape, weights, x)
     contenders: list[Contender] = []
+    modes = ("events", "dense") if input_mode == "both" else (input_mode,)
     for name in names:
         try:
-            contenders.append(build_contender(name, shape, weights, backend))
+            for mode in modes if name.startswith("lzo ") else ("dense",):
+                c = build_contender(name, shape, weights, backend, mode)
+                c.input = mode
+                if input_mode == "both" and mode == "dense" and name.startswith("lzo "):
+                    c.name = f"{name} {DENSE_SUFFIX}"
+                contenders.append(c)
         except PeerMissing as e:
             log(f"skipped {name}: {e}")
         except Exception as e:
@@ -460,6 +473,7 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
             "spikes_vs_ours": d1, "spikes_vs_ours_l2": d2,
             "spike_entries_differing_l1": int((s1 != ref_spikes[0]).sum()),
             "detail": c.detail, "forward_note": FORWARD_NOTES.get(c.name, "ours"),
+            "input": c.input,
             "repeats": len(c.total),
         })
     ref = next((r for r in rows if r["name"] == REFERENCE), None)
@@ -491,10 +505,10 @@ def peer_rows(x: torch.Tensor, y: torch.Tensor, init_weights: list[torch.Tensor]
 
 
 def machine_info() -> dict[str, Any]:
-    from lzo_bench.devices import device_name
+    from lzo_bench.devices import cpu_facts
 
-    return {"cpu": device_name(torch.device("cpu")), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+    return cpu_facts() | {"python": platform.python_version(), "torch": torch.__version__,
+                          "platform": platform.platform()}
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
@@ -502,10 +516,13 @@ def _fmt(v: float | None, nd: int = 1) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    from lzo_bench.devices import cpu_header
+
+    print(cpu_header(config.get("machine")))
     title = (f"one training update, {config['shape']} T={config['steps']} B={config['batch']} "
              f"{config['n_in']}->{'->'.join(map(str, config['hidden']))}->{config['n_out']}, "
              f"gain {config['gain']:.3g}, medians of {config['repeats']} interleaved repeats after "
-             f"{config['warmup']} warm-up (CPU)")
+             f"{config['warmup']} warm-up (CPU), our input: {config.get('input', 'events')}")
     cols = ["name", "version", "thr", "fwd ms", "bwd ms", "opt ms", "total ms", "cpu ms", "x vs localzo",
             "bwd x vs localzo", "rate l1", "rate l2", "spikes_vs_ours"]
     body = [[r["name"], r["version"], str(r["threads"]),
@@ -516,13 +533,14 @@ def print_table(rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
             for r in rows]
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=title)
         for c in cols:
-            t.add_column(c, justify="left" if c in ("name", "version") else "right")
+            t.add_column(c, justify="left" if c in ("name", "version") else "right", no_wrap=c == "name")
         for b in body:
-            t.add_row(*b)
+            t.add_row(*map(escape, b))  # '[dense input]' is no markup
         Console(width=200).print(t)
     except ImportError:
         print(title)
@@ -556,7 +574,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", choices=("auto", "cpp", "torch"), help="our backend")
     ap.add_argument("--seed", type=int, default=0, help="seed of the input and labels")
     ap.add_argument("--json", action="store_true", help="print JSON to stdout instead of the table")
+    ap.add_argument("--input", choices=("events", "dense", "both"), default="events",
+                    help="how our rows take the batch: events converted once outside the timed update (as the "
+                         "training loader hands them), the dense float tensor every peer gets, converted inside it, "
+                         f"or both (rows named '... {DENSE_SUFFIX}')")
     args = ap.parse_args(argv)
+    from lzo_bench.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(ALL_NAMES)
     unknown = [n for n in names if n not in ALL_NAMES]
@@ -567,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--threads takes integers like 1 or 1,2, got {args.threads!r}")
     torch.set_num_threads(thread_counts[0])
+    machine = machine_info()  # the load before this run adds its own
 
     shape = SHAPES[args.shape]
     shape = dataclasses.replace(shape, steps=args.steps or shape.steps, batch=args.batch or shape.batch)
@@ -579,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for th in thread_counts:
         try:
-            rows += run_contenders(names, x, y, weights, shape, args.repeats, args.warmup, args.backend, th, ref, log)
+            rows += run_contenders(names, x, y, weights, shape, args.repeats, args.warmup, args.backend, th, ref, log,
+                                   args.input)
         except Exception as e:  # one of our rows failed: say what, no traceback
             log(f"error: our update failed with {args.threads or th} thread(s): {type(e).__name__}: {e}")
             return 1
@@ -588,9 +615,9 @@ def main(argv: list[str] | None = None) -> int:
               "reduce": shape.reduce, "f_up": shape.f_up, "input_rate": shape.synthetic_rate, "gain": gain,
               "calibrated_rate_l1": cal_rate, "lr": LR, "delta": DELTA, "repeats": args.repeats,
               "warmup": args.warmup, "threads": thread_counts, "backend": args.backend, "seed": args.seed,
-              "contenders": names}
+              "contenders": names, "input": args.input, "machine": machine}
     if args.json:
-        json.dump({"rows": rows, "config": config, "machine": machine_info()}, sys.stdout, indent=2)
+        json.dump({"rows": rows, "config": config, "machine": config["machine"]}, sys.stdout, indent=2)
         print()
     else:
         print_table(rows, config)

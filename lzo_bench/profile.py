@@ -42,7 +42,7 @@ from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, static_metrics
 from lzo_bench.rng import DrawKey
 from lzo_bench.stats import median_iqr
 from lzo_bench.timing import PhaseClock
-from lzo_bench.devices import sync_device
+from lzo_bench.devices import cpu_facts, sync_device
 from lzo_bench.workloads import WORKLOADS, Workload, calibrate_gain
 
 BASELINE = "autograd-loop"
@@ -52,18 +52,20 @@ BASELINE = "autograd-loop"
 
 def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None = None
                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
-    """``updates`` batches ``(x [T, B, n_in], y)``: the real training set when it is on disk, else
-    synthetic Bernoulli spikes at the workload's stated rate with random labels. A dataset that is
+    """``updates`` batches ``(x [T, B, n_in] bool, y)``: the real training set when it is on disk, else
+    synthetic Bernoulli spikes at the workload's stated rate with random labels. Bool, a quarter of
+    float32's bytes (the N-MNIST shape: 89 against 355 MB a batch): the event-driven backends read them
+    as they are, the dense ones get a float copy per round (issue 21: less memory first touched). A dataset that is
     there but damaged raises :class:`~lzo_bench.data.DatasetUnreadable`: profiling synthetic spikes
     instead would pass them off silently as the real workload (issue 19, D13)."""
     g = torch.Generator().manual_seed(seed)
     try:
         train, _ = load_dataset(w.name, w.steps, data_dir)
         idx = torch.randint(len(train), (updates, w.batch), generator=g)
-        out = [(train.dense(i).float().transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
+        out = [(train.dense(i).transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
         return out, f"{w.name} training set"
     except DatasetMissing:
-        out = [((torch.rand(w.steps, w.batch, w.n_in, generator=g) < w.synthetic_rate).float(),
+        out = [((torch.rand(w.steps, w.batch, w.n_in, generator=g) < w.synthetic_rate),
                 torch.randint(w.n_out, (w.batch,), generator=g)) for _ in range(min(updates, 8))]
         return [out[i % len(out)] for i in range(updates)], f"synthetic spikes at {w.synthetic_rate:.1%} per (step, input)"
 
@@ -290,6 +292,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                 nvml: Any = None) -> dict[str, Any]:
     """Measure every method of ``cfg``; returns the report written to ``profile.json``."""
     progress = progress or (lambda *_: None)
+    facts = cpu_facts()  # the load before this run adds its own
     trained = None
     if cfg.run is not None:  # the run's network, dataset, T and data folder
         trained, ckpt = load_checkpoint(cfg.run)
@@ -310,7 +313,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         net = w.network()
         init_note = f"{w.init} init, gain {w.init_gain:g} (the paper's / the dataset default)"
         if source.startswith("synthetic"):
-            gain, rate = calibrate_gain(net, batches[0][0])
+            gain, rate = calibrate_gain(net, batches[0][0].float())
             net = w.network("normal", gain)
             init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
                          f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
@@ -330,12 +333,13 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     progress("timing", 0, total)  # the whole count from the start, not "0/?"
     # event-driven backends get the batch as events, as the training loader hands it
     converted: dict[int, SpikeEvents] = {}
-    events = [converted.setdefault(id(x), as_events(x)) for x, _ in batches] if any(
-        r.backend.network for r in runners) else []
+    events = [converted[id(x)] if id(x) in converted else converted.setdefault(id(x), as_events(x))
+              for x, _ in batches] if any(r.backend.network for r in runners) else []
     for rnd in range(cfg.warmup + cfg.updates):
         x, y = batches[rnd]
+        dense = x.float() if not all(r.backend.network for r in runners) else None  # outside the timed phases
         for r in runners[rnd % len(runners):] + runners[:rnd % len(runners)]:
-            timed_update(r, events[rnd] if r.backend.network else x, y, rnd, clock)
+            timed_update(r, events[rnd] if r.backend.network else dense, y, rnd, clock)
             if rnd < cfg.warmup:
                 for lst in (r.fwd, r.bwd, r.opt, r.active, r.peak):
                     lst.pop()
@@ -359,10 +363,16 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
         sync = functools.partial(sync_device, device)
         try:
+            dense_of: dict[int, torch.Tensor] = {}  # float copies for the dense backends, made before any window
+
             def batch_for(r: Runner) -> Callable[[int], tuple[torch.Tensor | SpikeEvents, torch.Tensor]]:
+                if not r.backend.network:
+                    for i, (x, _) in enumerate(batches):
+                        dense_of.setdefault(i, x.float())
+
                 def one(i: int):
                     x, y = batches[i % len(batches)]
-                    return (events[i % len(batches)] if r.backend.network else x), y
+                    return (events[i % len(batches)] if r.backend.network else dense_of[i % len(batches)]), y
                 return one
 
             steps = {r.name: update_steps(r, batch_for(r)) for r in runners}
@@ -374,17 +384,17 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
                 sampler.stop()
     temp_after = meter.temperature_c() if meter.available else None
 
-    peers = measure_peers(w, net, init, batches[0], cfg, progress) if cfg.peers else None
+    peers = measure_peers(w, net, init, (batches[0][0].float(), batches[0][1]), cfg, progress) if cfg.peers else None
 
     by = {r.name: r for r in runners}
     ref_name = "surrogate" if "surrogate" in by else BASELINE
     med = {r.name: {k: median_iqr(getattr(r, k)) for k in ("fwd", "bwd", "opt")} for r in runners}
+    x_last = batches[-1][0].float()
     rows = []
     for r in runners:
         m = med[r.name]
         e = energy.get(r.name)
         ref_e = energy.get(ref_name)
-        x_last = batches[-1][0]
         row = {
             "method": r.name,
             "backend": r.backend.name,
@@ -418,7 +428,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         "device": str(device),
         "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
-                    "gpu": asdict(info) if info else None},
+                    "gpu": asdict(info) if info else None} | facts,
         "memory_measure": "CUDA allocator peak above the update's start" if device.type == "cuda"
         else "bytes of tensors saved for the backward (CPU)",
         "energy": {

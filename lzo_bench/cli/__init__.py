@@ -22,7 +22,8 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Run the app as the console script does (:func:`lzo_bench.entry.main`: SIGTERM as Ctrl-C, exit
     128 + signal); this package is imported already, so only the signal handling is left to install."""
-    from lzo_bench import signals
+    from lzo_bench import memory, signals
 
     signals.install()
+    memory.keep_freed_memory()
     sys.exit(app())

@@ -42,6 +42,7 @@ def profile(
     from lzo_bench.backends import BackendUnavailable
     from lzo_bench.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.data import DatasetError
+    from lzo_bench.devices import cpu_header
     from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.report import console, peers_table, profile_table, progress_columns
     from lzo_bench.rng import MAX_SAMPLES
@@ -96,6 +97,7 @@ def profile(
         raise fail(f"cannot write the profile into {target} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:
         return print_json(report)
+    console.print(cpu_header(report["machine"]), highlight=False)
     console.print(profile_table(report))
     console.print(f"weights: {report['workload']['weights']}", highlight=False)
     e = report["energy"]
