@@ -431,3 +431,28 @@ def test_cuda_refuses_a_bad_list_instead_of_reading_past_it():
     assert r.returncode != 0
     said = r.stdout + r.stderr
     assert "row pointers must not decrease" in said, said[-2000:]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_to_events_one_pass_equals_nonzero_on_every_path(threads):
+    """to_events tests 32 inputs at a time and walks a block's mask bits, threads taking ranges of steps:
+    widths with and without a partial block, every dtype, graded values, NaN (an event) and -0 (none)
+    must give what nonzero() gives, rows b·T + t."""
+    g = torch.Generator().manual_seed(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for T, B, N, p in ((37, 3, 70, 0.1), (5, 2, 64, 0.6), (3, 1, 1, 0.5), (9, 4, 33, 0.02)):
+            x = (torch.rand(T, B, N, generator=g) < p) * torch.randint(1, 256, (T, B, N), generator=g).float()
+            x[0, 0, 0], x[-1, -1, -1] = float("nan"), -0.0
+            rows_x = x.transpose(0, 1).reshape(B * T, N)
+            for xin in (x, x.to(torch.uint8), x != 0):
+                ref = rows_x if xin.dtype == torch.float32 else xin.transpose(0, 1).reshape(B * T, N)
+                r, c = (ref != 0).nonzero(as_tuple=True)
+                ptr, col, val = torch.ops.lzo.to_events(xin)
+                assert torch.equal(col.long(), c), (T, B, N, xin.dtype)
+                assert torch.equal(ptr.long(), torch.cat([torch.zeros(1, dtype=torch.long),
+                                                          torch.bincount(r, minlength=B * T).cumsum(0)]))
+                torch.testing.assert_close(val, ref[r, c].float(), equal_nan=True, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)

@@ -58,3 +58,31 @@ def test_profile_peers_cli(tmp_path):
     for lib in ("spikingjelly", "norse"):  # installed with the bench extra, else named as skipped
         assert lib in names or any(s.startswith(f"skipped {lib}") for s in p["skipped"])
     assert "peers:" in result.output and "other libraries" in " ".join(result.output.split())
+
+
+def test_input_both_times_our_rows_from_the_dense_tensor_too(capsys):
+    """``--input both``: each of our rows twice, once from events made outside the update and once from the
+    dense tensor every peer gets (converted inside the update); same spikes, and the table names both."""
+    x, y = peers.make_inputs(TINY)
+    weights, _, _ = peers.initial_weights(TINY, x)
+    rows = peers.run_contenders([peers.REFERENCE, "snntorch"], x, y, weights, TINY, repeats=2, warmup=1,
+                                log=lambda m: None, input_mode="both")
+    by = {r["name"]: r for r in rows}
+    dense = f"{peers.REFERENCE} {peers.DENSE_SUFFIX}"
+    assert set(by) == {peers.REFERENCE, dense, "snntorch"}
+    assert (by[peers.REFERENCE]["input"], by[dense]["input"], by["snntorch"]["input"]) == ("events", "dense", "dense")
+    assert by[dense]["spikes_vs_ours"] == 0 and by[dense]["spike_entries_differing_l1"] == 0
+    assert by[dense]["x_vs_localzo"] == pytest.approx(by[dense]["total_ms"] / by[peers.REFERENCE]["total_ms"])
+    config = {"shape": "tiny", "steps": TINY.steps, "batch": TINY.batch, "n_in": TINY.n_in, "hidden": list(TINY.hidden),
+              "n_out": TINY.n_out, "gain": 1.0, "repeats": 2, "warmup": 1, "input": "both",
+              "machine": peers.machine_info()}
+    peers.print_table(rows, config)
+    out = capsys.readouterr().out
+    assert peers.DENSE_SUFFIX in out  # not swallowed as rich markup
+    assert out.splitlines()[0].startswith("CPU ") and "torch threads" in out.splitlines()[0]
+
+
+def test_peers_main_refuses_an_unknown_input_mode(capsys):
+    with pytest.raises(SystemExit) as e:
+        peers.main(["--input", "sparse"])
+    assert e.value.code == 2 and "invalid choice: 'sparse'" in capsys.readouterr().err
