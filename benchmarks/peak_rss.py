@@ -91,9 +91,10 @@ def main() -> int:
     if args.json:
         print(json.dumps({"shape": args.shape, "updates": args.updates, "threads": args.threads, "rows": rows}, indent=2))
         return 0
-    from lzo_bench.devices import cpu_header
+    from lzo_bench.devices import cpu_facts, cpu_header
 
-    print(cpu_header())
+    malloc = "glibc's defaults (LZO_MALLOC=system)" if args.malloc == "system" else "freed memory kept for reuse"
+    print(cpu_header(cpu_facts() | {"torch_threads": args.threads, "malloc": f"{malloc} (in each child)"}))
     print(f"peak RSS of {args.updates} full updates, {args.shape} shape, {args.threads} thread(s), one process each, "
           f"malloc {args.malloc}; faults and sys/user time per update after the first")
     print("name | version | RSS before MiB | peak RSS MiB | added MiB | update ms | minor faults | sys ms | user ms")
