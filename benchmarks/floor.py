@@ -127,11 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     t = {}
     t["to_events (dense float input)"], _ = med(lambda: as_events(x), r)
     t["read x (x.sum, 355 MB)"], _ = med(lambda: x.sum(), r)
-    t["L1 current + scan (no gate)"], _ = med(forward(None, (ev.ptr, ev.col, ev.val), w1, 0), r)
-    t["L1 + sparsegrad gate"], _ = med(forward(GateSpec.build("sparsegrad", "normal", peers.DELTA), (ev.ptr, ev.col, ev.val), w1, 0), r)
-    t["L1 + localzo gate"], o1 = med(forward(lz, (ev.ptr, ev.col, ev.val), w1, 0), r)
-    t["L2 current + scan (no gate)"], _ = med(forward(None, (o1[0], o1[1], e0), w2, 1), r)
-    t["L2 + localzo gate"], o2 = med(forward(lz, (o1[0], o1[1], e0), w2, 1), r)
+    # the forward's variants interleaved, one call each per round, so a gate's cost is the median of
+    # per-round differences, not a difference of medians taken minutes apart on a noisy machine
+    sg = GateSpec.build("sparsegrad", "normal", peers.DELTA)
+    o1 = forward(lz, (ev.ptr, ev.col, ev.val), w1, 0)()
+    variants = {"L1 current + scan (no gate)": forward(None, (ev.ptr, ev.col, ev.val), w1, 0),
+                "L1 + sparsegrad gate": forward(sg, (ev.ptr, ev.col, ev.val), w1, 0),
+                "L1 + localzo gate": forward(lz, (ev.ptr, ev.col, ev.val), w1, 0),
+                "L2 current + scan (no gate)": forward(None, (o1[0], o1[1], e0), w2, 1),
+                "L2 + localzo gate": forward(lz, (o1[0], o1[1], e0), w2, 1)}
+    rounds: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(r + 1):
+        for k, fn in variants.items():
+            t0 = time.perf_counter()
+            out = fn()
+            rounds[k].append(1e3 * (time.perf_counter() - t0))
+            if k == "L2 + localzo gate":
+                o2 = out
+    rounds = {k: v[1:] for k, v in rounds.items()}  # the first round warms up
+    t.update({k: statistics.median(v) for k, v in rounds.items()})
+
+    def gate_ms(with_gate: str, without: str) -> float:
+        return statistics.median(a - b for a, b in zip(rounds[with_gate], rounds[without]))
+
     t["readout"], o = med(lambda: lib.readout_forward(o2[0], o2[1], wo, T, beta_o), r)
     oo, c1, c2 = o.clone().requires_grad_(True), o1[2].clone().requires_grad_(True), o2[2].clone().requires_grad_(True)
 
@@ -172,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         ("L1 current + scan", t["L1 current + scan (no gate)"],
          f"{nnz_x * N1 / 1e6:.0f} M adds (nnz(x)·N) + {entries / 1e6:.1f} M entries × 5 flops",
          1e3 * (nnz_x * N1 + 5 * entries) / adds),
-        ("L1 localzo gate", t["L1 + localzo gate"] - t["L1 current + scan (no gate)"],
+        ("L1 localzo gate", gate_ms("L1 + localzo gate", "L1 current + scan (no gate)"),
          f"{cand[0] / 1e6:.2f} M Philox draws ({100 * cand[0] / entries:.1f} % candidates)", 1e3 * cand[0] / phil),
-        ("L1 sparsegrad gate", t["L1 + sparsegrad gate"] - t["L1 current + scan (no gate)"], "≈1 % candidates, g(v)", None),
+        ("L1 sparsegrad gate", gate_ms("L1 + sparsegrad gate", "L1 current + scan (no gate)"), "≈1 % candidates, g(v)", None),
         ("L2 current + scan", t["L2 current + scan (no gate)"], f"{s1 * N2 / 1e6:.0f} M adds + {entries / 1e6:.1f} M entries × 5",
          1e3 * (s1 * N2 + 5 * T * B * N2) / adds),
-        ("L2 localzo gate", t["L2 + localzo gate"] - t["L2 current + scan (no gate)"],
+        ("L2 localzo gate", gate_ms("L2 + localzo gate", "L2 current + scan (no gate)"),
          f"{cand[1] / 1e6:.2f} M Philox draws ({100 * cand[1] / (T * B * N2):.1f} %)", 1e3 * cand[1] / phil),
         ("readout", t["readout"], f"{s2 * C / 1e6:.1f} M adds + {T * B * C / 1e6:.1f} M", 1e3 * (s2 * C + 2 * T * B * C) / adds),
         ("loss (fwd + bwd)", t["loss, forward and backward"], f"{T * B * C / 1e6:.1f} M (max over T)", None),
