@@ -76,7 +76,7 @@ def machine_rates(repeats: int) -> dict[str, float]:
     from lzo_bench import ops
 
     kernels = Path(ops.__file__).resolve().parent.parent / "kernels"
-    mod = load_inline("lzo_floor_rates", [RATES_SRC], extra_cflags=["-O3", "-march=native", "-ffp-contract=off"],
+    mod = load_inline(f"lzo_floor_rates_{ops._host_arch()[1]}", [RATES_SRC],  # -march=native: one build per CPU extra_cflags=["-O3", "-march=native", "-ffp-contract=off"],
                       extra_include_paths=[str(kernels)], verbose=False)
     return {"adds_per_s": max(mod.add_rate() for _ in range(repeats)),
             "philox_per_s": max(mod.philox_rate() for _ in range(repeats))}

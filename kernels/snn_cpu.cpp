@@ -28,6 +28,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -396,11 +398,15 @@ class SparseGateRows {
 #if defined(__AVX2__)
     const __m256 inv_h = _mm256_set1_ps(inv_h_), half = _mm256_set1_ps(0.5f), ulp = _mm256_set1_ps(1.1920928955078125e-07f);
     const __m256i grid = _mm256_set1_epi32(kGrid), lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 grid_f = _mm256_set1_ps(static_cast<float>(kGrid));
     for (; c + 8 <= nc; c += 8) {
       const __m256i x = philox8_x0(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + c)), tt, bb, c3,
                                    g_.key0, g_.key1);
       const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 9)), half), ulp);
-      const __m256i cell = _mm256_min_epi32(grid, _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_loadu_ps(cav + c), inv_h)));
+      // clamped in float first: a band so small that inv_h is inf gives inf or NaN here (min_ps returns kGrid
+      // for NaN), which cvttps would turn into INT_MIN
+      const __m256i cell = _mm256_min_epi32(
+          grid, _mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(_mm256_loadu_ps(cav + c), inv_h), grid_f)));
       const __m256 keep = _mm256_cmp_ps(u, _mm256_i32gather_ps(skip, cell, 4), _CMP_GE_OQ);
       _mm256_storeu_ps(uk + c, u);
       const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(keep));
@@ -412,7 +418,8 @@ class SparseGateRows {
 #endif
     for (; c < nc; ++c) {
       const float u = uniform_from_bits(philox4x32_10_x0(cj[c], tt, bb, c3, g_.key0, g_.key1));
-      const int cell = std::min(kGrid, static_cast<int>(cav[c] * inv_h_));
+      const float f = cav[c] * inv_h_;
+      const int cell = f < static_cast<float>(kGrid) ? static_cast<int>(f) : kGrid;  // NaN and inf: the last cell
       uk[c] = u;
       sv[ns] = static_cast<int32_t>(c);
       ns += !(u < skip[cell]);
@@ -540,8 +547,9 @@ inline uint32_t nonzero_mask32(const S* p) {
   }
 }
 
-// A thread's event lists, kept across calls (thread_local): after the first batch no allocation and no
-// page fault of fresh memory (issue 21: those cost as much as the pass itself).
+// One part's event lists. Parts are the call's own (any thread may run any part, and two calls may run
+// at once); their capacity is kept across calls in a pool, so after the first batch there is no
+// allocation and no page fault of fresh memory (issue 21: those cost as much as the pass itself).
 struct EventBuffer {
   std::vector<int32_t> col;
   std::vector<float> val;
@@ -553,6 +561,38 @@ struct EventBuffer {
     val.resize(size);
   }
 };
+
+class EventBufferPool {
+ public:
+  std::vector<std::unique_ptr<EventBuffer>> take(size_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::unique_ptr<EventBuffer>> out;
+    while (out.size() < n) {
+      if (free_.empty()) {
+        out.push_back(std::make_unique<EventBuffer>());
+      } else {
+        out.push_back(std::move(free_.back()));
+        free_.pop_back();
+      }
+      out.back()->n = 0;
+    }
+    return out;
+  }
+  void give_back(std::vector<std::unique_ptr<EventBuffer>>& bufs) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& b : bufs) free_.push_back(std::move(b));
+    bufs.clear();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<EventBuffer>> free_;
+};
+
+EventBufferPool& event_buffer_pool() {
+  static EventBufferPool pool;
+  return pool;
+}
 
 template <typename S>
 inline void row_nonzeros(const S* src, int64_t n, EventBuffer& out) {
@@ -575,25 +615,28 @@ inline void row_nonzeros(const S* src, int64_t n, EventBuffer& out) {
 }
 
 // to_events over a dense [T, B, N] input of element type S (float, uint8 or bool) in one pass over x,
-// in memory order (step-major): each thread takes a range of steps and appends their events to its own
-// lists, then the events move to their rows r = b*T + t (4 bytes each, a few MB against x's read).
+// in memory order (step-major): the steps are cut into one part per thread, each part appends its events
+// to its own lists, then the events move to their rows r = b*T + t (4 bytes each, a few MB against x's read).
 template <typename S>
 void to_events_rows(const S* xp, int64_t T, int64_t B, int64_t N, Tensor& ptr, Tensor& col, Tensor& val,
                     const at::TensorOptions& opts) {
   const int64_t rows = T * B;
   Ptr* p = ptr.data_ptr<Ptr>();
-  std::vector<int64_t> start(static_cast<size_t>(rows));  // (t, b)'s first event in its thread's lists
+  std::vector<int64_t> start(static_cast<size_t>(rows));  // (t, b)'s first event in its part's lists
   std::vector<EventBuffer*> owner(static_cast<size_t>(T));
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    thread_local EventBuffer buf;
-    buf.n = 0;
-    for (int64_t t = t0; t < t1; ++t) {
-      owner[t] = &buf;
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t before = buf.n;
-        start[t * B + b] = before;
-        row_nonzeros(xp + (t * B + b) * N, N, buf);
-        p[b * T + t + 1] = static_cast<Ptr>(buf.n - before);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(T, at::get_num_threads()));
+  auto bufs = event_buffer_pool().take(static_cast<size_t>(parts));
+  at::parallel_for(0, parts, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      EventBuffer& buf = *bufs[static_cast<size_t>(k)];
+      for (int64_t t = k * T / parts; t < (k + 1) * T / parts; ++t) {
+        owner[t] = &buf;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t before = buf.n;
+          start[t * B + b] = before;
+          row_nonzeros(xp + (t * B + b) * N, N, buf);
+          p[b * T + t + 1] = static_cast<Ptr>(buf.n - before);
+        }
       }
     }
   });
@@ -614,6 +657,7 @@ void to_events_rows(const S* xp, int64_t T, int64_t B, int64_t N, Tensor& ptr, T
         }
       }
   });
+  event_buffer_pool().give_back(bufs);
 }
 
 }  // namespace

@@ -370,13 +370,15 @@ def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], bac
         from lzo_bench import __version__
 
         module, fl, detail = our_update_factory(name.split(" ", 1)[1], shape, weights, backend, input_mode=input_mode)
+        taken = input_mode
         library, version = "lzo-bench", __version__
     else:
         dist, factory = PEER_FACTORIES[name]
         module, fl, detail = factory(shape, weights)
         library, version = dist, importlib.metadata.version(dist)
+        taken = "dense"
     opt = torch.optim.Adam(module.parameters(), lr=LR)
-    return Contender(name, library, version, detail, module, fl, opt)
+    return Contender(name, library, version, detail, module, fl, opt, input=taken)
 
 
 CPU_CLOCK = PhaseClock(torch.device("cpu"))  # the peers run on the CPU: perf_counter phase edges
@@ -428,7 +430,6 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
         try:
             for mode in modes if name.startswith("lzo ") else ("dense",):
                 c = build_contender(name, shape, weights, backend, mode)
-                c.input = mode
                 if input_mode == "both" and mode == "dense" and name.startswith("lzo "):
                     c.name = f"{name} {DENSE_SUFFIX}"
                 contenders.append(c)
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from lzo_bench.memory import keep_freed_memory
 
-    keep_freed_memory()
+    keep_freed_memory()  # process-wide, as `lzo-bench profile --peers` runs: main() is the benchmark's entry point
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(ALL_NAMES)
     unknown = [n for n in names if n not in ALL_NAMES]

@@ -363,16 +363,17 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
         sync = functools.partial(sync_device, device)
         try:
-            dense_of: dict[int, torch.Tensor] = {}  # float copies for the dense backends, made before any window
+            dense_of: dict[int, torch.Tensor] = {}  # float copies for the dense backends, one per distinct batch
 
             def batch_for(r: Runner) -> Callable[[int], tuple[torch.Tensor | SpikeEvents, torch.Tensor]]:
                 if not r.backend.network:
-                    for i, (x, _) in enumerate(batches):
-                        dense_of.setdefault(i, x.float())
+                    for x, _ in batches:  # made before any window
+                        if id(x) not in dense_of:
+                            dense_of[id(x)] = x.float()
 
                 def one(i: int):
                     x, y = batches[i % len(batches)]
-                    return (events[i % len(batches)] if r.backend.network else dense_of[i % len(batches)]), y
+                    return (events[i % len(batches)] if r.backend.network else dense_of[id(x)]), y
                 return one
 
             steps = {r.name: update_steps(r, batch_for(r)) for r in runners}

@@ -456,3 +456,37 @@ def test_to_events_one_pass_equals_nonzero_on_every_path(threads):
                 torch.testing.assert_close(val, ref[r, c].float(), equal_nan=True, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_localzo_gate_with_a_band_too_small_for_the_skip_table():
+    """A band below 256/FLT_MAX makes the skip table's cell width's inverse inf; |v| = 0 then gives a NaN
+    cell index, which the vectorised gather must clamp to the last cell instead of reading far before the
+    table (it crashed before). Zero weights and θ = 0 put every potential at v = 0, a candidate of any band."""
+    spec = GateSpec.build("localzo", "normal", 0.05)
+    table, *params = ops.gate_args(spec, DrawKey(0, 0), torch.device("cpu"))
+    params[6] = 1e-37  # band
+    x = as_events((torch.rand(3, 2, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float())
+    w = torch.zeros(5, 19)
+    out = torch.ops.lzo.lif_events_forward(x.ptr, x.col, x.val, w, table, 3, 0.9, 0.0, *params, 0, 0)
+    ptr, col, gate = out[3], out[4], out[5]
+    ref = gate_values(torch.zeros(3, 2, 19), spec, DrawKey(0, 0), 0).transpose(0, 1).reshape(6, 19)  # rows b·T + t
+    rows = torch.repeat_interleave(torch.arange(6), (ptr[1:] - ptr[:-1]).long())
+    dense = torch.zeros(6, 19)
+    dense[rows, col.long()] = gate
+    torch.testing.assert_close(dense, ref, rtol=1e-6, atol=0)
+    assert int(ptr[-1]) == int((ref != 0).sum()) > 0
+
+
+def test_to_events_from_several_threads_at_once():
+    """Each call takes its own lists from the pool that keeps their capacity: calls running at the same
+    time (a loader thread beside the training loop) must not share them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(5)
+    xs = [(torch.rand(40, 8, 300, generator=g) < 0.05 * (i + 1)).float() for i in range(6)]
+    want = [torch.ops.lzo.to_events(x) for x in xs]
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            got = list(pool.map(torch.ops.lzo.to_events, xs))
+            for a, b in zip(got, want):
+                assert all(torch.equal(p, q) for p, q in zip(a, b))
