@@ -4,13 +4,14 @@ glibc's ``malloc`` serves a request above ``M_MMAP_THRESHOLD`` (128 KiB, rising 
 32 MiB) with its own ``mmap`` and unmaps it on ``free``; the heap above ``M_TRIM_THRESHOLD`` is returned
 to the kernel too. A training update allocates the same large tensors every time (the dense rule's
 ``[T, B, N]`` gates and gradients: 61 MB each on N-MNIST; event lists; Adam's temporaries), so every
-update touched fresh pages: 6.0 M minor faults and 22.7 s of system time in an 80 s
-``lzo-bench profile --workload nmnist`` (1 thread, 2-core AMD EPYC VM, issue 21). With
+update touched fresh pages: 6.0 M minor faults and 23.1 s of system time in an 83 s
+``lzo-bench profile --workload nmnist`` (1 thread, 2-core AMD EPYC VM, issue 21); the dense rule's update
+alone 90.7 k faults and 280 ms of system time, 0.7 k and 2 ms with this setting (``benchmarks/peak_rss.py``). With
 ``M_MMAP_MAX = 0`` (every request from the heap) and no trimming, freed memory stays mapped and the next
 update reuses it, as PyTorch's caching allocator does on a GPU. Resident memory then stays at the
-process's high-water mark instead of following each update down and up again, and can lie above the old
-peak: a freed block below a live one is reused only by requests that fit in it (the dense rule's update
-added 184–500 MiB at its peak against 327 MiB with glibc's defaults; a localzo update 8 against 34 MiB).
+process's high-water mark instead of following each update down and up again, and can lie somewhat above
+the old peak: a freed block below a live one is reused only by requests that fit in it (a localzo update
+added 37–39 MiB at its peak against 35–39 with glibc's defaults; the dense rule's 329 MiB either way).
 The setting is inherited by forked children (DataLoader workers).
 
 Applied by the ``lzo-bench`` console script and ``benchmarks/peers.py`` (every contender of a run gets
