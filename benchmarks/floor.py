@@ -71,13 +71,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("add_rate", &add_rate); m.def("
 
 def machine_rates(repeats: int) -> dict[str, float]:
     """Adds and Philox draws per second of this machine's cores, compiled with the extension's flags."""
-    from pathlib import Path
-
     from lzo_bench import ops
 
-    kernels = Path(ops.__file__).resolve().parent.parent / "kernels"
-    mod = load_inline(f"lzo_floor_rates_{ops._host_arch()[1]}", [RATES_SRC],  # -march=native: one build per CPU extra_cflags=["-O3", "-march=native", "-ffp-contract=off"],
-                      extra_include_paths=[str(kernels)], verbose=False)
+    arch, tag = ops._host_arch()  # the extension's own ISA flags, and one build per CPU
+    mod = load_inline(f"lzo_floor_rates_{tag}", [RATES_SRC], extra_cflags=["-O3", *arch, "-ffp-contract=off"],
+                      extra_include_paths=[str(ops.kernels_dir())], verbose=False)
     return {"adds_per_s": max(mod.add_rate() for _ in range(repeats)),
             "philox_per_s": max(mod.philox_rate() for _ in range(repeats))}
 
