@@ -202,8 +202,9 @@ void surrogate_row(const GateParams& g, const float* v, float* out, int64_t n) {
 //   cj/cav[0..candidates)  (j, |v|) of the gate's candidates |v| < band, in j order (band <= 0: none);
 //   v_out                  v of every neuron (the dense gate reads it), when not null.
 // With AVX2 a block of 8 neurons yields a bit mask per list: the spikes' set bits are visited (~1 % of
-// a row), the candidates (<= 15 %) are left-packed without a branch (cj and cav need 8 entries of slack
-// past n); the same float operations in the same order as the scalar loop, so both give the same bits.
+// a row), the candidates (<= 15 %) are left-packed without a branch (8 lanes stored at the count, which
+// is at most j, so within n); the same float operations in the same order as the scalar loop, so both
+// give the same bits.
 #if defined(__AVX2__)
 // lanes[m] = the set bits of m in ascending order, then zeros: the permutation that left-packs a mask.
 struct LeftPack {
@@ -323,7 +324,6 @@ inline void event_current(const EventView& ev, int64_t r, const float* w, int64_
     event_current_rows<false>(nullptr, ev.col, ev.ptr[r], ev.ptr[r + 1], w, n, cur);
 }
 
-
 // The gates of the sparse rules for one row (t, b) of potentials, computed only at the candidates
 // |v| < band, which lif_row collects as it scans (DESIGN.md 5b, item 3).
 //   sparsegrad: g(|v|) on the candidates, vectorised (surrogate_row).
@@ -353,11 +353,11 @@ class SparseGateRows {
 
   // The candidate buffers of a row of n neurons, which lif_row fills: (j, |v|) with |v| < band.
   void reserve(int64_t n) {
-    cj_.resize(n + 8);  // lif_row's left-packing stores 8 lanes at a time
-    cav_.resize(n + 8);
+    cj_.resize(n);
+    cav_.resize(n);
     acc_.resize(n);
     ukeep_.resize(n);
-    surv_.resize(n + 8);
+    surv_.resize(n);
   }
   uint32_t* cand_j() { return cj_.data(); }
   float* cand_av() { return cav_.data(); }
@@ -385,7 +385,7 @@ class SparseGateRows {
  private:
   // uk[c] = the uniform of sample k at candidate c (Philox, the uniform and the table lookup in one
   // vectorised loop); returns how many draws the skip table could not rule out, their candidates
-  // left-packed into surv_ in c order.
+  // left-packed into surv_ in c order (8 lanes stored at the count, at most c, so within nc).
   int64_t uniforms(int64_t nc, int t, int b, int k) {
     const uint32_t tt = static_cast<uint32_t>(t), bb = static_cast<uint32_t>(b);
     const uint32_t c3 = (static_cast<uint32_t>(g_.layer) << 16) | static_cast<uint32_t>(k);
@@ -829,11 +829,7 @@ Tensor readout_forward_cpu(const Tensor& s_ptr, const Tensor& s_col, const Tenso
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t t = 0; t < T; ++t) {
         const int64_t r = b * T + t;
-        std::fill(a.begin(), a.end(), 0.0f);
-        for (int64_t q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
-          const float* w = wp + static_cast<int64_t>(ev.col[q]) * C;
-          for (int64_t c = 0; c < C; ++c) a[c] += w[c];
-        }
+        event_current(ev, r, wp, C, a.data());
         float* dst = op_ + (t * B + b) * C;
         for (int64_t c = 0; c < C; ++c) {
           acc[c] = bo * acc[c] + omb * a[c];

@@ -9,26 +9,26 @@ import platform
 import torch
 
 
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of ``/proc/cpuinfo`` (``model name``, ``flags``), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(field)), "")
+    except OSError:
+        return ""
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name (``/proc/cpuinfo``, else the platform's word for it)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def vector_isa() -> str:
     """The widest x86 vector extension the CPU reports (``avx512f``, ``avx2``, ``avx``), or the machine's
     word for its architecture; the C++ ops are built with ``-march=native`` and their fast paths need AVX2."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = _cpuinfo("flags").split()
     return next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), platform.machine())
 
 

@@ -70,6 +70,16 @@ def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None 
         return [out[i % len(out)] for i in range(updates)], f"synthetic spikes at {w.synthetic_rate:.1%} per (step, input)"
 
 
+def once_per_batch(batches: list[tuple[torch.Tensor, torch.Tensor]],
+                   convert: Callable[[torch.Tensor], Any]) -> list[Any]:
+    """``convert(x)`` for every batch, made once per distinct tensor (the synthetic batches repeat)."""
+    done: dict[int, Any] = {}
+    for x, _ in batches:
+        if id(x) not in done:
+            done[id(x)] = convert(x)
+    return [done[id(x)] for x, _ in batches]
+
+
 def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn`` and count the bytes of the distinct storages saved for backward."""
     seen: dict[int, int] = {}
@@ -332,9 +342,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     done = 0
     progress("timing", 0, total)  # the whole count from the start, not "0/?"
     # event-driven backends get the batch as events, as the training loader hands it
-    converted: dict[int, SpikeEvents] = {}
-    events = [converted[id(x)] if id(x) in converted else converted.setdefault(id(x), as_events(x))
-              for x, _ in batches] if any(r.backend.network for r in runners) else []
+    events = once_per_batch(batches, as_events) if any(r.backend.network for r in runners) else []
     for rnd in range(cfg.warmup + cfg.updates):
         x, y = batches[rnd]
         dense = x.float() if not all(r.backend.network for r in runners) else None  # outside the timed phases
@@ -363,17 +371,14 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
         sampler = PowerSampler(meter).start() if meter.power_sample() is not None else None
         sync = functools.partial(sync_device, device)
         try:
-            dense_of: dict[int, torch.Tensor] = {}  # float copies for the dense backends, one per distinct batch
+            # float copies for the dense backends, made before any window
+            dense_batches = (once_per_batch(batches, torch.Tensor.float)
+                             if not all(r.backend.network for r in runners) else [])
 
             def batch_for(r: Runner) -> Callable[[int], tuple[torch.Tensor | SpikeEvents, torch.Tensor]]:
-                if not r.backend.network:
-                    for x, _ in batches:  # made before any window
-                        if id(x) not in dense_of:
-                            dense_of[id(x)] = x.float()
-
                 def one(i: int):
-                    x, y = batches[i % len(batches)]
-                    return (events[i % len(batches)] if r.backend.network else dense_of[id(x)]), y
+                    _, y = batches[i % len(batches)]
+                    return (events if r.backend.network else dense_batches)[i % len(batches)], y
                 return one
 
             steps = {r.name: update_steps(r, batch_for(r)) for r in runners}

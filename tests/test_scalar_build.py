@@ -5,7 +5,6 @@ order). The scalar build runs in a child process (its ops register under the sam
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,6 @@ from lzo_bench import ops
 from lzo_bench.devices import vector_isa
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
-
-KERNELS = Path(ops.__file__).resolve().parent.parent / "kernels"
 
 CHILD = """
 import sys, torch
@@ -60,7 +57,7 @@ def test_avx2_paths_equal_the_scalar_build_to_the_bit(tmp_path):
     torch.save(cases, tmp_path / "cases.pt")
     build = tmp_path / "build"
     build.mkdir()
-    subprocess.run([sys.executable, "-c", CHILD, str(KERNELS), str(build), str(tmp_path / "cases.pt"),
+    subprocess.run([sys.executable, "-c", CHILD, str(ops.kernels_dir()), str(build), str(tmp_path / "cases.pt"),
                     str(tmp_path / "scalar.pt")], check=True, capture_output=True)
     scalar = torch.load(tmp_path / "scalar.pt")
     lib = torch.ops.lzo
