@@ -118,6 +118,25 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)"); \
   do {} while (0)
 
+// The convolutional layers' ops (issue 22), CPU kernels in snn_cpu.cpp: shape = [C_in, H, W, C_out, K, stride,
+// padding], weight [C_out, C_in*K*K (+1: a bias)], units channels-last (see snn_cpu.cpp).
+#define LZO_CONV_OP_SCHEMAS(m) \
+  m.def( \
+      "conv_lif_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, int[] shape, Tensor table, " \
+      "int steps, float beta, float theta, int method, int sample_kind, int surrogate_kind, float delta, float bth, " \
+      "float k, float band, float term_scale, int samples, int alpha, int seed, int update, int layer, " \
+      "int current_mode) -> (Tensor spike_ptr, Tensor spike_col, Tensor counts, Tensor active_ptr, " \
+      "Tensor active_col, Tensor active_gate, Tensor dense_gate)"); \
+  m.def( \
+      "conv_sparse_backward(Tensor grad_active, Tensor active_ptr, Tensor active_col, Tensor active_gate, " \
+      "Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, int[] shape, float beta, " \
+      "int steps, Tensor prev_ptr, Tensor prev_col) -> (Tensor grad_weight, Tensor grad_prev)"); \
+  m.def( \
+      "conv_dense_backward(Tensor grad, Tensor gate, Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, " \
+      "Tensor weight, int[] shape, float beta, int steps, bool input_grad, int current_mode) " \
+      "-> (Tensor grad_weight, Tensor grad_x)"); \
+  do {} while (0)
+
 inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surrogate_kind,
                               double delta, double bth, double k, double band, double term_scale,
                               int64_t samples, int64_t alpha, int64_t seed, int64_t update,

@@ -733,32 +733,40 @@ std::tuple<Tensor, Tensor> batch_events_cpu(const Tensor& events, const Tensor& 
   return {ptr, col};
 }
 
-// -> (spike_ptr, spike_col, counts [B, N], active_ptr, active_col, active_gate, dense_gate [B*T, N])
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_forward_cpu(
-    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
-    int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
-    double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
-    int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
-  const char* op = "lzo::lif_events_forward";
-  check_events_forward_args(x_ptr, weight, table, steps, op);
-  TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
-  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
-  check_current_mode(current_mode, op);
-  const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T;
-  const int64_t Nin = weight.size(0), N = weight.size(1);
-  TORCH_CHECK(N < (int64_t(1) << 31) && B < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": layer too large");
-  check_events(x_ptr, x_col, x_val, rows, op, "x");
-  check_columns(x_col, Nin, op, "x");
-  const Tensor W = weight.contiguous();
-  const Tensor tc = table.contiguous();
-  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
-                                   alpha, seed, update, layer, tc);
-  const EventView ev = view(x_ptr, x_col, x_val);
-  const auto fopts = weight.options();
-  Tensor cur_all;
-  if (use_gemm(current_mode, x_col.numel(), rows, Nin)) cur_all = at::mm(rows_from_events(ev, rows, Nin, fopts), W);
+// A fully connected layer's connectivity: W [N_in, N] (x @ W), and W^T [N, N_in] for the input gradient.
+struct DenseMap {
+  int64_t nin, n;
+  const float* w;
+  const float* wt = nullptr;
+  // cur = sum over the events of row r of x * W[i, :]
+  void current(const EventView& ev, int64_t r, float* cur) const { event_current(ev, r, w, n, cur); }
+  int64_t acc_size() const { return n * nin; }
+  // acc [N, N_in] (dW^T): acc[j, :] += f * h
+  void add_dw(float* __restrict acc, int32_t j, float f, const float* __restrict h) const {
+    float* dst = acc + static_cast<int64_t>(j) * nin;
+    for (int64_t i = 0; i < nin; ++i) dst[i] += f * h[i];
+  }
+  int64_t input_acc_size() const { return nin * n; }
+  // acc [N_in, N] (dW): acc[i, :] += a * ghat_row
+  void add_input_dw(float* __restrict acc, int32_t i, float a, const float* __restrict ghat_row) const {
+    float* dst = acc + static_cast<int64_t>(i) * n;
+    for (int64_t j = 0; j < n; ++j) dst[j] += a * ghat_row[j];
+  }
+  // h += f * W[:, j]
+  void add_dx(float* __restrict h, int32_t j, float f) const {
+    const float* wr = wt + static_cast<int64_t>(j) * nin;
+    for (int64_t i = 0; i < nin; ++i) h[i] += f * wr[i];
+  }
+};
+
+// -> (spike_ptr, spike_col, counts [B, N], active_ptr, active_col, active_gate, dense_gate [B*T, N]) of a
+// layer whose current is map.current (row by row from the events) or cur_all [B*T, N] (one GEMM or conv).
+template <typename Map>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_rows(
+    const Map& map, const EventView& ev, const Tensor& cur_all, int64_t rows, int64_t T, const GateParams& g,
+    double beta, double theta, int64_t method, const at::TensorOptions& fopts) {
+  const int64_t B = rows / T, N = map.n;
   const float* cur_p = cur_all.defined() ? cur_all.data_ptr<float>() : nullptr;
-  const float* wp = W.data_ptr<float>();
   const bool sparse = method >= SPARSEGRAD;
   Tensor spk_ptr = at::zeros({rows + 1}, fopts.dtype(kPtr));
   Tensor act_ptr = at::zeros({sparse ? rows + 1 : 1}, fopts.dtype(kPtr));
@@ -785,7 +793,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
       for (int64_t t = 0; t < T; ++t) {
         const int64_t r = b * T + t;
         const float* c = cur_p ? cur_p + r * N : cur.data();
-        if (!cur_p) event_current(ev, r, wp, N, cur.data());
+        if (!cur_p) map.current(ev, r, cur.data());
         const RowLists n = lif_row(u.data(), s.data(), c, N, fb, ft, row_band, sj.data(), rows_here.cand_j(),
                                    rows_here.cand_av(), dg ? v.data() : nullptr);
         spk[b].insert(spk[b].end(), sj.begin(), sj.begin() + n.spikes);
@@ -806,6 +814,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
     act_gate = concat(aval, ap, T, at::kFloat);
   }
   return {spk_ptr, spk_col, counts, act_ptr, act_col, act_gate, dense_gate};
+}
+
+// -> (spike_ptr, spike_col, counts [B, N], active_ptr, active_col, active_gate, dense_gate)
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_forward_cpu(
+    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
+    int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+    double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
+    int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
+  const char* op = "lzo::lif_events_forward";
+  check_events_forward_args(x_ptr, weight, table, steps, op);
+  TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
+  check_current_mode(current_mode, op);
+  const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T;
+  const int64_t Nin = weight.size(0), N = weight.size(1);
+  TORCH_CHECK(N < (int64_t(1) << 31) && B < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": layer too large");
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  check_columns(x_col, Nin, op, "x");
+  const Tensor W = weight.contiguous();
+  const Tensor tc = table.contiguous();
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
+                                   alpha, seed, update, layer, tc);
+  const EventView ev = view(x_ptr, x_col, x_val);
+  Tensor cur_all;
+  if (use_gemm(current_mode, x_col.numel(), rows, Nin)) cur_all = at::mm(rows_from_events(ev, rows, Nin, weight.options()), W);
+  return forward_rows(DenseMap{Nin, N, W.data_ptr<float>()}, ev, cur_all, rows, T, g, beta, theta, method,
+                      weight.options());
 }
 
 // o [T, B, C] of the leaky readout driven by the spike events.
@@ -899,22 +934,22 @@ std::tuple<Tensor, Tensor, Tensor> readout_backward_cpu(const Tensor& grad_o, co
   return {dw_out, d_a, g_act};
 }
 
-// -> (dW [N_in, N], dL/ds of the previous layer at its active entries [nnz_prev])
-std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
-    const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
-    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
-    double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
-  const char* op = "lzo::lif_sparse_backward";
-  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, steps, op);
-  const int64_t Nin = weight.size(0), N = weight.size(1);
+// The sparse backward of a layer with connectivity map (DenseMap, ConvMap): -> (acc [map.acc_size()], the
+// weight gradient in the map's layout; dL/ds of the previous layer at its active entries [nnz_prev]).
+template <typename Map>
+std::tuple<Tensor, Tensor> sparse_backward_rows(
+    const Map& map, const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, double beta, int64_t steps,
+    const Tensor& prev_ptr, const Tensor& prev_col, const at::TensorOptions& fopts, const char* op) {
+  const int64_t Nin = map.nin, N = map.n;
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
-  const Tensor empty = at::empty({0}, weight.options());
+  const Tensor empty = at::empty({0}, fopts);
   check_events(act_ptr, act_col, empty, rows, op, "active");
   check_events(x_ptr, x_col, x_val, rows, op, "x");
   const bool with_cg = count_grad.numel() > 0;
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_events(prev_ptr, prev_col, empty, rows, op, "prev");
-  const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
+  const Tensor cg = count_grad.contiguous();
   const Tensor grad_c = grad_act.contiguous();
   const float* gp = grad_c.data_ptr<float>();
   const Tensor gate_c = act_gate.contiguous();
@@ -931,11 +966,12 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
       }
   });
   const Powers pw(beta);
-  // dW^T [N, N_in] per thread: dW[:, j] += e * xbar[t, b, :], xbar = beta^(t-tr) h
+  const int64_t n_acc = map.acc_size();
+  // dW per thread: map.add_dw(e * xbar[t, b, :]) per active entry, xbar = beta^(t-tr) h
   std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     auto& acc = partial[static_cast<size_t>(at::get_thread_num())];
-    if (acc.empty()) acc.assign(static_cast<size_t>(N * Nin), 0.0f);
+    if (acc.empty()) acc.assign(static_cast<size_t>(n_acc), 0.0f);
     std::vector<float> h(static_cast<size_t>(Nin));
     for (int64_t b = b0; b < b1; ++b) {
       if (av.ptr[b * T] == av.ptr[(b + 1) * T]) continue;  // no active entry in this batch row
@@ -957,27 +993,21 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         any = true;
         for (int64_t q = xv.ptr[r]; q < xv.ptr[r + 1]; ++q) h[xv.col[q]] += xv.value(q) * pw.up[t - tr];
         const float* hp = h.data();
-        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q) {
-          const float f = e[static_cast<size_t>(q)] * pw.down[t - tr];
-          float* dst = acc.data() + static_cast<int64_t>(av.col[q]) * Nin;
-          for (int64_t i = 0; i < Nin; ++i) dst[i] += f * hp[i];
-        }
+        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q)
+          map.add_dw(acc.data(), av.col[q], e[static_cast<size_t>(q)] * pw.down[t - tr], hp);
       }
     }
   });
-  Tensor dwt = at::zeros({N, Nin}, weight.options());
-  float* dwp = dwt.data_ptr<float>();
+  Tensor acc_all = at::zeros({n_acc}, fopts);
+  float* accp = acc_all.data_ptr<float>();
   for (const auto& p : partial)
     if (!p.empty())
-      for (int64_t q = 0; q < N * Nin; ++q) dwp[q] += p[static_cast<size_t>(q)];
-  Tensor dw = dwt.t().contiguous();
-  if (!with_prev) return {dw, empty};
+      for (int64_t q = 0; q < n_acc; ++q) accp[q] += p[static_cast<size_t>(q)];
+  if (!with_prev) return {acc_all, empty};
   // dL/ds_prev[t, b, i] = sum over entries (t', b, j), t' >= t of beta^(t'-t) e W[i, j], only at prev's entries
   const EventView pv = view(prev_ptr, prev_col, empty);
-  Tensor g_prev = at::zeros({prev_col.numel()}, weight.options());
+  Tensor g_prev = at::zeros({prev_col.numel()}, fopts);
   float* gpp = g_prev.data_ptr<float>();
-  const Tensor wt = W.t().contiguous();  // [N, N_in]
-  const float* wtp = wt.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> h(static_cast<size_t>(Nin));
     for (int64_t b = b0; b < b1; ++b) {
@@ -999,33 +1029,40 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
         }
         any = true;
         float* hp = h.data();
-        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q) {
-          const float f = e[static_cast<size_t>(q)] * pw.up[tr - t];
-          const float* wr = wtp + static_cast<int64_t>(av.col[q]) * Nin;
-          for (int64_t i = 0; i < Nin; ++i) hp[i] += f * wr[i];
-        }
+        for (int64_t q = av.ptr[r]; q < av.ptr[r + 1]; ++q)
+          map.add_dx(hp, av.col[q], e[static_cast<size_t>(q)] * pw.up[tr - t]);
         const float f = pw.down[tr - t];
         for (int64_t q = pv.ptr[r]; q < pv.ptr[r + 1]; ++q) gpp[q] = hp[pv.col[q]] * f;
       }
     }
   });
-  return {dw, g_prev};
+  return {acc_all, g_prev};
 }
 
-// The dense rule. grad [B*T, N] (rows b*T + t), gate [B*T, N] -> (dW [N_in, N], dx [B*T, N_in] or empty)
-std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tensor& gate, const Tensor& count_grad,
-                                                  const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
-                                                  const Tensor& weight, double beta, int64_t steps, bool input_grad,
-                                                  int64_t current_mode) {
-  const char* op = "lzo::lif_dense_backward";
-  check_dense_backward_args(grad, gate, count_grad, weight, steps, op);
+// -> (dW [N_in, N], dL/ds of the previous layer at its active entries [nnz_prev])
+std::tuple<Tensor, Tensor> lif_sparse_backward_cpu(
+    const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
+    double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
+  const char* op = "lzo::lif_sparse_backward";
+  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
-  const int64_t rows = grad.size(0), T = steps, B = rows / T;
-  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  const Tensor W = weight.contiguous();
+  const Tensor wt = prev_ptr.numel() > 0 ? W.t().contiguous() : Tensor();  // [N, N_in]
+  const DenseMap map{Nin, N, W.data_ptr<float>(), wt.defined() ? wt.data_ptr<float>() : nullptr};
+  auto [dwt, g_prev] = sparse_backward_rows(map, grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col,
+                                            x_val, beta, steps, prev_ptr, prev_col, weight.options(), op);
+  return {dwt.view({N, Nin}).t().contiguous(), g_prev};
+}
+
+// ghat[t] = (dL/ds[t] + dL/dcount) * gamma[t] + beta * ghat[t+1] over grad, gate [B*T, N] (rows b*T + t):
+// dL/du of the dense rule, the input of its dW and dx.
+Tensor dense_ghat(const Tensor& grad, const Tensor& gate, const Tensor& count_grad, double beta, int64_t steps) {
+  const int64_t rows = grad.size(0), N = grad.size(1), T = steps, B = rows / T;
   const bool with_cg = count_grad.numel() > 0;
-  const Tensor W = weight.contiguous(), cg = count_grad.contiguous();
+  const Tensor cg = count_grad.contiguous();
   const Tensor gc = grad.contiguous(), gtc = gate.contiguous();
-  Tensor ghat = at::empty({rows, N}, weight.options());
+  Tensor ghat = at::empty({rows, N}, grad.options());
   const float* gp = gc.data_ptr<float>();
   const float* gt = gtc.data_ptr<float>();
   const float* cgp = with_cg ? cg.data_ptr<float>() : nullptr;
@@ -1045,35 +1082,310 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
       }
     }
   });
+  return ghat;
+}
+
+// The dense rule's weight gradient from the input events, cost nnz(x) * fan-out: map.add_input_dw(acc, i, x,
+// ghat[r]) per input event (r, i) -> acc [map.input_acc_size()] in the map's layout.
+template <typename Map>
+Tensor event_dw(const Map& map, const EventView& xv, const Tensor& ghat, int64_t T, const at::TensorOptions& fopts) {
+  const int64_t rows = ghat.size(0), B = rows / T, N = map.n, n_acc = map.input_acc_size();
+  const float* hp = ghat.data_ptr<float>();
+  std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    auto& acc = partial[static_cast<size_t>(at::get_thread_num())];
+    if (acc.empty()) acc.assign(static_cast<size_t>(n_acc), 0.0f);
+    for (int64_t r = b0 * T; r < b1 * T; ++r)
+      for (int64_t q = xv.ptr[r]; q < xv.ptr[r + 1]; ++q) map.add_input_dw(acc.data(), xv.col[q], xv.value(q), hp + r * N);
+  });
+  Tensor dw = at::zeros({n_acc}, fopts);
+  float* dwp = dw.data_ptr<float>();
+  for (const auto& p : partial)
+    if (!p.empty())
+      for (int64_t q = 0; q < n_acc; ++q) dwp[q] += p[static_cast<size_t>(q)];
+  return dw;
+}
+
+// The dense rule. grad [B*T, N] (rows b*T + t), gate [B*T, N] -> (dW [N_in, N], dx [B*T, N_in] or empty)
+std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tensor& gate, const Tensor& count_grad,
+                                                  const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                                                  const Tensor& weight, double beta, int64_t steps, bool input_grad,
+                                                  int64_t current_mode) {
+  const char* op = "lzo::lif_dense_backward";
+  check_dense_backward_args(grad, gate, count_grad, weight, steps, op);
+  const int64_t Nin = weight.size(0), N = weight.size(1);
+  const int64_t rows = grad.size(0), T = steps, B = rows / T;
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  const Tensor W = weight.contiguous();
+  const Tensor ghat = dense_ghat(grad, gate, count_grad, beta, steps);
+  const float* hp = ghat.data_ptr<float>();
   const EventView xv = view(x_ptr, x_col, x_val);
   Tensor dw;
   if (use_gemm(current_mode, x_col.numel(), rows, Nin)) {
     dw = at::mm(rows_from_events(xv, rows, Nin, weight.options()).t(), ghat);
-  } else {  // dW[i, :] += x * ghat[r, :] per input event (r, i)
-    std::vector<std::vector<float>> partial(static_cast<size_t>(at::get_num_threads()));
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      auto& acc = partial[static_cast<size_t>(at::get_thread_num())];
-      if (acc.empty()) acc.assign(static_cast<size_t>(Nin * N), 0.0f);
-      for (int64_t r = b0 * T; r < b1 * T; ++r) {
-        const float* src = hp + r * N;
-        for (int64_t q = xv.ptr[r]; q < xv.ptr[r + 1]; ++q) {
-          const float a = xv.value(q);
-          float* dst = acc.data() + static_cast<int64_t>(xv.col[q]) * N;
-          for (int64_t j = 0; j < N; ++j) dst[j] += a * src[j];
-        }
-      }
-    });
-    dw = at::zeros({Nin, N}, weight.options());
-    float* dwp = dw.data_ptr<float>();
-    for (const auto& p : partial)
-      if (!p.empty())
-        for (int64_t q = 0; q < Nin * N; ++q) dwp[q] += p[static_cast<size_t>(q)];
+  } else {
+    dw = event_dw(DenseMap{Nin, N, W.data_ptr<float>()}, xv, ghat, T, weight.options()).view({Nin, N});
   }
   Tensor dx = input_grad ? at::mm(ghat, W.t()) : at::empty({0}, weight.options());
   return {dw, dx};
 }
 
-TORCH_LIBRARY_FRAGMENT(lzo, m) { LZO_EVENT_OP_SCHEMAS(m); }
+// ---- Convolutional layers (issue 22): the same forward and backward bodies with conv connectivity ----
+//
+// Units are channels-last: input unit i = (y*W + x)*C_in + c (a bias is one more unit, C_in*H*W, firing at
+// every row), output unit j = (oy*W_out + ox)*C_out + o; tap (ky, kx) of output (oy, ox) reads input
+// (oy*stride + ky - pad, ox*stride + kx - pad). weight [C_out, C_in*K*K (+1)] is torch's [C_out, C_in, K, K]
+// flattened, with the bias as a last column. So
+//   I[t, b, (oy, ox, o)] = sum over taps of x[t, b, (y, x, c)] W[o, c, ky, kx]     (+ b[o])
+//   dW[o, c, ky, kx] = sum over active (t, b, (oy, ox, o)) of e * xbar[t, b, (y, x, c)]
+//   dL/ds_prev[t, b, (y, x, c)] = sum over entries t' >= t, taps of beta^(t'-t) e W[o, c, ky, kx]
+// at a cost of C_in*K*K per active entry (C_out*K*K per input event in the forward).
+struct ConvGeom {
+  int64_t cin, h, w, cout, k, stride, pad, ho, wo;
+  bool bias;
+  int64_t units_in() const { return cin * h * w; }
+  int64_t taps() const { return cin * k * k; }
+};
+
+ConvGeom conv_geom(c10::IntArrayRef shape, const Tensor& weight, const char* op) {
+  TORCH_CHECK(shape.size() == 7, op, ": shape must be [C_in, H, W, C_out, K, stride, padding], got ", shape.size(),
+              " values");
+  ConvGeom g{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], 0, 0, false};
+  TORCH_CHECK(g.cin >= 1 && g.h >= 1 && g.w >= 1 && g.cout >= 1 && g.k >= 1 && g.stride >= 1 && g.pad >= 0, op,
+              ": shape [C_in, H, W, C_out, K, stride, padding] must be >= 1 (padding >= 0), got ", shape);
+  TORCH_CHECK(g.h + 2 * g.pad >= g.k && g.w + 2 * g.pad >= g.k, op, ": kernel ", g.k, " is larger than the padded input ",
+              g.h + 2 * g.pad, "x", g.w + 2 * g.pad);
+  g.ho = (g.h + 2 * g.pad - g.k) / g.stride + 1;
+  g.wo = (g.w + 2 * g.pad - g.k) / g.stride + 1;
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == g.cout &&
+                  (weight.size(1) == g.taps() || weight.size(1) == g.taps() + 1),
+              op, ": weight must be [C_out, C_in*K*K] = [", g.cout, ", ", g.taps(), "] (one more column: a bias), got ",
+              weight.sizes());
+  g.bias = weight.size(1) == g.taps() + 1;
+  TORCH_CHECK(g.units_in() < INT32_MAX && g.ho * g.wo * g.cout < INT32_MAX, op, ": layer too large");
+  return g;
+}
+
+struct ConvMap {
+  ConvGeom g;
+  int64_t nin, n;
+  Tensor wf_, wb_, bias_;  // [C_in, K, K, C_out] (forward), [C_out, K, K, C_in] (input gradient), [C_out]
+  const float *wf, *wb, *bias;
+
+  ConvMap(const ConvGeom& geom, const Tensor& weight)
+      : g(geom), nin(geom.units_in() + (geom.bias ? 1 : 0)), n(geom.ho * geom.wo * geom.cout) {
+    const Tensor w4 = weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k});
+    wf_ = w4.permute({1, 2, 3, 0}).contiguous();
+    wb_ = w4.permute({0, 2, 3, 1}).contiguous();
+    bias_ = g.bias ? weight.select(1, g.taps()).contiguous() : at::zeros({g.cout}, weight.options());
+    wf = wf_.data_ptr<float>();
+    wb = wb_.data_ptr<float>();
+    bias = bias_.data_ptr<float>();
+  }
+
+  // cur = the current of row r: every input event adds W[:, c, ky, kx] at each output it reaches
+  void current(const EventView& ev, int64_t r, float* __restrict cur) const {
+    std::fill(cur, cur + n, 0.0f);
+    for (Ptr q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
+      const int64_t i = ev.col[q];
+      const float a = ev.value(q);
+      if (i == g.units_in()) {
+        for (int64_t p = 0; p < g.ho * g.wo; ++p) add_row(cur + p * g.cout, bias, a, g.cout);
+        continue;
+      }
+      const int64_t c = i % g.cin, pos = i / g.cin, y = pos / g.w, x = pos % g.w;
+      for (int64_t ky = 0; ky < g.k; ++ky) {
+        const int64_t ny = y + g.pad - ky;
+        if (ny < 0) break;
+        if (ny % g.stride || ny / g.stride >= g.ho) continue;
+        for (int64_t kx = 0; kx < g.k; ++kx) {
+          const int64_t nx = x + g.pad - kx;
+          if (nx < 0) break;
+          if (nx % g.stride || nx / g.stride >= g.wo) continue;
+          add_row(cur + ((ny / g.stride) * g.wo + nx / g.stride) * g.cout, wf + ((c * g.k + ky) * g.k + kx) * g.cout,
+                  a, g.cout);
+        }
+      }
+    }
+  }
+
+  // Sparse backward: acc [C_out, K, K, C_in] then [C_out] (bias); to_weight() gives weight's layout.
+  int64_t acc_size() const { return g.cout * g.taps() + g.cout; }
+  void add_dw(float* __restrict acc, int32_t j, float f, const float* __restrict h) const {
+    const int64_t o = j % g.cout, pos = j / g.cout, oy = pos / g.wo, ox = pos % g.wo;
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      const int64_t iy = oy * g.stride + ky - g.pad;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const int64_t ix = ox * g.stride + kx - g.pad;
+        if (ix < 0 || ix >= g.w) continue;
+        float* dst = acc + ((o * g.k + ky) * g.k + kx) * g.cin;
+        const float* src = h + (iy * g.w + ix) * g.cin;
+        for (int64_t c = 0; c < g.cin; ++c) dst[c] += f * src[c];
+      }
+    }
+    if (g.bias) acc[g.cout * g.taps() + o] += f * h[g.units_in()];
+  }
+  // h[(y, x, :)] += f * W[o, :, ky, kx] over the inputs output j reads (the bias unit has no layer below)
+  void add_dx(float* __restrict h, int32_t j, float f) const {
+    const int64_t o = j % g.cout, pos = j / g.cout, oy = pos / g.wo, ox = pos % g.wo;
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      const int64_t iy = oy * g.stride + ky - g.pad;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const int64_t ix = ox * g.stride + kx - g.pad;
+        if (ix < 0 || ix >= g.w) continue;
+        float* dst = h + (iy * g.w + ix) * g.cin;
+        const float* src = wb + ((o * g.k + ky) * g.k + kx) * g.cin;
+        for (int64_t c = 0; c < g.cin; ++c) dst[c] += f * src[c];
+      }
+    }
+  }
+  Tensor to_weight(const Tensor& acc) const {
+    Tensor dw = acc.narrow(0, 0, g.cout * g.taps()).view({g.cout, g.k, g.k, g.cin}).permute({0, 3, 1, 2})
+                    .reshape({g.cout, g.taps()});
+    return g.bias ? at::cat({dw, acc.narrow(0, g.cout * g.taps(), g.cout).view({g.cout, 1})}, 1) : dw.contiguous();
+  }
+
+  // Dense rule, dW from the input events: acc [C_in, K, K, C_out] then [C_out] (bias), input_to_weight().
+  int64_t input_acc_size() const { return g.taps() * g.cout + g.cout; }
+  void add_input_dw(float* __restrict acc, int32_t i, float a, const float* __restrict ghat_row) const {
+    if (i == g.units_in()) {
+      float* dst = acc + g.taps() * g.cout;
+      for (int64_t p = 0; p < g.ho * g.wo; ++p) add_row(dst, ghat_row + p * g.cout, a, g.cout);
+      return;
+    }
+    const int64_t c = i % g.cin, pos = i / g.cin, y = pos / g.w, x = pos % g.w;
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      const int64_t ny = y + g.pad - ky;
+      if (ny < 0) break;
+      if (ny % g.stride || ny / g.stride >= g.ho) continue;
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const int64_t nx = x + g.pad - kx;
+        if (nx < 0) break;
+        if (nx % g.stride || nx / g.stride >= g.wo) continue;
+        add_row(acc + ((c * g.k + ky) * g.k + kx) * g.cout,
+                ghat_row + ((ny / g.stride) * g.wo + nx / g.stride) * g.cout, a, g.cout);
+      }
+    }
+  }
+  Tensor input_to_weight(const Tensor& acc) const {
+    Tensor dw = acc.narrow(0, 0, g.taps() * g.cout).view({g.taps(), g.cout}).t();
+    return g.bias ? at::cat({dw, acc.narrow(0, g.taps() * g.cout, g.cout).view({g.cout, 1})}, 1) : dw.contiguous();
+  }
+
+  // Dense rows [B*T, units] (channels-last) as an NCHW view (channels-last memory), without the bias unit.
+  Tensor nchw_input(const Tensor& dense) const {
+    return dense.narrow(1, 0, g.units_in()).view({dense.size(0), g.h, g.w, g.cin}).permute({0, 3, 1, 2});
+  }
+  Tensor weight4(const Tensor& weight) const {
+    return weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k}).contiguous();
+  }
+};
+
+// -> as lif_events_forward; the current by events (cost nnz(x)*C_out*K^2/stride^2) or one at::conv2d
+// (oneDNN) over all rows when the input is dense.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> conv_lif_forward_cpu(
+    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, c10::IntArrayRef shape,
+    const Tensor& table, int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind,
+    int64_t surrogate_kind, double delta, double bth, double k, double band, double term_scale, int64_t samples,
+    int64_t alpha, int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
+  const char* op = "lzo::conv_lif_forward";
+  check_events_forward_args(x_ptr, weight, table, steps, op);
+  TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel called with weight on ", weight.device());
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
+  check_current_mode(current_mode, op);
+  const Tensor W = weight.contiguous();
+  const ConvMap map(conv_geom(shape, W, op), W);
+  const int64_t rows = x_ptr.numel() - 1, T = steps;
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  check_columns(x_col, map.nin, op, "x");
+  const Tensor tc = table.contiguous();
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
+                                   alpha, seed, update, layer, tc);
+  const EventView ev = view(x_ptr, x_col, x_val);
+  Tensor cur_all;
+  if (use_gemm(current_mode, x_col.numel(), rows, map.nin)) {
+    const Tensor x4 = map.nchw_input(rows_from_events(ev, rows, map.nin, W.options()));
+    const Tensor out = at::conv2d(x4, map.weight4(W), map.g.bias ? std::optional<Tensor>(map.bias_) : std::nullopt,
+                                  {map.g.stride, map.g.stride}, {map.g.pad, map.g.pad});
+    cur_all = out.permute({0, 2, 3, 1}).contiguous().view({rows, map.n});
+  }
+  return forward_rows(map, ev, cur_all, rows, T, g, beta, theta, method, W.options());
+}
+
+void check_conv_backward(const Tensor& count_grad, int64_t rows_ptr, int64_t steps, int64_t n, const char* op) {
+  TORCH_CHECK(steps >= 1 && (rows_ptr - 1) % steps == 0, op, ": the row pointers must hold B*T + 1 entries");
+  if (count_grad.numel() > 0) {
+    check_float(count_grad, op, "count_grad");
+    TORCH_CHECK(count_grad.numel() == (rows_ptr - 1) / steps * n, op, ": count_grad must be [B, N] with N = ", n);
+  }
+}
+
+// -> (dW [C_out, C_in*K*K (+1)], dL/ds of the previous layer at its active entries [nnz_prev])
+std::tuple<Tensor, Tensor> conv_sparse_backward_cpu(
+    const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
+    c10::IntArrayRef shape, double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
+  const char* op = "lzo::conv_sparse_backward";
+  check_float(grad_act, op, "grad_act");
+  check_float(act_gate, op, "active_gate");
+  TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
+              ": grad_act and active_gate must hold one value per active entry");
+  const Tensor W = weight.contiguous();
+  const ConvMap map(conv_geom(shape, W, op), W);
+  check_conv_backward(count_grad, act_ptr.numel(), steps, map.n, op);
+  if (prev_ptr.numel() > 0) check_columns(prev_col, map.g.units_in(), op, "prev");
+  auto [acc, g_prev] = sparse_backward_rows(map, grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col, x_val,
+                                            beta, steps, prev_ptr, prev_col, W.options(), op);
+  return {map.to_weight(acc), g_prev};
+}
+
+// The dense rule: grad, gate [B*T, N] -> (dW [C_out, C_in*K*K (+1)], dx [B*T, C_in*H*W] or empty); dW from the
+// input events or oneDNN's convolution backward (the forward's choice), dx by a transposed convolution.
+std::tuple<Tensor, Tensor> conv_dense_backward_cpu(const Tensor& grad, const Tensor& gate, const Tensor& count_grad,
+                                                   const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                                                   const Tensor& weight, c10::IntArrayRef shape, double beta,
+                                                   int64_t steps, bool input_grad, int64_t current_mode) {
+  const char* op = "lzo::conv_dense_backward";
+  check_float(grad, op, "grad");
+  check_float(gate, op, "gate");
+  const Tensor W = weight.contiguous();
+  const ConvMap map(conv_geom(shape, W, op), W);
+  const ConvGeom& g = map.g;
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == map.n && gate.sizes() == grad.sizes(), op,
+              ": grad and gate must both be [B*T, N] with N = ", map.n);
+  TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
+  const int64_t rows = grad.size(0);
+  check_conv_backward(count_grad, rows + 1, steps, map.n, op);
+  check_events(x_ptr, x_col, x_val, rows, op, "x");
+  const Tensor ghat = dense_ghat(grad, gate, count_grad, beta, steps);
+  const Tensor go = ghat.view({rows, g.ho, g.wo, g.cout}).permute({0, 3, 1, 2});  // NCHW, channels-last memory
+  const EventView xv = view(x_ptr, x_col, x_val);
+  Tensor dw;
+  if (use_gemm(current_mode, x_col.numel(), rows, map.nin)) {
+    const Tensor x4 = map.nchw_input(rows_from_events(xv, rows, map.nin, W.options()));
+    const auto grads = at::convolution_backward(go, x4, map.weight4(W), std::nullopt, {g.stride, g.stride},
+                                                {g.pad, g.pad}, {1, 1}, false, {0, 0}, 1, {false, true, false});
+    dw = std::get<1>(grads).reshape({g.cout, g.taps()});
+    if (g.bias) dw = at::cat({dw, ghat.view({-1, g.cout}).sum(0).view({g.cout, 1})}, 1);
+  } else {
+    dw = map.input_to_weight(event_dw(map, xv, ghat, steps, W.options()));
+  }
+  Tensor dx = at::empty({0}, W.options());
+  if (input_grad) {
+    const int64_t oph = (g.h + 2 * g.pad - g.k) % g.stride, opw = (g.w + 2 * g.pad - g.k) % g.stride;
+    dx = at::conv_transpose2d(go, map.weight4(W), std::nullopt, {g.stride, g.stride}, {g.pad, g.pad}, {oph, opw})
+             .permute({0, 2, 3, 1}).contiguous().view({rows, g.units_in()});
+  }
+  return {dw, dx};
+}
+
+TORCH_LIBRARY_FRAGMENT(lzo, m) {
+  LZO_EVENT_OP_SCHEMAS(m);
+  LZO_CONV_OP_SCHEMAS(m);
+}
 
 TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("to_events", &to_events_cpu);
@@ -1083,6 +1395,9 @@ TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("readout_backward", &readout_backward_cpu);
   m.impl("lif_sparse_backward", &lif_sparse_backward_cpu);
   m.impl("lif_dense_backward", &lif_dense_backward_cpu);
+  m.impl("conv_lif_forward", &conv_lif_forward_cpu);
+  m.impl("conv_sparse_backward", &conv_sparse_backward_cpu);
+  m.impl("conv_dense_backward", &conv_dense_backward_cpu);
 }
 
 }  // namespace lzo

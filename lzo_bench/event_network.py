@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lzo_bench import ops
+from lzo_bench.conv import pool_events, unpool_columns, unpool_dense
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward
 from lzo_bench.gates import GateSpec
-from lzo_bench.network import Stack, readout_logits, with_bias_unit
+from lzo_bench.network import Hidden, Stack, readout_logits, with_bias_unit
 from lzo_bench.rng import DrawKey
 
 if TYPE_CHECKING:
@@ -75,10 +76,24 @@ class _Run:
 def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
     hid = run.stack.hidden[layer]
     table, *params = ops.gate_args(hid.spec, hid.key, w.device)
-    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = run.lib.lif_events_forward(
-        x.ptr, x.col, x.val, w, table, x.steps, hid.beta, hid.theta, *params, layer, run.current_mode)
-    spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, w.shape[1])
+    if hid.conv:
+        outs = run.lib.conv_lif_forward(x.ptr, x.col, x.val, w, hid.conv.kernel_args(), table, x.steps, hid.beta,
+                                        hid.theta, *params, layer, run.current_mode)
+    else:
+        outs = run.lib.lif_events_forward(x.ptr, x.col, x.val, w, table, x.steps, hid.beta, hid.theta, *params,
+                                          layer, run.current_mode)
+    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = outs
+    spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, hid.n_out)
     return LayerState(spikes, counts, a_ptr, a_col, a_gate, dense_gate)
+
+
+def _kernel_weight(hid: Hidden) -> torch.Tensor:
+    """The weight as the ops take it: ``W`` or ``[W; b]`` (a bias is one more input unit); a conv
+    layer's ``[C_out, C_in·K·K]`` with the bias as one more column."""
+    if hid.conv:
+        w = hid.weight.reshape(hid.weight.shape[0], -1)
+        return w if hid.bias is None else torch.cat([w, hid.bias[:, None]], 1)
+    return hid.weight if hid.bias is None else torch.cat([hid.weight, hid.bias[None]])
 
 
 def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -90,7 +105,8 @@ def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         run.inputs.append(h)
         state = _layer_forward(run, h, w, layer)
         run.layers.append(state)
-        h = state.spikes
+        hid = run.stack.hidden[layer]
+        h = pool_events(state.spikes, hid.conv) if hid.conv else state.spikes
     return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.stack.readout.beta)
 
 
@@ -141,20 +157,35 @@ class _EventNetwork(torch.autograd.Function):
                 g = d_a @ weights[-1].t()
         for layer in reversed(range(len(per_layer))):
             _, _, _, a_ptr, a_col, a_gate, dense_gate = per_layer[layer]
-            beta = run.stack.hidden[layer].beta
+            hid = run.stack.hidden[layer]
+            below = run.stack.hidden[layer - 1] if layer > 0 else None
             cg = grad_counts[layer] if grad_counts[layer] is not None else empty_f
             xin = inputs[layer]
             if sparse:
                 prev = per_layer[layer - 1] if layer > 0 else None
-                grads[layer], g = run.lib.lif_sparse_backward(
-                    g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], beta, steps,
-                    prev[3] if prev else empty_i, prev[4] if prev else empty_c)
+                prev_col, inside = empty_c, None
+                if prev is not None:  # the layer below's entries, where its (pooled) spikes reach this layer
+                    prev_col, inside = unpool_columns(prev[4], below.conv) if below.conv else (prev[4], None)
+                args = (g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
+                tail = (hid.beta, steps, prev[3] if prev else empty_i, prev_col)
+                if hid.conv:
+                    grads[layer], g = run.lib.conv_sparse_backward(*args, hid.conv.kernel_args(), *tail)
+                else:
+                    grads[layer], g = run.lib.lif_sparse_backward(*args, *tail)
+                if inside is not None:
+                    g = g * inside
             else:
-                grads[layer], g = run.lib.lif_dense_backward(
-                    g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer], beta, steps, layer > 0,
-                    run.current_mode)
-                if layer > 0 and run.stack.hidden[layer].bias is not None:
-                    g = g[:, :-1].contiguous()  # the bias unit has no layer below
+                args = (g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
+                if hid.conv:
+                    grads[layer], g = run.lib.conv_dense_backward(*args, hid.conv.kernel_args(), hid.beta, steps,
+                                                                  layer > 0, run.current_mode)
+                else:
+                    grads[layer], g = run.lib.lif_dense_backward(*args, hid.beta, steps, layer > 0, run.current_mode)
+                    if layer > 0 and hid.bias is not None:
+                        g = g[:, :-1]  # the bias unit has no layer below
+                if below is not None and below.conv:
+                    g = unpool_dense(g, below.conv)
+                g = g.contiguous() if layer > 0 else g
         return (None, *grads)
 
 
@@ -180,11 +211,11 @@ def event_network(model: "SNN | Stack", x: torch.Tensor | SpikeEvents, spec: Gat
     carries its own (``spec`` and ``key`` then unused)."""
     stack = model if isinstance(model, Stack) else model.stack(spec, key)
     events = as_events(x)
-    n_in = stack.hidden[0].weight.shape[0]
+    n_in = stack.hidden[0].n_in
     if events.width != n_in:
         raise ValueError(f"x has {events.width} input units but the network takes {n_in}")
     run = _Run(events, stack, CURRENT_MODES[current], lib or torch.ops.lzo)
-    weights = tuple(h.weight if h.bias is None else torch.cat([h.weight, h.bias[None]]) for h in stack.hidden)
+    weights = tuple(_kernel_weight(h) for h in stack.hidden)
     weights += (stack.readout.weight,)
     if not stack.training:
         with torch.no_grad():

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from lzo_bench import spike
+from lzo_bench.conv import ConvShape, conv_current
 from lzo_bench.gates import GateSpec, gate_values
 from lzo_bench.rng import DrawKey
 
@@ -60,6 +61,17 @@ def lif_potentials(current: torch.Tensor, beta: float, theta: float) -> torch.Te
     return lif_membrane(current, beta, theta) - theta
 
 
+def layer_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  conv: ConvShape | None = None) -> torch.Tensor:
+    """``I = x @ W + b`` for ``x [T, B, N_in]`` (one product over all ``T·B`` rows), or the conv
+    current with ``conv``."""
+    if conv is not None:
+        return conv_current(x, weight, bias, conv)
+    steps, batch, _ = x.shape
+    current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)
+    return current if bias is None else current + bias
+
+
 def lif_layer(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -70,19 +82,18 @@ def lif_layer(
     layer: int,
     prev: LayerOut | None = None,
     bias: torch.Tensor | None = None,
+    conv: ConvShape | None = None,
 ) -> LayerOut:
     """Spikes of one LIF layer for input spikes ``x [T, B, N_in]``, weights ``W [N_in, N]`` and an
-    optional bias ``b [N]`` (``I[t] = x[t] @ W + b``).
+    optional bias ``b [N]`` (``I[t] = x[t] @ W + b``); with ``conv``, ``W [C_out, C_in, K, K]`` and
+    ``I = conv2d(x, W) + b`` on channels-last units (:func:`lzo_bench.conv.conv_current`).
 
     ``spec=None`` is inference: no gate is computed and nothing is kept for a backward.
     ``active`` counts the non-zero gate entries of a sparse rule; the dense ``surrogate`` rule
     touches every entry, so there it is ``T·B·N``. ``prev`` (the previous layer's output) is
     not needed here: autograd back-propagates densely.
     """
-    steps, batch, _ = x.shape
-    current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)
-    if bias is not None:
-        current = current + bias
+    current = layer_current(x, weight, bias, conv)
     v = lif_potentials(current, beta, theta)
     if spec is None:
         return LayerOut((v > 0).to(v.dtype), 0)
@@ -103,17 +114,19 @@ def autograd_loop_layer(
     layer: int,
     prev: LayerOut | None = None,
     bias: torch.Tensor | None = None,
+    conv: ConvShape | None = None,
 ) -> LayerOut:
     """The naive baseline: a per-step loop with one matmul per step and a surrogate spike function,
     as users of other SNN libraries write it. Always the dense surrogate ``g`` of ``spec``."""
     if spec is None:
-        return lif_layer(x, weight, beta, theta, None, None, layer, bias=bias)
+        return lif_layer(x, weight, beta, theta, None, None, layer, bias=bias, conv=conv)
     fire = spike.Surrogate(spec.dist, spec.delta)
-    u = torch.zeros(x.shape[1], weight.shape[1], dtype=x.dtype, device=x.device)
+    n = conv.units_out if conv else weight.shape[1]
+    u = torch.zeros(x.shape[1], n, dtype=x.dtype, device=x.device)
     s = torch.zeros_like(u)
     out = []
     for x_t in x.unbind(0):
-        i_t = x_t @ weight if bias is None else x_t @ weight + bias
+        i_t = layer_current(x_t[None], weight, bias, conv)[0]
         u = beta * u + i_t - theta * s.detach()
         s = fire(u - theta)
         out.append(s)

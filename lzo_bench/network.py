@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from lzo_bench.conv import ConvShape, pool_dense
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward, leaky_readout
 from lzo_bench.gates import GateSpec
@@ -28,7 +29,8 @@ from lzo_bench.rng import DrawKey
 @dataclass(frozen=True)
 class Hidden:
     """One hidden LIF layer: weights ``[n_in, n]``, optional bias ``[n]``, constants, and its rule
-    (``spec=None``: inference) with the key of this update's draws."""
+    (``spec=None``: inference) with the key of this update's draws. A convolutional layer
+    (:mod:`lzo_bench.conv`) has ``conv``, weights ``[C_out, C_in, K, K]`` and bias ``[C_out]``."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -36,6 +38,21 @@ class Hidden:
     theta: float
     spec: GateSpec | None
     key: DrawKey | None
+    conv: ConvShape | None = None
+
+    @property
+    def n_in(self) -> int:
+        return self.conv.units_in if self.conv else self.weight.shape[0]
+
+    @property
+    def n_out(self) -> int:
+        """The layer's neurons (its spikes' width)."""
+        return self.conv.units_out if self.conv else self.weight.shape[1]
+
+    @property
+    def n_next(self) -> int:
+        """The width of what the next layer receives (the spikes, pooled)."""
+        return self.conv.units_next if self.conv else self.weight.shape[1]
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,12 @@ class Stack:
     readout: Readout
 
     def __post_init__(self) -> None:
+        for a, b in zip(self.hidden, self.hidden[1:]):
+            if a.n_next != b.n_in:
+                raise ValueError(f"layer sizes do not chain: {a.n_next} outputs feed {b.n_in} inputs")
+        if self.hidden and self.hidden[-1].n_next != self.hidden[-1].n_out:
+            raise ValueError("the last hidden layer cannot pool: the readout takes its spikes as they are; "
+                             "pool an earlier conv layer or add a layer after the pooling")
         specs = [h.spec for h in self.hidden]
         if any(s is None for s in specs) and not all(s is None for s in specs):
             raise ValueError("either every hidden layer has a rule (training) or none does (inference)")
@@ -87,10 +110,10 @@ def dense_network(stack: Stack, x: torch.Tensor | SpikeEvents, layer_fn: Callabl
     h = x.dense() if isinstance(x, SpikeEvents) else x if x.is_floating_point() else x.float()
     spikes, active, out = [], [], None
     for layer, hid in enumerate(stack.hidden):
-        out = layer_fn(h, hid.weight, hid.beta, hid.theta, hid.spec, hid.key, layer, out, bias=hid.bias)
+        out = layer_fn(h, hid.weight, hid.beta, hid.theta, hid.spec, hid.key, layer, out, bias=hid.bias, conv=hid.conv)
         spikes.append(out.spikes)
         active.append(out.active)
-        h = out.spikes
+        h = pool_dense(out.spikes, hid.conv) if hid.conv else out.spikes
     o = leaky_readout(h, stack.readout.weight, stack.readout.beta)
     return Forward(readout_logits(stack, o), [s.sum(0) for s in spikes], active, spikes)
 

@@ -1,0 +1,172 @@
+"""Convolutional LIF layers (issue 22, the paper's future work): their geometry, the spike sum-pooling
+between them, and the pure-PyTorch reference of their current.
+
+Units are **channels-last**: input unit ``(y·W + x)·C_in + c``, output unit ``(oy·W_out + ox)·C_out + o``,
+so a conv layer's spikes are events over ``(y, x, channel)`` like a dense layer's over its neurons, and a
+flatten into the fully connected stack is the identity on the events. Layer ``l`` with weights
+``W [C_out, C_in, K, K]`` (torch's ``conv2d`` layout), stride ``s`` and padding ``p``::
+
+    I[t, b, (oy, ox, o)] = Σ_{c, ky, kx} x[t, b, (oy·s + ky − p, ox·s + kx − p, c)] · W[o, c, ky, kx]  (+ b[o])
+    u = β·u + I − θ·s_prev,   s = H(u − θ)                                 (as every LIF layer, DESIGN §3)
+
+Sparse backward (DESIGN §5 with conv indexing), ``e`` non-zero only at the active entries::
+
+    ∂L/∂W[o, c, ky, kx] = Σ_{active (t, b, (oy, ox, o))} e · x̄[t, b, (oy·s + ky − p, ox·s + kx − p, c)]
+
+and the input gradient only at the previous layer's active entries. Sum pooling with window and stride
+``k`` maps output ``(oy, ox, o)`` to ``(oy // k, ox // k, o)`` (rows and columns past the last whole window
+dropped, as ``avg_pool2d`` does); the pooled events carry counts as values, and its backward hands each
+input the gradient of its window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+
+from lzo_bench.events import SpikeEvents, _row_pointers
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One conv layer's geometry: input ``c_in × height × width``, ``c_out`` kernels ``kernel × kernel``,
+    ``stride``, zero ``padding``, and a sum pooling ``pool × pool`` of its spikes (1: none)."""
+
+    c_in: int
+    height: int
+    width: int
+    c_out: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("c_in", "height", "width", "c_out", "kernel", "stride", "pool"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"conv {name} must be ≥ 1, got {getattr(self, name)}")
+        if self.padding < 0:
+            raise ValueError(f"conv padding must be ≥ 0, got {self.padding}")
+        if min(self.height, self.width) + 2 * self.padding < self.kernel:
+            raise ValueError(f"conv kernel {self.kernel} is larger than the padded input "
+                             f"{self.height + 2 * self.padding}×{self.width + 2 * self.padding}")
+        if self.pool > 1 and min(self.out_height, self.out_width) < self.pool:
+            raise ValueError(f"pooling window {self.pool} is larger than the conv output "
+                             f"{self.out_height}×{self.out_width}")
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def units_in(self) -> int:
+        return self.c_in * self.height * self.width
+
+    @property
+    def units_out(self) -> int:
+        """The layer's neurons, ``c_out · out_height · out_width``."""
+        return self.c_out * self.out_height * self.out_width
+
+    @property
+    def next_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the next layer receives: the spikes, pooled."""
+        return self.c_out, self.out_height // self.pool, self.out_width // self.pool
+
+    @property
+    def units_next(self) -> int:
+        c, h, w = self.next_shape
+        return c * h * w
+
+    def kernel_args(self) -> list[int]:
+        """``[C_in, H, W, C_out, K, stride, padding]``, the ``shape`` argument of the ``lzo::conv_*`` ops."""
+        return [self.c_in, self.height, self.width, self.c_out, self.kernel, self.stride, self.padding]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, shape: ConvShape) -> torch.Tensor:
+    """The reference current ``[T, B, units_out]`` (channels-last) of input ``x [T, B, units_in]``
+    (channels-last): one ``conv2d`` over all ``T·B`` rows."""
+    steps, batch, _ = x.shape
+    x4 = x.reshape(steps * batch, shape.height, shape.width, shape.c_in).permute(0, 3, 1, 2)
+    out = F.conv2d(x4, weight, bias, stride=shape.stride, padding=shape.padding)
+    return out.permute(0, 2, 3, 1).reshape(steps, batch, -1)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` frames as ``[T, B, H·W·C]`` rows of channels-last units."""
+    if x.dim() != 5:
+        raise ValueError(f"frames must have shape [T, B, C, H, W], got {tuple(x.shape)}")
+    return x.permute(0, 1, 3, 4, 2).reshape(x.shape[0], x.shape[1], -1)
+
+
+def pool_index(shape: ConvShape, device: torch.device | str = "cpu") -> torch.Tensor:
+    """For each output unit of the layer, its pooled unit, or −1 where no whole window covers it
+    (int64 ``[units_out]``)."""
+    ho, wo, c = shape.out_height, shape.out_width, shape.c_out
+    k = shape.pool
+    hp, wp = ho // k, wo // k
+    oy = torch.arange(ho, device=device).view(ho, 1, 1)
+    ox = torch.arange(wo, device=device).view(1, wo, 1)
+    o = torch.arange(c, device=device).view(1, 1, c)
+    pooled = ((oy // k) * wp + ox // k) * c + o
+    inside = (oy < hp * k) & (ox < wp * k)
+    return torch.where(inside, pooled, torch.full_like(pooled, -1)).reshape(-1)
+
+
+def pool_events(spikes: SpikeEvents, shape: ConvShape) -> SpikeEvents:
+    """``spikes`` of the conv layer summed over ``pool × pool`` windows: events over the pooled units
+    with the counts as values (cost ``O(nnz log nnz)``, a sort of the events)."""
+    if shape.pool == 1:
+        return spikes
+    n = spikes.nnz
+    index = pool_index(shape, spikes.device)
+    col = index[spikes.col[:n].long()]
+    rows = spikes.row_of_event()
+    values = spikes.val[:n] if spikes.val.numel() else torch.ones(n, device=spikes.device)
+    kept = col >= 0
+    width = shape.units_next
+    key = rows[kept] * width + col[kept]
+    unique, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    summed = torch.zeros(unique.numel(), device=spikes.device).index_add_(0, inverse, values[kept])
+    urows = unique // width
+    return SpikeEvents(_row_pointers(urows, spikes.steps * spikes.batch), (unique - urows * width).to(torch.int32),
+                       summed, spikes.steps, spikes.batch, width)
+
+
+def pool_dense(s: torch.Tensor, shape: ConvShape) -> torch.Tensor:
+    """The reference of :func:`pool_events` on ``[T, B, units_out]`` spikes: ``[T, B, units_next]``."""
+    if shape.pool == 1:
+        return s
+    steps, batch, _ = s.shape
+    frames = s.reshape(steps * batch, shape.out_height, shape.out_width, shape.c_out).permute(0, 3, 1, 2)
+    k = shape.pool
+    pooled = F.avg_pool2d(frames, k, k, divisor_override=1)
+    return pooled.permute(0, 2, 3, 1).reshape(steps, batch, -1)
+
+
+def unpool_columns(col: torch.Tensor, shape: ConvShape) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where the next layer must give the gradient of the layer's entries ``col``: their pooled units
+    (int32, 0 where none) and a float mask of the covered ones (``None``: all are)."""
+    if shape.pool == 1:
+        return col, None
+    mapped = pool_index(shape, col.device)[col.long()]
+    inside = mapped >= 0
+    return mapped.clamp_min(0).to(torch.int32), inside.to(torch.float32)
+
+
+def unpool_dense(g: torch.Tensor, shape: ConvShape) -> torch.Tensor:
+    """The gradient ``[rows, units_next]`` of the pooled spikes as the gradient of the layer's spikes
+    ``[rows, units_out]`` (each unit the value of its window, 0 outside every window)."""
+    if shape.pool == 1:
+        return g
+    index = pool_index(shape, g.device)
+    padded = torch.cat([g, g.new_zeros(g.shape[0], 1)], 1)
+    return padded[:, torch.where(index >= 0, index, torch.full_like(index, g.shape[1]))]

@@ -1,0 +1,212 @@
+"""Convolutional LIF layers (issue 22): the C++ event ops (``lzo::conv_*``, kernels/snn_cpu.cpp) against the
+pure-PyTorch reference (``conv2d`` over all rows, the LIF scan with the reset detached, autograd), for all three
+rules — T ≥ 70, stride 1 and 2, padding 0 and 1, kernels 1, 3 and 5, m > 1, graded inputs, channel counts that
+are not multiples of the 8-lane vectors, a bias, sum pooling between layers. Spikes must be equal except for
+flips within rounding of θ (then the other samples are compared); gradients equal to float rounding (each entry
+within 1e-5 of the reference, relative to itself or to the tensor's largest entry: a conv weight's gradient sums
+T·B·positions terms, with cancellation)."""
+
+import pytest
+import torch
+
+from lzo_bench import ops
+from lzo_bench.conv import ConvShape, channels_last, conv_current, pool_dense, pool_events, unpool_dense
+from lzo_bench.event_network import as_events, event_network
+from lzo_bench.gates import GateSpec
+from lzo_bench.lif import layer_current, lif_layer, lif_potentials
+from lzo_bench.model import SpikeRegularizer, classification_loss
+from lzo_bench.events import SpikeEvents
+from lzo_bench.network import Hidden, Readout, Stack, dense_network, with_bias_unit
+from lzo_bench.rng import DrawKey
+
+ops.build()
+KEY = DrawKey(5, 9)
+
+
+def _net(convs, fc, n_out, seed, bias, gain=1.0):
+    """Parameters of conv layers ``convs`` (ConvShape), one dense layer of ``fc`` and a readout."""
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for c in convs:
+        fan_in = c.c_in * c.kernel ** 2
+        params.append(torch.randn(c.c_out, c.c_in, c.kernel, c.kernel, generator=gen) * 2.5 * gain / fan_in ** 0.5)
+        params.append(torch.randn(c.c_out, generator=gen) * 0.1 if bias else None)
+    n_flat = convs[-1].units_next
+    params.append(torch.randn(n_flat, fc, generator=gen) * 3.0 / n_flat ** 0.5)
+    params.append(torch.randn(fc, generator=gen) * 0.1 if bias else None)
+    params.append(torch.randn(fc, n_out, generator=gen) * 1.0 / fc ** 0.5)
+    return [p.requires_grad_() if p is not None else None for p in params]
+
+
+def _stack(params, convs, spec):
+    betas = [0.9, 0.8, 0.85]
+    hidden = [Hidden(params[2 * i], params[2 * i + 1], betas[i % 3], 1.0, spec, KEY if spec else None, c)
+              for i, c in enumerate(convs)]
+    hidden.append(Hidden(params[-3], params[-2], 0.9, 1.0, spec, KEY if spec else None))
+    return Stack(tuple(hidden), Readout(params[-1], None, 0.85, "max"))
+
+
+def _run(path, params, convs, spec, x, y):
+    for p in params:
+        if p is not None:
+            p.grad = None
+    stack = _stack(params, convs, spec)
+    out = dense_network(stack, x, lif_layer) if path == "ref" else event_network(stack, x)
+    loss = classification_loss(out.logits, y) + SpikeRegularizer(f_up=0.3)(out.counts)
+    loss.backward()
+    return out, [None if p is None else p.grad.clone() for p in params]
+
+
+def _flips_within_rounding(ref_spikes, our_spikes, params, convs, x):
+    """At the first layer whose spikes differ (its input agrees), every flipped entry's reference
+    potential lies within rounding of θ; returns the samples whose spikes all agree."""
+    h = x
+    for i, (a, b) in enumerate(zip(ref_spikes, our_spikes)):
+        diff = a != b
+        if diff.any():
+            conv = convs[i] if i < len(convs) else None
+            w, bias = params[2 * i], params[2 * i + 1]
+            current = layer_current(h, w.detach(), None if bias is None else bias.detach(), conv)
+            v = lif_potentials(current, 0.9 if conv is None else [0.9, 0.8, 0.85][i % 3], 1.0)
+            assert float(v[diff].abs().max()) < 1e-4, "a spike flipped far from θ: a real defect"
+            break
+        h = pool_dense(a, convs[i]) if i < len(convs) else a
+    keep = torch.ones(x.shape[1], dtype=torch.bool)
+    for a, b in zip(ref_spikes, our_spikes):
+        keep &= (a == b).all(2).all(0)
+    return keep
+
+
+def assert_conv_same(convs, method, m=1, steps=72, batch=3, bias=False, graded=False, seed=0, density=0.2):
+    spec = GateSpec.build(method, "normal", delta=0.4, samples=m)
+    params = _net(convs, 6, 4, seed, bias)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (torch.rand(steps, batch, convs[0].units_in, generator=gen) < density).float()
+    if graded:
+        x = x * torch.where(torch.rand(x.shape, generator=gen) < 0.5, 0.5, 2.0)
+    y = torch.arange(batch) % 4
+    ref, ref_grads = _run("ref", params, convs, spec, x, y)
+    ours, grads = _run("ours", params, convs, spec, x, y)
+    if not all(torch.equal(a, b) for a, b in zip(ref.spikes, ours.spikes)):
+        keep = _flips_within_rounding(ref.spikes, ours.spikes, params, convs, x)
+        if not keep.any():
+            pytest.skip("every sample has a spike flipped within rounding of θ")
+        x, y = x[:, keep], y[keep]
+        ref, ref_grads = _run("ref", params, convs, spec, x, y)
+        ours, grads = _run("ours", params, convs, spec, x, y)
+    assert ours.active == ref.active
+    if spec.is_sparse:
+        assert all(a > 0 for a in ref.active), "every hidden layer must have active entries"
+    for a, b in zip(grads, ref_grads):
+        assert (a is None) == (b is None)
+        if b is not None:  # sums of T·B·positions terms: rounding measured against the tensor's scale
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    torch.testing.assert_close(ours.logits, ref.logits, rtol=1e-5, atol=1e-6)
+
+
+METHODS = ["surrogate", "sparsegrad", "localzo"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("stride,padding,kernel", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 5), (1, 2, 5), (1, 0, 1),
+                                                   (2, 0, 1)])
+def test_conv_gradients_equal_reference(method, stride, padding, kernel):
+    conv = ConvShape(3, 9, 10, 5, kernel, stride, padding)
+    assert_conv_same([conv], method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_two_conv_layers_pooled_with_bias_and_graded_input(method, bias):
+    """Sum pooling 2×2 (with a dropped last row and column: 9 → 4), a strided second layer, channel counts 13
+    and 7 (not multiples of 8), graded input values."""
+    convs = [ConvShape(2, 9, 9, 13, 3, 1, 0, pool=2), ConvShape(13, 3, 3, 7, 3, 2, 1)]
+    assert_conv_same(convs, method, m=3 if method == "localzo" else 1, bias=bias, graded=True, steps=75)
+
+
+@pytest.mark.parametrize("method", ["surrogate", "localzo"])
+def test_dense_input_takes_the_conv2d_path_with_equal_results(method):
+    """Input dense enough for the one-conv2d current (and oneDNN's dense dW): same results as the reference."""
+    assert_conv_same([ConvShape(2, 6, 6, 5, 3, 1, 1)], method, density=0.7, bias=True)
+
+
+def test_pool_events_equal_dense_pooling_and_unpool_is_its_adjoint():
+    shape = ConvShape(1, 7, 7, 3, 3, 1, 1, pool=3)  # 7×7×3 → 2×2×3, the last row and column dropped
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.rand(4, 2, shape.units_out, generator=gen) < 0.3).float()
+    pooled = pool_events(as_events(s), shape)
+    assert pooled.width == shape.units_next == 12
+    torch.testing.assert_close(pooled.dense(), pool_dense(s, shape), rtol=0, atol=0)
+    # <pool(s), g> = <s, unpool(g)>: unpool is the pooling's transpose
+    g = torch.randn(8, shape.units_next, generator=gen)
+    lhs = (pool_dense(s, shape).reshape(8, -1) * g).sum()
+    rhs = (s.reshape(8, -1) * unpool_dense(g, shape)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_conv_current_is_torch_conv2d_on_channels_last_units():
+    shape = ConvShape(3, 5, 6, 4, 3, 2, 1)
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randn(2, 3, 3, 5, 6, generator=gen)
+    w = torch.randn(4, 3, 3, 3, generator=gen)
+    ours = conv_current(channels_last(frames), w, None, shape)
+    ref = torch.nn.functional.conv2d(frames.reshape(6, 3, 5, 6), w, stride=2, padding=1)
+    torch.testing.assert_close(ours, channels_last(ref.reshape(2, 3, 4, 3, 3)))
+
+
+def _conv_samples(method: int):
+    """Inputs of the conv ops, made by the ops themselves (T = 5, B = 2, 2×5×5 → 3×5×5 → 4×3×3)."""
+    gen = torch.Generator().manual_seed(0)
+    c1, c2 = ConvShape(2, 5, 5, 3, 3, 1, 1), ConvShape(3, 5, 5, 4, 3, 2, 1)
+    x = (torch.rand(5, 2, c1.units_in, generator=gen) < 0.5).float()
+    w1 = torch.randn(3, 2 * 9, generator=gen) * 0.8
+    w2 = torch.randn(4, 3 * 9 + 1, generator=gen) * 0.8  # with a bias column
+    lib = torch.ops.lzo
+    ptr, col, val = lib.to_events(x)
+    spec = GateSpec.build(("surrogate", "sparsegrad", "localzo")[method], "normal", delta=0.6)
+    table, *params = ops.gate_args(spec, DrawKey(1, 2), torch.device("cpu"))
+    l1 = lib.conv_lif_forward(ptr, col, val, w1, c1.kernel_args(), table, 5, 0.9, 1.0, *params, 0, 0)
+    h = with_bias_unit(SpikeEvents(l1[0], l1[1], torch.zeros(0), 5, 2, c1.units_out))
+    l2 = lib.conv_lif_forward(h.ptr, h.col, h.val, w2, c2.kernel_args(), table, 5, 0.9, 1.0, *params, 1, 0)
+    return {
+        "conv_lif_forward": (h.ptr, h.col, h.val, w2, c2.kernel_args(), table, 5, 0.9, 1.0, *params, 1, 0),
+        "conv_sparse_backward": (torch.randn(l2[4].numel(), generator=gen), l2[3], l2[4], l2[5],
+                                 torch.randn(2, c2.units_out, generator=gen), h.ptr, h.col, h.val, w2,
+                                 c2.kernel_args(), 0.9, 5, l1[3], l1[4]),
+        "conv_dense_backward": (torch.randn(10, c2.units_out, generator=gen), l2[6], torch.zeros(0), h.ptr, h.col,
+                                h.val, w2, c2.kernel_args(), 0.9, 5, True, 0),
+    }
+
+
+CONV_OPCHECK = [(0, "conv_lif_forward"), (1, "conv_lif_forward"), (2, "conv_lif_forward"),
+                (0, "conv_dense_backward"), (1, "conv_sparse_backward"), (2, "conv_sparse_backward")]
+
+
+@pytest.mark.parametrize("method,op", CONV_OPCHECK, ids=[f"m{m}-{o}" for m, o in CONV_OPCHECK])
+def test_opcheck_conv_ops(method, op):
+    """Schema, fake kernel, autograd registration and AOT dispatch of the conv ops on real lists."""
+    torch.library.opcheck(getattr(torch.ops.lzo, op).default, _conv_samples(method)[op])
+
+
+@pytest.mark.parametrize("shape,weight,match", [
+    ([2, 5, 5, 3, 7, 1, 0], (3, 2 * 49), "kernel 7 is larger than the padded input 5x5"),
+    ([2, 5, 5, 3, 3, 0, 0], (3, 18), "must be >= 1"),
+    ([2, 5, 5, 3, 3, 1, 0], (3, 17), r"weight must be \[C_out, C_in\*K\*K\] = \[3, 18\]"),
+    ([2, 5, 5, 3], (3, 18), "shape must be"),
+])
+def test_conv_forward_rejects_bad_geometry(shape, weight, match):
+    ptr, col, val = torch.ops.lzo.to_events(torch.zeros(2, 1, 50))
+    table, *params = ops.gate_args(None, None, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lzo.conv_lif_forward(ptr, col, val, torch.zeros(weight), shape, table, 2, 0.9, 1.0, *params, 0, 0)
+
+
+def test_conv_shape_errors_name_the_problem():
+    with pytest.raises(ValueError, match="kernel 5 is larger than the padded input 3×3"):
+        ConvShape(1, 3, 3, 2, 5)
+    with pytest.raises(ValueError, match="pooling window 4 is larger than the conv output 3×3"):
+        ConvShape(1, 5, 5, 2, 3, pool=4)
+    with pytest.raises(ValueError, match="the last hidden layer cannot pool"):
+        params = _net([ConvShape(1, 4, 4, 2, 3, 1, 1, pool=2)], 3, 2, 0, False)
+        Stack((Hidden(params[0], None, 0.9, 1.0, None, None, ConvShape(1, 4, 4, 2, 3, 1, 1, pool=2)),),
+              Readout(torch.zeros(8, 2), None, 0.9, "max"))
