@@ -25,6 +25,19 @@ advances by one, so a run is reproducible from the seeds.
 
 A :class:`LIF` on its own (outside :class:`Sequential`) is a dense layer whose spike function is the
 rule (:mod:`lzo_bench.spike`): the estimator, not the sparse speed.
+
+Convolutional networks (:mod:`lzo_bench.conv`)::
+
+    net = nn.Sequential(
+        nn.ConvLIF(2, 12, 5, beta=0.9, rule=rule), nn.SumPool2d(2),
+        nn.ConvLIF(12, 32, 5, stride=2, beta=0.9, rule=rule), nn.Flatten(),
+        nn.LeakyReadout(32 * 6 * 6, 10),
+        input_shape=(2, 34, 34))
+    logits = net(frames)     # frames [T, B, 2, 34, 34], or [T, B, 34·34·2] channels-last, or SpikeEvents
+
+A :class:`ConvLIF` layer ``I = conv2d(x, W) + b`` keeps its spikes as events over ``(y, x, channel)``
+units (channels-last); :class:`SumPool2d` sums them over ``k × k`` windows (the pooled counts travel as
+graded events); :class:`Flatten` hands them to the fully connected layers as they are.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from torch import nn
 
 from lzo_bench import ops, spike
 from lzo_bench.backends import Backend, select_backend
+from lzo_bench.conv import ConvShape, channels_last, conv_current, pool_dense
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward, leaky_readout
 from lzo_bench.lif import lif_membrane
@@ -87,6 +101,80 @@ class LIF(nn.Module):
         return f"{n_in}, {n_out}, beta={self.beta:g}, theta={self.theta:g}, bias={self.bias is not None}"
 
 
+class ConvLIF(nn.Module):
+    """Convolutional LIF layer ``c_in → c_out`` with ``kernel × kernel`` kernels, ``stride`` and zero
+    ``padding``: weights ``[c_out, c_in, K, K]`` (torch's ``conv2d`` layout) drawn from
+    ``N(0, gain·(1 − β)/√(c_in·K²))`` (``gain/√(c_in·K²)`` at β = 0), bias ``[c_out]`` zero."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0, beta: float = 0.95,
+                 theta: float = 1.0, rule: spike.SpikeFunction | None = None, bias: bool = False,
+                 init_gain: float = 10.0, generator: torch.Generator | None = None):
+        super().__init__()
+        if min(c_in, c_out, kernel, stride) < 1 or padding < 0:
+            raise ValueError(f"ConvLIF needs c_in, c_out, kernel, stride ≥ 1 and padding ≥ 0, got "
+                             f"{c_in}, {c_out}, {kernel}, {stride}, {padding}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        if not (theta > 0 and math.isfinite(theta)):
+            raise ValueError(f"theta must be > 0, got {theta}")
+        fan_in = c_in * kernel * kernel
+        std = init_gain * ((1.0 - beta) if beta < 1.0 else 1.0) / math.sqrt(fan_in)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel).normal_(0.0, std, generator=generator))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.stride, self.padding = int(stride), int(padding)
+        self.beta, self.theta = float(beta), float(theta)
+        self.rule = rule if rule is not None else spike.LocalZO()
+
+    def shape(self, height: int, width: int, pool: int = 1) -> ConvShape:
+        """The layer's geometry on ``height × width`` inputs, its spikes pooled ``pool × pool``."""
+        c_out, c_in, k, _ = self.weight.shape
+        return ConvShape(c_in, height, width, c_out, k, self.stride, self.padding, pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes ``[T, B, c_out, H', W']`` of the dense layer for frames ``x [T, B, c_in, H, W]``, the rule
+        as spike function on ``u − θ``."""
+        if x.dim() != 5:
+            raise ValueError(f"ConvLIF takes frames [T, B, C, H, W], got {tuple(x.shape)}")
+        shape = self.shape(x.shape[3], x.shape[4])
+        current = conv_current(channels_last(x.float()), self.weight, self.bias, shape)
+        s = self.rule(lif_membrane(current, self.beta, self.theta) - self.theta)
+        return s.reshape(*s.shape[:2], shape.out_height, shape.out_width, shape.c_out).permute(0, 1, 4, 2, 3)
+
+    def extra_repr(self) -> str:
+        c_out, c_in, k, _ = self.weight.shape
+        return (f"{c_in}, {c_out}, kernel={k}, stride={self.stride}, padding={self.padding}, beta={self.beta:g}, "
+                f"theta={self.theta:g}, bias={self.bias is not None}")
+
+
+class SumPool2d(nn.Module):
+    """Sum of the spikes over ``kernel × kernel`` windows with stride ``kernel`` (the counts go on as
+    graded inputs); rows and columns past the last whole window are dropped."""
+
+    def __init__(self, kernel: int):
+        super().__init__()
+        if kernel < 1:
+            raise ValueError(f"SumPool2d kernel must be ≥ 1, got {kernel}")
+        self.kernel = int(kernel)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """``[T, B, C, H, W]`` → ``[T, B, C, H // k, W // k]``."""
+        steps, batch = s.shape[:2]
+        k = self.kernel
+        pooled = torch.nn.functional.avg_pool2d(s.flatten(0, 1), k, k, divisor_override=1)
+        return pooled.reshape(steps, batch, *pooled.shape[1:])
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+class Flatten(nn.Module):
+    """Frames ``[T, B, C, H, W]`` → ``[T, B, H·W·C]``: the channels-last units the fully connected layers
+    after a :class:`ConvLIF` take (on events, a no-op)."""
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return channels_last(s)
+
+
 class LeakyReadout(nn.Module):
     """Non-spiking leaky readout ``n_in → n_out``, reduced over time by ``max`` or ``sum``."""
 
@@ -111,23 +199,73 @@ class LeakyReadout(nn.Module):
         return readout_logits(Stack((), self.readout()), o)
 
 
-class Sequential(nn.Module):
-    """``LIF, …, LIF, LeakyReadout`` run as one event-driven network; ``backend`` as ``--backend``
-    (``auto``: the C++/CUDA event ops where they run, else the pure-PyTorch reference)."""
+def _split_conv(layers: tuple[nn.Module, ...], names: str) -> tuple[list[tuple["ConvLIF", int]], list[nn.Module]]:
+    """``(ConvLIF, pooling window)`` pairs of a leading conv part (closed by a Flatten), and the rest."""
+    conv: list[tuple[ConvLIF, int]] = []
+    i = 0
+    while i < len(layers) and isinstance(layers[i], ConvLIF):
+        pooled = i + 1 < len(layers) and isinstance(layers[i + 1], SumPool2d)
+        conv.append((layers[i], layers[i + 1].kernel if pooled else 1))
+        i += 2 if pooled else 1
+    if conv:
+        if i >= len(layers) or not isinstance(layers[i], Flatten):
+            raise TypeError(f"the conv layers must end in nn.Flatten before the dense layers, got {names}")
+        i += 1
+    if any(isinstance(m, (ConvLIF, SumPool2d, Flatten)) for m in layers[i:]):
+        raise TypeError(f"conv layers, pooling and Flatten come first, before the dense layers, got {names}")
+    return conv, list(layers[i:])
 
-    def __init__(self, *layers: nn.Module, backend: str = "auto"):
+
+class Sequential(nn.Module):
+    """``[ConvLIF [SumPool2d], …, Flatten,] LIF, …, LIF, LeakyReadout`` run as one event-driven network;
+    ``input_shape`` ``(C, H, W)`` of the frames when it starts with a :class:`ConvLIF` (taken from the
+    first 5-D input if not given); ``backend`` as ``--backend`` (``auto``: the C++/CUDA event ops where
+    they run, else the pure-PyTorch reference)."""
+
+    def __init__(self, *layers: nn.Module, input_shape: tuple[int, int, int] | None = None, backend: str = "auto"):
         super().__init__()
-        if len(layers) < 2 or not all(isinstance(m, LIF) for m in layers[:-1]) \
-                or not isinstance(layers[-1], LeakyReadout):
-            raise TypeError("Sequential takes one or more nn.LIF layers followed by one nn.LeakyReadout, got "
-                            + ", ".join(type(m).__name__ for m in layers))
-        for a, b in zip(layers[:-1], layers[1:]):
+        names = ", ".join(type(m).__name__ for m in layers)
+        conv_part, rest = _split_conv(layers, names)
+        if not rest or not isinstance(rest[-1], LeakyReadout) or not all(isinstance(m, LIF) for m in rest[:-1]) \
+                or len(layers) < 2:
+            raise TypeError("Sequential takes [nn.ConvLIF [nn.SumPool2d], …, nn.Flatten,] nn.LIF, …, nn.LIF followed "
+                            f"by one nn.LeakyReadout, got {names}")
+        for a, b in zip(rest[:-1], rest[1:]):
             if a.weight.shape[1] != b.weight.shape[0]:
                 raise ValueError(f"layer sizes do not chain: {a.weight.shape[1]} outputs feed "
                                  f"{b.weight.shape[0]} inputs")
+        for a, b in zip(conv_part, conv_part[1:]):
+            if a[0].weight.shape[0] != b[0].weight.shape[1]:
+                raise ValueError(f"conv channels do not chain: {a[0].weight.shape[0]} outputs feed "
+                                 f"{b[0].weight.shape[1]} inputs")
         self.layers = nn.ModuleList(layers)
+        self._conv = conv_part  # (ConvLIF, pooling window) per conv layer
+        self._dense = rest
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        if self.input_shape is not None:
+            self.conv_shapes()  # raises on geometry that does not fit
         self.backend_name = backend
         self._backends: dict[tuple[str, bool], Backend] = {}
+
+    def conv_shapes(self) -> list[ConvShape]:
+        """Each conv layer's geometry, from ``input_shape``; the flattened width must feed the next layer."""
+        if not self._conv:
+            return []
+        if self.input_shape is None:
+            raise ValueError("a Sequential that starts with ConvLIF needs input_shape=(C, H, W), or frames "
+                             "[T, B, C, H, W] as its first input")
+        c, h, w = self.input_shape
+        if c != self._conv[0][0].weight.shape[1]:
+            raise ValueError(f"input_shape has {c} channels but the first ConvLIF takes {self._conv[0][0].weight.shape[1]}")
+        shapes = []
+        for layer, pool in self._conv:
+            shapes.append(layer.shape(h, w, pool))
+            c, h, w = shapes[-1].next_shape
+        first = self._dense[0].weight.shape[0]
+        if c * h * w != first:
+            raise ValueError(f"the conv layers flatten to {c}×{h}×{w} = {c * h * w} units but "
+                             f"{type(self._dense[0]).__name__} takes {first}")
+        return shapes
 
     @classmethod
     def from_snn(cls, model: nn.Module, rule: spike.SpikeFunction, backend: str = "auto") -> "Sequential":
@@ -147,17 +285,19 @@ class Sequential(nn.Module):
         """The network as the backends run it; on a training forward each rule's key is taken and
         its counter advanced (once per rule, however many layers share it)."""
         hidden, seen = [], set()
-        for lif in self.layers[:-1]:
+        layers = [m for m, _ in self._conv] + list(self._dense[:-1])
+        shapes = self.conv_shapes() + [None] * (len(self._dense) - 1)
+        for lif, conv in zip(layers, shapes):
             rule = lif.rule
             spec = rule.spec if training else None
             key = DrawKey(rule.seed, rule.counter) if training else None
-            hidden.append(Hidden(lif.weight, lif.bias, lif.beta, lif.theta, spec, key))
+            hidden.append(Hidden(lif.weight, lif.bias, lif.beta, lif.theta, spec, key, conv))
         if training:
-            for lif in self.layers[:-1]:
+            for lif in layers:
                 if id(lif.rule) not in seen:
                     seen.add(id(lif.rule))
                     lif.rule.counter += 1
-        return Stack(tuple(hidden), self.layers[-1].readout())
+        return Stack(tuple(hidden), self._dense[-1].readout())
 
     def _backend(self, device: torch.device, stack: Stack) -> Backend:
         specs = [h.spec for h in stack.hidden if h.spec is not None]
@@ -170,12 +310,20 @@ class Sequential(nn.Module):
         name = "torch" if custom and self.backend_name == "auto" else self.backend_name
         cache = (f"{device}", name)
         if cache not in self._backends:
-            self._backends[cache] = select_backend(name, device, specs[0] if specs else None)
+            self._backends[cache] = select_backend(name, device, specs[0] if specs else None,
+                                                   conv=any(h.conv for h in stack.hidden))
         return self._backends[cache]
 
     def run(self, x: torch.Tensor | SpikeEvents) -> Forward:
         """Logits, spike counts per hidden layer, active entries and spikes (:class:`Forward`); a bool
         or uint8 ``x`` goes to the event compaction as it is (no float copy)."""
+        if self._conv and not isinstance(x, SpikeEvents) and x.dim() == 5:
+            if self.input_shape is None:
+                self.input_shape = tuple(x.shape[2:])
+                self.conv_shapes()
+            elif tuple(x.shape[2:]) != self.input_shape:
+                raise ValueError(f"frames are {tuple(x.shape[2:])} but input_shape is {self.input_shape}")
+            x = channels_last(x)
         x = _checked(x)
         stack = self.stack(self.training and torch.is_grad_enabled())
         backend = self._backend(stack.readout.weight.device, stack)
@@ -184,7 +332,7 @@ class Sequential(nn.Module):
         return dense_network(stack, x, backend.layer)
 
     def forward(self, x: torch.Tensor | SpikeEvents) -> torch.Tensor:
-        """Logits ``[B, C]`` for input ``x [T, B, n_in]``."""
+        """Logits ``[B, C]`` for input ``x [T, B, n_in]`` (or frames ``[T, B, C, H, W]``)."""
         return self.run(x).logits
 
     def __getstate__(self) -> dict:

@@ -210,3 +210,76 @@ def test_conv_shape_errors_name_the_problem():
         params = _net([ConvShape(1, 4, 4, 2, 3, 1, 1, pool=2)], 3, 2, 0, False)
         Stack((Hidden(params[0], None, 0.9, 1.0, None, None, ConvShape(1, 4, 4, 2, 3, 1, 1, pool=2)),),
               Readout(torch.zeros(8, 2), None, 0.9, "max"))
+
+
+def _conv_sequential(rule_name: str, backend: str = "auto", input_shape=(2, 9, 9)):
+    from lzo_bench import nn, spike
+    make = {"surrogate": lambda s: spike.Surrogate("normal", delta=0.4),
+            "sparsegrad": lambda s: spike.SparseGrad("normal", delta=0.4),
+            "localzo": lambda s: spike.LocalZO(delta=0.4, m=2, seed=s)}[rule_name]
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(
+        nn.ConvLIF(2, 6, 3, padding=1, beta=0.9, rule=make(1), bias=True, init_gain=4.0, generator=g), nn.SumPool2d(2),
+        nn.ConvLIF(6, 5, 3, stride=2, padding=1, beta=0.8, theta=0.8, rule=make(2), init_gain=6.0, generator=g), nn.Flatten(),
+        nn.LIF(20, 7, beta=0.9, rule=make(3), generator=g),
+        nn.LeakyReadout(7, 3, beta=0.85, generator=g),
+        input_shape=input_shape, backend=backend)
+    with torch.no_grad():
+        net.layers[0].bias.normal_(0.0, 0.3, generator=g)
+    return net
+
+
+@pytest.mark.parametrize("rule", METHODS)
+def test_sequential_with_conv_layers_equals_the_reference(rule):
+    """nn.Sequential(ConvLIF, SumPool2d, ConvLIF, Flatten, LIF, LeakyReadout) on frames [T, B, C, H, W]: the
+    C++ event ops and the pure-PyTorch reference give the same logits and gradients."""
+    gen = torch.Generator().manual_seed(4)
+    frames = (torch.rand(72, 3, 2, 9, 9, generator=gen) < 0.25).float()
+    grads = []
+    for backend in ("cpp", "torch"):
+        net = _conv_sequential(rule, backend)
+        logits = net(frames)
+        logits.square().sum().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in net.parameters()]))
+    (la, ga), (lb, gb) = grads
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_lone_conv_modules_are_the_dense_layers_of_the_sequential():
+    """ConvLIF, SumPool2d and Flatten on their own (dense, the rule as spike function) compute the network's
+    inference: logits equal to the event path."""
+    net = _conv_sequential("surrogate").eval()
+    gen = torch.Generator().manual_seed(5)
+    frames = (torch.rand(40, 2, 2, 9, 9, generator=gen) < 0.25).float()
+    h = frames
+    for m in net.layers[:-1]:
+        h = m(h)
+    assert h.shape == (40, 2, 7)
+    readout = net.layers[-1]
+    torch.testing.assert_close(readout(h), net(frames), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_sequential_refuses_bad_stacks_with_the_reason():
+    from lzo_bench import nn
+    with pytest.raises(TypeError, match="must end in nn.Flatten"):
+        nn.Sequential(nn.ConvLIF(1, 2, 3), nn.LeakyReadout(8, 2), input_shape=(1, 4, 4))
+    with pytest.raises(ValueError, match=r"flatten to 2×2×2 = 8 units but LeakyReadout takes 9"):
+        nn.Sequential(nn.ConvLIF(1, 2, 3), nn.Flatten(), nn.LeakyReadout(9, 2), input_shape=(1, 4, 4))
+    with pytest.raises(ValueError, match="conv channels do not chain: 2 outputs feed 3"):
+        nn.Sequential(nn.ConvLIF(1, 2, 3), nn.ConvLIF(3, 2, 1), nn.Flatten(), nn.LeakyReadout(8, 2))
+    net = nn.Sequential(nn.ConvLIF(1, 2, 3), nn.Flatten(), nn.LeakyReadout(8, 2))
+    with pytest.raises(ValueError, match=r"needs input_shape=\(C, H, W\)"):
+        net(torch.zeros(3, 1, 16))
+    assert net(torch.zeros(3, 1, 1, 4, 4)).shape == (1, 2)  # frames give the shape
+    with pytest.raises(ValueError, match=r"frames are \(1, 5, 5\) but input_shape is \(1, 4, 4\)"):
+        net(torch.zeros(3, 1, 1, 5, 5))
+
+
+def test_conv_on_cuda_falls_back_to_the_reference_saying_why():
+    from lzo_bench.backends import BackendUnavailable, select_backend
+    b = select_backend("auto", "cuda", None, conv=True)
+    assert b.name == "torch" and "no CUDA kernels yet" in b.reason
+    with pytest.raises(BackendUnavailable, match="no CUDA kernels yet"):
+        select_backend("cuda", "cuda", None, conv=True)
