@@ -91,6 +91,45 @@ class ConvShape:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ConvLayer:
+    """One conv layer of a network spec, its input shape left to the layer before: ``channels`` out,
+    ``kernel``, ``stride``, ``padding`` and the sum pooling of its spikes."""
+
+    channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    pool: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the network architectures of ``lzo-bench train --arch``: fully connected, or conv layers first
+ARCHS = ("fc", "conv")
+#: ``lzo-bench train --arch conv``: each dataset's conv layers (then the ``--hidden`` layers, the readout)
+CONV_NETWORKS: dict[str, tuple[ConvLayer, ...]] = {
+    "digits": (ConvLayer(16, 3, 1, 1),),                                    # 1×8×8 → 16×8×8
+    "fmnist": (ConvLayer(12, 5, pool=2), ConvLayer(32, 5, stride=2)),       # 1×28×28 → 12×12×12 → 32×4×4
+    "nmnist": (ConvLayer(12, 5, pool=2), ConvLayer(32, 5, stride=2)),       # 2×34×34 → 12×15×15 → 32×6×6
+}
+
+
+def chain_shapes(frame: tuple[int, int, int], layers: tuple[ConvLayer, ...]) -> list[ConvShape]:
+    """Each layer's :class:`ConvShape`, the first on ``frame = (C, H, W)``, each next on the last's
+    pooled output; raises ``ValueError`` naming a layer that does not fit."""
+    c, h, w = frame
+    shapes = []
+    for i, layer in enumerate(layers, 1):
+        try:
+            shapes.append(ConvShape(c, h, w, layer.channels, layer.kernel, layer.stride, layer.padding, layer.pool))
+        except ValueError as e:
+            raise ValueError(f"conv layer {i} on {c}×{h}×{w} inputs: {e}") from None
+        c, h, w = shapes[-1].next_shape
+    return shapes
+
+
 def conv_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, shape: ConvShape) -> torch.Tensor:
     """The reference current ``[T, B, units_out]`` (channels-last) of input ``x [T, B, units_in]``
     (channels-last): one ``conv2d`` over all ``T·B`` rows."""

@@ -31,7 +31,7 @@ def evaluate_run(run: str | Path, data_dir: str | None = None, batch_size: int =
     model, ckpt = load_checkpoint(run)
     name, steps = ckpt["dataset"]["name"], checkpoint_steps(ckpt)
     data_dir = data_dir or ckpt["train"].get("data_dir")
-    _, test = load_dataset(name, steps, data_dir)
+    _, test = load_dataset(name, steps, data_dir, channels=model.spec.arch == "conv")
     tally = NeuroBenchTally(layer_names(model))
     for x, y in batches(test, batch_size):
         out = model(x)
@@ -46,7 +46,8 @@ def evaluate_run(run: str | Path, data_dir: str | None = None, batch_size: int =
         "split": "test",
         "samples": tally.samples,
         "steps": steps,
-        "network": {"n_in": spec.n_in, "hidden": list(spec.hidden), "n_out": spec.n_out},
+        "network": {"n_in": spec.n_in, "hidden": list(spec.hidden), "n_out": spec.n_out, "arch": spec.arch,
+                    "conv": [c.to_dict() for c in spec.conv_shapes()]},
         "epoch": ckpt.get("epoch"),
         "method": ckpt["train"].get("method"),
         "metrics": tally.result() | static_metrics(model),

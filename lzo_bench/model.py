@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lzo_bench.backends import Backend, select_backend
+from lzo_bench.conv import ConvLayer, ConvShape, chain_shapes
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward, leaky_readout
 from lzo_bench.gates import GateSpec
@@ -40,23 +41,52 @@ class NetworkSpec:
     reduce: str = "max"  # "max" or "sum" over time
     init: str = "normal"  # "normal": N(0, gain·(1−β)/√fan_in); "uniform": U(±gain/√fan_in)
     init_gain: float = 10.0
+    conv: tuple[ConvLayer, ...] = ()  # conv layers before the hidden ones (lzo_bench.conv)
+    frame: tuple[int, int, int] | None = None  # (C, H, W) of the input, channels-last units, with conv
 
     def __post_init__(self) -> None:
-        if not self.hidden or any(n < 1 for n in self.hidden):
+        if any(n < 1 for n in self.hidden) or not (self.hidden or self.conv):
             raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
+        if self.conv:
+            if self.frame is None or self.frame[0] * self.frame[1] * self.frame[2] != self.n_in:
+                raise ValueError(f"conv layers need frame (C, H, W) with C·H·W = n_in = {self.n_in}, got {self.frame}")
+            self.conv_shapes()
         if self.reduce not in ("max", "sum"):
             raise ValueError(f"reduce must be 'max' or 'sum', got {self.reduce!r}")
         if self.init not in ("normal", "uniform"):
             raise ValueError(f"init must be 'normal' or 'uniform', got {self.init!r}")
 
+    @property
+    def arch(self) -> str:
+        """``conv`` for a network with conv layers, else ``fc``."""
+        return "conv" if self.conv else "fc"
+
+    def conv_shapes(self) -> list[ConvShape]:
+        return chain_shapes(self.frame, self.conv) if self.conv else []  # type: ignore[arg-type]
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Neurons per spiking layer, the conv layers' first."""
+        return (*(c.units_out for c in self.conv_shapes()), *self.hidden)
+
+    @property
+    def flat_in(self) -> int:
+        """The width of the first fully connected layer's input (the conv part flattened)."""
+        shapes = self.conv_shapes()
+        return shapes[-1].units_next if shapes else self.n_in
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["conv"] = [c.to_dict() for c in self.conv]
+        d["frame"] = list(self.frame) if self.frame else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkSpec":
-        return cls(**{**d, "hidden": tuple(d["hidden"])})
+        frame = d.get("frame")
+        return cls(**{**d, "hidden": tuple(d["hidden"]), "conv": tuple(ConvLayer(**c) for c in d.get("conv", ())),
+                      "frame": tuple(frame) if frame else None})
 
 
 @dataclass(frozen=True)
@@ -88,19 +118,23 @@ class SpikeRegularizer:
 
 
 class SNN(nn.Module):
-    """Feed-forward LIF network; weights are stored ``[fan_in, fan_out]`` as in ``x @ W``."""
+    """Feed-forward LIF network; weights are stored ``[fan_in, fan_out]`` as in ``x @ W``, a conv
+    layer's ``[C_out, C_in, K, K]`` as in ``conv2d`` (fan-in ``C_in·K²``)."""
 
     def __init__(self, spec: NetworkSpec, generator: torch.Generator | None = None):
         super().__init__()
         self.spec = spec
-        sizes = (spec.n_in, *spec.hidden, spec.n_out)
+        sizes = (spec.flat_in, *spec.hidden, spec.n_out)
+        convs = [self._init(c.c_in * c.kernel ** 2, (c.c_out, c.c_in, c.kernel, c.kernel), generator)
+                 for c in spec.conv_shapes()]
         self.weights = nn.ParameterList(
-            nn.Parameter(self._init(fan_in, fan_out, generator))
-            for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+            [nn.Parameter(w) for w in convs]
+            + [nn.Parameter(self._init(fan_in, (fan_in, fan_out), generator))
+               for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
         )
 
-    def _init(self, fan_in: int, fan_out: int, generator: torch.Generator | None) -> torch.Tensor:
-        w = torch.empty(fan_in, fan_out)
+    def _init(self, fan_in: int, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        w = torch.empty(shape)
         if self.spec.init == "normal":
             std = self.spec.init_gain * (1.0 - self.spec.beta) / math.sqrt(fan_in)
             return w.normal_(0.0, std, generator=generator)
@@ -129,7 +163,8 @@ class SNN(nn.Module):
     def stack(self, gate: GateSpec | None, key: DrawKey | None) -> Stack:
         """The network as the backends run it: every hidden layer with this β, θ, rule and key."""
         s = self.spec
-        hidden = tuple(Hidden(w, None, s.beta, s.theta, gate, key) for w in self.weights[:-1])
+        shapes = s.conv_shapes() + [None] * len(s.hidden)
+        hidden = tuple(Hidden(w, None, s.beta, s.theta, gate, key, c) for w, c in zip(self.weights[:-1], shapes))
         return Stack(hidden, Readout(self.weights[-1], None, s.beta_out, s.reduce))
 
 

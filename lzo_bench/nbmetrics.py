@@ -4,7 +4,9 @@ shows the network to NeuroBench's own hooks.
 Definitions, as ``neurobench.metrics`` 2.3 computes them through its hooks (per time step, one call
 of each connection layer and each neuron layer on the batch), for ``S`` samples of ``T`` steps,
 hidden layers ``l`` of ``N_l`` neurons and weights ``W_k [fan_in, fan_out]`` (the readout's
-included)::
+included; a conv layer's fan-out of input unit ``i`` is the number of (output position, channel) pairs
+its non-zero taps reach, which NeuroBench counts as ``conv2d(h ≠ 0, W ≠ 0)`` summed, Dense as
+``conv2d(1, 1)`` summed)::
 
     ActivationSparsity        = 1 − Σ_l spikes_l / (S·T·Σ_l N_l)        (hidden layers: the spiking
                                                                         neurons; the readout is not one)
@@ -30,25 +32,42 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lzo_bench.lif import lif_membrane
+from lzo_bench.conv import ConvShape, conv_current, pool_dense
+from lzo_bench.lif import layer_current, lif_membrane
 from lzo_bench.model import SNN
 
 
 def layer_names(model: SNN) -> list[str]:
     """``lif1, lif2, …``: the hidden layers' names, as the adapter's modules (and NeuroBench's
     ActivationSparsityByLayer) call them."""
-    return [f"lif{i + 1}" for i in range(len(model.spec.hidden))]
+    return [f"lif{i + 1}" for i in range(len(model.spec.layer_sizes))]
 
 
-def synaptic_ops(weights: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> tuple[int, int, int]:
+def layer_inputs(model: SNN, x: torch.Tensor, spikes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What each layer (the readout's included) receives: ``x``, then each hidden layer's spikes, a
+    conv layer's sum-pooled."""
+    shapes = model.spec.conv_shapes()
+    return [x, *(pool_dense(s, shapes[i]) if i < len(shapes) else s for i, s in enumerate(spikes))]
+
+
+def synaptic_ops(weights: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
+                 convs: Sequence[ConvShape | None] = ()) -> tuple[int, int, int]:
     """``(dense, effective ACs, effective MACs)`` summed over the batch, for each layer's weights
-    ``W [fan_in, fan_out]`` and input ``h [T, B, fan_in]`` (see the module docstring)."""
+    ``W [fan_in, fan_out]`` (with ``convs[k]``: ``[C_out, C_in, K, K]``) and input ``h [T, B, fan_in]``
+    (see the module docstring)."""
     dense = acs = macs = 0
-    for w, h in zip(weights, inputs):
+    convs = [*convs, *[None] * (len(weights) - len(convs))]
+    for w, h, conv in zip(weights, inputs, convs):
         steps, batch, fan_in = h.shape
-        dense += steps * batch * w.shape[0] * w.shape[1]
-        fan_out = (w.detach() != 0).sum(1).to(torch.float64)
-        ops = ((h != 0).to(torch.float64).reshape(steps * batch, fan_in) @ fan_out).view(steps, batch).sum(1)
+        if conv is not None:
+            nonzero = (w.detach() != 0).to(torch.float64)
+            dense += steps * batch * int(conv_current(torch.ones(1, 1, fan_in, dtype=torch.float64),
+                                                      torch.ones_like(nonzero), None, conv).sum())
+            ops = conv_current((h != 0).to(torch.float64), nonzero, None, conv).sum(2).sum(1)
+        else:
+            dense += steps * batch * w.shape[0] * w.shape[1]
+            fan_out = (w.detach() != 0).sum(1).to(torch.float64)
+            ops = ((h != 0).to(torch.float64).reshape(steps * batch, fan_in) @ fan_out).view(steps, batch).sum(1)
         spiking = ((h == 0) | (h == 1) | (h == -1)).reshape(steps, -1).all(1)
         acs += round(float(ops[spiking].sum()))
         macs += round(float(ops[~spiking].sum()))
@@ -58,11 +77,11 @@ def synaptic_ops(weights: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]
 def membranes(model: SNN, x: torch.Tensor, spikes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``u [T, B, N]`` of every hidden layer, from the layer's input spikes (``x``, then the
     forward's ``spikes``) with the reference LIF (:func:`lzo_bench.lif.lif_membrane`)."""
-    steps, batch = x.shape[:2]
-    inputs = [x, *spikes[:-1]]
+    inputs = layer_inputs(model, x, spikes)[:-1]
+    convs = model.spec.conv_shapes() + [None] * len(model.spec.hidden)
     with torch.no_grad():
-        return [lif_membrane((h.reshape(steps * batch, -1) @ w).view(steps, batch, -1), model.spec.beta, model.spec.theta)
-                for h, w in zip(inputs, model.weights[:-1])]
+        return [lif_membrane(layer_current(h, w, None, c), model.spec.beta, model.spec.theta)
+                for h, w, c in zip(inputs, model.weights[:-1], convs)]
 
 
 def membrane_updates(us: Sequence[torch.Tensor]) -> int:
@@ -101,7 +120,7 @@ class NeuroBenchTally:
         """One batch: input ``x [T, B, n_in]``, hidden ``spikes`` (``[T, B, N_l]`` each), and the
         logits and labels for accuracy."""
         batch = x.shape[1]
-        dense, acs, macs = synaptic_ops(list(model.weights), [x, *spikes])
+        dense, acs, macs = synaptic_ops(list(model.weights), layer_inputs(model, x, spikes), model.spec.conv_shapes())
         self.dense += dense
         self.acs += acs
         self.macs += macs
@@ -172,6 +191,10 @@ class NeuroBenchNet(nn.Module):
     def __init__(self, model: SNN):
         super().__init__()
         import snntorch as snn
+
+        if model.spec.conv:
+            raise ValueError("NeuroBenchNet adapts fully connected networks only; a conv network's metrics come "
+                             "from lzo_bench.nbmetrics.NeuroBenchTally (lzo-bench evaluate)")
 
         self.spec = model.spec
         self.layers: list[tuple[StepLinear, nn.Module]] = []

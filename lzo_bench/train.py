@@ -23,6 +23,7 @@ import torch
 from lzo_bench import __version__
 from lzo_bench.backends import Backend, BackendUnavailable, select_backend
 from lzo_bench.checkpoint import save_checkpoint
+from lzo_bench.conv import CONV_NETWORKS
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.data.encoding import TooLarge
 from lzo_bench.devices import device_name, sync_device
@@ -126,8 +127,12 @@ def evaluate(
 
 
 def build_network(cfg: TrainConfig, n_in: int, n_out: int) -> NetworkSpec:
+    """The network ``cfg`` names: ``--hidden`` layers, after the dataset's conv layers for ``--arch conv``."""
     info = DATASET_INFO[cfg.dataset]
+    conv = CONV_NETWORKS[cfg.dataset] if cfg.arch == "conv" else ()
     return NetworkSpec(
+        conv=conv,
+        frame=info.frame if conv else None,
         n_in=n_in,
         hidden=tuple(cfg.hidden),
         n_out=n_out,
@@ -165,7 +170,7 @@ def build_gate(cfg: TrainConfig) -> GateSpec:
 def run_backend(cfg: TrainConfig, device: torch.device, gate: GateSpec) -> Backend:
     """The backend ``cfg.backend`` names, or :class:`ConfigError` saying why it is unavailable."""
     try:
-        return select_backend(cfg.backend, device, gate)
+        return select_backend(cfg.backend, device, gate, conv=cfg.arch == "conv")
     except BackendUnavailable as e:
         raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 
@@ -173,7 +178,7 @@ def run_backend(cfg: TrainConfig, device: torch.device, gate: GateSpec) -> Backe
 def run_datasets(cfg: TrainConfig) -> tuple[SpikeDataset, SpikeDataset]:
     """The training and test sets; a missing, damaged or too large dataset is the option at fault."""
     try:
-        return load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download)
+        return load_dataset(cfg.dataset, cfg.steps, cfg.data_dir, cfg.download, channels=cfg.arch == "conv")
     except DatasetMissing as e:
         raise ConfigError("--data-dir", f"does not hold the dataset: {e}") from None
     except DatasetError as e:
@@ -215,6 +220,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
     net_spec = build_network(cfg, train_set.n_units, train_set.n_classes)
     torch.manual_seed(cfg.seed)
     model = SNN(net_spec, torch.Generator().manual_seed(cfg.seed)).to(device)
+    sizes = net_spec.layer_sizes
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     regularizer = SpikeRegularizer(f_up=info.f_up, enabled=cfg.regularize)
 
@@ -261,7 +267,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                 energy_start = meter.energy_mj()
                 shuffle = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % MAX_SEED)
                 loss_sum = correct = seen = 0.0
-                active = [0] * len(cfg.hidden)
+                active = [0] * len(sizes)
                 entries = 0
                 fwd = bwd = opt = 0.0
                 loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
@@ -287,7 +293,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
 
                     steps, b = x.shape[0], x.shape[1]
-                    batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, cfg.hidden)]
+                    batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, sizes)]
                     active = [a + c for a, c in zip(active, out_fw.active)]
                     entries += steps * b
                     loss_sum += loss_value * b
@@ -310,7 +316,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     train_loss=loss_sum / seen,
                     train_acc=100.0 * correct / seen,
                     test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device, backend),
-                    active_pct=[100.0 * a / (entries * n) for a, n in zip(active, cfg.hidden)],
+                    active_pct=[100.0 * a / (entries * n) for a, n in zip(active, sizes)],
                     fwd_ms=1e3 * fwd / n_upd,
                     bwd_ms=1e3 * bwd / n_upd,
                     opt_ms=1e3 * opt / n_upd,

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lzo_bench.backends import BackendName
+from lzo_bench.conv import ARCHS, CONV_NETWORKS
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, Method
 from lzo_bench.limits import FLOAT32_MAX, FLOAT32_TINY, LIMIT_WHY, MAX_EPOCHS, MAX_NEURONS, MAX_STEPS
@@ -49,6 +50,7 @@ class TrainConfig:
     """Everything ``lzo-bench train`` takes. ``None`` means: the dataset's default."""
 
     dataset: str = "digits"
+    arch: str = "fc"  # "fc": --hidden layers; "conv": the dataset's conv layers (lzo_bench.conv), then --hidden
     data_dir: str | None = None
     download: bool = False
     method: str = "localzo"
@@ -75,6 +77,11 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the first bad option."""
         if self.dataset not in DATASET_INFO:
             raise ConfigError("--dataset", f"must be one of: {', '.join(DATASET_INFO)} (got {self.dataset!r})")
+        if self.arch not in ARCHS:
+            raise ConfigError("--arch", f"must be one of: {', '.join(ARCHS)} (got {self.arch!r})")
+        if self.arch == "conv" and self.dataset not in CONV_NETWORKS:
+            raise ConfigError("--arch", f"conv needs a dataset with frames ({', '.join(CONV_NETWORKS)}); "
+                                        f"{self.dataset} has none: use --arch fc")
         if self.method not in {m.value for m in Method}:
             raise ConfigError("--method", f"must be one of: {', '.join(m.value for m in Method)} (got {self.method!r})")
         if self.dist not in DIST_NAMES:
@@ -130,7 +137,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> "TrainConfig":  # a run saved before --arch existed is fc
         """The configuration :meth:`to_dict` wrote (``hidden`` as a list or tuple), or any dict of its
         fields; the one way a ``TrainConfig`` is rebuilt from a dict (a checkpoint's ``train``, a
         reproduce trial's arguments). An unknown field raises ``TypeError``, a missing ``hidden``

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from lzo_bench import __version__
+from lzo_bench.conv import ARCHS
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.gates import DIST_NAMES
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 
 DistName = Enum("DistName", {n: n for n in DIST_NAMES}, type=str)  # type: ignore[misc]
 DatasetName = Enum("DatasetName", {n: n for n in DATASET_INFO}, type=str)  # type: ignore[misc]
+ArchName = Enum("ArchName", {n: n for n in ARCHS}, type=str)  # type: ignore[misc]
 
 EXIT_USAGE = 2
 

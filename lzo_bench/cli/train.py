@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.backends import BackendName
-from lzo_bench.cli.common import DatasetName, DistName, app, fail, parse_hidden, typed
+from lzo_bench.cli.common import ArchName, DatasetName, DistName, app, fail, parse_hidden, typed
 from lzo_bench.gates import Method
 
 
@@ -28,7 +28,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="Epochs (≥ 1).")] = 20,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size; default: the dataset's.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate; default: the dataset's.")] = None,
-    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, comma-separated.")] = "200,200",
+    arch: Annotated[ArchName, typer.Option(help="fc: fully connected --hidden layers; conv: the dataset's conv layers (digits 1×8×8, fmnist 1×28×28, nmnist 2×34×34 with the polarities as channels), then the --hidden layers.")] = "fc",  # type: ignore[assignment]
+    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, comma-separated (after the conv layers with --arch conv).")] = "200,200",
     steps: Annotated[Optional[int], typer.Option(help="Time steps T; default: the dataset's.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for init, shuffling and LocalZO draws.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -48,7 +49,7 @@ def train(
     from lzo_bench.train_config import ConfigError, TrainConfig
 
     cfg_kwargs = dict(
-        dataset=dataset.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
+        dataset=dataset.value, arch=arch.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
         bth=bth, epochs=epochs, batch_size=batch_size, lr=lr, hidden=parse_hidden(hidden),
         steps=steps, seed=seed, device=device, backend=backend.value, regularize=regularize, energy=energy,
         threads=threads, out=out, overwrite=overwrite,

@@ -21,8 +21,10 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("LZO_DATA_DIR", "data"))
 
 
-def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, download: bool = False):
+def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, download: bool = False,
+                 channels: bool = False):
     """``(train, test)`` of dataset ``name`` at ``steps`` time bins; the error lists the choices.
+    ``channels``: units as the channels-last frames of ``DatasetInfo.frame`` (N-MNIST's polarities apart).
 
     :class:`DatasetMissing` (a ``FileNotFoundError``) lists the files expected and where;
     :class:`DatasetUnreadable` (a ``ValueError``) names files that are there but damaged. Both are
@@ -34,6 +36,8 @@ def load_dataset(name: str, steps: int, data_dir: str | Path | None = None, down
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
     if name == "digits":
         return loader(steps)
+    if name == "nmnist":
+        return loader(steps, data_dir or default_data_dir(), download, channels)
     return loader(steps, data_dir or default_data_dir(), download)
 
 

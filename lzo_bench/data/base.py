@@ -28,6 +28,7 @@ class DatasetInfo:
     init: str = "normal"
     init_gain: float = 10.0
     f_up: float = 1.0
+    frame: tuple[int, int, int] | None = None  # (C, H, W) for --arch conv, units channels-last; None: no frames
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from lzo_bench.data.encoding import latency_encode
 #: layers fire about once per neuron and sample at the start, so all three rules can learn.
 DIGITS_INFO = DatasetInfo(
     "digits", 64, 10, 40, 1.0, "latency(tau_eff=20 steps, thr=0.2, x=pixel/16)",
-    lr=3e-3, batch_size=64, init="normal", init_gain=40.0,
+    lr=3e-3, batch_size=64, init="normal", init_gain=40.0, frame=(1, 8, 8),
 )
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2

@@ -18,7 +18,7 @@ from lzo_bench.data.encoding import latency_steps
 
 FMNIST_INFO = DatasetInfo(
     "fmnist", 784, 10, 100, 1.0, "latency(tau_eff=20 steps, thr=0.2, x=pixel/255)",
-    lr=2e-4, batch_size=256, init="normal", init_gain=10.0,
+    lr=2e-4, batch_size=256, init="normal", init_gain=10.0, frame=(1, 28, 28),
 )
 FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
