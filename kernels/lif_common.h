@@ -135,6 +135,7 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "conv_dense_backward(Tensor grad, Tensor gate, Tensor count_grad, Tensor x_ptr, Tensor x_col, Tensor x_val, " \
       "Tensor weight, int[] shape, float beta, int steps, bool input_grad, int current_mode) " \
       "-> (Tensor grad_weight, Tensor grad_x)"); \
+  m.def("pool_events(Tensor ptr, Tensor col, Tensor val, int[] frame, int pool) -> (Tensor ptr, Tensor col, Tensor val)"); \
   do {} while (0)
 
 inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surrogate_kind,

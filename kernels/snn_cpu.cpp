@@ -1382,6 +1382,73 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cpu(const Tensor& grad, const Ten
   return {dw, dx};
 }
 
+// Sum pooling of channels-last events over pool x pool windows with stride pool: frame = [C, H, W] of the
+// events' units (y*W + x)*C + c; -> events over ((y/pool)*(W/pool) + x/pool)*C + c, in unit order per row, the
+// counts (or sums of the values) as values; rows and columns past the last whole window are dropped.
+std::tuple<Tensor, Tensor, Tensor> pool_events_cpu(const Tensor& ptr, const Tensor& col, const Tensor& val,
+                                                   c10::IntArrayRef frame, int64_t pool) {
+  const char* op = "lzo::pool_events";
+  TORCH_CHECK(frame.size() == 3 && frame[0] >= 1 && frame[1] >= 1 && frame[2] >= 1, op,
+              ": frame must be [C, H, W] >= 1, got ", frame);
+  const int64_t C = frame[0], H = frame[1], W = frame[2];
+  TORCH_CHECK(pool >= 1 && pool <= H && pool <= W, op, ": pool must lie in [1, min(H, W)], got ", pool);
+  const int64_t rows = ptr.numel() - 1, hp = H / pool, wp = W / pool, width = hp * wp * C;
+  check_events(ptr, col, val, rows, op, "x");
+  check_columns(col, C * H * W, op, "x");
+  const EventView ev = view(ptr, col, val);
+  std::vector<int32_t> pooled(static_cast<size_t>(C * H * W));  // unit -> pooled unit, -1: outside every window
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x)
+      for (int64_t c = 0; c < C; ++c)
+        pooled[(y * W + x) * C + c] =
+            y / pool < hp && x / pool < wp ? static_cast<int32_t>(((y / pool) * wp + x / pool) * C + c) : -1;
+  Tensor out_ptr = at::zeros({rows + 1}, ptr.options());
+  Ptr* op_ = out_ptr.data_ptr<Ptr>();
+  const int64_t n_parts = std::min<int64_t>(std::max<int64_t>(at::get_num_threads(), 1) * 8, std::max<int64_t>(rows, 1));
+  std::vector<std::vector<int32_t>> pcol(n_parts);
+  std::vector<std::vector<float>> pval(n_parts);
+  const int64_t per = (rows + n_parts - 1) / n_parts;
+  at::parallel_for(0, n_parts, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> acc(static_cast<size_t>(width), 0.0f);
+    std::vector<uint64_t> touched(static_cast<size_t>((width + 63) / 64), 0);  // a bit per pooled unit: read in order
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t r = p * per; r < std::min(rows, (p + 1) * per); ++r) {
+        for (Ptr q = ev.ptr[r]; q < ev.ptr[r + 1]; ++q) {
+          const int32_t u = pooled[ev.col[q]];
+          if (u < 0) continue;
+          acc[u] += ev.value(q);
+          touched[u >> 6] |= uint64_t(1) << (u & 63);
+        }
+        Ptr kept = 0;
+        for (size_t w = 0; w < touched.size(); ++w) {
+          for (uint64_t m = touched[w]; m; m &= m - 1) {
+            const int32_t u = static_cast<int32_t>(w * 64 + __builtin_ctzll(m));
+            if (acc[u] != 0.0f) {  // values that cancel to 0 are no event
+              pcol[p].push_back(u);
+              pval[p].push_back(acc[u]);
+              ++kept;
+            }
+            acc[u] = 0.0f;
+          }
+          touched[w] = 0;
+        }
+        op_[r + 1] = kept;
+      }
+  });
+  prefix_sum(op_, rows);
+  Tensor out_col = at::empty({op_[rows]}, col.options()), out_val = at::empty({op_[rows]}, col.options().dtype(at::kFloat));
+  int32_t* oc = out_col.data_ptr<int32_t>();
+  float* ov = out_val.data_ptr<float>();
+  at::parallel_for(0, n_parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t start = op_[std::min(rows, p * per)];
+      std::copy(pcol[p].begin(), pcol[p].end(), oc + start);
+      std::copy(pval[p].begin(), pval[p].end(), ov + start);
+    }
+  });
+  return {out_ptr, out_col, out_val};
+}
+
 TORCH_LIBRARY_FRAGMENT(lzo, m) {
   LZO_EVENT_OP_SCHEMAS(m);
   LZO_CONV_OP_SCHEMAS(m);
@@ -1398,6 +1465,7 @@ TORCH_LIBRARY_IMPL(lzo, CPU, m) {
   m.impl("conv_lif_forward", &conv_lif_forward_cpu);
   m.impl("conv_sparse_backward", &conv_sparse_backward_cpu);
   m.impl("conv_dense_backward", &conv_dense_backward_cpu);
+  m.impl("pool_events", &pool_events_cpu);
 }
 
 }  // namespace lzo

@@ -44,7 +44,7 @@ EVENT_OPS = ("to_events", "batch_events", "lif_events_forward", "readout_forward
 #: of those, the ops with CUDA kernels (batch_events reads the dataset on the CPU)
 CUDA_OPS = EVENT_OPS[:1] + EVENT_OPS[2:]
 #: the convolutional layers' ops (``LZO_CONV_OP_SCHEMAS``; CPU kernels only so far)
-CONV_OPS = ("conv_lif_forward", "conv_sparse_backward", "conv_dense_backward")
+CONV_OPS = ("conv_lif_forward", "conv_sparse_backward", "conv_dense_backward", "pool_events")
 
 
 class UnsupportedGate(ValueError):
@@ -278,6 +278,11 @@ def _register_conv_fakes() -> None:
         return (x_ptr.new_empty((rows + 1,)), x_ptr.new_empty((dyn(),)), weight.new_empty((rows // steps, n)),
                 x_ptr.new_empty((rows + 1 if sparse else 1,)), weight.new_empty((active,), dtype=torch.int32),
                 weight.new_empty((active,)), weight.new_empty((rows, n) if method == Method.SURROGATE.index else (0,)))
+
+    @torch.library.register_fake("lzo::pool_events")
+    def _pool_events(ptr, col, val, frame, pool):
+        nnz = dyn()
+        return ptr.new_empty(ptr.shape), col.new_empty((nnz,)), col.new_empty((nnz,), dtype=torch.float32)
 
     @torch.library.register_fake("lzo::conv_sparse_backward")
     def _conv_sparse_backward(grad_active, active_ptr, active_col, active_gate, count_grad, x_ptr, x_col, x_val,

@@ -75,7 +75,7 @@ from torch.nn import functional as F
 
 from lzo_bench.stats import median_iqr
 from lzo_bench.timing import PhaseClock
-from lzo_bench.workloads import WORKLOADS, Workload
+from lzo_bench.workloads import CONV_WORKLOAD, WORKLOADS, Workload
 
 LR = 2e-4
 DELTA = 0.05
@@ -94,6 +94,8 @@ DENSE_SUFFIX = "[dense input]"
 
 #: the workloads peers.py runs: the paper's N-MNIST and SHD networks (lzo_bench.workloads.Workload)
 SHAPES = {name: WORKLOADS[name] for name in ("nmnist", "shd")}
+#: ``--arch conv``: the conv network on N-MNIST's frames (issue 22); snnTorch and SpikingJelly run it
+CONV_PEERS = ("snntorch", "spikingjelly")
 
 
 def make_inputs(shape: Workload, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,10 +109,12 @@ def make_inputs(shape: Workload, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 def initial_weights(shape: Workload, x: torch.Tensor) -> tuple[list[torch.Tensor], float, float]:
     """``([W1 [n_in,200], W2 [200,200], W_out [200,C]], gain, layer-1 rate)``, calibrated on ``x``."""
     from lzo_bench.model import SNN
-    from lzo_bench.workloads import calibrate_gain
+    from lzo_bench.workloads import calibrate_deeper_layers, calibrate_gain
 
     gain, rate = calibrate_gain(shape.network(), x)
     model = SNN(shape.network("normal", gain), torch.Generator().manual_seed(0))
+    if shape.conv:  # every conv layer at the target rate, not only the first (calibrate_deeper_layers)
+        calibrate_deeper_layers(model, x)
     return [w.detach().clone() for w in model.weights], gain, rate
 
 
@@ -324,6 +328,114 @@ def norse_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Modu
                                "detached subtract reset, surrogate super; resets before the decay (beta*theta)")
 
 
+def _conv_parts(shape: Workload, weights: list[torch.Tensor]):
+    """``(conv shapes, readout weight as nn.Linear over the NCHW flatten, a frames converter)`` of a conv
+    workload: our units are channels-last, a peer flattens ``[C, H, W]``, so the readout's rows are permuted."""
+    from lzo_bench.conv import channels_last
+
+    convs = shape.network().conv_shapes()
+    c, h, w = convs[-1].next_shape
+    wo = weights[-1]
+    order = torch.arange(c * h * w).view(h, w, c).permute(2, 0, 1).reshape(-1)  # NCHW position -> our unit
+    readout = _linear(wo[order])
+    frames: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def as_frames(x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, H·W·C]`` → contiguous ``[T, B, C, H, W]``, made once per batch (as our events are)."""
+        if id(x) not in frames:
+            frames.clear()
+            f = x.view(*x.shape[:2], convs[0].height, convs[0].width, convs[0].c_in).permute(0, 1, 4, 2, 3)
+            frames[id(x)] = (x, f.contiguous())
+        return frames[id(x)][1]
+
+    return convs, readout, as_frames, channels_last
+
+
+def _conv2d(conv, w: torch.Tensor, cls: type[nn.Conv2d] = nn.Conv2d, **kw) -> nn.Conv2d:
+    m = cls(conv.c_in, conv.c_out, conv.kernel, conv.stride, conv.padding, bias=False, **kw)
+    with torch.no_grad():
+        m.weight.copy_(w)
+    return m
+
+
+def snntorch_conv_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
+    snn, _ = _import("snntorch", "snntorch")
+    from snntorch import surrogate
+
+    convs, readout, as_frames, channels_last = _conv_parts(shape, weights)
+
+    class Net(nn.Module):
+        # the tutorials' convolutional form: per step Conv2d, Leaky, sum pooling (AvgPool2d without the division)
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList(_conv2d(c, w) for c, w in zip(convs, weights))
+            self.pools = nn.ModuleList(nn.AvgPool2d(c.pool, divisor_override=1) if c.pool > 1 else nn.Identity()
+                                       for c in convs)
+            lif = dict(beta=shape.beta, threshold=shape.theta, spike_grad=surrogate.atan(),
+                       reset_mechanism="subtract", reset_delay=True)
+            self.lifs = nn.ModuleList(snn.Leaky(**lif) for _ in convs)
+            self.fc_out = readout
+            self.readout = snn.Leaky(beta=shape.beta_out, reset_mechanism="none")
+            self.c_out = 1.0 - shape.beta_out
+
+        def forward(self, x):
+            mems = [lif.reset_mem() for lif in self.lifs]
+            mem_o = self.readout.reset_mem()
+            recs: list[list[torch.Tensor]] = [[] for _ in convs]
+            o_rec = []
+            for x_t in x.unbind(0):
+                h = x_t
+                for i, (conv, pool, lif) in enumerate(zip(self.convs, self.pools, self.lifs)):
+                    s, mems[i] = lif(conv(h), mems[i])
+                    recs[i].append(s)
+                    h = pool(s)
+                _, mem_o = self.readout(self.c_out * self.fc_out(h.flatten(1)), mem_o)
+                o_rec.append(mem_o)
+            return torch.stack(o_rec), [torch.stack(r) for r in recs]
+
+    net = Net()
+
+    def forward_loss(x, y, update):
+        o, spikes = net(as_frames(x))
+        return peer_loss(o, [s.flatten(2) for s in spikes], y, shape), lambda: [channels_last(s) for s in spikes]
+
+    return net, forward_loss, ("nn.Conv2d + Leaky per step (tutorial loop), AvgPool2d(divisor_override=1) as sum "
+                               "pooling, reset_delay=True, surrogate atan")
+
+
+def spikingjelly_conv_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Module, ForwardLoss, str]:
+    _import("spikingjelly", "spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    convs, readout, as_frames, channels_last = _conv_parts(shape, weights)
+    node = dict(tau=1.0 / (1.0 - shape.beta), decay_input=False, v_threshold=shape.theta, v_reset=None,
+                surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")
+    stages = [(_conv2d(c, w, layer.Conv2d, step_mode="m"), neuron.LIFNode(**node),
+               layer.AvgPool2d(c.pool, divisor_override=1, step_mode="m") if c.pool > 1 else nn.Identity())
+              for c, w in zip(convs, weights)]
+    fc_out = layer.Linear(readout.in_features, readout.out_features, bias=False, step_mode="m")
+    with torch.no_grad():
+        fc_out.weight.copy_(readout.weight)
+    out = neuron.NonSpikingLIFNode(tau=1.0 / (1.0 - shape.beta_out))
+    net = nn.Sequential(*(m for st in stages for m in st), fc_out, out)
+
+    def forward_loss(x, y, update):
+        functional.reset_net(net)
+        h, spikes = as_frames(x), []
+        for conv, lif, pool in stages:
+            s = lif(conv(h))
+            spikes.append(s)
+            h = pool(s)
+        o = torch.stack(out(fc_out(h.flatten(2))))
+        return peer_loss(o, [s.flatten(2) for s in spikes], y, shape), lambda: [channels_last(s) for s in spikes]
+
+    return net, forward_loss, ("layer.Conv2d over T*B frames + LIFNode step_mode='m' (CPU op), AvgPool2d"
+                               "(divisor_override=1) as sum pooling, surrogate ATan; resets before the decay")
+
+
+PEER_CONV_FACTORIES = {"snntorch": ("snntorch", snntorch_conv_factory),
+                       "spikingjelly": ("spikingjelly", spikingjelly_conv_factory)}
+
 PEER_FACTORIES: dict[str, tuple[str, Callable[[Workload, list[torch.Tensor]], tuple[nn.Module, ForwardLoss, str]]]] = {
     "snntorch": ("snntorch", snntorch_factory),
     "spikingjelly": ("spikingjelly", spikingjelly_factory),
@@ -360,6 +472,7 @@ class Contender:
     total: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     first_spikes: list[torch.Tensor] | None = None
+    saved_mb: float | None = None  # what autograd keeps for the backward, measured at the first (untimed) update
     input: str = "dense"  # how the contender takes the batch: the dense tensor, or our events made outside the update
 
 
@@ -373,7 +486,10 @@ def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], bac
         taken = input_mode
         library, version = "lzo-bench", __version__
     else:
-        dist, factory = PEER_FACTORIES[name]
+        factories = PEER_CONV_FACTORIES if shape.conv else PEER_FACTORIES
+        if name not in factories:
+            raise PeerMissing(f"{name} has no conv network here (--arch conv runs {', '.join(CONV_PEERS)})")
+        dist, factory = factories[name]
         module, fl, detail = factory(shape, weights)
         library, version = dist, importlib.metadata.version(dist)
         taken = "dense"
@@ -381,15 +497,49 @@ def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], bac
     return Contender(name, library, version, detail, module, fl, opt, input=taken)
 
 
+class SavedForBackward:
+    """Bytes of the distinct storages autograd saves for the backward inside the ``with`` block
+    (``torch.autograd.graph.saved_tensors_hooks``: custom Functions' ``save_for_backward`` included);
+    a tensor saved twice, or a view of one saved, counts once."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        self.storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedForBackward":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def mb(self) -> float:
+        return sum(self.storages.values()) / 2**20
+
+
 CPU_CLOCK = PhaseClock(torch.device("cpu"))  # the peers run on the CPU: perf_counter phase edges
 
 
 def timed_update(c: Contender, x: torch.Tensor, y: torch.Tensor, record: bool) -> None:
-    """One update of ``c``: its phases on :data:`CPU_CLOCK`, its process CPU time, the first update's spikes."""
+    """One update of ``c``: its phases on :data:`CPU_CLOCK`, its process CPU time, the first update's spikes
+    and what its forward saves for the backward (that update, under the saving hooks, is never recorded)."""
     clock = CPU_CLOCK
+    measure = c.saved_mb is None
+    record = record and not measure
     c0 = time.process_time()
     t0 = clock.mark()
-    loss, spikes = c.forward_loss(x, y, c.updates)
+    if measure:
+        with SavedForBackward() as saved:
+            loss, spikes = c.forward_loss(x, y, c.updates)
+        c.saved_mb = saved.mb
+    else:
+        loss, spikes = c.forward_loss(x, y, c.updates)
     t1 = clock.mark()
     c.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -469,7 +619,7 @@ def run_contenders(names: list[str], x: torch.Tensor, y: torch.Tensor, weights: 
             "name": c.name, "library": c.library, "version": c.version, "threads": torch.get_num_threads(),
             "fwd_ms": fwd, "bwd_ms": bwd, "opt_ms": opt, "total_ms": tot, "cpu_ms": cpu,
             "fwd_iqr_ms": fwd_iqr, "bwd_iqr_ms": bwd_iqr, "opt_iqr_ms": opt_iqr, "total_iqr_ms": tot_iqr,
-            "cpu_iqr_ms": cpu_iqr,
+            "cpu_iqr_ms": cpu_iqr, "saved_mb": c.saved_mb,
             "rate_l1": float(s1.mean()), "rate_l2": float(s2.mean()),
             "spikes_vs_ours": d1, "spikes_vs_ours_l2": d2,
             "spike_entries_differing_l1": int((s1 != ref_spikes[0]).sum()),
@@ -520,16 +670,18 @@ def print_table(rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
     from lzo_bench.devices import cpu_header
 
     print(cpu_header(config.get("machine")))
+    layers = [f"conv{c['c_in']}->{c['c_out']}k{c['kernel']}s{c['stride']}p{c['padding']}"
+              + (f"+pool{c['pool']}" if c["pool"] > 1 else "") for c in config.get("conv", [])]
     title = (f"one training update, {config['shape']} T={config['steps']} B={config['batch']} "
-             f"{config['n_in']}->{'->'.join(map(str, config['hidden']))}->{config['n_out']}, "
+             f"{'->'.join(map(str, [config['n_in'], *layers, *config['hidden'], config['n_out']]))}, "
              f"gain {config['gain']:.3g}, medians of {config['repeats']} interleaved repeats after "
              f"{config['warmup']} warm-up (CPU), our input: {config.get('input', 'events')}")
     cols = ["name", "version", "thr", "fwd ms", "bwd ms", "opt ms", "total ms", "cpu ms", "x vs localzo",
-            "bwd x vs localzo", "rate l1", "rate l2", "spikes_vs_ours"]
+            "bwd x vs localzo", "saved MB", "rate l1", "rate l2", "spikes_vs_ours"]
     body = [[r["name"], r["version"], str(r["threads"]),
              f"{_fmt(r['fwd_ms'])} ±{_fmt(r['fwd_iqr_ms'] / 2)}", f"{_fmt(r['bwd_ms'])} ±{_fmt(r['bwd_iqr_ms'] / 2)}",
              _fmt(r["opt_ms"], 2), f"{_fmt(r['total_ms'])} ±{_fmt(r['total_iqr_ms'] / 2)}", _fmt(r["cpu_ms"]),
-             _fmt(r["x_vs_localzo"], 2), _fmt(r["bwd_x_vs_localzo"], 2),
+             _fmt(r["x_vs_localzo"], 2), _fmt(r["bwd_x_vs_localzo"], 2), _fmt(r.get("saved_mb"), 1),
              f"{r['rate_l1']:.3%}", f"{r['rate_l2']:.3%}", f"{r['spikes_vs_ours']:g} / {r['spikes_vs_ours_l2']:g}"]
             for r in rows]
     try:
@@ -551,7 +703,8 @@ def print_table(rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
             print("  ".join(v.ljust(w) for v, w in zip(b, widths)))
     print("± is half the interquartile range; x vs localzo = total_ms / total_ms of lzo localzo (= localzo's "
           "speedup over that row); spikes_vs_ours = max |layer-1 / layer-2 spike count - ours| per (b, j) "
-          "at the first update (0: identical forward)")
+          "at the first update (0: identical forward); saved MB = distinct storages autograd keeps for the "
+          "backward (saved_tensors_hooks, first update)")
     seen = set()
     for r in rows:
         if r["library"] != "lzo-bench" and r["name"] not in seen:
@@ -566,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="nmnist")
+    ap.add_argument("--arch", choices=("fc", "conv"), default="fc",
+                    help="fc: the paper's 2x200 network; conv: the conv network on N-MNIST's 2x34x34 frames "
+                         f"(issue 22; {', '.join(CONV_PEERS)} as peers, batch 32 unless --batch)")
     ap.add_argument("--steps", type=int, default=None, help="time steps (default: the shape's)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 256)")
     ap.add_argument("--repeats", type=int, default=7)
@@ -584,7 +740,10 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # process-wide, as `lzo-bench profile --peers` runs: main() is the benchmark's entry point
 
-    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(ALL_NAMES)
+    if args.arch == "conv" and args.shape != "nmnist":
+        ap.error(f"--arch conv runs on N-MNIST's frames; --shape {args.shape} has none")
+    default_names = [*(f"lzo {m}" for m in OUR_METHODS), *CONV_PEERS] if args.arch == "conv" else list(ALL_NAMES)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else default_names
     unknown = [n for n in names if n not in ALL_NAMES]
     if unknown:
         ap.error(f"unknown contender(s) {', '.join(unknown)}; choose from: {', '.join(ALL_NAMES)}")
@@ -595,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(thread_counts[0])
     machine = machine_info()  # the load before this run adds its own
 
-    shape = SHAPES[args.shape]
+    shape = CONV_WORKLOAD if args.arch == "conv" else SHAPES[args.shape]
     shape = dataclasses.replace(shape, steps=args.steps or shape.steps, batch=args.batch or shape.batch)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     x, y = make_inputs(shape, args.seed)
@@ -612,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"error: our update failed with {args.threads or th} thread(s): {type(e).__name__}: {e}")
             return 1
     config = {"shape": shape.name, "steps": shape.steps, "batch": shape.batch, "n_in": shape.n_in,
-              "hidden": list(shape.hidden), "n_out": shape.n_out, "beta": shape.beta, "beta_out": shape.beta_out,
+              "hidden": list(shape.hidden), "n_out": shape.n_out, "arch": args.arch,
+              "conv": [c.to_dict() for c in shape.network().conv_shapes()], "beta": shape.beta, "beta_out": shape.beta_out,
               "reduce": shape.reduce, "f_up": shape.f_up, "input_rate": shape.synthetic_rate, "gain": gain,
               "calibrated_rate_l1": cal_rate, "lr": LR, "delta": DELTA, "repeats": args.repeats,
               "warmup": args.warmup, "threads": thread_counts, "backend": args.backend, "seed": args.seed,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from lzo_bench.backends import select_backend
+from lzo_bench.conv import CONV_NETWORKS, ConvLayer
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.model import SNN, NetworkSpec
 
@@ -35,12 +36,15 @@ class Workload:
     f_up: float = 1.0  # the spike-count regulariser's upper bound
     hidden: tuple[int, ...] = (200, 200)
     theta: float = 1.0
+    conv: tuple[ConvLayer, ...] = ()  # conv layers before the hidden ones, on channels-last frames
+    frame: tuple[int, int, int] | None = None
 
     def network(self, init: str | None = None, init_gain: float | None = None) -> NetworkSpec:
-        """The paper's 2 × 200 network for this workload (optionally with another init)."""
+        """The paper's 2 × 200 network for this workload, or its conv network (optionally with another init)."""
         return NetworkSpec(self.n_in, self.hidden, self.n_out, self.beta, self.beta_out, self.theta,
                            reduce=self.reduce, init=init or self.init,
-                           init_gain=self.init_gain if init_gain is None else init_gain)
+                           init_gain=self.init_gain if init_gain is None else init_gain, conv=self.conv,
+                           frame=self.frame)
 
 
 #: input spikes per (step, unit) of the synthetic stand-in for each dataset (about the real rate)
@@ -56,6 +60,12 @@ def workload(name: str) -> Workload:
 
 
 WORKLOADS = {name: workload(name) for name in DATASET_INFO}
+#: the conv network of issue 22 on N-MNIST's frames (2×34×34, the polarities as channels: half the merged
+#: units' rate each): conv 2→12 5×5, sum-pooled 2×2, conv 12→32 5×5 stride 2, flattened into the readout;
+#: batch 32 (a dense [T·B, 12·30·30] float tensor is 3.3 GB at B = 256)
+CONV_WORKLOAD = replace(WORKLOADS["nmnist"], name="nmnist-conv", n_in=2 * 34 * 34, hidden=(),
+                        conv=CONV_NETWORKS["nmnist"], frame=(2, 34, 34), batch=32,
+                        synthetic_rate=SYNTHETIC_RATE["nmnist"] / 2)
 
 
 SYNTHETIC_HIDDEN_RATE = 0.01
@@ -82,3 +92,27 @@ def calibrate_gain(net: NetworkSpec, x: torch.Tensor, target: float = SYNTHETIC_
         if abs(rate - target) < 0.05 * target:
             break
     return math.sqrt(lo * hi), rate
+
+
+@torch.no_grad()
+def calibrate_deeper_layers(model: SNN, x: torch.Tensor, target: float = SYNTHETIC_HIDDEN_RATE) -> list[float]:
+    """Scale each hidden layer after the first (in place, bisection in log-space on a factor of its
+    weights) so that it too fires at ``target`` spikes per (step, neuron) on ``x``, layer by layer;
+    returns every hidden layer's rate. One gain for all layers leaves a conv network's second layer,
+    fed sum-pooled counts, near 10 %."""
+    backend = select_backend("auto", x.device)
+
+    def rates() -> list[float]:
+        return [float(c.sum()) / (x.shape[0] * c.numel()) for c in model(x, backend=backend).counts]
+
+    for layer in range(1, len(model.weights) - 1):
+        w0 = model.weights[layer].detach().clone()
+        lo, hi = 1e-3, 1e3
+        for _ in range(30):
+            scale = math.sqrt(lo * hi)
+            model.weights[layer].copy_(w0 * scale)
+            rate = rates()[layer]
+            lo, hi = (scale, hi) if rate < target else (lo, scale)
+            if abs(rate - target) < 0.05 * target:
+                break
+    return rates()

@@ -130,13 +130,19 @@ def test_dense_input_takes_the_conv2d_path_with_equal_results(method):
     assert_conv_same([ConvShape(2, 6, 6, 5, 3, 1, 1)], method, density=0.7, bias=True)
 
 
-def test_pool_events_equal_dense_pooling_and_unpool_is_its_adjoint():
+@pytest.mark.parametrize("graded", [False, True])
+def test_pool_events_equal_dense_pooling_and_unpool_is_its_adjoint(graded):
     shape = ConvShape(1, 7, 7, 3, 3, 1, 1, pool=3)  # 7×7×3 → 2×2×3, the last row and column dropped
     gen = torch.Generator().manual_seed(0)
     s = (torch.rand(4, 2, shape.units_out, generator=gen) < 0.3).float()
+    if graded:
+        s = s * torch.where(torch.rand(s.shape, generator=gen) < 0.5, 0.5, 2.0)
     pooled = pool_events(as_events(s), shape)
     assert pooled.width == shape.units_next == 12
     torch.testing.assert_close(pooled.dense(), pool_dense(s, shape), rtol=0, atol=0)
+    for r in range(8):  # each row's pooled units in increasing order, as every event list
+        cols = pooled.col[pooled.ptr[r]:pooled.ptr[r + 1]]
+        assert bool((cols[1:] > cols[:-1]).all())
     # <pool(s), g> = <s, unpool(g)>: unpool is the pooling's transpose
     g = torch.randn(8, shape.units_next, generator=gen)
     lhs = (pool_dense(s, shape).reshape(8, -1) * g).sum()
@@ -175,11 +181,12 @@ def _conv_samples(method: int):
                                  c2.kernel_args(), 0.9, 5, l1[3], l1[4]),
         "conv_dense_backward": (torch.randn(10, c2.units_out, generator=gen), l2[6], torch.zeros(0), h.ptr, h.col,
                                 h.val, w2, c2.kernel_args(), 0.9, 5, True, 0),
+        "pool_events": (l1[0], l1[1], torch.zeros(0), [3, 5, 5], 2),
     }
 
 
 CONV_OPCHECK = [(0, "conv_lif_forward"), (1, "conv_lif_forward"), (2, "conv_lif_forward"),
-                (0, "conv_dense_backward"), (1, "conv_sparse_backward"), (2, "conv_sparse_backward")]
+                (0, "conv_dense_backward"), (1, "conv_sparse_backward"), (2, "conv_sparse_backward"), (0, "pool_events")]
 
 
 @pytest.mark.parametrize("method,op", CONV_OPCHECK, ids=[f"m{m}-{o}" for m, o in CONV_OPCHECK])
