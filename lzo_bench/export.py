@@ -7,6 +7,10 @@ same order, as :mod:`lzo_bench.lif` and :func:`lzo_bench.model.leaky_readout`)::
     u_l ← β·u_l + h @ W_l − θ·s_l ;  s_l ← (u_l − θ > 0) ;  c_l ← c_l + s_l ;  h ← s_l
     o   ← β_r·o + (1 − β_r)·(h @ W_out) ;  m ← max(m, o)   (or m + o for sum-over-time)
 
+A conv layer (:mod:`lzo_bench.conv`) takes its current from an ONNX ``Conv`` on the channels-last units
+viewed as frames (``Reshape [B, H, W, C]``, ``Transpose`` to NCHW, ``Conv``, back), and its sum pooling
+is a depthwise ``Conv`` with a kernel of ones; the spikes stay channels-last ``[B, N_l]`` rows.
+
 The sequence model runs that step as the body of an ONNX ``Scan`` over the time axis of
 ``spikes [T, B, n_in]`` (``T`` and ``B`` symbolic), so the graph does not grow with ``T``; its
 outputs are ``logits = m`` after the last step, the spike count ``count_l [B, N_l]`` and the spike
@@ -54,7 +58,7 @@ class ExportSource:
     """What an export needs from a checkpoint."""
 
     network: NetworkSpec
-    weights: list[np.ndarray]  # [fan_in, fan_out] each; the last is the readout
+    weights: list[np.ndarray]  # [fan_in, fan_out] each (a conv layer's [C_out, C_in, K, K]); the last is the readout
     dt_ms: float
     steps: int
     encoding: str
@@ -66,7 +70,7 @@ class ExportSource:
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], test_acc: float | None = None) -> "ExportSource":
         net = NetworkSpec.from_dict(ckpt["network"])
-        n = len(net.hidden) + 1
+        n = len(net.layer_sizes) + 1
         weights = [ckpt["state_dict"][f"weights.{i}"].numpy().astype(np.float32) for i in range(n)]
         data = ckpt["dataset"]
         return cls(net, weights, float(data["dt_ms"]), checkpoint_steps(ckpt), data["encoding"], data["name"],
@@ -102,6 +106,11 @@ class ExportSource:
             "dataset": self.dataset,
             "n_inputs": str(net.n_in),
             "hidden": ",".join(map(str, net.hidden)),
+            "conv": "; ".join(f"conv {c.c_in}->{c.c_out} kernel {c.kernel} stride {c.stride} padding {c.padding} on "
+                              f"{c.height}x{c.width}" + (f", sum pool {c.pool}" if c.pool > 1 else "")
+                              for c in net.conv_shapes()) or "none",
+            "input_units": (f"channels-last frames {net.frame[0]}x{net.frame[1]}x{net.frame[2]}: unit (y*W + x)*C + c"
+                            if net.conv else "flat"),
             "n_classes": str(net.n_out),
         } | self.training_card()
 
@@ -123,7 +132,7 @@ def _check_opset(opset: int) -> None:
 def _state_names(net: NetworkSpec) -> list[tuple[str, int]]:
     """``(name, width)`` of the state variables, in Scan order."""
     names = []
-    for l, n in enumerate(net.hidden):
+    for l, n in enumerate(net.layer_sizes):
         names += [(f"u{l}", n), (f"s{l}", n), (f"count{l}", n)]
     return names + [("o", net.n_out), ("m", net.n_out)]
 
@@ -133,10 +142,14 @@ def _step_nodes(net: NetworkSpec, x: str, prefix_in: str, prefix_out: str) -> tu
     nodes and the names of the step's spike tensors."""
     nodes, spikes = [], []
     h = x
-    for l in range(len(net.hidden)):
+    convs = net.conv_shapes()
+    for l in range(len(net.layer_sizes)):
         i, o = prefix_in, prefix_out
+        if l < len(convs):
+            nodes += _conv_nodes(convs[l], h, f"W{l}", f"cur{l}", f"c{l}")
+        else:
+            nodes.append(helper.make_node("MatMul", [h, f"W{l}"], [f"cur{l}"]))
         nodes += [
-            helper.make_node("MatMul", [h, f"W{l}"], [f"cur{l}"]),
             helper.make_node("Mul", ["beta", f"{i}u{l}"], [f"bu{l}"]),
             helper.make_node("Add", [f"bu{l}", f"cur{l}"], [f"bui{l}"]),
             helper.make_node("Mul", ["theta", f"{i}s{l}"], [f"reset{l}"]),
@@ -149,6 +162,9 @@ def _step_nodes(net: NetworkSpec, x: str, prefix_in: str, prefix_out: str) -> tu
         ]
         spikes.append(f"step_spikes{l}")
         h = f"{o}s{l}"
+        if l < len(convs) and convs[l].pool > 1:
+            nodes += _pool_nodes(convs[l], h, f"pooled{l}", f"p{l}")
+            h = f"pooled{l}"
     i, o = prefix_in, prefix_out
     nodes += [
         helper.make_node("MatMul", [h, "W_out"], ["a"]),
@@ -160,11 +176,54 @@ def _step_nodes(net: NetworkSpec, x: str, prefix_in: str, prefix_out: str) -> tu
     return nodes, spikes
 
 
+def _conv_nodes(conv, h: str, w: str, out: str, tag: str) -> list:
+    """``out [B, units_out]`` = the conv of ``h [B, units_in]`` (channels-last rows) with ``w``."""
+    return [
+        helper.make_node("Reshape", [h, f"{tag}_in_shape"], [f"{tag}_nhwc"]),
+        helper.make_node("Transpose", [f"{tag}_nhwc"], [f"{tag}_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", [f"{tag}_nchw", w], [f"{tag}_out"], kernel_shape=[conv.kernel, conv.kernel],
+                         strides=[conv.stride, conv.stride], pads=[conv.padding] * 4),
+        helper.make_node("Transpose", [f"{tag}_out"], [f"{tag}_out_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [f"{tag}_out_nhwc", f"{tag}_out_shape"], [out]),
+    ]
+
+
+def _pool_nodes(conv, s: str, out: str, tag: str) -> list:
+    """``out [B, units_next]`` = the sum pooling of spikes ``s [B, units_out]``: a depthwise ``Conv`` with
+    a ``pool × pool`` kernel of ones and stride ``pool`` (sums of small integers: exact)."""
+    k = conv.pool
+    return [
+        helper.make_node("Reshape", [s, f"{tag}_in_shape"], [f"{tag}_nhwc"]),
+        helper.make_node("Transpose", [f"{tag}_nhwc"], [f"{tag}_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", [f"{tag}_nchw", f"{tag}_ones"], [f"{tag}_out"], kernel_shape=[k, k], strides=[k, k],
+                         group=conv.c_out),
+        helper.make_node("Transpose", [f"{tag}_out"], [f"{tag}_out_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [f"{tag}_out_nhwc", f"{tag}_out_shape"], [out]),
+    ]
+
+
+def _conv_constants(net: NetworkSpec) -> list[TensorProto]:
+    """The shapes the conv and pooling nodes reshape to, and the pooling kernels of ones."""
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype=np.int64), name)  # noqa: E731
+    out = []
+    for l, c in enumerate(net.conv_shapes()):
+        out += [i64(f"c{l}_in_shape", [-1, c.height, c.width, c.c_in]),
+                i64(f"c{l}_out_shape", [-1, c.units_out])]
+        if c.pool > 1:
+            _, hp, wp = c.next_shape
+            out += [i64(f"p{l}_in_shape", [-1, c.out_height, c.out_width, c.c_out]),
+                    i64(f"p{l}_out_shape", [-1, c.units_next]),
+                    numpy_helper.from_array(np.ones((c.c_out, 1, c.pool, c.pool), dtype=np.float32), f"p{l}_ones")]
+    return out
+
+
 STEP_EQUATIONS = (
     "One time step t; hidden layer l reads h = x_t for l = 0, else layer l-1's new spikes: "
     "u_l <- beta*u_l + h @ W_l - theta*s_l (subtractive reset by the previous step's spike); "
     "s_l <- (u_l - theta > 0); count_l <- count_l + s_l. "
-    "Readout: o <- beta_r*o + (1 - beta_r)*(s_L @ W_out); m <- max(m, o) (or m + o for sum-over-time)."
+    "Readout: o <- beta_r*o + (1 - beta_r)*(s_L @ W_out); m <- max(m, o) (or m + o for sum-over-time). "
+    "A conv layer's h @ W_l is Conv(h as NCHW frames, W_l) back in channels-last rows; its sum pooling, a "
+    "depthwise Conv of ones, feeds the next layer."
 )
 
 
@@ -192,7 +251,7 @@ def _initializers(src: ExportSource, dtype: str) -> tuple[list[TensorProto], lis
     else:
         inits = [numpy_helper.from_array(w.astype(WEIGHT_DTYPES[dtype]), f"{n}_{dtype}") for n, w in zip(names, src.weights)]
         casts = [helper.make_node("Cast", [f"{n}_{dtype}"], [n], to=FLOAT) for n in names]
-    return inits + [
+    return inits + _conv_constants(net) + [
         f32("beta", net.beta), f32("theta", net.theta), f32("zero", 0.0),
         f32("beta_out", net.beta_out), f32("one_minus_beta_out", 1.0 - net.beta_out),
     ], casts
@@ -234,7 +293,7 @@ def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "
         [helper.make_tensor_value_info(f"in_{n}", FLOAT, ["B", w]) for n, w in states]
         + [helper.make_tensor_value_info("x_t", FLOAT, ["B", net.n_in])],
         [helper.make_tensor_value_info(f"out_{n}", FLOAT, ["B", w]) for n, w in states]
-        + [helper.make_tensor_value_info(s, FLOAT, ["B", n]) for s, n in zip(step_spikes, net.hidden)],
+        + [helper.make_tensor_value_info(s, FLOAT, ["B", n]) for s, n in zip(step_spikes, net.layer_sizes)],
     )
     minus_inf = numpy_helper.from_array(np.array([-np.inf], dtype=np.float32), "v")
     zero_val = numpy_helper.from_array(np.array([0.0], dtype=np.float32), "v")
@@ -252,11 +311,11 @@ def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "
     finals = [f"final_{n}" for n, _ in states]
     nodes.append(helper.make_node(
         "Scan", [f"init_{n}" for n, _ in states] + ["spikes"],
-        finals + [f"spikes_{l}" for l in range(len(net.hidden))],
+        finals + [f"spikes_{l}" for l in range(len(net.layer_sizes))],
         body=body, num_scan_inputs=1,
     ))
     nodes.append(helper.make_node("Identity", ["final_m"], ["logits"]))
-    nodes += [helper.make_node("Identity", [f"final_count{l}"], [f"count_{l}"]) for l in range(len(net.hidden))]
+    nodes += [helper.make_node("Identity", [f"final_count{l}"], [f"count_{l}"]) for l in range(len(net.layer_sizes))]
     ints = [numpy_helper.from_array(np.array([1], dtype=np.int64), "one_i")]
     ints += [numpy_helper.from_array(np.array([w], dtype=np.int64), f"width_{n}") for n, w in states]
     graph = helper.make_graph(
@@ -264,8 +323,8 @@ def sequence_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "
         "lzo_bench_snn",
         [helper.make_tensor_value_info("spikes", FLOAT, ["T", "B", net.n_in], doc_string=_input_card(net))],
         [helper.make_tensor_value_info("logits", FLOAT, ["B", net.n_out])]
-        + [helper.make_tensor_value_info(f"count_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.hidden)]
-        + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["T", "B", n]) for l, n in enumerate(net.hidden)],
+        + [helper.make_tensor_value_info(f"count_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.layer_sizes)]
+        + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["T", "B", n]) for l, n in enumerate(net.layer_sizes)],
         initializer=inits + ints,
     )
     return _finish(graph, src, "sequence (Scan over time)", opset, dtype, {
@@ -295,7 +354,7 @@ def step_model(src: ExportSource, opset: int = DEFAULT_OPSET, dtype: str = "floa
         [helper.make_tensor_value_info("x_t", FLOAT, ["B", net.n_in], doc_string=x_card)]
         + [helper.make_tensor_value_info(n, FLOAT, ["B", w], doc_string=f"state; start: {start[n]}") for n, w in states],
         [helper.make_tensor_value_info(f"next_{n}", FLOAT, ["B", w]) for n, w in states]
-        + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.hidden)],
+        + [helper.make_tensor_value_info(f"spikes_{l}", FLOAT, ["B", n]) for l, n in enumerate(net.layer_sizes)],
         initializer=inits,
     )
     return _finish(graph, src, "single step (stream one time bin per call)", opset, dtype, {
@@ -338,20 +397,38 @@ def nir_graph(src: ExportSource):
         raise ExportError("NIR export needs the nir package: pip install 'lzo-bench[nir]'") from None
     net = src.network
     dt = src.dt_ms * 1e-3
-    nodes: dict[str, Any] = {"input": nir.Input({"input": np.array([net.n_in])})}
+    convs = net.conv_shapes()
+    tau = dt / (1.0 - net.beta)
+
+    def lif(shape: tuple[int, ...]):
+        return nir.LIF(tau=np.full(shape, tau), r=np.full(shape, tau / dt), v_leak=np.zeros(shape),
+                       v_threshold=np.full(shape, net.theta), v_reset=np.zeros(shape), metadata={"reset": NIR_RESET_NOTE})
+
+    nodes: dict[str, Any] = {"input": nir.Input({"input": np.array(net.frame if convs else [net.n_in])})}
     edges, prev = [], "input"
-    for l, n in enumerate(net.hidden):
-        tau = dt / (1.0 - net.beta)
-        nodes[f"fc{l}"] = nir.Linear(weight=src.weights[l].T.astype(np.float32))
-        nodes[f"lif{l}"] = nir.LIF(
-            tau=np.full(n, tau), r=np.full(n, tau / dt), v_leak=np.zeros(n),
-            v_threshold=np.full(n, net.theta), v_reset=np.zeros(n),
-            metadata={"reset": NIR_RESET_NOTE},
-        )
+    for l, c in enumerate(convs):  # NCHW, as NIR's Conv2d: the units are channels-last only inside lzo-bench
+        nodes[f"conv{l}"] = nir.Conv2d(input_shape=(c.height, c.width), weight=src.weights[l].astype(np.float32),
+                                       stride=c.stride, padding=c.padding, dilation=1, groups=1,
+                                       bias=np.zeros(c.c_out, dtype=np.float32))
+        nodes[f"lif{l}"] = lif((c.c_out, c.out_height, c.out_width))
+        edges += [(prev, f"conv{l}"), (f"conv{l}", f"lif{l}")]
+        prev = f"lif{l}"
+        if c.pool > 1:
+            k = np.array([c.pool, c.pool])
+            nodes[f"pool{l}"] = nir.SumPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
+            edges.append((prev, f"pool{l}"))
+            prev = f"pool{l}"
+    if convs:
+        nodes["flatten"] = nir.Flatten({"input": np.array(convs[-1].next_shape)}, start_dim=0)  # NIR types have no batch
+        edges.append((prev, "flatten"))
+        prev = "flatten"
+    for l, n in enumerate(net.hidden, len(convs)):
+        nodes[f"fc{l}"] = nir.Linear(weight=_nchw_rows(net, l, src.weights[l]).T.astype(np.float32))
+        nodes[f"lif{l}"] = lif((n,))
         edges += [(prev, f"fc{l}"), (f"fc{l}", f"lif{l}")]
         prev = f"lif{l}"
     tau_r = dt / (1.0 - net.beta_out)
-    nodes["fc_out"] = nir.Linear(weight=src.weights[-1].T.astype(np.float32))
+    nodes["fc_out"] = nir.Linear(weight=_nchw_rows(net, len(src.weights) - 1, src.weights[-1]).T.astype(np.float32))
     nodes["li_out"] = nir.LI(tau=np.full(net.n_out, tau_r), r=np.ones(net.n_out), v_leak=np.zeros(net.n_out))
     nodes["output"] = nir.Output({"output": np.array([net.n_out])})
     edges += [(prev, "fc_out"), ("fc_out", "li_out"), ("li_out", "output")]
@@ -363,6 +440,16 @@ def nir_graph(src: ExportSource):
                           "a simulator integrating exactly (beta = exp(-dt/tau)) leaks faster",
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def _nchw_rows(net: NetworkSpec, layer: int, w: np.ndarray) -> np.ndarray:
+    """``W [fan_in, fan_out]`` of the dense layer ``layer``; right after the conv part its rows permuted from
+    our channels-last units to the NCHW flatten NIR's ``Flatten`` gives (row ``c·H·W + y·W + x``)."""
+    convs = net.conv_shapes()
+    if not convs or layer != len(convs):
+        return w
+    c, h, wd = convs[-1].next_shape
+    return w[np.arange(c * h * wd).reshape(h, wd, c).transpose(2, 0, 1).reshape(-1)]
 
 
 def write_onnx(model: onnx.ModelProto, path: Path) -> Path:
@@ -387,7 +474,8 @@ def check_nir(path: Path, src: ExportSource) -> dict[str, Any]:
     net = src.network
     dt = src.dt_ms * 1e-3
     problems = []
-    for l, n in enumerate(net.hidden):
+    n_conv = len(net.conv)
+    for l in range(len(net.layer_sizes)):
         lif = g.nodes[f"lif{l}"]
         if not isinstance(lif, nir.LIF):
             problems.append(f"lif{l} is {type(lif).__name__}")
@@ -395,9 +483,13 @@ def check_nir(path: Path, src: ExportSource) -> dict[str, Any]:
         if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
                 or not np.allclose(lif.v_threshold, net.theta):
             problems.append(f"lif{l} parameters differ")
-        if not np.array_equal(g.nodes[f"fc{l}"].weight, src.weights[l].T):
+        if l < n_conv:
+            if not isinstance(g.nodes[f"conv{l}"], nir.Conv2d) or not np.array_equal(g.nodes[f"conv{l}"].weight,
+                                                                                     src.weights[l]):
+                problems.append(f"conv{l} weights differ")
+        elif not np.array_equal(g.nodes[f"fc{l}"].weight, _nchw_rows(net, l, src.weights[l]).T):
             problems.append(f"fc{l} weights differ")
-    if not np.array_equal(g.nodes["fc_out"].weight, src.weights[-1].T):
+    if not np.array_equal(g.nodes["fc_out"].weight, _nchw_rows(net, len(src.weights) - 1, src.weights[-1]).T):
         problems.append("fc_out weights differ")
     return {"nodes": sorted(g.nodes), "problems": problems, "passed": not problems, "parity": [], "latency": []}
 

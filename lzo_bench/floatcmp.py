@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lzo_bench.conv import ConvShape, pool_dense
 from lzo_bench.forward import leaky_readout
-from lzo_bench.lif import lif_membrane
+from lzo_bench.lif import layer_current, lif_membrane
 
 UNIT_ROUNDOFF = 2.0**-24
 #: operations beyond the sums themselves on the longest path of a readout (scale, decay, reduction)
@@ -84,7 +85,7 @@ MAX_FLIP_FRACTION = 1e-3
 
 
 def lif_potential_bound(x: torch.Tensor, w: torch.Tensor, beta: float, theta: float,
-                        spikes: torch.Tensor) -> torch.Tensor:
+                        spikes: torch.Tensor, conv: ConvShape | None = None) -> torch.Tensor:
     """Bound ``[T, B, N]`` (float64) on ``|û − ũ|`` for two float32 computations ``û``, ``ũ`` of one
     LIF layer (:mod:`lzo_bench.lif`) from the same input ``x [T, B, n_in]``, weights ``W [n_in, N]``
     and own spikes ``s`` (``spikes``) up to ``t − 1``::
@@ -103,9 +104,11 @@ def lif_potential_bound(x: torch.Tensor, w: torch.Tensor, beta: float, theta: fl
     and two computations differ by at most ``2·E[t]``, which is returned: the recursion decays with
     ``β`` instead of growing with ``T``. (The magnitudes are summed in float64, whose own rounding is
     far inside the allowance.) It holds only where both saw the same input and the same own spikes
-    before ``t`` (:func:`spikes_agree` tracks where that stops)."""
+    before ``t`` (:func:`spikes_agree` tracks where that stops). A conv layer (``conv``): ``S`` is the conv of
+    ``|x|`` with ``|W|`` and a neuron's current sums ``C_in·K²`` terms."""
     steps, batch, n_in = x.shape
-    current = (x.detach().double().abs().reshape(steps * batch, n_in) @ w.detach().double().abs()).view(steps, batch, -1)
+    current = layer_current(x.detach().double().abs(), w.detach().double().abs(), None, conv)
+    n_in = conv.c_in * conv.kernel ** 2 if conv else n_in
     reset = abs(theta) * spikes.detach().double()
     decay = abs(beta) * (1.0 + gamma(LIF_STEP_OPS))
     g_current, g_step = gamma(n_in + 2 + EXTRA_OPS), gamma(LIF_STEP_OPS + EXTRA_OPS)
@@ -190,20 +193,21 @@ def spikes_agree(ours: list[torch.Tensor], ref: list[torch.Tensor], u_ref: list[
 
 
 def network_spikes_agree(ours: list[torch.Tensor], x: torch.Tensor, weights: list[torch.Tensor], beta: float,
-                         theta: float, max_fraction: float = MAX_FLIP_FRACTION) -> SpikeAgreement:
+                         theta: float, max_fraction: float = MAX_FLIP_FRACTION,
+                         convs: list[ConvShape] | tuple = ()) -> SpikeAgreement:
     """Hidden-layer spikes ``ours`` (``[T, B, N_l]`` per layer) of some computation of the network
     with hidden weights ``weights`` on input ``x [T, B, n_in]``, against the pure-PyTorch reference
     (:mod:`lzo_bench.lif`: one GEMM for the current, then the scan, in float32 on the CPU), whose
     potentials and spikes are recomputed here: :func:`spikes_agree` with :func:`lif_potential_bound`."""
     h = x.detach().cpu()
     refs, us, bounds = [], [], []
-    for w in weights:
+    convs = [*convs, *[None] * (len(weights) - len(convs))]
+    for w, conv in zip(weights, convs):
         w = w.detach().cpu()
-        steps, batch, _ = h.shape
-        u = lif_membrane((h.reshape(steps * batch, -1) @ w).view(steps, batch, -1), beta, theta)
+        u = lif_membrane(layer_current(h, w, None, conv), beta, theta)
         s = (u - theta > 0).to(u.dtype)
         refs.append(s)
         us.append(u)
-        bounds.append(lif_potential_bound(h, w, beta, theta, s))
-        h = s
+        bounds.append(lif_potential_bound(h, w, beta, theta, s, conv))
+        h = pool_dense(s, conv) if conv else s
     return spikes_agree(ours, refs, us, theta, bounds, max_fraction)

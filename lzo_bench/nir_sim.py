@@ -83,6 +83,13 @@ class NIRRun:
     counts: dict[str, torch.Tensor]
 
 
+def _flatten(node: Any) -> nn.Flatten:
+    """NIR's ``Flatten`` counts dimensions without the batch (``start_dim = 0``: the whole sample);
+    nirtorch 2.6 hands its dims to ``torch.nn.Flatten`` as they are, which would flatten the batch too."""
+    shift = lambda d: d + 1 if d >= 0 else d  # noqa: E731
+    return nn.Flatten(start_dim=shift(node.start_dim), end_dim=shift(node.end_dim))
+
+
 def dt_of(graph: Any) -> float:
     """The step the graph was written for: lzo-bench records ``dt_s`` in the graph metadata."""
     try:
@@ -109,8 +116,13 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
         raise ExportError("the NIR check runs the file through nirtorch, which is not installed: "
                           "pip install 'lzo-bench[nir]' (or pass --no-check)") from None
     dt = dt_of(graph) if dt is None else dt
-    module = nirtorch.nir_to_torch(graph, {nir.LIF: lambda n: SpecLIF(n, dt, reset), nir.LI: lambda n: SpecLI(n, dt)})
+    module = nirtorch.nir_to_torch(graph, {nir.LIF: lambda n: SpecLIF(n, dt, reset), nir.LI: lambda n: SpecLI(n, dt),
+                                           nir.Flatten: _flatten})
     lif_names = [name for name, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    frame = np.asarray(graph.nodes["input"].input_type["input"]) if "input" in graph.nodes else np.array([])
+    if frame.size == 3:  # a conv graph takes NCHW frames; x holds lzo-bench's channels-last units
+        c, h, w = (int(v) for v in frame)
+        x = x.reshape(*x.shape[:2], h, w, c).permute(0, 1, 4, 2, 3)
     state, outs = None, []
     with torch.no_grad():
         for x_t in x.unbind(0):
@@ -118,6 +130,7 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
             outs.append(o)
     logits = reduce_time(torch.stack(outs), reduce)
     counts = {n: state[n].count if state is not None else torch.zeros(0) for n in lif_names}
+    counts = {n: c.permute(0, 2, 3, 1).reshape(c.shape[0], -1) if c.dim() == 4 else c for n, c in counts.items()}
     return NIRRun(logits, counts)
 
 

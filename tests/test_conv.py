@@ -290,3 +290,127 @@ def test_conv_on_cuda_falls_back_to_the_reference_saying_why():
     assert b.name == "torch" and "no CUDA kernels yet" in b.reason
     with pytest.raises(BackendUnavailable, match="no CUDA kernels yet"):
         select_backend("cuda", "cuda", None, conv=True)
+
+
+def _conv_snn(seed=0):
+    from lzo_bench.conv import ConvLayer
+    from lzo_bench.model import SNN, NetworkSpec
+
+    spec = NetworkSpec(n_in=2 * 9 * 9, hidden=(6,), n_out=3, beta=0.9, beta_out=0.8, init_gain=25.0,
+                       conv=(ConvLayer(4, 3, 1, 1, pool=2), ConvLayer(5, 3, 2, 1)), frame=(2, 9, 9))
+    model = SNN(spec, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (torch.rand(25, 6, spec.n_in, generator=gen) < 0.3).float()
+    return model, x
+
+
+def _export_source(model):
+    from lzo_bench.export import ExportSource
+
+    return ExportSource(model.spec, [w.detach().numpy().copy() for w in model.weights], 1.0, 25, "test", "digits",
+                        {"method": "localzo", "dist": "normal", "seed": 0})
+
+
+def test_conv_network_exports_to_onnx_with_conv_inside_the_scan():
+    """Conv and the pooling (a depthwise Conv of ones) inside the Scan body: onnxruntime's spikes and logits
+    equal the network's up to rounding, at two T (the graph does not depend on T); the step model too."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lzo_bench.export import initial_step_state, sequence_model, step_model
+    from lzo_bench.floatcmp import network_spikes_agree
+
+    model, x = _conv_snn()
+    src = _export_source(model)
+    onnx_model = sequence_model(src)
+    ops_in_body = {n.op_type for n in onnx_model.graph.node if n.op_type == "Scan" for n in n.attribute[0].g.node}
+    assert {"Conv", "Transpose", "Reshape"} <= ops_in_body
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for steps in (25, 7):
+        xs = x[:steps]
+        outs = sess.run(None, {"spikes": xs.numpy()})
+        with torch.no_grad():
+            ref = model(xs)
+        spikes = [torch.from_numpy(o) for o in outs[4:]]
+        assert all(float(s.sum()) > 0 for s in ref.spikes), "every layer must spike"
+        agreement = network_spikes_agree(spikes, xs, list(model.weights)[:-1], 0.9, 1.0, convs=model.spec.conv_shapes())
+        assert agreement.legitimate, str(agreement)
+        keep = agreement.rows_equal.numpy()
+        assert keep.any()
+        np.testing.assert_allclose(outs[0][keep], ref.logits.numpy()[keep], rtol=1e-5, atol=1e-5)
+    step = ort.InferenceSession(step_model(src).SerializeToString(), providers=["CPUExecutionProvider"])
+    state = initial_step_state(src, x.shape[1])
+    names = [o.name for o in step.get_outputs()]
+    for t in range(x.shape[0]):
+        out = dict(zip(names, step.run(None, {"x_t": x[t].numpy(), **state})))
+        state = {k: out[f"next_{k}"] for k in state}
+    np.testing.assert_array_equal(state["m"], sess.run(None, {"spikes": x.numpy()})[0])
+
+
+def test_conv_network_exports_to_nir_conv2d_sumpool_flatten(tmp_path):
+    """NIR Conv2d / SumPool2d / Flatten nodes (NCHW, the readout's rows in NIR's flatten order): read back
+    equal, and simulated with the subtractive reset the graph reproduces the network."""
+    import nir
+
+    from lzo_bench.export import check_nir, nir_graph, write_nir
+    from lzo_bench.floatcmp import compare_logits, readout_bound
+    from lzo_bench.nir_sim import simulate
+
+    model, x = _conv_snn()
+    src = _export_source(model)
+    path = write_nir(nir_graph(src), tmp_path / "m.nir")
+    report = check_nir(path, src)
+    assert report["passed"], report["problems"]
+    g = nir.read(path)
+    assert isinstance(g.nodes["conv0"], nir.Conv2d) and isinstance(g.nodes["pool0"], nir.SumPool2d)
+    assert isinstance(g.nodes["flatten"], nir.Flatten)
+    with torch.no_grad():
+        ref = model(x)
+    sim = simulate(g, x, "subtract", "max")
+    for ours, theirs in zip(sim.counts.values(), ref.counts):
+        torch.testing.assert_close(ours, theirs)
+    bound = readout_bound(ref.spikes[-1], model.weights[-1], 0.8, "max")
+    match = compare_logits(sim.logits, ref.logits, bound, list(zip(sim.counts.values(), ref.counts)))
+    assert match.agree
+
+
+def test_train_arch_conv_stores_the_architecture_evaluates_and_exports(tmp_path):
+    """`lzo-bench train --arch conv` on digits: the checkpoint and config hold the conv layers and frame,
+    evaluate reads them back and counts the conv fan-out, export writes a checked ONNX file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from lzo_bench.checkpoint import load_checkpoint
+    from lzo_bench.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--arch", "conv", "--epochs", "1", "--hidden", "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["arch"] == "conv"
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["network"]["frame"] == [1, 8, 8] and ckpt["network"]["conv"][0]["channels"] == 16
+    assert model.spec.layer_sizes == (16 * 8 * 8, 32) and model.weights[0].shape == (16, 1, 3, 3)
+    res = runner.invoke(app, ["evaluate", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.output[res.output.index("{"):])
+    syn = metrics["metrics"]["SynapticOperations"]
+    # dense conv ops per step: every output position's valid taps (padding 1: 8·8·9 minus the border's) × 16
+    dense_conv = 16 * sum((min(y + 1, 7) - max(y - 1, 0) + 1) * (min(x + 1, 7) - max(x - 1, 0) + 1)
+                          for y in range(8) for x in range(8))
+    assert syn["Dense"] == 40 * (dense_conv + 1024 * 32 + 32 * 10)
+    res = runner.invoke(app, ["export", str(out), "--samples", "32"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.onnx").exists()
+
+
+def test_arch_conv_on_a_dataset_without_frames_is_one_line():
+    from typer.testing import CliRunner
+
+    from lzo_bench.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--arch", "conv", "--dataset", "shd", "--epochs", "1"])
+    assert res.exit_code != 0
+    assert "--arch conv needs a dataset with frames" in res.output and "Traceback" not in res.output
