@@ -43,7 +43,7 @@ from lzo_bench.rng import DrawKey
 from lzo_bench.stats import median_iqr
 from lzo_bench.timing import PhaseClock
 from lzo_bench.devices import cpu_facts, sync_device
-from lzo_bench.workloads import WORKLOADS, Workload, calibrate_gain
+from lzo_bench.workloads import WORKLOADS, Workload, calibrate_deeper_layers, calibrate_gain, conv_workload
 
 BASELINE = "autograd-loop"
 
@@ -60,7 +60,7 @@ def workload_batches(w: Workload, updates: int, seed: int, data_dir: str | None 
     instead would pass them off silently as the real workload (issue 19, D13)."""
     g = torch.Generator().manual_seed(seed)
     try:
-        train, _ = load_dataset(w.name, w.steps, data_dir)
+        train, _ = load_dataset(w.name, w.steps, data_dir, channels=bool(w.conv))
         idx = torch.randint(len(train), (updates, w.batch), generator=g)
         out = [(train.dense(i).transpose(0, 1).contiguous(), train.labels[i]) for i in idx]
         return out, f"{w.name} training set"
@@ -296,6 +296,7 @@ class ProfileConfig:
     energy_cfg: EnergyConfig = field(default_factory=EnergyConfig)
     peers: bool = False
     run: str | None = None  # a run folder: profile its trained network on its dataset instead
+    arch: str = "fc"  # "conv": the dataset's conv network (lzo_bench.workloads.conv_workload)
 
 
 def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | None = None,
@@ -306,12 +307,14 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     trained = None
     if cfg.run is not None:  # the run's network, dataset, T and data folder
         trained, ckpt = load_checkpoint(cfg.run)
-        w = replace(WORKLOADS[ckpt["dataset"]["name"]], steps=checkpoint_steps(ckpt), hidden=trained.spec.hidden)
+        s = trained.spec
+        w = replace(WORKLOADS[ckpt["dataset"]["name"]], steps=checkpoint_steps(ckpt), hidden=s.hidden, conv=s.conv,
+                    frame=s.frame, n_in=s.n_in)
         cfg = replace(cfg, workload=w.name, data_dir=cfg.data_dir or ckpt["train"].get("data_dir"))
     elif cfg.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
     else:
-        w = WORKLOADS[cfg.workload]
+        w = conv_workload(cfg.workload) if cfg.arch == "conv" else WORKLOADS[cfg.workload]
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     batches, source = workload_batches(w, cfg.warmup + cfg.updates, cfg.seed, cfg.data_dir)
@@ -327,7 +330,11 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             net = w.network("normal", gain)
             init_note = (f"N(0, g·(1−β)/√fan_in) with g = {gain:.3g}, calibrated so hidden layer 1 fires at "
                          f"{rate:.2%} per (step, neuron) on the synthetic input, as a trained network would")
-        init = SNN(net, torch.Generator().manual_seed(cfg.seed)).state_dict()
+        model = SNN(net, torch.Generator().manual_seed(cfg.seed))
+        if source.startswith("synthetic") and net.conv:
+            rates = calibrate_deeper_layers(model, batches[0][0].float())
+            init_note += "; each deeper layer scaled to the same rate (" + " / ".join(f"{r:.2%}" for r in rates) + ")"
+        init = model.state_dict()
 
     def runner(name: str, method: str, backend: Backend | None) -> Runner:
         spec = GateSpec.build(method, cfg.dist, cfg.delta, cfg.samples)
@@ -411,7 +418,7 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
             "overall_speedup_vs_surrogate": (med[ref_name]["fwd"][0] + med[ref_name]["bwd"][0]) / (m["fwd"][0] + m["bwd"][0]),
             "bwd_speedup_vs_autograd_loop": med[BASELINE]["bwd"][0] / m["bwd"][0],
             "overall_speedup_vs_autograd_loop": (med[BASELINE]["fwd"][0] + med[BASELINE]["bwd"][0]) / (m["fwd"][0] + m["bwd"][0]),
-            "active_pct": [statistics.fmean(a[i] for a in r.active) for i in range(len(net.hidden))],
+            "active_pct": [statistics.fmean(a[i] for a in r.active) for i in range(len(net.layer_sizes))],
             "peak_mib": max(r.peak),
             "neurobench": neurobench(r.model, x_last, [s.detach() for s in r.last_out.spikes] if r.last_out else []),
             "avg_w": e.full.avg_w if e else None,
@@ -429,7 +436,8 @@ def run_profile(cfg: ProfileConfig, progress: Callable[[str, int, int], None] | 
     reason = None if energy else (meter.reason if not meter.available else "no window could be measured")
     return {
         "lzo_bench_version": __version__,
-        "workload": asdict(w) | {"source": source, "hidden": list(net.hidden), "weights": init_note},
+        "workload": asdict(w) | {"source": source, "hidden": list(net.hidden), "weights": init_note,
+                                 "arch": net.arch, "conv": [c.to_dict() for c in net.conv_shapes()]},
         "config": {k: v for k, v in asdict(cfg).items() if k != "energy_cfg"} | {"energy_cfg": asdict(cfg.energy_cfg)},
         "device": str(device),
         "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -468,10 +476,11 @@ def measure_peers(w: Workload, net: NetworkSpec, init: dict[str, torch.Tensor],
     x, y = batch
     if x.device.type != "cpu":
         return {"available": False, "reason": "the peers are compared on the CPU; run with --device cpu", "rows": []}
-    weights = [init[f"weights.{i}"].detach().clone() for i in range(len(net.hidden) + 1)]
+    weights = [init[f"weights.{i}"].detach().clone() for i in range(len(net.layer_sizes) + 1)]
     missing: list[str] = []
     progress("peers", 0, 1)
-    rows = peers.run_contenders([*peers.PEERS, peers.REFERENCE], x, y, weights, w, repeats=cfg.updates,
+    names = peers.CONV_PEERS if net.conv else peers.PEERS
+    rows = peers.run_contenders([*names, peers.REFERENCE], x, y, weights, w, repeats=cfg.updates,
                                 warmup=cfg.warmup, backend=cfg.backend, log=missing.append)
     found = [r for r in rows if r["library"] != "lzo-bench"]
     reason = None if found else f"no peer library could run: {'; '.join(missing)}"

@@ -45,7 +45,7 @@ from lzo_bench.fsio import atomic_write_bytes, atomic_write_json, atomic_write_t
 from lzo_bench.signals import signum_of
 
 PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "bth", "epochs", "trials",
-                "seeds", "hidden", "batch_size", "lr", "steps", "paper"}
+                "seeds", "hidden", "batch_size", "lr", "steps", "paper", "arch"}
 MAX_TRIALS = 10_000  # one run folder per (method, trial): beyond this a grid is a typo, not an experiment
 PAPER_METRICS = ("train", "test", "backward", "overall")  # what a [paper.<method>] table may hold (numbers)
 
@@ -82,12 +82,13 @@ class Profile:
     steps: int | None = None
     bth: float | None = None  # SparseGrad's band as the paper set it; None: δ·E[max_k |z_k|]
     paper: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arch: str = "fc"  # "conv": the dataset's conv layers before the hidden ones (lzo-bench train --arch conv)
 
     def train_kwargs(self, method: str | None = None) -> dict[str, Any]:
         """The :class:`TrainConfig` fields this profile sets for ``method`` (``bth`` for sparsegrad only)."""
         return {"dataset": self.dataset, "dist": self.dist, "k": self.k, "delta": self.delta,
                 "samples": self.samples, "epochs": self.epochs, "hidden": self.hidden,
-                "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps,
+                "batch_size": self.batch_size, "lr": self.lr, "steps": self.steps, "arch": self.arch,
                 "bth": self.bth if method == "sparsegrad" else None}
 
 
@@ -106,6 +107,10 @@ def _field_problem(key: str, value: Any) -> str | None:
         return None if ok else "a folder name of letters, digits, '-', '_' and '.' (it names runs/<name>)"
     if key == "dataset":
         return None if value in DATASET_INFO else f"one of {', '.join(DATASET_INFO)}"
+    if key == "arch":
+        from lzo_bench.conv import ARCHS
+
+        return None if value in ARCHS else f"one of {', '.join(ARCHS)}"
     if key in ("title", "dist"):
         return None if isinstance(value, str) and value else "a non-empty string"
     if key == "methods":
@@ -171,7 +176,7 @@ def load_profile(path: str | Path) -> Profile:
         methods=tuple(raw["methods"]), dist=raw["dist"], delta=float(raw["delta"]), samples=int(raw["samples"]),
         epochs=int(raw["epochs"]), trials=trials, seeds=seeds[:trials], hidden=tuple(raw.get("hidden", (200, 200))),
         k=raw.get("k"), batch_size=raw.get("batch_size"), lr=raw.get("lr"), steps=raw.get("steps"),
-        bth=raw.get("bth"), paper=raw.get("paper", {}),
+        bth=raw.get("bth"), paper=raw.get("paper", {}), arch=raw.get("arch", "fc"),
     )
     check_trainable(profile, path)
     return profile
@@ -478,8 +483,9 @@ def summarize(p: Profile, out: Path) -> dict[str, Any]:
         runs = [r for r in metrics[m] if r is not None]
         train_ms = _mean_std([r["final"]["train_acc"] for r in runs])
         test_ms = _mean_std([r["final"]["test_acc"] for r in runs])
+        layers = len(runs[0]["final"]["active_pct"]) if runs else len(p.hidden)
         active = [statistics.fmean(r["final"]["active_pct"][i] for r in runs) if runs else math.nan
-                  for i in range(len(p.hidden))]
+                  for i in range(layers)]
         bwd = overall = None
         note = None
         if ref is not None:

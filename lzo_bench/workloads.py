@@ -60,12 +60,22 @@ def workload(name: str) -> Workload:
 
 
 WORKLOADS = {name: workload(name) for name in DATASET_INFO}
-#: the conv network of issue 22 on N-MNIST's frames (2×34×34, the polarities as channels: half the merged
-#: units' rate each): conv 2→12 5×5, sum-pooled 2×2, conv 12→32 5×5 stride 2, flattened into the readout;
-#: batch 32 (a dense [T·B, 12·30·30] float tensor is 3.3 GB at B = 256)
-CONV_WORKLOAD = replace(WORKLOADS["nmnist"], name="nmnist-conv", n_in=2 * 34 * 34, hidden=(),
-                        conv=CONV_NETWORKS["nmnist"], frame=(2, 34, 34), batch=32,
-                        synthetic_rate=SYNTHETIC_RATE["nmnist"] / 2)
+
+
+def conv_workload(name: str) -> Workload:
+    """Dataset ``name``'s conv network (:data:`~lzo_bench.conv.CONV_NETWORKS`) on its channels-last frames,
+    flattened straight into the readout; the synthetic input rate split over the channels (N-MNIST's two
+    polarities: half the merged units' rate each); batch at most 32 (a dense ``[T·B, 12·30·30]`` float
+    tensor of the N-MNIST network is 3.3 GB at B = 256)."""
+    w, frame = WORKLOADS[name], DATASET_INFO[name].frame
+    if name not in CONV_NETWORKS or frame is None:
+        raise ValueError(f"{name} has no frames for a conv network; choose one of: {', '.join(CONV_NETWORKS)}")
+    return replace(w, n_in=frame[0] * frame[1] * frame[2], hidden=(), conv=CONV_NETWORKS[name], frame=frame,
+                   batch=min(w.batch, 32), synthetic_rate=w.synthetic_rate / frame[0])
+
+
+#: the conv network of issue 22 on N-MNIST's frames: conv 2→12 5×5, sum-pooled 2×2, conv 12→32 5×5 stride 2
+CONV_WORKLOAD = conv_workload("nmnist")
 
 
 SYNTHETIC_HIDDEN_RATE = 0.01

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.backends import BackendName
-from lzo_bench.cli.common import DistName, app, fail, interruptible, out_dir, print_json, typed
+from lzo_bench.cli.common import ArchName, DistName, app, fail, interruptible, out_dir, print_json, typed
 from lzo_bench.gates import Method
 
 
@@ -18,6 +18,7 @@ from lzo_bench.gates import Method
 def profile(
     ctx: typer.Context,
     workload: Annotated[str, typer.Option(help="digits, nmnist, shd or fmnist (real data when on disk, else synthetic spikes of its shape).")] = "digits",
+    arch: Annotated[ArchName, typer.Option(help="fc: the paper's 2×200 network; conv: the dataset's conv network on its frames (digits, fmnist, nmnist), flattened into the readout, batch ≤ 32.")] = "fc",  # type: ignore[assignment]
     updates: Annotated[int, typer.Option(help="Measured updates per method (≥ 3).")] = 30,
     warmup: Annotated[int, typer.Option(help="Warm-up updates per method, not measured.")] = 5,
     methods: Annotated[str, typer.Option(help="Comma-separated methods; the plain autograd loop is always added as the baseline.")] = "surrogate,sparsegrad,localzo",
@@ -56,6 +57,13 @@ def profile(
         raise fail(f"--methods names a method twice ({methods!r}); list each once")
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
+    if arch.value == "conv" and run is None:
+        from lzo_bench.conv import CONV_NETWORKS
+
+        if workload not in CONV_NETWORKS:
+            raise fail(f"--arch conv needs a workload with frames ({', '.join(CONV_NETWORKS)}); {workload} has none")
+    if run is not None and typed(ctx, "arch"):
+        raise fail("--arch and --run exclude each other: a run is profiled with the network it trained")
     if run is not None and typed(ctx, "workload"):
         raise fail("--workload and --run exclude each other: a run is profiled on the dataset it trained on")
     if run is not None:
@@ -80,7 +88,8 @@ def profile(
     out_dir(target, target, False)  # created once there is a report to write (issue 19, D10)
     cfg = ProfileConfig(workload=workload, updates=updates, warmup=warmup, methods=names, dist=dist.value, delta=delta,
                         samples=samples, device=device, backend=backend.value, energy=energy, out=str(target), data_dir=data_dir,
-                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run)
+                        energy_cfg=EnergyConfig(min_seconds=energy_seconds), peers=peers, run=run,
+                        arch=arch.value)
     with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task("loading data and backends", total=None)
         try:
