@@ -50,6 +50,10 @@ namespace {
 // event: measured 0.25-0.4 (forward and dense dW, N_in 200 and 1156, 1 and 2 threads) with
 // benchmarks/forward_crossover.py (BENCHMARKS.md).
 constexpr double kGemmDensity = 0.25;
+// The same for a conv layer (the event scatter against one at::conv2d, oneDNN): the forward's current from
+// 0.1, the dense rule's dW (events against oneDNN's convolution backward) from 0.03; measured on the N-MNIST
+// conv layer 1 (2x34x34 -> 12, 5x5, T = 100, B = 32, 1 thread) with benchmarks/forward_crossover.py --arch conv.
+constexpr double kConvGemmDensity = 0.1, kConvDwGemmDensity = 0.03;
 constexpr int64_t kRebaseSteps = 32;
 
 enum CurrentMode : int64_t { CURRENT_AUTO = 0, CURRENT_EVENTS = 1, CURRENT_GEMM = 2 };
@@ -481,10 +485,10 @@ Tensor rows_from_events(const EventView& ev, int64_t rows, int64_t width, const 
   return out;
 }
 
-bool use_gemm(int64_t mode, int64_t nnz, int64_t rows, int64_t width) {
+bool use_gemm(int64_t mode, int64_t nnz, int64_t rows, int64_t width, double density = kGemmDensity) {
   if (mode == CURRENT_GEMM) return true;
   if (mode == CURRENT_EVENTS) return false;
-  return static_cast<double>(nnz) > kGemmDensity * static_cast<double>(rows) * static_cast<double>(width);
+  return static_cast<double>(nnz) > density * static_cast<double>(rows) * static_cast<double>(width);
 }
 
 // Row counts in ptr[1..rows] -> row pointers; a list of 2^31 events or more is refused.
@@ -1312,7 +1316,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> conv_lif_forw
                                    alpha, seed, update, layer, tc);
   const EventView ev = view(x_ptr, x_col, x_val);
   Tensor cur_all;
-  if (use_gemm(current_mode, x_col.numel(), rows, map.nin)) {
+  if (use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvGemmDensity)) {
     const Tensor x4 = map.nchw_input(rows_from_events(ev, rows, map.nin, W.options()));
     const Tensor out = at::conv2d(x4, map.weight4(W), map.g.bias ? std::optional<Tensor>(map.bias_) : std::nullopt,
                                   {map.g.stride, map.g.stride}, {map.g.pad, map.g.pad});
@@ -1370,7 +1374,7 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cpu(const Tensor& grad, const Ten
   const Tensor go = ghat.view({rows, g.ho, g.wo, g.cout}).permute({0, 3, 1, 2});  // NCHW, channels-last memory
   const EventView xv = view(x_ptr, x_col, x_val);
   Tensor dw;
-  if (use_gemm(current_mode, x_col.numel(), rows, map.nin)) {
+  if (use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvDwGemmDensity)) {
     const Tensor x4 = map.nchw_input(rows_from_events(xv, rows, map.nin, W.options()));
     const auto grads = at::convolution_backward(go, x4, map.weight4(W), std::nullopt, {g.stride, g.stride},
                                                 {g.pad, g.pad}, {1, 1}, false, {0, 0}, 1, {false, true, false});

@@ -45,3 +45,9 @@ def test_examples_refuse_bad_options_in_one_line():
     proc = subprocess.run([sys.executable, str(EXAMPLES / "nn_stack.py"), "--epochs", "0"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "--epochs must be ≥ 1" in proc.stderr
+
+
+def test_nn_conv_example_learns_with_conv_layers_on_events():
+    (row,) = _run("nn_conv.py", "--rule", "localzo")
+    assert row["backend"] == "cpp" and row["network"].startswith("nn.Sequential conv")
+    assert row["test_acc"] > 0.25  # chance is 0.1; 16 updates on 512 samples
