@@ -13,10 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lzo_bench import spike
 from lzo_bench.data import load_dataset
 
 BETA = 0.905  # exp(−dt/τ), dt = 1 ms, τ = 10 ms: the digits profile's constants
 BETA_OUT = 0.905
+#: the three rules as lzo_bench.spike functions for the lzo_bench.nn examples, by seed
+RULES = {"localzo": lambda s: spike.LocalZO(delta=0.05, seed=s), "sparsegrad": lambda s: spike.SparseGrad(delta=0.05),
+         "surrogate": lambda s: spike.Surrogate(delta=0.05)}
 
 
 def arguments(doc: str, rules: tuple[str, ...]) -> argparse.Namespace:

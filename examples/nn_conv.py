@@ -12,11 +12,8 @@ the input trace at each active entry's receptive field. Prints one JSON line.
 from __future__ import annotations
 
 import torch
-from _digits import arguments, train
-from lzo_bench import nn, spike
-
-RULES = {"localzo": lambda s: spike.LocalZO(delta=0.05, seed=s), "sparsegrad": lambda s: spike.SparseGrad(delta=0.05),
-         "surrogate": lambda s: spike.Surrogate(delta=0.05)}
+from _digits import RULES, arguments, train
+from lzo_bench import nn
 
 
 def main() -> None:

@@ -11,16 +11,12 @@ rule's backward touches only the active neurons. Prints one JSON line per networ
 from __future__ import annotations
 
 import torch
-from _digits import arguments, train
-from lzo_bench import nn, spike
+from _digits import RULES, arguments, train
+from lzo_bench import nn
 from lzo_bench.backends import select_backend
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec
 from lzo_bench.rng import DrawKey
-
-RULES = {"localzo": lambda s: spike.LocalZO(delta=0.05, seed=s), "sparsegrad": lambda s: spike.SparseGrad(delta=0.05),
-         "surrogate": lambda s: spike.Surrogate(delta=0.05)}
-
 
 def main() -> None:
     args = arguments(__doc__, tuple(RULES))

@@ -1188,6 +1188,24 @@ struct ConvMap {
     bias = bias_.data_ptr<float>();
   }
 
+  // f(tap, position) for each tap (c, ky, kx) of input unit i = (y, x, c) (not the bias unit) and the output
+  // position oy*W_out + ox it reaches: oy*stride + ky - pad = y, ox*stride + kx - pad = x.
+  template <typename F>
+  void reached_by(int64_t i, F&& f) const {
+    const int64_t c = i % g.cin, pos = i / g.cin, y = pos / g.w, x = pos % g.w;
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      const int64_t ny = y + g.pad - ky;
+      if (ny < 0) break;
+      if (ny % g.stride || ny / g.stride >= g.ho) continue;
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        const int64_t nx = x + g.pad - kx;
+        if (nx < 0) break;
+        if (nx % g.stride || nx / g.stride >= g.wo) continue;
+        f((c * g.k + ky) * g.k + kx, (ny / g.stride) * g.wo + nx / g.stride);
+      }
+    }
+  }
+
   // cur = the current of row r: every input event adds W[:, c, ky, kx] at each output it reaches
   void current(const EventView& ev, int64_t r, float* __restrict cur) const {
     std::fill(cur, cur + n, 0.0f);
@@ -1198,19 +1216,7 @@ struct ConvMap {
         for (int64_t p = 0; p < g.ho * g.wo; ++p) add_row(cur + p * g.cout, bias, a, g.cout);
         continue;
       }
-      const int64_t c = i % g.cin, pos = i / g.cin, y = pos / g.w, x = pos % g.w;
-      for (int64_t ky = 0; ky < g.k; ++ky) {
-        const int64_t ny = y + g.pad - ky;
-        if (ny < 0) break;
-        if (ny % g.stride || ny / g.stride >= g.ho) continue;
-        for (int64_t kx = 0; kx < g.k; ++kx) {
-          const int64_t nx = x + g.pad - kx;
-          if (nx < 0) break;
-          if (nx % g.stride || nx / g.stride >= g.wo) continue;
-          add_row(cur + ((ny / g.stride) * g.wo + nx / g.stride) * g.cout, wf + ((c * g.k + ky) * g.k + kx) * g.cout,
-                  a, g.cout);
-        }
-      }
+      reached_by(i, [&](int64_t tap, int64_t p) { add_row(cur + p * g.cout, wf + tap * g.cout, a, g.cout); });
     }
   }
 
@@ -1266,19 +1272,7 @@ struct ConvMap {
       for (int64_t p = 0; p < g.ho * g.wo; ++p) add_row(dst, ghat_row + p * g.cout, a, g.cout);
       return;
     }
-    const int64_t c = i % g.cin, pos = i / g.cin, y = pos / g.w, x = pos % g.w;
-    for (int64_t ky = 0; ky < g.k; ++ky) {
-      const int64_t ny = y + g.pad - ky;
-      if (ny < 0) break;
-      if (ny % g.stride || ny / g.stride >= g.ho) continue;
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        const int64_t nx = x + g.pad - kx;
-        if (nx < 0) break;
-        if (nx % g.stride || nx / g.stride >= g.wo) continue;
-        add_row(acc + ((c * g.k + ky) * g.k + kx) * g.cout,
-                ghat_row + ((ny / g.stride) * g.wo + nx / g.stride) * g.cout, a, g.cout);
-      }
-    }
+    reached_by(i, [&](int64_t tap, int64_t p) { add_row(acc + tap * g.cout, ghat_row + p * g.cout, a, g.cout); });
   }
   Tensor input_to_weight(const Tensor& acc) const {
     Tensor dw = acc.narrow(0, 0, g.taps() * g.cout).view({g.taps(), g.cout}).t();
