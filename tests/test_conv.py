@@ -386,7 +386,8 @@ def test_train_arch_conv_stores_the_architecture_evaluates_and_exports(tmp_path)
 
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--arch", "conv", "--epochs", "1", "--hidden", "32", "--out", str(out)])
+    res = runner.invoke(app, ["train", "--arch", "conv", "--epochs", "1", "--hidden", "32", "--steps", "16",
+                              "--out", str(out)])
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["arch"] == "conv"
@@ -400,7 +401,7 @@ def test_train_arch_conv_stores_the_architecture_evaluates_and_exports(tmp_path)
     # dense conv ops per step: every output position's valid taps (padding 1: 8·8·9 minus the border's) × 16
     dense_conv = 16 * sum((min(y + 1, 7) - max(y - 1, 0) + 1) * (min(x + 1, 7) - max(x - 1, 0) + 1)
                           for y in range(8) for x in range(8))
-    assert syn["Dense"] == 40 * (dense_conv + 1024 * 32 + 32 * 10)
+    assert syn["Dense"] == 16 * (dense_conv + 1024 * 32 + 32 * 10)
     res = runner.invoke(app, ["export", str(out), "--samples", "32"])
     assert res.exit_code == 0, res.output
     assert (out / "model.onnx").exists()

@@ -26,7 +26,12 @@ def test_shipped_profiles_load(path):
     p = load_profile(path)
     assert p.dataset in DATASET_INFO and p.dist in DIST_NAMES and p.delta == 0.05
     assert p.methods == ("surrogate", "sparsegrad", "localzo") and len(p.seeds) == p.trials
-    if p.name != "digits-quick":
+    if p.name.endswith("-quick"):  # local checks, no paper numbers
+        assert not p.paper
+        assert p.arch == ("conv" if "conv" in p.name else "fc")
+        assert p.train_kwargs("localzo")["arch"] == p.arch
+    else:
+        assert p.arch == "fc"  # the paper's tables are fully connected
         assert (p.epochs, p.trials) == (20, 5)
         assert {"sparsegrad", "localzo"} <= set(p.paper)
         for row in p.paper.values():
@@ -70,6 +75,8 @@ def test_a_profiles_bth_reaches_sparsegrad_trials_only(tmp_path):
     (VALID + "hidden = ['abc']\n", "hidden must be a non-empty list of positive integers"),
     (VALID + "lr = 'fast'\n", "lr must be a number > 0 (got 'fast')"),
     (VALID + "bth = -1\n", "bth must be a number > 0 (got -1)"),
+    (VALID + 'arch = "cnn"\n', "arch must be one of fc, conv (got 'cnn')"),
+    (VALID.replace('dataset = "digits"', 'dataset = "shd"') + 'arch = "conv"\n', "arch conv needs a dataset with frames"),
     # issue 19, D9
     (VALID.replace("trials = 1", "trials = 1000000000000"), "trials must be an integer in [1, 10000]"),
     (VALID.replace('dataset = "digits"', 'dataset = "imagenet"'), "dataset must be one of digits, nmnist, shd, fmnist"),
