@@ -61,11 +61,12 @@ inline void check_readout_backward_args(const at::Tensor& grad_o, const at::Tens
               ": grad_o must be [T, B, C] and w_out [N, C]");
 }
 
-// lif_sparse_backward: the values on the active list and dL/dcount [B, N] (or empty).
+// lif_sparse_backward, conv_sparse_backward: the values on the active list and dL/dcount [B, N] (or empty)
+// of a layer of n neurons (a dense layer's weight.size(1)).
 inline void check_sparse_backward_args(const at::Tensor& grad_act, const at::Tensor& act_ptr,
                                        const at::Tensor& act_col, const at::Tensor& act_gate,
-                                       const at::Tensor& count_grad, const at::Tensor& weight, int64_t steps,
-                                       const char* op) {
+                                       const at::Tensor& count_grad, const at::Tensor& weight, int64_t n,
+                                       int64_t steps, const char* op) {
   check_float(weight, op, "weight");
   check_float(grad_act, op, "grad_act");
   check_float(act_gate, op, "active_gate");
@@ -74,23 +75,24 @@ inline void check_sparse_backward_args(const at::Tensor& grad_act, const at::Ten
   TORCH_CHECK(grad_act.numel() == act_col.numel() && act_gate.numel() == act_col.numel(), op,
               ": grad_act and active_gate must hold one value per active entry");
   if (count_grad.numel() > 0) {
-    const int64_t B = (act_ptr.numel() - 1) / steps, N = weight.size(1);
+    const int64_t B = (act_ptr.numel() - 1) / steps, N = n;
     check_float(count_grad, op, "count_grad");
     TORCH_CHECK(count_grad.numel() == B * N, op, ": count_grad must be [B, N] = [", B, ", ", N, "]");
   }
 }
 
-// lif_dense_backward: grad and gate [B*T, N], dL/dcount [B, N] (or empty).
+// lif_dense_backward, conv_dense_backward: grad and gate [B*T, N], dL/dcount [B, N] (or empty), for a layer
+// of n neurons (a dense layer's weight.size(1)).
 inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& count_grad,
-                                      const at::Tensor& weight, int64_t steps, const char* op) {
+                                      const at::Tensor& weight, int64_t n, int64_t steps, const char* op) {
   check_float(grad, op, "grad");
   check_float(gate, op, "gate");
   check_float(weight, op, "weight");
   TORCH_CHECK(weight.dim() == 2, op, ": weight must be [N_in, N]");
-  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == weight.size(1) && gate.sizes() == grad.sizes(), op,
-              ": grad and gate must both be [B*T, N]");
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == n && gate.sizes() == grad.sizes(), op,
+              ": grad and gate must both be [B*T, N] with N = ", n);
   TORCH_CHECK(steps >= 1 && grad.size(0) % steps == 0, op, ": grad must have B*T rows");
-  TORCH_CHECK(count_grad.numel() == 0 || count_grad.numel() == grad.size(0) / steps * weight.size(1), op,
+  TORCH_CHECK(count_grad.numel() == 0 || count_grad.numel() == grad.size(0) / steps * n, op,
               ": count_grad must be [B, N]");
 }
 

@@ -278,7 +278,7 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
     double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
   const char* op = "lzo::lif_sparse_backward";
   check_on_gpu(weight, op);
-  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, steps, op);
+  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, weight, weight.size(1), steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, weight.options());
@@ -343,7 +343,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
                                                    int64_t current_mode) {
   const char* op = "lzo::lif_dense_backward";
   check_on_gpu(weight, op);
-  check_dense_backward_args(grad, gate_t, count_grad, weight, steps, op);
+  check_dense_backward_args(grad, gate_t, count_grad, weight, weight.size(1), steps, op);
   const int64_t Nin = weight.size(0), N = weight.size(1);
   const int64_t rows = grad.size(0), T = steps, B = rows / T;
   check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
