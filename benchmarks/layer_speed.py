@@ -44,7 +44,7 @@ from lzo_bench.event_network import as_events
 from lzo_bench.events import SpikeEvents
 from lzo_bench.gates import GateSpec
 from lzo_bench.lif import autograd_loop_layer
-from lzo_bench.profile import saved_bytes
+from lzo_bench.memory import saved_bytes
 from lzo_bench.rng import DrawKey
 from lzo_bench.devices import device_name
 

@@ -134,16 +134,33 @@ def conv_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """The reference current ``[T, B, units_out]`` (channels-last) of input ``x [T, B, units_in]``
     (channels-last): one ``conv2d`` over all ``T·B`` rows."""
     steps, batch, _ = x.shape
-    x4 = x.reshape(steps * batch, shape.height, shape.width, shape.c_in).permute(0, 3, 1, 2)
+    x4 = frames(x.reshape(steps * batch, -1), shape.c_in, shape.height, shape.width)
     out = F.conv2d(x4, weight, bias, stride=shape.stride, padding=shape.padding)
-    return out.permute(0, 2, 3, 1).reshape(steps, batch, -1)
+    return units(out).reshape(steps, batch, -1)
+
+
+def frames(x: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """Rows ``[..., H·W·C]`` of channels-last units as frames ``[..., C, H, W]`` (a view: channels-last memory)."""
+    return x.reshape(*x.shape[:-1], h, w, c).movedim(-1, -3)
+
+
+def units(x: torch.Tensor) -> torch.Tensor:
+    """Frames ``[..., C, H, W]`` as rows ``[..., H·W·C]`` of channels-last units (the inverse of :func:`frames`)."""
+    return x.movedim(-3, -1).reshape(*x.shape[:-3], -1)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """``[T, B, C, H, W]`` frames as ``[T, B, H·W·C]`` rows of channels-last units."""
     if x.dim() != 5:
         raise ValueError(f"frames must have shape [T, B, C, H, W], got {tuple(x.shape)}")
-    return x.permute(0, 1, 3, 4, 2).reshape(x.shape[0], x.shape[1], -1)
+    return units(x)
+
+
+def nchw_order(c: int, h: int, w: int) -> torch.Tensor:
+    """For each position of a ``[C, H, W]`` frame flattened in NCHW order (``c·H·W + y·W + x``, as torch's
+    and NIR's ``Flatten`` do), its channels-last unit ``(y·W + x)·C + c``: the rows of a dense layer after
+    the conv part, permuted for a library that flattens NCHW."""
+    return frames(torch.arange(c * h * w), c, h, w).reshape(-1)
 
 
 def pool_index(shape: ConvShape, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -175,10 +192,9 @@ def pool_dense(s: torch.Tensor, shape: ConvShape) -> torch.Tensor:
     if shape.pool == 1:
         return s
     steps, batch, _ = s.shape
-    frames = s.reshape(steps * batch, shape.out_height, shape.out_width, shape.c_out).permute(0, 3, 1, 2)
-    k = shape.pool
-    pooled = F.avg_pool2d(frames, k, k, divisor_override=1)
-    return pooled.permute(0, 2, 3, 1).reshape(steps, batch, -1)
+    fr = frames(s.reshape(steps * batch, -1), shape.c_out, shape.out_height, shape.out_width)
+    pooled = F.avg_pool2d(fr, shape.pool, shape.pool, divisor_override=1)
+    return units(pooled).reshape(steps, batch, -1)
 
 
 def unpool_columns(col: torch.Tensor, shape: ConvShape) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,12 +213,9 @@ def unpool_dense(g: torch.Tensor, shape: ConvShape) -> torch.Tensor:
     upsampling on the channels-last frames (2.5x a plain copy; a 6-D broadcast copy is 6x)."""
     if shape.pool == 1:
         return g
-    rows, k = g.shape[0], shape.pool
+    k = shape.pool
     c, hp, wp = shape.next_shape
-    frames = g.view(rows, hp, wp, c).permute(0, 3, 1, 2)  # NCHW, channels-last memory
-    up = F.interpolate(frames, scale_factor=k, mode="nearest").permute(0, 2, 3, 1)
-    if shape.out_height != hp * k or shape.out_width != wp * k:
-        full = g.new_zeros(rows, shape.out_height, shape.out_width, c)
-        full[:, :hp * k, :wp * k] = up
-        up = full
-    return up.reshape(rows, shape.units_out)
+    up = F.interpolate(frames(g, c, hp, wp), scale_factor=k, mode="nearest")
+    if shape.out_height != hp * k or shape.out_width != wp * k:  # the dropped remainder gets 0
+        up = F.pad(up, (0, shape.out_width - wp * k, 0, shape.out_height - hp * k))
+    return units(up)

@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lzo_bench import __version__
 from lzo_bench.checkpoint import checkpoint_steps
+from lzo_bench.conv import nchw_order
 from lzo_bench.fsio import atomic_write_bytes
 from lzo_bench.model import NetworkSpec
 
@@ -176,30 +177,29 @@ def _step_nodes(net: NetworkSpec, x: str, prefix_in: str, prefix_out: str) -> tu
     return nodes, spikes
 
 
-def _conv_nodes(conv, h: str, w: str, out: str, tag: str) -> list:
-    """``out [B, units_out]`` = the conv of ``h [B, units_in]`` (channels-last rows) with ``w``."""
+def _frame_conv_nodes(h: str, w: str, out: str, tag: str, **conv: Any) -> list:
+    """``out [B, units']`` = ``Conv(h, w, **conv)`` on ``h [B, units]``: the channels-last rows viewed as NCHW
+    frames (``Reshape`` to ``{tag}_in_shape``, ``Transpose``), the ``Conv``, and back (``{tag}_out_shape``)."""
     return [
         helper.make_node("Reshape", [h, f"{tag}_in_shape"], [f"{tag}_nhwc"]),
         helper.make_node("Transpose", [f"{tag}_nhwc"], [f"{tag}_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", [f"{tag}_nchw", w], [f"{tag}_out"], kernel_shape=[conv.kernel, conv.kernel],
-                         strides=[conv.stride, conv.stride], pads=[conv.padding] * 4),
+        helper.make_node("Conv", [f"{tag}_nchw", w], [f"{tag}_out"], **conv),
         helper.make_node("Transpose", [f"{tag}_out"], [f"{tag}_out_nhwc"], perm=[0, 2, 3, 1]),
         helper.make_node("Reshape", [f"{tag}_out_nhwc", f"{tag}_out_shape"], [out]),
     ]
+
+
+def _conv_nodes(conv, h: str, w: str, out: str, tag: str) -> list:
+    """``out [B, units_out]`` = the conv of ``h [B, units_in]`` (channels-last rows) with ``w``."""
+    return _frame_conv_nodes(h, w, out, tag, kernel_shape=[conv.kernel, conv.kernel],
+                             strides=[conv.stride, conv.stride], pads=[conv.padding] * 4)
 
 
 def _pool_nodes(conv, s: str, out: str, tag: str) -> list:
     """``out [B, units_next]`` = the sum pooling of spikes ``s [B, units_out]``: a depthwise ``Conv`` with
     a ``pool × pool`` kernel of ones and stride ``pool`` (sums of small integers: exact)."""
     k = conv.pool
-    return [
-        helper.make_node("Reshape", [s, f"{tag}_in_shape"], [f"{tag}_nhwc"]),
-        helper.make_node("Transpose", [f"{tag}_nhwc"], [f"{tag}_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", [f"{tag}_nchw", f"{tag}_ones"], [f"{tag}_out"], kernel_shape=[k, k], strides=[k, k],
-                         group=conv.c_out),
-        helper.make_node("Transpose", [f"{tag}_out"], [f"{tag}_out_nhwc"], perm=[0, 2, 3, 1]),
-        helper.make_node("Reshape", [f"{tag}_out_nhwc", f"{tag}_out_shape"], [out]),
-    ]
+    return _frame_conv_nodes(s, f"{tag}_ones", out, tag, kernel_shape=[k, k], strides=[k, k], group=conv.c_out)
 
 
 def _conv_constants(net: NetworkSpec) -> list[TensorProto]:
@@ -444,12 +444,11 @@ def nir_graph(src: ExportSource):
 
 def _nchw_rows(net: NetworkSpec, layer: int, w: np.ndarray) -> np.ndarray:
     """``W [fan_in, fan_out]`` of the dense layer ``layer``; right after the conv part its rows permuted from
-    our channels-last units to the NCHW flatten NIR's ``Flatten`` gives (row ``c·H·W + y·W + x``)."""
+    our channels-last units to the NCHW flatten NIR's ``Flatten`` gives (:func:`lzo_bench.conv.nchw_order`)."""
     convs = net.conv_shapes()
     if not convs or layer != len(convs):
         return w
-    c, h, wd = convs[-1].next_shape
-    return w[np.arange(c * h * wd).reshape(h, wd, c).transpose(2, 0, 1).reshape(-1)]
+    return w[nchw_order(*convs[-1].next_shape).numpy()]
 
 
 def write_onnx(model: onnx.ModelProto, path: Path) -> Path:

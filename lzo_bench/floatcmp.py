@@ -85,7 +85,8 @@ MAX_FLIP_FRACTION = 1e-3
 
 
 def lif_potential_bound(x: torch.Tensor, w: torch.Tensor, beta: float, theta: float,
-                        spikes: torch.Tensor, conv: ConvShape | None = None) -> torch.Tensor:
+                        spikes: torch.Tensor, conv: ConvShape | None = None,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """Bound ``[T, B, N]`` (float64) on ``|û − ũ|`` for two float32 computations ``û``, ``ũ`` of one
     LIF layer (:mod:`lzo_bench.lif`) from the same input ``x [T, B, n_in]``, weights ``W [n_in, N]``
     and own spikes ``s`` (``spikes``) up to ``t − 1``::
@@ -105,10 +106,12 @@ def lif_potential_bound(x: torch.Tensor, w: torch.Tensor, beta: float, theta: fl
     ``β`` instead of growing with ``T``. (The magnitudes are summed in float64, whose own rounding is
     far inside the allowance.) It holds only where both saw the same input and the same own spikes
     before ``t`` (:func:`spikes_agree` tracks where that stops). A conv layer (``conv``): ``S`` is the conv of
-    ``|x|`` with ``|W|`` and a neuron's current sums ``C_in·K²`` terms."""
+    ``|x|`` with ``|W|`` and a neuron's current sums ``C_in·K²`` terms. A ``bias`` is one more term (``|b|``
+    added to ``S``)."""
     steps, batch, n_in = x.shape
-    current = layer_current(x.detach().double().abs(), w.detach().double().abs(), None, conv)
-    n_in = conv.c_in * conv.kernel ** 2 if conv else n_in
+    current = layer_current(x.detach().double().abs(), w.detach().double().abs(),
+                            None if bias is None else bias.detach().double().abs(), conv)
+    n_in = (conv.c_in * conv.kernel ** 2 if conv else n_in) + (bias is not None)
     reset = abs(theta) * spikes.detach().double()
     decay = abs(beta) * (1.0 + gamma(LIF_STEP_OPS))
     g_current, g_step = gamma(n_in + 2 + EXTRA_OPS), gamma(LIF_STEP_OPS + EXTRA_OPS)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import Any, Callable
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -61,3 +62,21 @@ def keep_freed_memory() -> str:
 def malloc_state() -> str:
     """What :func:`keep_freed_memory` did in this process, without doing it."""
     return _state or "glibc's defaults (not set in this process)"
+
+
+def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn`` and count the bytes of the distinct storages autograd saves for the backward inside it
+    (``torch.autograd.graph.saved_tensors_hooks``: custom Functions' ``save_for_backward`` included; a
+    tensor saved twice, or a view of one saved, counts once)."""
+    import torch  # here, not at import: the console script loads this module before torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lzo_bench.conv import frames, units
+
 RESETS = ("zero", "subtract")
 
 
@@ -121,8 +123,7 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
     lif_names = [name for name, node in graph.nodes.items() if isinstance(node, nir.LIF)]
     frame = np.asarray(graph.nodes["input"].input_type["input"]) if "input" in graph.nodes else np.array([])
     if frame.size == 3:  # a conv graph takes NCHW frames; x holds lzo-bench's channels-last units
-        c, h, w = (int(v) for v in frame)
-        x = x.reshape(*x.shape[:2], h, w, c).permute(0, 1, 4, 2, 3)
+        x = frames(x, *(int(v) for v in frame))
     state, outs = None, []
     with torch.no_grad():
         for x_t in x.unbind(0):
@@ -130,7 +131,7 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
             outs.append(o)
     logits = reduce_time(torch.stack(outs), reduce)
     counts = {n: state[n].count if state is not None else torch.zeros(0) for n in lif_names}
-    counts = {n: c.permute(0, 2, 3, 1).reshape(c.shape[0], -1) if c.dim() == 4 else c for n, c in counts.items()}
+    counts = {n: units(c) if c.dim() == 4 else c for n, c in counts.items()}
     return NIRRun(logits, counts)
 
 

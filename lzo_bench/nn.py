@@ -49,7 +49,7 @@ from torch import nn
 
 from lzo_bench import ops, spike
 from lzo_bench.backends import Backend, select_backend
-from lzo_bench.conv import ConvShape, channels_last, conv_current, pool_dense
+from lzo_bench.conv import ConvShape, channels_last, conv_current, frames
 from lzo_bench.events import SpikeEvents
 from lzo_bench.forward import Forward, leaky_readout
 from lzo_bench.lif import lif_membrane
@@ -138,7 +138,7 @@ class ConvLIF(nn.Module):
         shape = self.shape(x.shape[3], x.shape[4])
         current = conv_current(channels_last(x.float()), self.weight, self.bias, shape)
         s = self.rule(lif_membrane(current, self.beta, self.theta) - self.theta)
-        return s.reshape(*s.shape[:2], shape.out_height, shape.out_width, shape.c_out).permute(0, 1, 4, 2, 3)
+        return frames(s, shape.c_out, shape.out_height, shape.out_width)
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape

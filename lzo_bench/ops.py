@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from lzo_bench.conv import ConvShape
 from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
@@ -120,7 +121,6 @@ def _build(cuda: bool, verbose: bool) -> Extension:
                 f"the C++{'/CUDA' if cuda else ''} ops for this machine and torch {torch.__version__} "
                 f"(first run, about {'1 min' if cuda else '20 s'}; cached afterwards)")
     _register_fakes("lzo")
-    _register_conv_fakes()
     return ext
 
 
@@ -253,47 +253,34 @@ def _register_fakes(ns: str) -> None:
     def _dense_backward(grad, gate, count_grad, x_ptr, x_col, x_val, weight, beta, steps, input_grad, current_mode):
         return weight.new_empty(weight.shape), weight.new_empty((grad.shape[0], weight.shape[0]) if input_grad else (0,))
 
-
-def _conv_out(shape: list[int]) -> tuple[int, int]:
-    """``(units_in, units_out)`` of ``shape = [C_in, H, W, C_out, K, stride, padding]``."""
-    c_in, h, w, c_out, k, stride, pad = shape
-    return c_in * h * w, c_out * ((h + 2 * pad - k) // stride + 1) * ((w + 2 * pad - k) // stride + 1)
-
-
-def _register_conv_fakes() -> None:
-    """Fake kernels of :data:`CONV_OPS` (CPU lists: exactly ``nnz`` long, a dynamic size)."""
-    if "lzo:conv" in _REGISTERED:
+    if ns != "lzo":  # the conv ops (CONV_OPS) have CPU kernels only, so no simulated CUDA copy
         return
-    _REGISTERED.add("lzo:conv")
 
-    def dyn() -> int:
-        return torch.library.get_ctx().new_dynamic_size()
-
-    @torch.library.register_fake("lzo::conv_lif_forward")
+    @torch.library.register_fake(f"{ns}::conv_lif_forward")
     def _conv_forward(x_ptr, x_col, x_val, weight, shape, table, steps, beta, theta, method, *rest):
         torch._check(weight.dim() == 2, lambda: "weight must have shape [C_out, C_in*K*K]")
-        rows, n = x_ptr.shape[0] - 1, _conv_out(shape)[1]
+        rows, n = x_ptr.shape[0] - 1, ConvShape(*shape).units_out
         sparse = method >= Method.SPARSEGRAD.index
         active = dyn() if sparse else 0
         return (x_ptr.new_empty((rows + 1,)), x_ptr.new_empty((dyn(),)), weight.new_empty((rows // steps, n)),
                 x_ptr.new_empty((rows + 1 if sparse else 1,)), weight.new_empty((active,), dtype=torch.int32),
                 weight.new_empty((active,)), weight.new_empty((rows, n) if method == Method.SURROGATE.index else (0,)))
 
-    @torch.library.register_fake("lzo::pool_events")
+    @torch.library.register_fake(f"{ns}::pool_events")
     def _pool_events(ptr, col, val, frame, pool):
         nnz = dyn()
         return ptr.new_empty(ptr.shape), col.new_empty((nnz,)), col.new_empty((nnz,), dtype=torch.float32)
 
-    @torch.library.register_fake("lzo::conv_sparse_backward")
+    @torch.library.register_fake(f"{ns}::conv_sparse_backward")
     def _conv_sparse_backward(grad_active, active_ptr, active_col, active_gate, count_grad, x_ptr, x_col, x_val,
                               weight, shape, beta, steps, prev_ptr, prev_col):
         return weight.new_empty(weight.shape), weight.new_empty((prev_col.shape[0] if prev_ptr.numel() > 0 else 0,))
 
-    @torch.library.register_fake("lzo::conv_dense_backward")
+    @torch.library.register_fake(f"{ns}::conv_dense_backward")
     def _conv_dense_backward(grad, gate, count_grad, x_ptr, x_col, x_val, weight, shape, beta, steps, input_grad,
                              current_mode):
-        return weight.new_empty(weight.shape), weight.new_empty((grad.shape[0], _conv_out(shape)[0]) if input_grad
-                                                                 else (0,))
+        dx = (grad.shape[0], ConvShape(*shape).units_in) if input_grad else (0,)
+        return weight.new_empty(weight.shape), weight.new_empty(dx)
 
 
 def _kinds(spec: GateSpec) -> tuple[int, int, float]:

@@ -73,6 +73,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lzo_bench.memory import saved_bytes
 from lzo_bench.stats import median_iqr
 from lzo_bench.timing import PhaseClock
 from lzo_bench.workloads import CONV_WORKLOAD, WORKLOADS, Workload
@@ -331,24 +332,20 @@ def norse_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple[nn.Modu
 def _conv_parts(shape: Workload, weights: list[torch.Tensor]):
     """``(conv shapes, readout weight as nn.Linear over the NCHW flatten, a frames converter)`` of a conv
     workload: our units are channels-last, a peer flattens ``[C, H, W]``, so the readout's rows are permuted."""
-    from lzo_bench.conv import channels_last
+    from lzo_bench.conv import frames, nchw_order
 
     convs = shape.network().conv_shapes()
-    c, h, w = convs[-1].next_shape
-    wo = weights[-1]
-    order = torch.arange(c * h * w).view(h, w, c).permute(2, 0, 1).reshape(-1)  # NCHW position -> our unit
-    readout = _linear(wo[order])
-    frames: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    readout = _linear(weights[-1][nchw_order(*convs[-1].next_shape)])
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def as_frames(x: torch.Tensor) -> torch.Tensor:
         """``[T, B, H·W·C]`` → contiguous ``[T, B, C, H, W]``, made once per batch (as our events are)."""
-        if id(x) not in frames:
-            frames.clear()
-            f = x.view(*x.shape[:2], convs[0].height, convs[0].width, convs[0].c_in).permute(0, 1, 4, 2, 3)
-            frames[id(x)] = (x, f.contiguous())
-        return frames[id(x)][1]
+        if id(x) not in made:
+            made.clear()
+            made[id(x)] = (x, frames(x, convs[0].c_in, convs[0].height, convs[0].width).contiguous())
+        return made[id(x)][1]
 
-    return convs, readout, as_frames, channels_last
+    return convs, readout, as_frames
 
 
 def _conv2d(conv, w: torch.Tensor, cls: type[nn.Conv2d] = nn.Conv2d, **kw) -> nn.Conv2d:
@@ -362,7 +359,9 @@ def snntorch_conv_factory(shape: Workload, weights: list[torch.Tensor]) -> tuple
     snn, _ = _import("snntorch", "snntorch")
     from snntorch import surrogate
 
-    convs, readout, as_frames, channels_last = _conv_parts(shape, weights)
+    from lzo_bench.conv import channels_last
+
+    convs, readout, as_frames = _conv_parts(shape, weights)
 
     class Net(nn.Module):
         # the tutorials' convolutional form: per step Conv2d, Leaky, sum pooling (AvgPool2d without the division)
@@ -407,7 +406,9 @@ def spikingjelly_conv_factory(shape: Workload, weights: list[torch.Tensor]) -> t
     _import("spikingjelly", "spikingjelly")
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-    convs, readout, as_frames, channels_last = _conv_parts(shape, weights)
+    from lzo_bench.conv import channels_last
+
+    convs, readout, as_frames = _conv_parts(shape, weights)
     node = dict(tau=1.0 / (1.0 - shape.beta), decay_input=False, v_threshold=shape.theta, v_reset=None,
                 surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")
     stages = [(_conv2d(c, w, layer.Conv2d, step_mode="m"), neuron.LIFNode(**node),
@@ -497,32 +498,6 @@ def build_contender(name: str, shape: Workload, weights: list[torch.Tensor], bac
     return Contender(name, library, version, detail, module, fl, opt, input=taken)
 
 
-class SavedForBackward:
-    """Bytes of the distinct storages autograd saves for the backward inside the ``with`` block
-    (``torch.autograd.graph.saved_tensors_hooks``: custom Functions' ``save_for_backward`` included);
-    a tensor saved twice, or a view of one saved, counts once."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        self.storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    def __enter__(self) -> "SavedForBackward":
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-    @property
-    def mb(self) -> float:
-        return sum(self.storages.values()) / 2**20
-
-
 CPU_CLOCK = PhaseClock(torch.device("cpu"))  # the peers run on the CPU: perf_counter phase edges
 
 
@@ -535,9 +510,8 @@ def timed_update(c: Contender, x: torch.Tensor, y: torch.Tensor, record: bool) -
     c0 = time.process_time()
     t0 = clock.mark()
     if measure:
-        with SavedForBackward() as saved:
-            loss, spikes = c.forward_loss(x, y, c.updates)
-        c.saved_mb = saved.mb
+        (loss, spikes), saved = saved_bytes(lambda: c.forward_loss(x, y, c.updates))
+        c.saved_mb = saved / 2**20
     else:
         loss, spikes = c.forward_loss(x, y, c.updates)
     t1 = clock.mark()

@@ -35,6 +35,7 @@ from lzo_bench.energy import (
 )
 from lzo_bench.fsio import atomic_write_json, atomic_write_text
 from lzo_bench.gates import GateSpec
+from lzo_bench.memory import saved_bytes
 from lzo_bench.event_network import as_events
 from lzo_bench.events import SpikeEvents
 from lzo_bench.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
@@ -78,20 +79,6 @@ def once_per_batch(batches: list[tuple[torch.Tensor, torch.Tensor]],
         if id(x) not in done:
             done[id(x)] = convert(x)
     return [done[id(x)] for x, _ in batches]
-
-
-def saved_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``fn`` and count the bytes of the distinct storages saved for backward."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
 
 
 @dataclass
