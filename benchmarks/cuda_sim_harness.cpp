@@ -6,7 +6,8 @@
 // Cases: a two-layer forward and backward chain (event forward with the fused gate and ranking,
 // compaction, readout forward/backward, active errors, sparse dW with atomics and in the
 // deterministic mode, sparse dx, dense reverse scan, scatter to rows, dense-to-events) for every rule
-// at T = 80, layers 40 and 300 wide, graded input with duplicate columns, empty lists, and grids of 65535 blocks and of 1 block. Exit 0 when every case ran; a sanitizer report exits non-zero.
+// at T = 80, layers 40 and 300 wide, graded input with duplicate columns, empty lists; a conv layer's forward,
+// pooling and sparse backward (conv_case); grids of 65535 blocks and of 1 block. Exit 0 when every case ran; a sanitizer report exits non-zero.
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -72,17 +73,16 @@ struct Layer {
   std::vector<float> counts, dense_gate;
 };
 
-Layer forward(const List& x, const std::vector<float>& W, int64_t T, int64_t B, int64_t Nin, int64_t N,
-              const GateParams& g) {
+template <typename Current>
+Layer forward(const List& x, const Current& current, int64_t T, int64_t B, int64_t N, const GateParams& g) {
   const int64_t rows = T * B;
   const bool sparse = g.method >= SPARSEGRAD;
   std::vector<float> u(B * N, 0.0f), s(B * N, 0.0f), counts(B * N, 0.0f);
   std::vector<int32_t> spk_slot(rows * N), act_slot(sparse ? rows * N : 1);
   std::vector<float> act_val(sparse ? rows * N : 1), dense_gate(g.method == SURROGATE ? rows * N : 1);
   std::vector<Ptr> spk_cnt(rows), act_cnt(rows, 0);
-  lzo_sim::launch(&events_forward_kernel, dim3(grid(B, 1)), dim3(kThreads))(
-      x.ptr.data(), x.col.data(), x.val.empty() ? nullptr : x.val.data(), W.data(), nullptr, g, T, B, Nin, N, 0.9f,
-      1.0f, u.data(), s.data(), counts.data(), spk_slot.data(), spk_cnt.data(), sparse ? act_slot.data() : nullptr,
+  lzo_sim::launch(&events_forward_kernel<Current>, dim3(grid(B, 1)), dim3(kThreads))(
+      x.ptr.data(), x.col.data(), x.val.empty() ? nullptr : x.val.data(), current, nullptr, g, T, B, N, 0.9f, 1.0f, u.data(), s.data(), counts.data(), spk_slot.data(), spk_cnt.data(), sparse ? act_slot.data() : nullptr,
       sparse ? act_val.data() : nullptr, sparse ? act_cnt.data() : nullptr,
       g.method == SURROGATE ? dense_gate.data() : nullptr);
   Layer out;
@@ -163,9 +163,9 @@ int64_t network_case(int method, int64_t T, int64_t B, int64_t Nin, int64_t N1, 
   validate(x, rows, Nin);
   GateParams g = params(method, method == LOCALZO ? 2 : 1);
   g.layer = 0;
-  const Layer l1 = forward(x, W1, T, B, Nin, N1, g);
+  const Layer l1 = forward(x, DenseCurrent{W1.data(), Nin, N1}, T, B, N1, g);
   g.layer = 1;
-  const Layer l2 = forward(l1.spikes, W2, T, B, N1, N2, g);
+  const Layer l2 = forward(l1.spikes, DenseCurrent{W2.data(), N1, N2}, T, B, N2, g);
   std::vector<float> o(T * B * C), go(T * B * C, 0.1f), d_a(rows * C), dw_out(B * N2 * C, 0.0f);
   lzo_sim::launch(&readout_forward_kernel, dim3(grid(B * C)), dim3(kThreads))(
       l2.spikes.ptr.data(), l2.spikes.col.data(), Wo.data(), o.data(), T, B, N2, C, 0.85f, 0.15f);
@@ -188,6 +188,84 @@ int64_t network_case(int method, int64_t T, int64_t B, int64_t Nin, int64_t N1, 
   std::vector<float> g1(std::max<size_t>(1, l1.active.col.size()), 0.02f);
   sparse_backward(l1.active, g1, x, W1, T, B, Nin, N1, deterministic, nullptr);
   return static_cast<int64_t>(l1.active.col.size() + l2.active.col.size());
+}
+
+// Dense rows -> a list, as to_events and pool_events do (count, pointers, fill); rows r of width `width`.
+List events_from_rows(const std::vector<float>& dense, int64_t rows, int64_t width) {
+  std::vector<Ptr> cnt(rows, 0);
+  lzo_sim::launch(&count_nonzero_rows_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(dense.data(), cnt.data(), 1,
+                                                                                          rows, width);
+  List out;
+  out.ptr = pointers(cnt);
+  out.col.resize(out.ptr[rows]);
+  out.val.resize(out.ptr[rows]);
+  if (out.ptr[rows] > 0)
+    lzo_sim::launch(&fill_events_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+        dense.data(), out.ptr.data(), out.col.data(), out.val.data(), 1, rows, width);
+  return out;
+}
+
+// One conv layer's step as snn_cuda.cu runs it: the forward with the gathered conv current (a bias unit in the
+// input), sum pooling of its spikes, and for the sparse rules the backward: active errors, the input traces'
+// scan, dW into parts of `rows_per` rows each, the input gradient's scatter (warp barriers between entries), its
+// reverse scan and the gather at a previous layer's entries.
+int64_t conv_case(int method, int64_t T, int64_t B, ConvGeom cg, int64_t rows_per, double density, bool graded,
+                  std::mt19937& rng) {
+  cg.ho = (cg.h + 2 * cg.pad - cg.k) / cg.stride + 1;
+  cg.wo = (cg.w + 2 * cg.pad - cg.k) / cg.stride + 1;
+  const int64_t rows = T * B, units = cg.units_in(), nin = units + (cg.bias ? 1 : 0), N = cg.units_out();
+  std::uniform_real_distribution<float> w(-0.6f, 0.6f);
+  std::vector<float> wf(cg.taps() * cg.cout), W(cg.cout * cg.weight_cols()), bias(cg.cout);
+  for (auto& v : W) v = w(rng);
+  for (int64_t o = 0; o < cg.cout; ++o) {
+    for (int64_t tap = 0; tap < cg.taps(); ++tap) wf[tap * cg.cout + o] = W[o * cg.weight_cols() + tap];
+    if (cg.bias) bias[o] = W[o * cg.weight_cols() + cg.taps()];
+  }
+  List x = random_input(rows, units, density, graded, false, rng);
+  if (cg.bias) {  // the bias unit fires at every row
+    List xb;
+    xb.ptr.push_back(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (Ptr q = x.ptr[r]; q < x.ptr[r + 1]; ++q) {
+        xb.col.push_back(x.col[q]);
+        if (graded) xb.val.push_back(x.val[q]);
+      }
+      xb.col.push_back(static_cast<int32_t>(units));
+      if (graded) xb.val.push_back(1.0f);
+      xb.ptr.push_back(static_cast<Ptr>(xb.col.size()));
+    }
+    x = xb;
+  }
+  validate(x, rows, nin);
+  const GateParams g = params(method, method == LOCALZO ? 2 : 1);
+  const Layer l = forward(x, ConvCurrent{cg, wf.data(), cg.bias ? bias.data() : nullptr}, T, B, N, g);
+  std::vector<float> pooled(rows * (cg.ho / 2) * (cg.wo / 2) * cg.cout, 0.0f);
+  if (cg.ho >= 2 && cg.wo >= 2)
+    lzo_sim::launch(&pool_rows_kernel, dim3(grid(rows)), dim3(kThreads))(
+        l.spikes.ptr.data(), l.spikes.col.data(), nullptr, pooled.data(), rows, cg.cout, cg.ho, cg.wo, int64_t(2));
+  events_from_rows(pooled, rows, (cg.ho / 2) * (cg.wo / 2) * cg.cout);
+  if (method == SURROGATE || l.active.col.empty()) return static_cast<int64_t>(l.spikes.col.size());
+  std::vector<float> grad(l.active.col.size(), 0.05f), e(l.active.col.size()), cgrad(B * N, 0.01f);
+  lzo_sim::launch(&active_error_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+      l.active.ptr.data(), l.active.col.data(), grad.data(), l.active.val.data(), cgrad.data(), e.data(), rows, T, N);
+  std::vector<float> xbar(rows * nin, 0.0f);
+  lzo_sim::launch(&scatter_rows_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+      x.ptr.data(), x.col.data(), x.val.empty() ? nullptr : x.val.data(), xbar.data(), rows, nin);
+  lzo_sim::launch(&scan_rows_kernel, dim3(grid(B * nin)), dim3(kThreads))(xbar.data(), T, B, nin, 0.9f, false);
+  const int64_t parts = (rows + rows_per - 1) / rows_per;
+  std::vector<float> dw(parts * cg.cout * cg.weight_cols(), 0.0f);
+  lzo_sim::launch(&conv_dw_kernel, dim3(grid(parts * kWarp)), dim3(kThreads))(
+      l.active.ptr.data(), l.active.col.data(), e.data(), xbar.data(), dw.data(), cg, rows, rows_per, parts);
+  std::vector<float> dy(rows * units, 0.0f);
+  lzo_sim::launch(&conv_dx_scatter_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+      l.active.ptr.data(), l.active.col.data(), e.data(), W.data(), dy.data(), cg, rows);
+  lzo_sim::launch(&scan_rows_kernel, dim3(grid(B * units)), dim3(kThreads))(dy.data(), T, B, units, 0.9f, true);
+  const List prev = random_input(rows, units, 0.1, false, false, rng);  // a previous layer's active entries
+  std::vector<float> g_prev(std::max<size_t>(1, prev.col.size()));
+  if (!prev.col.empty())
+    lzo_sim::launch(&gather_rows_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+        prev.ptr.data(), prev.col.data(), dy.data(), g_prev.data(), rows, units);
+  return static_cast<int64_t>(l.active.col.size());
 }
 
 void to_events_case(int64_t T, int64_t B, int64_t N, std::mt19937& rng) {
@@ -221,6 +299,14 @@ int main() {
                   static_cast<long long>(blocks), method == SURROGATE ? "surrogate" : method == SPARSEGRAD ? "sparsegrad" : "localzo",
                   static_cast<long long>(a), static_cast<long long>(b));
       cases += 4;
+      // conv: 2x9x9 -> 5 channels 3x3 pad 1 with a bias (405 outputs: 7 chunks of 64), 3 rows per dW part; then
+      // 3x7x8 -> 4 channels 5x5 stride 2 (kernel 5, 12 outputs), graded input, 1 row per part
+      const int64_t c1 = conv_case(method, 72, 2, ConvGeom{2, 9, 9, 5, 3, 1, 1, 0, 0, true}, 3, 0.2, false, rng);
+      const int64_t c2 = conv_case(method, 20, 3, ConvGeom{3, 7, 8, 4, 5, 2, 0, 0, 0, false}, 1, 0.3, true, rng);
+      std::printf("grid %5lld  %-10s conv 9x9 pad 1 bias: %lld entries, conv 5x5 stride 2 graded: %lld entries\n",
+                  static_cast<long long>(blocks), method == SURROGATE ? "surrogate" : method == SPARSEGRAD ? "sparsegrad" : "localzo",
+                  static_cast<long long>(c1), static_cast<long long>(c2));
+      cases += 2;
     }
     to_events_case(13, 5, 70, rng);
     ++cases;

@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/cuda_sim_sanitize.sh            # the kernels as shipped
 #   bash benchmarks/cuda_sim_sanitize.sh --prove    # also shows that it catches a removed __syncthreads
-#                                                   # (TSan) and an out-of-bounds write (ASan)
+#                                                   # and a removed __syncwarp (TSan) and an
+#                                                   # out-of-bounds write (ASan)
 #
 # What it cannot catch (kernels/cuda_sim.h): races between blocks (blocks run one at a time), the GPU
 # memory model, nvcc's code generation, speed; compute-sanitizer in benchmarks/gpu_check.sh covers those.
@@ -45,7 +46,7 @@ build_run asan-ubsan kernels -fsanitize=address,undefined -fno-sanitize-recover=
 
 if [ "${1:-}" = "--prove" ]; then
   # mutation 1: block_rank2's second barrier (after thread 0 turned the per-warp counts into offsets)
-  mkdir -p "$work/no-barrier" "$work/oob"
+  mkdir -p "$work/no-barrier" "$work/no-syncwarp" "$work/oob"
   python3 - "$work" <<'PY'
 import sys
 from pathlib import Path
@@ -57,6 +58,9 @@ first = body.index("__syncthreads();")
 second = body.index("__syncthreads();", first + 1)
 body = body[:second] + "/* mutation: barrier removed */" + body[second + len("__syncthreads();"):]
 (work / "no-barrier" / "snn_cuda_kernels.cuh").write_text(head + "__device__ int4 block_rank2" + body + "\n}\n" + tail)
+sync = "      __syncwarp();\n"  # mutation 2: conv_dx_scatter_kernel's barrier between two entries of a row
+assert src.count(sync) == 1
+(work / "no-syncwarp" / "snn_cuda_kernels.cuh").write_text(src.replace(sync, "      /* mutation: removed */\n"))
 old = "for (int64_t q = lane; q < n; q += kWarp) out[ptr[r] + q] = slot[r * width + q];"
 assert old in src
 (work / "oob" / "snn_cuda_kernels.cuh").write_text(src.replace(old, old.replace("q < n;", "q <= n;")))
@@ -65,10 +69,14 @@ PY
   if build_run tsan-no-barrier "$work/no-barrier" -fsanitize=thread; then
     echo "cuda_sim_sanitize: the removed barrier was NOT caught" >&2; status=1
   fi
+  echo "--- proof: conv_dx_scatter_kernel without its __syncwarp, under ThreadSanitizer (must report)"
+  if build_run tsan-no-syncwarp "$work/no-syncwarp" -fsanitize=thread; then
+    echo "cuda_sim_sanitize: the removed __syncwarp was NOT caught" >&2; status=1
+  fi
   echo "--- proof: compact_kernel writing one entry past each row (q <= n), under AddressSanitizer (must report)"
   if build_run asan-oob "$work/oob" -fsanitize=address,undefined; then
     echo "cuda_sim_sanitize: the out-of-bounds write was NOT caught" >&2; status=1
   fi
-  [ $status -eq 0 ] && echo "cuda_sim_sanitize: both mutations caught"
+  [ $status -eq 0 ] && echo "cuda_sim_sanitize: all three mutations caught"
 fi
 exit $status

@@ -10,8 +10,9 @@
 # Stages, most important first (a run cut short keeps what matters most; the build failing stops it):
 # machine facts; `lzo-bench doctor` (builds the CUDA ops, runs their self-check); the build on its own
 # (cached; its failure stops the run); NVML probe;
-# CUDA op tests and gpu-marked tests; CUDA vs reference at T = 300, twice (determinism); profile
-# --energy on nmnist; layer benchmark at N-MNIST layer 2 with a per-kernel torch.profiler table;
+# CUDA op tests and gpu-marked tests (the conv kernels' included); CUDA vs reference at T = 300, twice
+# (determinism); profile --energy on nmnist; profile of the nmnist conv network (issue 22); layer
+# benchmark at N-MNIST layer 2 with a per-kernel torch.profiler table;
 # compute-sanitizer racecheck and memcheck on a T = 70 step; train --energy overhead (in-process);
 # onnxruntime providers and parity; layer benchmarks N-MNIST layer 1, SHD layers 2 and 1; profile
 # --energy on shd.
@@ -79,6 +80,14 @@ for row in r['rows']:
     print(row['method'], row['backend'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2),
           row['j_per_update'], row['j_per_update_std'], row['energy_ratio_vs_surrogate'])
 print('energy:', r['energy'])"
+stage profile-nmnist-conv 150 $py -c "
+from pathlib import Path
+from lzo_bench.profile import ProfileConfig, run_profile, write_report
+r = run_profile(ProfileConfig(workload='nmnist', arch='conv', updates=10, warmup=2,
+                              methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda'))
+write_report(r, Path('$rest/profile-nmnist-conv'))
+for row in r['rows']:
+    print(row['method'], row['backend'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2))"
 stage layer-nmnist-l2 90 $py benchmarks/layer_speed.py --device cuda --repeats 20 --warmup 3 --n-in 200 --rate 0.01 \
   --json "$rest/layer-nmnist-l2.json" --profile-kernels
 if command -v compute-sanitizer > /dev/null; then

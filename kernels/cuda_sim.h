@@ -8,6 +8,7 @@
 //              naming it, as does a barrier nobody completes within kDeadlockSeconds
 //   __ballot_sync   the 32 lanes of a warp exchange their votes through a warp barrier (all lanes
 //              must take part: the kernels pass the full mask)
+//   __syncwarp a barrier of the warp's 32 lanes (full mask)
 //   __shared__ static storage of the kernel function: one copy, used by the one block running
 //   atomicAdd  compare-and-swap on the float's bits (relaxed), fetch-add on ints
 //   CUDA_KERNEL_ASSERT   a failed one prints the condition and ends the process, as a device assert
@@ -80,7 +81,7 @@ class Barrier {
   uint64_t gen_ = 0;
 };
 
-enum BarrierKind : int { SYNCTHREADS = 1, BLOCK_END = 2, WARP_VOTE = 3 };
+enum BarrierKind : int { SYNCTHREADS = 1, BLOCK_END = 2, WARP_VOTE = 3, WARP_SYNC = 4 };
 
 struct Warp {
   Barrier barrier{32};
@@ -166,6 +167,14 @@ inline unsigned __ballot_sync(unsigned mask, bool vote) {
   for (unsigned lane = 0; lane < 32; ++lane) out |= static_cast<unsigned>(warp.votes[lane]) << lane;
   warp.barrier.wait(::lzo_sim::WARP_VOTE, "__ballot_sync: lanes of one warp at different votes");
   return out;
+}
+
+// A barrier of the warp's 32 lanes (all must take part: the kernels pass the full mask); like the GPU's, it
+// orders the lanes' memory accesses before it against those after it.
+inline void __syncwarp(unsigned mask = 0xFFFFFFFFu) {
+  if (mask != 0xFFFFFFFFu) ::lzo_sim::fail("__syncwarp: only the full mask is simulated", __FILE__, __LINE__);
+  ::lzo_sim::block->warps[threadIdx.x / 32].barrier.wait(::lzo_sim::WARP_SYNC,
+                                                          "__syncwarp: lanes of one warp at different warp barriers");
 }
 
 inline int __popc(unsigned x) { return __builtin_popcount(x); }

@@ -120,7 +120,7 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)"); \
   do {} while (0)
 
-// The convolutional layers' ops (issue 22), CPU kernels in snn_cpu.cpp: shape = [C_in, H, W, C_out, K, stride,
+// The convolutional layers' ops (issue 22), CPU kernels in snn_cpu.cpp, CUDA kernels in snn_cuda.cu: shape = [C_in, H, W, C_out, K, stride,
 // padding], weight [C_out, C_in*K*K (+1: a bias)], units channels-last (see snn_cpu.cpp).
 #define LZO_CONV_OP_SCHEMAS(m) \
   m.def( \
@@ -139,6 +139,76 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "-> (Tensor grad_weight, Tensor grad_x)"); \
   m.def("pool_events(Tensor ptr, Tensor col, Tensor val, int[] frame, int pool) -> (Tensor ptr, Tensor col, Tensor val)"); \
   do {} while (0)
+
+// ---- Convolutional layers (ConvGeom, lzo_math.h): the checks and the dense (oneDNN / cuDNN) paths both backends
+// share.
+inline ConvGeom conv_geom(c10::IntArrayRef shape, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(shape.size() == 7, op, ": shape must be [C_in, H, W, C_out, K, stride, padding], got ", shape.size(),
+              " values");
+  ConvGeom g{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], 0, 0, false};
+  TORCH_CHECK(g.cin >= 1 && g.h >= 1 && g.w >= 1 && g.cout >= 1 && g.k >= 1 && g.stride >= 1 && g.pad >= 0, op,
+              ": shape [C_in, H, W, C_out, K, stride, padding] must be >= 1 (padding >= 0), got ", shape);
+  TORCH_CHECK(g.h + 2 * g.pad >= g.k && g.w + 2 * g.pad >= g.k, op, ": kernel ", g.k, " is larger than the padded input ",
+              g.h + 2 * g.pad, "x", g.w + 2 * g.pad);
+  g.ho = (g.h + 2 * g.pad - g.k) / g.stride + 1;
+  g.wo = (g.w + 2 * g.pad - g.k) / g.stride + 1;
+  check_float(weight, op, "weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == g.cout &&
+                  (weight.size(1) == g.taps() || weight.size(1) == g.taps() + 1),
+              op, ": weight must be [C_out, C_in*K*K] = [", g.cout, ", ", g.taps(), "] (one more column: a bias), got ",
+              weight.sizes());
+  g.bias = weight.size(1) == g.taps() + 1;
+  TORCH_CHECK(g.units_in() < INT32_MAX && g.units_out() < INT32_MAX, op, ": layer too large");
+  return g;
+}
+
+// pool_events: frame = [C, H, W] of the events' units, pool x pool windows with stride pool.
+inline void check_pool_args(c10::IntArrayRef frame, int64_t pool, const char* op) {
+  TORCH_CHECK(frame.size() == 3 && frame[0] >= 1 && frame[1] >= 1 && frame[2] >= 1, op,
+              ": frame must be [C, H, W] >= 1, got ", frame);
+  TORCH_CHECK(pool >= 1 && pool <= frame[1] && pool <= frame[2], op, ": pool must lie in [1, min(H, W)], got ", pool);
+}
+
+// Dense rows [B*T, units] (channels-last) as an NCHW view (channels-last memory), without the bias unit.
+inline at::Tensor conv_nchw_input(const at::Tensor& dense, const ConvGeom& g) {
+  return dense.narrow(1, 0, g.units_in()).view({dense.size(0), g.h, g.w, g.cin}).permute({0, 3, 1, 2});
+}
+
+inline at::Tensor conv_weight4(const at::Tensor& weight, const ConvGeom& g) {
+  return weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k}).contiguous();
+}
+
+// The current of every row by one convolution: input rows [B*T, units_in (+1)] -> [B*T, units_out].
+inline at::Tensor conv_current_rows(const at::Tensor& xrows, const at::Tensor& weight, const ConvGeom& g) {
+  const std::optional<at::Tensor> bias = g.bias ? std::optional<at::Tensor>(weight.select(1, g.taps()).contiguous())
+                                                : std::nullopt;
+  const at::Tensor out = at::conv2d(conv_nchw_input(xrows, g), conv_weight4(weight, g), bias, {g.stride, g.stride},
+                                    {g.pad, g.pad});
+  return out.permute({0, 2, 3, 1}).contiguous().view({xrows.size(0), g.units_out()});
+}
+
+// ghat [B*T, units_out] (dL/du) as NCHW (channels-last memory).
+inline at::Tensor conv_nchw_output(const at::Tensor& ghat, const ConvGeom& g) {
+  return ghat.view({ghat.size(0), g.ho, g.wo, g.cout}).permute({0, 3, 1, 2});
+}
+
+// The dense rule's dW by the convolution's weight backward: ghat [B*T, units_out], input rows -> weight's layout.
+inline at::Tensor conv_gemm_dw(const at::Tensor& ghat, const at::Tensor& xrows, const at::Tensor& weight,
+                               const ConvGeom& g) {
+  const auto grads = at::convolution_backward(conv_nchw_output(ghat, g), conv_nchw_input(xrows, g),
+                                              conv_weight4(weight, g), std::nullopt, {g.stride, g.stride},
+                                              {g.pad, g.pad}, {1, 1}, false, {0, 0}, 1, {false, true, false});
+  const at::Tensor dw = std::get<1>(grads).reshape({g.cout, g.taps()});
+  return g.bias ? at::cat({dw, ghat.view({-1, g.cout}).sum(0).view({g.cout, 1})}, 1) : dw;
+}
+
+// The dense rule's dx by a transposed convolution: ghat [B*T, units_out] -> [B*T, units_in] (no bias unit).
+inline at::Tensor conv_input_grad(const at::Tensor& ghat, const at::Tensor& weight, const ConvGeom& g) {
+  const int64_t oph = (g.h + 2 * g.pad - g.k) % g.stride, opw = (g.w + 2 * g.pad - g.k) % g.stride;
+  return at::conv_transpose2d(conv_nchw_output(ghat, g), conv_weight4(weight, g), std::nullopt, {g.stride, g.stride},
+                              {g.pad, g.pad}, {oph, opw})
+      .permute({0, 2, 3, 1}).contiguous().view({ghat.size(0), g.units_in()});
+}
 
 inline GateParams make_params(int64_t method, int64_t sample_kind, int64_t surrogate_kind,
                               double delta, double bth, double k, double band, double term_scale,

@@ -189,6 +189,20 @@ LZO_HD float gate(const GateParams& g, float v, int t, int b, int j) {
   return acc * g.term_scale;
 }
 
+// ---- A convolutional layer's geometry (issue 22), shared by the CPU loops and the CUDA kernels. Units are
+// channels-last: input unit i = (y*W + x)*C_in + c (a bias is one more unit, C_in*H*W, firing at every row),
+// output unit j = (oy*W_out + ox)*C_out + o; tap (c, ky, kx) = (c*K + ky)*K + kx of output (oy, ox) reads input
+// (oy*stride + ky - pad, ox*stride + kx - pad). weight [C_out, C_in*K*K (+1)] is torch's [C_out, C_in, K, K]
+// flattened, with the bias as a last column.
+struct ConvGeom {
+  int64_t cin, h, w, cout, k, stride, pad, ho, wo;
+  bool bias;
+  LZO_HD int64_t units_in() const { return cin * h * w; }
+  LZO_HD int64_t taps() const { return cin * k * k; }
+  LZO_HD int64_t units_out() const { return ho * wo * cout; }
+  LZO_HD int64_t weight_cols() const { return taps() + (bias ? 1 : 0); }
+};
+
 // ---- LIF step with subtractive reset: u = beta u + I - theta s_prev; returns v = u - theta.
 LZO_HD float lif_step(float* u, float current, float s_prev, float beta, float theta) {
   *u = beta * *u + current - theta * s_prev;

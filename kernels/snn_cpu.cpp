@@ -1135,41 +1135,11 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cpu(const Tensor& grad, const Tens
 
 // ---- Convolutional layers (issue 22): the same forward and backward bodies with conv connectivity ----
 //
-// Units are channels-last: input unit i = (y*W + x)*C_in + c (a bias is one more unit, C_in*H*W, firing at
-// every row), output unit j = (oy*W_out + ox)*C_out + o; tap (ky, kx) of output (oy, ox) reads input
-// (oy*stride + ky - pad, ox*stride + kx - pad). weight [C_out, C_in*K*K (+1)] is torch's [C_out, C_in, K, K]
-// flattened, with the bias as a last column. So
+// See ConvGeom (lzo_math.h) for the units and the weight's layout:
 //   I[t, b, (oy, ox, o)] = sum over taps of x[t, b, (y, x, c)] W[o, c, ky, kx]     (+ b[o])
 //   dW[o, c, ky, kx] = sum over active (t, b, (oy, ox, o)) of e * xbar[t, b, (y, x, c)]
 //   dL/ds_prev[t, b, (y, x, c)] = sum over entries t' >= t, taps of beta^(t'-t) e W[o, c, ky, kx]
 // at a cost of C_in*K*K per active entry (C_out*K*K per input event in the forward).
-struct ConvGeom {
-  int64_t cin, h, w, cout, k, stride, pad, ho, wo;
-  bool bias;
-  int64_t units_in() const { return cin * h * w; }
-  int64_t taps() const { return cin * k * k; }
-};
-
-ConvGeom conv_geom(c10::IntArrayRef shape, const Tensor& weight, const char* op) {
-  TORCH_CHECK(shape.size() == 7, op, ": shape must be [C_in, H, W, C_out, K, stride, padding], got ", shape.size(),
-              " values");
-  ConvGeom g{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], 0, 0, false};
-  TORCH_CHECK(g.cin >= 1 && g.h >= 1 && g.w >= 1 && g.cout >= 1 && g.k >= 1 && g.stride >= 1 && g.pad >= 0, op,
-              ": shape [C_in, H, W, C_out, K, stride, padding] must be >= 1 (padding >= 0), got ", shape);
-  TORCH_CHECK(g.h + 2 * g.pad >= g.k && g.w + 2 * g.pad >= g.k, op, ": kernel ", g.k, " is larger than the padded input ",
-              g.h + 2 * g.pad, "x", g.w + 2 * g.pad);
-  g.ho = (g.h + 2 * g.pad - g.k) / g.stride + 1;
-  g.wo = (g.w + 2 * g.pad - g.k) / g.stride + 1;
-  check_float(weight, op, "weight");
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == g.cout &&
-                  (weight.size(1) == g.taps() || weight.size(1) == g.taps() + 1),
-              op, ": weight must be [C_out, C_in*K*K] = [", g.cout, ", ", g.taps(), "] (one more column: a bias), got ",
-              weight.sizes());
-  g.bias = weight.size(1) == g.taps() + 1;
-  TORCH_CHECK(g.units_in() < INT32_MAX && g.ho * g.wo * g.cout < INT32_MAX, op, ": layer too large");
-  return g;
-}
-
 struct ConvMap {
   ConvGeom g;
   int64_t nin, n;
@@ -1177,7 +1147,7 @@ struct ConvMap {
   const float *wf, *wb, *bias;
 
   ConvMap(const ConvGeom& geom, const Tensor& weight)
-      : g(geom), nin(geom.units_in() + (geom.bias ? 1 : 0)), n(geom.ho * geom.wo * geom.cout) {
+      : g(geom), nin(geom.units_in() + (geom.bias ? 1 : 0)), n(geom.units_out()) {
     const Tensor w4 = weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k});
     wf_ = w4.permute({1, 2, 3, 0}).contiguous();
     wb_ = w4.permute({0, 2, 3, 1}).contiguous();
@@ -1279,14 +1249,6 @@ struct ConvMap {
     Tensor dw = acc.narrow(0, 0, g.taps() * g.cout).view({g.taps(), g.cout}).t();
     return g.bias ? at::cat({dw, acc.narrow(0, g.taps() * g.cout, g.cout).view({g.cout, 1})}, 1) : dw.contiguous();
   }
-
-  // Dense rows [B*T, units] (channels-last) as an NCHW view (channels-last memory), without the bias unit.
-  Tensor nchw_input(const Tensor& dense) const {
-    return dense.narrow(1, 0, g.units_in()).view({dense.size(0), g.h, g.w, g.cin}).permute({0, 3, 1, 2});
-  }
-  Tensor weight4(const Tensor& weight) const {
-    return weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k}).contiguous();
-  }
 };
 
 // -> as lif_events_forward; the current by events (cost nnz(x)*C_out*K^2/stride^2) or one at::conv2d
@@ -1311,12 +1273,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> conv_lif_forw
                                    alpha, seed, update, layer, tc);
   const EventView ev = view(x_ptr, x_col, x_val);
   Tensor cur_all;
-  if (use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvGemmDensity)) {
-    const Tensor x4 = map.nchw_input(rows_from_events(ev, rows, map.nin, W.options()));
-    const Tensor out = at::conv2d(x4, map.weight4(W), map.g.bias ? std::optional<Tensor>(map.bias_) : std::nullopt,
-                                  {map.g.stride, map.g.stride}, {map.g.pad, map.g.pad});
-    cur_all = out.permute({0, 2, 3, 1}).contiguous().view({rows, map.n});
-  }
+  if (use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvGemmDensity))
+    cur_all = conv_current_rows(rows_from_events(ev, rows, map.nin, W.options()), W, map.g);
   return forward_rows(map, ev, cur_all, rows, T, g, beta, theta, method, W.options());
 }
 
@@ -1349,26 +1307,11 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cpu(const Tensor& grad, const Ten
   const int64_t rows = grad.size(0);
   check_events(x_ptr, x_col, x_val, rows, op, "x");
   const Tensor ghat = dense_ghat(grad, gate, count_grad, beta, steps);
-  const Tensor go = ghat.view({rows, g.ho, g.wo, g.cout}).permute({0, 3, 1, 2});  // NCHW, channels-last memory
   const EventView xv = view(x_ptr, x_col, x_val);
-  const Tensor w4 = map.weight4(W);
-  Tensor dw;
-  if (use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvDwGemmDensity)) {
-    const Tensor x4 = map.nchw_input(rows_from_events(xv, rows, map.nin, W.options()));
-    const auto grads = at::convolution_backward(go, x4, w4, std::nullopt, {g.stride, g.stride},
-                                                {g.pad, g.pad}, {1, 1}, false, {0, 0}, 1, {false, true, false});
-    dw = std::get<1>(grads).reshape({g.cout, g.taps()});
-    if (g.bias) dw = at::cat({dw, ghat.view({-1, g.cout}).sum(0).view({g.cout, 1})}, 1);
-  } else {
-    dw = map.input_to_weight(event_dw(map, xv, ghat, steps, W.options()));
-  }
-  Tensor dx = at::empty({0}, W.options());
-  if (input_grad) {
-    const int64_t oph = (g.h + 2 * g.pad - g.k) % g.stride, opw = (g.w + 2 * g.pad - g.k) % g.stride;
-    dx = at::conv_transpose2d(go, w4, std::nullopt, {g.stride, g.stride}, {g.pad, g.pad}, {oph, opw})
-             .permute({0, 2, 3, 1}).contiguous().view({rows, g.units_in()});
-  }
-  return {dw, dx};
+  const Tensor dw = use_gemm(current_mode, x_col.numel(), rows, map.nin, kConvDwGemmDensity)
+      ? conv_gemm_dw(ghat, rows_from_events(xv, rows, map.nin, W.options()), W, g)
+      : map.input_to_weight(event_dw(map, xv, ghat, steps, W.options()));
+  return {dw, input_grad ? conv_input_grad(ghat, W, g) : at::empty({0}, W.options())};
 }
 
 // Sum pooling of channels-last events over pool x pool windows with stride pool: frame = [C, H, W] of the
@@ -1377,10 +1320,8 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cpu(const Tensor& grad, const Ten
 std::tuple<Tensor, Tensor, Tensor> pool_events_cpu(const Tensor& ptr, const Tensor& col, const Tensor& val,
                                                    c10::IntArrayRef frame, int64_t pool) {
   const char* op = "lzo::pool_events";
-  TORCH_CHECK(frame.size() == 3 && frame[0] >= 1 && frame[1] >= 1 && frame[2] >= 1, op,
-              ": frame must be [C, H, W] >= 1, got ", frame);
+  check_pool_args(frame, pool, op);
   const int64_t C = frame[0], H = frame[1], W = frame[2];
-  TORCH_CHECK(pool >= 1 && pool <= H && pool <= W, op, ": pool must lie in [1, min(H, W)], got ", pool);
   const int64_t rows = ptr.numel() - 1, hp = H / pool, wp = W / pool, width = hp * wp * C;
   check_events(ptr, col, val, rows, op, "x");
   check_columns(col, C * H * W, op, "x");

@@ -29,7 +29,8 @@
 //              y_i = beta*y_i + sum_{entries at t} e*W[i, j] per thread, read at the previous
 //              layer's active entries through shared memory.
 //   readout    one thread per (b, c) walking t (C is 10 or 20).
-// The dense backward (surrogate) always forms dW by one GEMM from the input rows.
+//   conv layers (issue 22) see the section above conv_lif_forward_cuda.
+// The dense backward (surrogate) always forms dW by one GEMM from the input rows (a conv layer's by cuDNN).
 //
 // The kernels themselves are in snn_cuda_kernels.cuh. This file is the host side, written once for
 // two builds: nvcc (the CUDA ops, torch.ops.lzo on CUDA tensors) and, with LZO_CUDA_SIM defined by
@@ -135,6 +136,33 @@ Tensor compact(const Tensor& slot, const Tensor& ptr, int64_t rows, int64_t widt
   return out;
 }
 
+// e = (dL/ds + dL/dcount) * gamma on the active list of a layer of N neurons.
+Tensor active_errors(const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+                     const Tensor& count_grad, int64_t T, int64_t N) {
+  const int64_t rows = act_ptr.numel() - 1;
+  const Tensor cg = count_grad.contiguous(), ga = grad_act.contiguous(), gam = act_gate.contiguous();
+  Tensor e = at::empty({act_col.numel()}, grad_act.options());
+  if (rows > 0 && act_col.numel() > 0)
+    LZO_LAUNCH(active_error_kernel, grid(rows * kWarp), kThreads)(
+        act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), ga.data_ptr<float>(), gam.data_ptr<float>(),
+        count_grad.numel() > 0 ? cg.data_ptr<float>() : nullptr, e.data_ptr<float>(), rows, T, N);
+  LZO_LAUNCH_CHECK();
+  return e;
+}
+
+// ghat[t] = (dL/ds[t] + dL/dcount) * gamma[t] + beta * ghat[t+1] over grad, gate [B*T, N]: the dense rule's dL/du.
+Tensor dense_ghat(const Tensor& grad, const Tensor& gate, const Tensor& count_grad, int64_t T, double beta) {
+  const int64_t rows = grad.size(0), N = grad.size(1), B = rows / T;
+  const Tensor cg = count_grad.contiguous(), gc = grad.contiguous(), gtc = gate.contiguous();
+  Tensor ghat = at::empty({rows, N}, grad.options());
+  if (B * N > 0)
+    LZO_LAUNCH(dense_reverse_kernel, grid(B * N), kThreads)(
+        gc.data_ptr<float>(), gtc.data_ptr<float>(), count_grad.numel() > 0 ? cg.data_ptr<float>() : nullptr,
+        ghat.data_ptr<float>(), T, B, N, static_cast<float>(beta));
+  LZO_LAUNCH_CHECK();
+  return ghat;
+}
+
 Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
                         const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
@@ -172,42 +200,32 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cuda(const Tensor& x) {
   return {ptr, col, val};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_forward_cuda(
-    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
-    int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
-    double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
-    int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
-  const char* op = "lzo::lif_events_forward";
-  check_on_gpu(weight, op);
-  check_events_forward_args(x_ptr, weight, table, steps, op);
-  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
-  check_current_mode(current_mode, op);
-  const int64_t rows = x_ptr.numel() - 1, T = steps, B = rows / T, Nin = weight.size(0), N = weight.size(1);
-  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
-  check_cuda(table, weight, op, "table");
-  check_bound(rows, N, op);
-  LZO_GUARD(weight.device());
-  const Tensor W = weight.contiguous(), tc = table.contiguous();
-  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
-                                   alpha, seed, update, layer, tc);
-  const auto fopts = weight.options();
+namespace {
+
+using ForwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// The LIF scan with the fused gate over N neurons, the current from `current` (DenseCurrent, ConvCurrent) or
+// cur_all [B*T, N]; then the spike and active lists compacted -> the forward ops' outputs.
+template <typename Current>
+ForwardOut scan_layer(const Current& current, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                      const Tensor& cur_all, const GateParams& g, int64_t T, int64_t N, double beta, double theta,
+                      int64_t method, const at::TensorOptions& fopts) {
+  const int64_t rows = x_ptr.numel() - 1, B = rows / T;
   const auto iopts = fopts.dtype(at::kInt);
   const bool sparse = method >= SPARSEGRAD;
-  Tensor cur_all;
-  if (current_mode == 2) cur_all = at::mm(rows_from_events(x_ptr, x_col, x_val, rows, Nin, fopts), W);
   Tensor u = at::zeros({B, N}, fopts), s = at::zeros({B, N}, fopts), counts = at::zeros({B, N}, fopts);
   Tensor spk_slot = at::empty({rows * N}, iopts), spk_cnt = at::empty({rows}, iopts);
   Tensor act_slot = at::empty({sparse ? rows * N : 0}, iopts), act_slot_val = at::empty({sparse ? rows * N : 0}, fopts);
   Tensor act_cnt = at::empty({sparse ? rows : 0}, iopts);
   Tensor dense_gate = method == SURROGATE ? at::empty({rows, N}, fopts) : at::empty({0}, fopts);
   if (rows > 0 && N > 0)
-    LZO_LAUNCH(events_forward_kernel, grid(B, 1), kThreads)(
-        x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(), x_val.numel() ? x_val.data_ptr<float>() : nullptr,
-        W.data_ptr<float>(), cur_all.defined() ? cur_all.data_ptr<float>() : nullptr, g, T, B, Nin, N,
-        static_cast<float>(beta), static_cast<float>(theta), u.data_ptr<float>(), s.data_ptr<float>(),
-        counts.data_ptr<float>(), spk_slot.data_ptr<int32_t>(), spk_cnt.data_ptr<Ptr>(),
-        sparse ? act_slot.data_ptr<int32_t>() : nullptr, sparse ? act_slot_val.data_ptr<float>() : nullptr,
-        sparse ? act_cnt.data_ptr<Ptr>() : nullptr, method == SURROGATE ? dense_gate.data_ptr<float>() : nullptr);
+    LZO_LAUNCH(events_forward_kernel<Current>, grid(B, 1), kThreads)(
+        x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(), x_val.numel() ? x_val.data_ptr<float>() : nullptr, current,
+        cur_all.defined() ? cur_all.data_ptr<float>() : nullptr, g, T, B, N, static_cast<float>(beta),
+        static_cast<float>(theta), u.data_ptr<float>(), s.data_ptr<float>(), counts.data_ptr<float>(),
+        spk_slot.data_ptr<int32_t>(), spk_cnt.data_ptr<Ptr>(), sparse ? act_slot.data_ptr<int32_t>() : nullptr,
+        sparse ? act_slot_val.data_ptr<float>() : nullptr, sparse ? act_cnt.data_ptr<Ptr>() : nullptr,
+        method == SURROGATE ? dense_gate.data_ptr<float>() : nullptr);
   LZO_LAUNCH_CHECK();
   if (rows == 0 || N == 0) spk_cnt.zero_(), act_cnt.zero_();
   Tensor spk_ptr = row_pointers_from_counts(spk_cnt);
@@ -219,6 +237,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lif_events_fo
     act_gate = compact<float>(act_slot_val, act_ptr, rows, N);
   }
   return {spk_ptr, spk_col, counts, act_ptr, act_col, act_gate, dense_gate};
+}
+
+}  // namespace
+
+ForwardOut lif_events_forward_cuda(
+    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, const Tensor& table,
+    int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind, int64_t surrogate_kind,
+    double delta, double bth, double k, double band, double term_scale, int64_t samples, int64_t alpha,
+    int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
+  const char* op = "lzo::lif_events_forward";
+  check_on_gpu(weight, op);
+  check_events_forward_args(x_ptr, weight, table, steps, op);
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
+  check_current_mode(current_mode, op);
+  const int64_t rows = x_ptr.numel() - 1, Nin = weight.size(0), N = weight.size(1);
+  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
+  check_cuda(table, weight, op, "table");
+  check_bound(rows, N, op);
+  LZO_GUARD(weight.device());
+  const Tensor W = weight.contiguous(), tc = table.contiguous();
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
+                                   alpha, seed, update, layer, tc);
+  Tensor cur_all;
+  if (current_mode == 2) cur_all = at::mm(rows_from_events(x_ptr, x_col, x_val, rows, Nin, W.options()), W);
+  return scan_layer(DenseCurrent{W.data_ptr<float>(), Nin, N}, x_ptr, x_col, x_val, cur_all, g, steps, N, beta, theta,
+                    method, W.options());
 }
 
 Tensor readout_forward_cuda(const Tensor& s_ptr, const Tensor& s_col, const Tensor& w_out, int64_t steps,
@@ -287,18 +331,11 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   check_cuda(grad_act, weight, op, "grad_act");
   check_cuda(act_gate, weight, op, "active_gate");
   check_cuda(count_grad, weight, op, "count_grad");
-  const bool with_cg = count_grad.numel() > 0;
   const bool with_prev = prev_ptr.numel() > 0;
   if (with_prev) check_list(prev_ptr, prev_col, empty, rows, Nin, weight, op, "prev");
   LZO_GUARD(weight.device());
-  const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), ga = grad_act.contiguous(),
-               gam = act_gate.contiguous();
-  Tensor e = at::empty({act_col.numel()}, weight.options());
-  if (rows > 0 && act_col.numel() > 0)
-    LZO_LAUNCH(active_error_kernel, grid(rows * kWarp), kThreads)(
-        act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), ga.data_ptr<float>(), gam.data_ptr<float>(),
-        with_cg ? cg.data_ptr<float>() : nullptr, e.data_ptr<float>(), rows, T, N);
-  LZO_LAUNCH_CHECK();
+  const Tensor W = weight.contiguous();
+  const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
   const unsigned tiles = static_cast<unsigned>((Nin + kThreads - 1) / kThreads);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   int64_t group_rows = 1, groups = B;
@@ -350,19 +387,163 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   check_cuda(grad, weight, op, "grad");
   check_cuda(gate_t, weight, op, "gate");
   check_cuda(count_grad, weight, op, "count_grad");
-  const bool with_cg = count_grad.numel() > 0;
   (void)current_mode;  // the GPU always forms dW by one GEMM
   LZO_GUARD(weight.device());
-  const Tensor W = weight.contiguous(), cg = count_grad.contiguous(), gc = grad.contiguous(), gtc = gate_t.contiguous();
-  Tensor ghat = at::empty({rows, N}, weight.options());
-  if (B * N > 0)
-    LZO_LAUNCH(dense_reverse_kernel, grid(B * N), kThreads)(
-        gc.data_ptr<float>(), gtc.data_ptr<float>(), with_cg ? cg.data_ptr<float>() : nullptr,
-        ghat.data_ptr<float>(), T, B, N, static_cast<float>(beta));
-  LZO_LAUNCH_CHECK();
+  const Tensor W = weight.contiguous();
+  const Tensor ghat = dense_ghat(grad, gate_t, count_grad, steps, beta);
   Tensor dw = at::mm(rows_from_events(x_ptr, x_col, x_val, rows, Nin, weight.options()).t(), ghat);
   Tensor dx = input_grad ? at::mm(ghat, W.t()) : at::empty({0}, weight.options());
   return {dw, dx};
+}
+
+// ---- Convolutional layers (issue 22): the conv ops of snn_cpu.cpp on the GPU. The forward is the dense layers'
+// scan with the current gathered per output (ConvCurrent) or, forced, one cuDNN convolution. The sparse backward
+// forms the input traces as dense rows (one scan), then adds C_in*K*K taps per active entry into dW partials
+// (conv_dw_kernel, one writer per address: deterministic) and into the input gradient rows (conv_dx_scatter_kernel),
+// whose reverse scan is read at the previous layer's entries. The dense rule and pooling as in the kernels' comments.
+constexpr int64_t kConvDwWarps = 4096;  // the sparse conv dW's parts: about 30 warps per SM of an H100/H200
+
+ForwardOut conv_lif_forward_cuda(
+    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight, c10::IntArrayRef shape,
+    const Tensor& table, int64_t steps, double beta, double theta, int64_t method, int64_t sample_kind,
+    int64_t surrogate_kind, double delta, double bth, double k, double band, double term_scale, int64_t samples,
+    int64_t alpha, int64_t seed, int64_t update, int64_t layer, int64_t current_mode) {
+  const char* op = "lzo::conv_lif_forward";
+  check_on_gpu(weight, op);
+  check_events_forward_args(x_ptr, weight, table, steps, op);
+  check_gate_args(table, method, sample_kind, surrogate_kind, samples, alpha, op);
+  check_current_mode(current_mode, op);
+  const Tensor W = weight.contiguous();
+  const ConvGeom cg = conv_geom(shape, W, op);
+  const int64_t rows = x_ptr.numel() - 1, nin = cg.units_in() + (cg.bias ? 1 : 0), N = cg.units_out();
+  check_list(x_ptr, x_col, x_val, rows, nin, W, op, "x");
+  check_cuda(table, W, op, "table");
+  check_bound(rows, N, op);
+  LZO_GUARD(W.device());
+  const Tensor tc = table.contiguous();
+  const GateParams g = make_params(method, sample_kind, surrogate_kind, delta, bth, k, band, term_scale, samples,
+                                   alpha, seed, update, layer, tc);
+  Tensor cur_all;
+  if (current_mode == 2) cur_all = conv_current_rows(rows_from_events(x_ptr, x_col, x_val, rows, nin, W.options()), W, cg);
+  const Tensor wf = conv_weight4(W, cg).permute({1, 2, 3, 0}).contiguous();  // [C_in, K, K, C_out]
+  const Tensor bias = cg.bias ? W.select(1, cg.taps()).contiguous() : Tensor();
+  return scan_layer(ConvCurrent{cg, wf.data_ptr<float>(), cg.bias ? bias.data_ptr<float>() : nullptr}, x_ptr, x_col,
+                    x_val, cur_all, g, steps, N, beta, theta, method, W.options());
+}
+
+std::tuple<Tensor, Tensor> conv_sparse_backward_cuda(
+    const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+    const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val, const Tensor& weight,
+    c10::IntArrayRef shape, double beta, int64_t steps, const Tensor& prev_ptr, const Tensor& prev_col) {
+  const char* op = "lzo::conv_sparse_backward";
+  check_on_gpu(weight, op);
+  const Tensor W = weight.contiguous();
+  const ConvGeom cg = conv_geom(shape, W, op);
+  const int64_t N = cg.units_out(), units = cg.units_in(), nin = units + (cg.bias ? 1 : 0);
+  check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, W, N, steps, op);
+  const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
+  const Tensor empty = at::empty({0}, W.options());
+  check_list(act_ptr, act_col, empty, rows, N, W, op, "active");
+  check_list(x_ptr, x_col, x_val, rows, nin, W, op, "x");
+  check_cuda(grad_act, W, op, "grad_act");
+  check_cuda(act_gate, W, op, "active_gate");
+  check_cuda(count_grad, W, op, "count_grad");
+  const bool with_prev = prev_ptr.numel() > 0;
+  if (with_prev) check_list(prev_ptr, prev_col, empty, rows, units, W, op, "prev");
+  LZO_GUARD(W.device());
+  const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
+  Tensor xbar = rows_from_events(x_ptr, x_col, x_val, rows, nin, W.options());
+  if (B * nin > 0)
+    LZO_LAUNCH(scan_rows_kernel, grid(B * nin), kThreads)(xbar.data_ptr<float>(), T, B, nin,
+                                                          static_cast<float>(beta), false);
+  LZO_LAUNCH_CHECK();
+  const int64_t part_bytes = cg.cout * cg.weight_cols() * 4;
+  // no more parts than the grid's warps (a capped grid, in the tests, makes each part take several rows)
+  const int64_t warps = g_max_grid * (kThreads / kWarp);
+  const int64_t want = std::max<int64_t>(1, std::min({rows, kConvDwWarps, warps, kDeterministicBytes / part_bytes}));
+  const int64_t rows_per = std::max<int64_t>(1, (rows + want - 1) / want), parts = std::max<int64_t>(1, (rows + rows_per - 1) / rows_per);
+  Tensor dw_parts = at::zeros({parts, cg.cout, cg.weight_cols()}, W.options());
+  if (rows > 0 && act_col.numel() > 0)
+    LZO_LAUNCH(conv_dw_kernel, grid(parts * kWarp), kThreads)(
+        act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(), xbar.data_ptr<float>(),
+        dw_parts.data_ptr<float>(), cg, rows, rows_per, parts);
+  LZO_LAUNCH_CHECK();
+  Tensor dw = dw_parts.sum(0);
+  if (!with_prev) return {dw, empty};
+  xbar = Tensor();  // its memory serves the input gradient rows
+  Tensor dy = at::zeros({rows, units}, W.options());
+  if (rows > 0 && act_col.numel() > 0)
+    LZO_LAUNCH(conv_dx_scatter_kernel, grid(rows * kWarp), kThreads)(
+        act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(), W.data_ptr<float>(),
+        dy.data_ptr<float>(), cg, rows);
+  LZO_LAUNCH_CHECK();
+  if (B * units > 0)
+    LZO_LAUNCH(scan_rows_kernel, grid(B * units), kThreads)(dy.data_ptr<float>(), T, B, units,
+                                                            static_cast<float>(beta), true);
+  LZO_LAUNCH_CHECK();
+  Tensor g_prev = at::empty({prev_col.numel()}, W.options());  // every valid entry written
+  if (rows > 0 && prev_col.numel() > 0)
+    LZO_LAUNCH(gather_rows_kernel, grid(rows * kWarp), kThreads)(
+        prev_ptr.data_ptr<Ptr>(), prev_col.data_ptr<int32_t>(), dy.data_ptr<float>(), g_prev.data_ptr<float>(), rows,
+        units);
+  LZO_LAUNCH_CHECK();
+  return {dw, g_prev};
+}
+
+// The dense rule: ghat by the reverse scan, dW by cuDNN's weight backward, dx by a transposed convolution.
+std::tuple<Tensor, Tensor> conv_dense_backward_cuda(const Tensor& grad, const Tensor& gate, const Tensor& count_grad,
+                                                    const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                                                    const Tensor& weight, c10::IntArrayRef shape, double beta,
+                                                    int64_t steps, bool input_grad, int64_t current_mode) {
+  const char* op = "lzo::conv_dense_backward";
+  check_on_gpu(weight, op);
+  const Tensor W = weight.contiguous();
+  const ConvGeom cg = conv_geom(shape, W, op);
+  check_dense_backward_args(grad, gate, count_grad, W, cg.units_out(), steps, op);
+  const int64_t rows = grad.size(0), nin = cg.units_in() + (cg.bias ? 1 : 0);
+  check_list(x_ptr, x_col, x_val, rows, nin, W, op, "x");
+  check_cuda(grad, W, op, "grad");
+  check_cuda(gate, W, op, "gate");
+  check_cuda(count_grad, W, op, "count_grad");
+  (void)current_mode;  // the GPU always forms dW by the convolution's weight backward
+  LZO_GUARD(W.device());
+  const Tensor ghat = dense_ghat(grad, gate, count_grad, steps, beta);
+  const Tensor dw = conv_gemm_dw(ghat, rows_from_events(x_ptr, x_col, x_val, rows, nin, W.options()), W, cg);
+  return {dw, input_grad ? conv_input_grad(ghat, W, cg) : at::empty({0}, W.options())};
+}
+
+// Sum pooling of a list: dense pooled rows (pool_rows_kernel), then compacted as to_events does, into a list sized
+// by its bound, the input's length (pooling never adds events).
+std::tuple<Tensor, Tensor, Tensor> pool_events_cuda(const Tensor& ptr, const Tensor& col, const Tensor& val,
+                                                    c10::IntArrayRef frame, int64_t pool) {
+  const char* op = "lzo::pool_events";
+  check_on_gpu(ptr, op);
+  check_pool_args(frame, pool, op);
+  const int64_t C = frame[0], H = frame[1], W = frame[2], rows = ptr.numel() - 1;
+  const int64_t width = (H / pool) * (W / pool) * C;
+  check_list(ptr, col, val, rows, C * H * W, ptr, op, "x");
+  check_bound(rows, width, op);
+  LZO_GUARD(ptr.device());
+  const auto fopts = ptr.options().dtype(at::kFloat);
+  Tensor dense = at::zeros({rows, width}, fopts);
+  if (rows > 0)
+    LZO_LAUNCH(pool_rows_kernel, grid(rows), kThreads)(ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(),
+                                                       val.numel() ? val.data_ptr<float>() : nullptr,
+                                                       dense.data_ptr<float>(), rows, C, H, W, pool);
+  LZO_LAUNCH_CHECK();
+  Tensor cnt = at::zeros({rows}, ptr.options());
+  if (rows > 0)
+    LZO_LAUNCH(count_nonzero_rows_kernel, grid(rows * kWarp), kThreads)(dense.data_ptr<float>(), cnt.data_ptr<Ptr>(),
+                                                                        1, rows, width);
+  LZO_LAUNCH_CHECK();
+  Tensor out_ptr = row_pointers_from_counts(cnt);
+  Tensor out_col = at::empty({col.numel()}, col.options()), out_val = at::empty({col.numel()}, fopts);
+  if (rows > 0 && col.numel() > 0)
+    LZO_LAUNCH(fill_events_kernel, grid(rows * kWarp), kThreads)(
+        dense.data_ptr<float>(), out_ptr.data_ptr<Ptr>(), out_col.data_ptr<int32_t>(), out_val.data_ptr<float>(), 1,
+        rows, width);
+  LZO_LAUNCH_CHECK();
+  return {out_ptr, out_col, out_val};
 }
 
 // The grid cap of every launch (at most 65535, the default); returns the previous cap. Tests lower it
@@ -378,6 +559,7 @@ int64_t set_cuda_max_grid(int64_t blocks) {
 // The simulated ops: the event ops' schemas (lif_common.h) under their own namespace, on CPU tensors.
 TORCH_LIBRARY(lzo_sim, m) {
   LZO_EVENT_OP_SCHEMAS(m);
+  LZO_CONV_OP_SCHEMAS(m);
   m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid);
 }
 TORCH_LIBRARY_IMPL(lzo_sim, CPU, m) {
@@ -392,6 +574,10 @@ TORCH_LIBRARY_IMPL(lzo, CUDA, m) {
   m.impl("readout_backward", &readout_backward_cuda);
   m.impl("lif_sparse_backward", &lif_sparse_backward_cuda);
   m.impl("lif_dense_backward", &lif_dense_backward_cuda);
+  m.impl("conv_lif_forward", &conv_lif_forward_cuda);
+  m.impl("conv_sparse_backward", &conv_sparse_backward_cuda);
+  m.impl("conv_dense_backward", &conv_dense_backward_cuda);
+  m.impl("pool_events", &pool_events_cuda);
 }
 
 }  // namespace lzo

@@ -88,10 +88,54 @@ __device__ int4 block_rank2(bool a, bool b, int* sh /* shared, 66 ints */) {
   return out;
 }
 
+// The current of neuron j at row r from the row's input events: sum_q val*W[col_q, j] (a dense layer).
+struct DenseCurrent {
+  const float* W;  // [N_in, N]
+  int64_t nin, n;
+  __device__ float operator()(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
+                              const float* __restrict__ xval, int64_t r, int64_t j) const {
+    float cur = 0.0f;
+    for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
+      CUDA_KERNEL_ASSERT(xcol[q] >= 0 && xcol[q] < nin);
+      cur += (xval ? xval[q] : 1.0f) * W[static_cast<int64_t>(xcol[q]) * n + j];
+    }
+    return cur;
+  }
+};
+
+// The same for a conv layer (ConvGeom): output j = (oy, ox, o) gathers the row's events (y, x, c) that fall in
+// its window, at tap (c, y + pad - oy*stride, x + pad - ox*stride) of wf [C_in, K, K, C_out] (reads coalesced over
+// o); the bias unit adds bias[o]. Events are taken in list order, as the CPU scatters them.
+struct ConvCurrent {
+  ConvGeom g;
+  const float* wf;    // [C_in, K, K, C_out]
+  const float* bias;  // [C_out], or null without a bias
+  __device__ float operator()(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
+                              const float* __restrict__ xval, int64_t r, int64_t j) const {
+    const int64_t o = j % g.cout, pos = j / g.cout;
+    const int64_t y0 = (pos / g.wo) * g.stride - g.pad, x0 = (pos % g.wo) * g.stride - g.pad;
+    const int64_t units = g.units_in();
+    float cur = 0.0f;
+    for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
+      const int64_t i = xcol[q];
+      CUDA_KERNEL_ASSERT(i >= 0 && i < units + (bias ? 1 : 0));
+      if (i == units) {
+        cur += (xval ? xval[q] : 1.0f) * bias[o];
+        continue;
+      }
+      const int64_t c = i % g.cin, at = i / g.cin, ky = at / g.w - y0, kx = at % g.w - x0;
+      if (ky < 0 || ky >= g.k || kx < 0 || kx >= g.k) continue;
+      cur += (xval ? xval[q] : 1.0f) * wf[((c * g.k + ky) * g.k + kx) * g.cout + o];
+    }
+    return cur;
+  }
+};
+
+template <typename Current>
 __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_t* __restrict__ xcol,
-                                      const float* __restrict__ xval, const float* __restrict__ W,
+                                      const float* __restrict__ xval, Current current,
                                       const float* __restrict__ cur_all, GateParams g, int64_t T, int64_t B,
-                                      int64_t Nin, int64_t N, float beta, float theta, float* __restrict__ u_buf,
+                                      int64_t N, float beta, float theta, float* __restrict__ u_buf,
                                       float* __restrict__ s_buf, float* __restrict__ counts,
                                       int32_t* __restrict__ spk_slot, Ptr* __restrict__ spk_cnt,
                                       int32_t* __restrict__ act_slot, float* __restrict__ act_slot_val,
@@ -107,15 +151,7 @@ __global__ void events_forward_kernel(const Ptr* __restrict__ xptr, const int32_
         bool spike = false;
         float gv = 0.0f;
         if (j < N) {
-          float cur = 0.0f;
-          if (cur_all) {
-            cur = cur_all[r * N + j];
-          } else {
-            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q) {
-              CUDA_KERNEL_ASSERT(xcol[q] >= 0 && xcol[q] < Nin);
-              cur += (xval ? xval[q] : 1.0f) * W[static_cast<int64_t>(xcol[q]) * N + j];
-            }
-          }
+          const float cur = cur_all ? cur_all[r * N + j] : current(xptr, xcol, xval, r, j);
           float u = u_buf[b * N + j];
           const float v = lif_step(&u, cur, s_buf[b * N + j], beta, theta);
           spike = v > 0.0f;
@@ -380,6 +416,110 @@ __global__ void fill_events_kernel(const float* __restrict__ x, const Ptr* __res
       k += __popc(ballot);
     }
   }
+}
+
+// ---- Convolutional layers (issue 22). The sparse backward works on dense rows [B*T, width] (rows r = b*T + t):
+// the input traces for dW, the input gradient before its reverse scan; the per-entry work, C_in*K*K taps per
+// active entry, is all that depends on the entries.
+
+// In place over rows r = b*T + t, one thread per (b, i): forward, buf[t] = beta*buf[t-1] + buf[t] (the input
+// trace xbar); reverse, buf[t] = beta*buf[t+1] + buf[t] (the input gradient's sum over later steps).
+__global__ void scan_rows_kernel(float* __restrict__ buf, int64_t T, int64_t B, int64_t width, float beta,
+                                 bool reverse) {
+  for (int64_t id = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; id < B * width;
+       id += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = id / width, i = id % width;
+    float acc = 0.0f;
+    for (int64_t s = 0; s < T; ++s) {
+      float* p = buf + (b * T + (reverse ? T - 1 - s : s)) * width + i;
+      acc = beta * acc + *p;
+      *p = acc;
+    }
+  }
+}
+
+// dW[part, o, tap] += e * xbar[r, input of tap] over the active entries (r, j = (oy, ox, o)) of rows
+// [part*rows_per, (part+1)*rows_per): one warp per part, its lanes over the taps (c, ky, kx) of one entry at a
+// time. A tap's address is a function of (o, tap) and tap a function of the lane, so every address has one
+// writer: plain adds in a fixed order, no atomics (the parts are summed after, in order).
+__global__ void conv_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                               const float* __restrict__ e, const float* __restrict__ xbar, float* __restrict__ dw,
+                               ConvGeom g, int64_t rows, int64_t rows_per, int64_t parts) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  const int64_t nin = g.units_in() + (g.bias ? 1 : 0), cols = g.weight_cols(), kk = g.k * g.k;
+  for (int64_t part = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; part < parts;
+       part += warps) {
+    float* dst = dw + part * g.cout * cols;
+    const int64_t r_end = std::min<int64_t>(rows, (part + 1) * rows_per);
+    for (int64_t r = part * rows_per; r < r_end; ++r) {
+      const float* h = xbar + r * nin;
+      for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
+        const int64_t j = acol[q], o = j % g.cout, pos = j / g.cout;
+        const int64_t y0 = (pos / g.wo) * g.stride - g.pad, x0 = (pos % g.wo) * g.stride - g.pad;
+        const float f = e[q];
+        for (int64_t tap = lane; tap < g.taps(); tap += kWarp) {
+          const int64_t c = tap / kk, iy = y0 + (tap / g.k) % g.k, ix = x0 + tap % g.k;
+          if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+          dst[o * cols + tap] += f * h[(iy * g.w + ix) * g.cin + c];
+        }
+        if (g.bias && lane == 0) dst[o * cols + g.taps()] += f * h[g.units_in()];
+      }
+    }
+  }
+}
+
+// dy[r, input of tap] += e * W[o, tap] over the active entries (r, j = (oy, ox, o)) of row r: one warp per row,
+// its lanes over the taps of one entry at a time. Two entries of a row reach one input through different taps
+// (so different lanes): the warp meets at __syncwarp between entries, which orders their adds.
+__global__ void conv_dx_scatter_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
+                                       const float* __restrict__ e, const float* __restrict__ W,
+                                       float* __restrict__ dy, ConvGeom g, int64_t rows) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  const int64_t cols = g.weight_cols(), kk = g.k * g.k, units = g.units_in();
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps) {
+    float* out = dy + r * units;
+    for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
+      const int64_t j = acol[q], o = j % g.cout, pos = j / g.cout;
+      const int64_t y0 = (pos / g.wo) * g.stride - g.pad, x0 = (pos % g.wo) * g.stride - g.pad;
+      const float f = e[q];
+      for (int64_t tap = lane; tap < g.taps(); tap += kWarp) {
+        const int64_t c = tap / kk, iy = y0 + (tap / g.k) % g.k, ix = x0 + tap % g.k;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+        out[(iy * g.w + ix) * g.cin + c] += f * W[o * cols + tap];
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// out[q] = buf[r, col[q]] at the entries of each row r (one warp per row).
+__global__ void gather_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
+                                   const float* __restrict__ buf, float* __restrict__ out, int64_t rows,
+                                   int64_t width) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = ptr[r] + lane; q < ptr[r + 1]; q += kWarp) {
+      CUDA_KERNEL_ASSERT(col[q] >= 0 && col[q] < width);
+      out[q] = buf[r * width + col[q]];
+    }
+}
+
+// Sum pooling of channels-last events (units (y*W + x)*C + c of a [C, H, W] frame) into dense rows
+// [rows, (H/pool)*(W/pool)*C]: one thread per row adding its events in list order (the CPU's order); units
+// past the last whole window are dropped. out must be zeroed.
+__global__ void pool_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
+                                 const float* __restrict__ val, float* __restrict__ out, int64_t rows, int64_t C,
+                                 int64_t H, int64_t W, int64_t pool) {
+  const int64_t hp = H / pool, wp = W / pool, width = hp * wp * C;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    for (int64_t q = ptr[r]; q < ptr[r + 1]; ++q) {
+      const int64_t i = col[q], c = i % C, y = i / C / W / pool, x = i / C % W / pool;
+      if (y < hp && x < wp) out[r * width + (y * wp + x) * C + c] += val ? val[q] : 1.0f;
+    }
 }
 
 }  // namespace

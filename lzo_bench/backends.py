@@ -98,19 +98,12 @@ def select_backend(
     requested: BackendName | str = BackendName.AUTO,
     device: torch.device | str = "cpu",
     spec: GateSpec | None = None,
-    conv: bool = False,
 ) -> Backend:
-    """The backend to run: the requested one, or for ``auto`` the fastest that works here; ``conv``: the
-    network has convolutional layers, whose ops have CPU kernels only."""
+    """The backend to run: the requested one, or for ``auto`` the fastest that works here."""
     requested = BackendName(requested)
     device = torch.device(device)
     if requested is BackendName.TORCH:
         return Backend("torch", lif.lif_layer, "pure-PyTorch reference, requested with --backend torch")
-    if conv and device.type == "cuda":
-        why = "convolutional layers have no CUDA kernels yet (issue 22): use --device cpu for the sparse C++ ops"
-        if requested is not BackendName.AUTO:
-            raise BackendUnavailable(why)
-        return Backend("torch", lif.lif_layer, f"pure-PyTorch reference; fell back because {why}")
     if requested is BackendName.CUDA and device.type != "cuda":
         raise BackendUnavailable("--backend cuda needs --device cuda")
     if requested is BackendName.CPP and device.type != "cpu":

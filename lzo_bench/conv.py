@@ -22,6 +22,7 @@ input the gradient of its window.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -177,13 +178,14 @@ def pool_index(shape: ConvShape, device: torch.device | str = "cpu") -> torch.Te
     return torch.where(inside, pooled, torch.full_like(pooled, -1)).reshape(-1)
 
 
-def pool_events(spikes: SpikeEvents, shape: ConvShape) -> SpikeEvents:
-    """``spikes`` of the conv layer summed over ``pool × pool`` windows (``lzo::pool_events``, cost
-    ``O(nnz)``): events over the pooled units with the counts as values."""
+def pool_events(spikes: SpikeEvents, shape: ConvShape, lib: Any = None) -> SpikeEvents:
+    """``spikes`` of the conv layer summed over ``pool × pool`` windows (``lzo::pool_events`` of ``lib``,
+    by default ``torch.ops.lzo``; cost ``O(nnz)`` on the CPU): events over the pooled units with the counts
+    as values."""
     if shape.pool == 1:
         return spikes
-    ptr, col, val = torch.ops.lzo.pool_events(spikes.ptr, spikes.col, spikes.val,
-                                              [shape.c_out, shape.out_height, shape.out_width], shape.pool)
+    ptr, col, val = (lib or torch.ops.lzo).pool_events(spikes.ptr, spikes.col, spikes.val,
+                                                       [shape.c_out, shape.out_height, shape.out_width], shape.pool)
     return SpikeEvents(ptr, col, val, spikes.steps, spikes.batch, shape.units_next)
 
 
@@ -202,7 +204,8 @@ def unpool_columns(col: torch.Tensor, shape: ConvShape) -> tuple[torch.Tensor, t
     (int32, 0 where none) and a float mask of the covered ones (``None``: all are)."""
     if shape.pool == 1:
         return col, None
-    mapped = pool_index(shape, col.device)[col.long()]
+    # a list made on the GPU is allocated at its bound: the entries past its end are garbage, kept in range here
+    mapped = pool_index(shape, col.device)[col.long().clamp(0, shape.units_out - 1)]
     inside = mapped >= 0
     return mapped.clamp_min(0).to(torch.int32), inside.to(torch.float32)
 

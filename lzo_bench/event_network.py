@@ -106,7 +106,7 @@ def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         state = _layer_forward(run, h, w, layer)
         run.layers.append(state)
         hid = run.stack.hidden[layer]
-        h = pool_events(state.spikes, hid.conv) if hid.conv else state.spikes
+        h = pool_events(state.spikes, hid.conv, run.lib) if hid.conv else state.spikes
     return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.stack.readout.beta)
 
 

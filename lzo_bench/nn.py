@@ -310,8 +310,7 @@ class Sequential(nn.Module):
         name = "torch" if custom and self.backend_name == "auto" else self.backend_name
         cache = (f"{device}", name)
         if cache not in self._backends:
-            self._backends[cache] = select_backend(name, device, specs[0] if specs else None,
-                                                   conv=any(h.conv for h in stack.hidden))
+            self._backends[cache] = select_backend(name, device, specs[0] if specs else None)
         return self._backends[cache]
 
     def run(self, x: torch.Tensor | SpikeEvents) -> Forward:

@@ -42,10 +42,10 @@ METHOD_NONE = -1
 #: the event ops, as the fake kernels, opcheck and the compile check know them
 EVENT_OPS = ("to_events", "batch_events", "lif_events_forward", "readout_forward", "readout_backward",
              "lif_sparse_backward", "lif_dense_backward")
-#: of those, the ops with CUDA kernels (batch_events reads the dataset on the CPU)
-CUDA_OPS = EVENT_OPS[:1] + EVENT_OPS[2:]
-#: the convolutional layers' ops (``LZO_CONV_OP_SCHEMAS``; CPU kernels only so far)
+#: the convolutional layers' ops (``LZO_CONV_OP_SCHEMAS``)
 CONV_OPS = ("conv_lif_forward", "conv_sparse_backward", "conv_dense_backward", "pool_events")
+#: the ops with CUDA kernels (all but batch_events, which reads the dataset on the CPU)
+CUDA_OPS = EVENT_OPS[:1] + EVENT_OPS[2:] + CONV_OPS
 
 
 class UnsupportedGate(ValueError):
@@ -253,22 +253,20 @@ def _register_fakes(ns: str) -> None:
     def _dense_backward(grad, gate, count_grad, x_ptr, x_col, x_val, weight, beta, steps, input_grad, current_mode):
         return weight.new_empty(weight.shape), weight.new_empty((grad.shape[0], weight.shape[0]) if input_grad else (0,))
 
-    if ns != "lzo":  # the conv ops (CONV_OPS) have CPU kernels only, so no simulated CUDA copy
-        return
-
     @torch.library.register_fake(f"{ns}::conv_lif_forward")
     def _conv_forward(x_ptr, x_col, x_val, weight, shape, table, steps, beta, theta, method, *rest):
         torch._check(weight.dim() == 2, lambda: "weight must have shape [C_out, C_in*K*K]")
         rows, n = x_ptr.shape[0] - 1, ConvShape(*shape).units_out
         sparse = method >= Method.SPARSEGRAD.index
-        active = dyn() if sparse else 0
-        return (x_ptr.new_empty((rows + 1,)), x_ptr.new_empty((dyn(),)), weight.new_empty((rows // steps, n)),
+        spikes = rows * n if bound_sized(weight) else dyn()
+        active = (rows * n if bound_sized(weight) else dyn()) if sparse else 0
+        return (x_ptr.new_empty((rows + 1,)), x_ptr.new_empty((spikes,)), weight.new_empty((rows // steps, n)),
                 x_ptr.new_empty((rows + 1 if sparse else 1,)), weight.new_empty((active,), dtype=torch.int32),
                 weight.new_empty((active,)), weight.new_empty((rows, n) if method == Method.SURROGATE.index else (0,)))
 
     @torch.library.register_fake(f"{ns}::pool_events")
     def _pool_events(ptr, col, val, frame, pool):
-        nnz = dyn()
+        nnz = col.shape[0] if bound_sized(col) else dyn()  # pooling never adds events: the input's length bounds it
         return ptr.new_empty(ptr.shape), col.new_empty((nnz,)), col.new_empty((nnz,), dtype=torch.float32)
 
     @torch.library.register_fake(f"{ns}::conv_sparse_backward")

@@ -170,7 +170,7 @@ def build_gate(cfg: TrainConfig) -> GateSpec:
 def run_backend(cfg: TrainConfig, device: torch.device, gate: GateSpec) -> Backend:
     """The backend ``cfg.backend`` names, or :class:`ConfigError` saying why it is unavailable."""
     try:
-        return select_backend(cfg.backend, device, gate, conv=cfg.arch == "conv")
+        return select_backend(cfg.backend, device, gate)
     except BackendUnavailable as e:
         raise ConfigError("--backend", f"{cfg.backend} is unavailable: {e}") from None
 

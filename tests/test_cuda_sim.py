@@ -256,3 +256,86 @@ def test_gates_flush_where_the_cpu_flushes(dist, kern):
     assert (cpu == 0).any() and (cpu != 0).any(), "the grid must straddle the flush"
     assert torch.equal(cpu == 0, sim == 0)
     torch.testing.assert_close(sim, cpu, rtol=1e-5, atol=0)
+
+
+# ---- Convolutional layers (issue 22): lzo_sim's conv ops (the CUDA kernels) against the reference, through
+# tests/test_conv.py's comparison (spikes equal but for flips within rounding of θ, then gradients to rounding).
+# Small frames: the simulator runs every block's threads as OS threads, so a layer costs B·T·⌈N/64⌉ block
+# rankings; the shapes still take several neuron chunks, input tiles and parts.
+
+POOLED_PAIR = ("two conv layers, 2×2 sum pooling (odd frame: a dropped row and column), then stride 2 and padding 1; "
+               "3 and 7 channels, not multiples of a warp")
+
+
+def _pooled_pair():
+    from lzo_bench.conv import ConvShape
+    return [ConvShape(2, 9, 9, 3, 3, 1, 1, pool=2), ConvShape(3, 4, 4, 7, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
+@pytest.mark.parametrize("kern", KERNELS)
+def test_conv_pooled_pair_with_bias_and_graded_input(method, kern):
+    from test_conv import assert_conv_same
+    assert_conv_same(_pooled_pair(), method, m=3 if method == "localzo" else 1, steps=72, batch=2, bias=True,
+                     graded=True, lib=kern.lib, device=kern.device)
+
+
+@pytest.mark.parametrize("method,kernel,stride,padding", [("localzo", 5, 1, 2), ("sparsegrad", 1, 2, 0),
+                                                          ("surrogate", 5, 2, 0)])
+@pytest.mark.parametrize("kern", KERNELS)
+def test_conv_kernels_1_and_5(method, kernel, stride, padding, kern):
+    from lzo_bench.conv import ConvShape
+    from test_conv import assert_conv_same
+    assert_conv_same([ConvShape(2, 7, 8, 5, kernel, stride, padding)], method, m=2 if method == "localzo" else 1,
+                     steps=70, batch=2, lib=kern.lib, device=kern.device)
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_conv_grid_stride_loops_take_several_passes_and_dense_current(kern):
+    """Grids capped at one block: every conv kernel's grid-stride loop (rows, (b, unit) pairs, dW parts, which
+    then take many rows each) takes several passes; then the forced convolution current (current_mode 2)."""
+    from test_conv import assert_conv_same
+    old = kern.lib.set_cuda_max_grid(1)
+    try:
+        assert_conv_same(_pooled_pair(), "localzo", m=2, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device)
+    finally:
+        kern.lib.set_cuda_max_grid(old)
+    for method in ("surrogate", "sparsegrad"):
+        assert_conv_same(_pooled_pair(), method, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device,
+                         current="gemm")
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_conv_sparse_gradients_are_bitwise_repeatable(kern):
+    """The sparse conv dW adds into per-part partials with one writer per address and sums them in order, the
+    input gradient rows likewise: two runs give the conv layers the same bits, without torch's deterministic
+    mode (the dense layer after them adds with atomics on a GPU, so it is left out)."""
+    from test_conv import _net, _run
+    from lzo_bench.gates import GateSpec
+    convs = _pooled_pair()
+    params = _net(convs, 6, 4, 0, True)
+    x = (torch.rand(40, 2, convs[0].units_in, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    y = torch.arange(2) % 4
+    spec = GateSpec.build("localzo", "normal", delta=0.4)
+    grads = [_run("ours", params, convs, spec, x, y, kern.lib, kern.device)[1] for _ in range(2)]
+    conv_params = 2 * len(convs)  # weight and bias of each conv layer
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][:conv_params], grads[1][:conv_params]))
+
+
+@pytest.mark.parametrize("graded", [False, True])
+@pytest.mark.parametrize("kern", KERNELS)
+def test_pool_events_equal_the_cpu_op(graded, kern):
+    """Pooled lists from a spike list with empty rows, on an odd frame (dropped last row and column): the valid
+    prefix equals the CPU op's list (sums of the same values in the same order)."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(6, 3, 5 * 7 * 3, generator=gen) < 0.3).float()
+    x[2, 1] = 0
+    if graded:
+        x = x * torch.where(torch.rand(x.shape, generator=gen) < 0.5, 0.5, 2.0)
+    ptr, col, val = torch.ops.lzo.to_events(x)
+    d = kern.device
+    want = torch.ops.lzo.pool_events(ptr, col, val, [3, 5, 7], 2)
+    got = kern.lib.pool_events(ptr.to(d), col.to(d), val.to(d), [3, 5, 7], 2)
+    n = int(got[0][-1])
+    assert torch.equal(got[0].cpu(), want[0]) and n == want[1].numel()
+    assert torch.equal(got[1][:n].cpu(), want[1]) and torch.equal(got[2][:n].cpu(), want[2])

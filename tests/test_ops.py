@@ -259,7 +259,7 @@ def test_backend_selection_and_reasons():
 def test_one_op_family():
     """The per-layer ops are gone: only the event ops (and the simulator's copy) are registered."""
     assert not hasattr(torch.ops.lzo, "lif_forward") or not torch._C._dispatch_has_kernel("lzo::lif_forward")
-    for op in ops.EVENT_OPS:
+    for op in ops.EVENT_OPS + ops.CONV_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lzo::{op}", "CPU")
     assert not (ops.kernels_dir() / "lif_cpu.cpp").exists() and not (ops.kernels_dir() / "lif_cuda.cu").exists()
 

@@ -100,3 +100,29 @@ def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip
         bound = 2 * gamma(w.shape[0] + 3 * steps) * float((v + net.theta).abs().max())
         assert float(v.abs().min()) > 10 * bound
         h = (v > 0).float()
+
+
+def test_the_conv_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
+    """The same soundness for the convolutional case: no potential within 10× the rounding bound of θ
+    (lzo_bench.floatcmp.lif_potential_bound with the conv geometry, layer by layer, pooled spikes between
+    the conv layers), and every layer spikes, so the check compares more than silence."""
+    from lzo_bench.conv import pool_dense
+    from lzo_bench.floatcmp import lif_potential_bound
+    from lzo_bench.gates import GateSpec
+    from lzo_bench.lif import layer_current, lif_membrane
+    from lzo_bench.model import SNN
+    from lzo_bench.rng import DrawKey
+
+    net, state, x, _ = selfcheck._conv_case(torch.device("cpu"))
+    model = SNN(net)
+    model.load_state_dict(state)
+    stack = model.stack(GateSpec.build("localzo", "normal", delta=0.4), DrawKey(5, 9))
+    h = x
+    for hid in stack.hidden:
+        w = hid.weight.detach()
+        v = lif_membrane(layer_current(h, w, None, hid.conv), hid.beta, hid.theta) - hid.theta
+        s = (v > 0).float()
+        bound = lif_potential_bound(h, w, hid.beta, hid.theta, s, hid.conv)
+        assert bool((v.double().abs() > 10 * bound).all())
+        assert s.sum() > 0
+        h = pool_dense(s, hid.conv) if hid.conv else s
