@@ -113,6 +113,22 @@ void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t
   LZO_LAUNCH_CHECK();
 }
 
+// The sparse backward ops' lists and values on the weights' device: the active list over a layer of n neurons,
+// the input list over n_in units, the previous layer's entries (when given) over n_prev units.
+void check_backward_lists(const Tensor& grad_act, const Tensor& act_ptr, const Tensor& act_col, const Tensor& act_gate,
+                          const Tensor& count_grad, const Tensor& x_ptr, const Tensor& x_col, const Tensor& x_val,
+                          const Tensor& prev_ptr, const Tensor& prev_col, const Tensor& weight, int64_t n, int64_t n_in,
+                          int64_t n_prev, const char* op) {
+  const int64_t rows = act_ptr.numel() - 1;
+  const Tensor empty = at::empty({0}, weight.options());
+  check_list(act_ptr, act_col, empty, rows, n, weight, op, "active");
+  check_list(x_ptr, x_col, x_val, rows, n_in, weight, op, "x");
+  check_cuda(grad_act, weight, op, "grad_act");
+  check_cuda(act_gate, weight, op, "active_gate");
+  check_cuda(count_grad, weight, op, "count_grad");
+  if (prev_ptr.numel() > 0) check_list(prev_ptr, prev_col, empty, rows, n_prev, weight, op, "prev");
+}
+
 // A list's bound B*T*N must be addressable by the int32 row pointers.
 void check_bound(int64_t rows, int64_t width, const char* op) {
   TORCH_CHECK(rows * width < (int64_t(1) << 31), op, ": B*T*N = ", rows * width,
@@ -326,13 +342,9 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
   const int64_t Nin = weight.size(0), N = weight.size(1);
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, weight.options());
-  check_list(act_ptr, act_col, empty, rows, N, weight, op, "active");
-  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
-  check_cuda(grad_act, weight, op, "grad_act");
-  check_cuda(act_gate, weight, op, "active_gate");
-  check_cuda(count_grad, weight, op, "count_grad");
+  check_backward_lists(grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col, x_val, prev_ptr, prev_col,
+                       weight, N, Nin, Nin, op);
   const bool with_prev = prev_ptr.numel() > 0;
-  if (with_prev) check_list(prev_ptr, prev_col, empty, rows, Nin, weight, op, "prev");
   LZO_GUARD(weight.device());
   const Tensor W = weight.contiguous();
   const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
@@ -443,13 +455,9 @@ std::tuple<Tensor, Tensor> conv_sparse_backward_cuda(
   check_sparse_backward_args(grad_act, act_ptr, act_col, act_gate, count_grad, W, N, steps, op);
   const int64_t rows = act_ptr.numel() - 1, T = steps, B = rows / T;
   const Tensor empty = at::empty({0}, W.options());
-  check_list(act_ptr, act_col, empty, rows, N, W, op, "active");
-  check_list(x_ptr, x_col, x_val, rows, nin, W, op, "x");
-  check_cuda(grad_act, W, op, "grad_act");
-  check_cuda(act_gate, W, op, "active_gate");
-  check_cuda(count_grad, W, op, "count_grad");
+  check_backward_lists(grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col, x_val, prev_ptr, prev_col, W,
+                       N, nin, units, op);
   const bool with_prev = prev_ptr.numel() > 0;
-  if (with_prev) check_list(prev_ptr, prev_col, empty, rows, units, W, op, "prev");
   LZO_GUARD(W.device());
   const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
   Tensor xbar = rows_from_events(x_ptr, x_col, x_val, rows, nin, W.options());

@@ -286,7 +286,7 @@ def test_conv_pooled_pair_with_bias_and_graded_input(method, kern):
 def test_conv_kernels_1_and_5(method, kernel, stride, padding, kern):
     from lzo_bench.conv import ConvShape
     from test_conv import assert_conv_same
-    assert_conv_same([ConvShape(2, 7, 8, 5, kernel, stride, padding)], method, m=2 if method == "localzo" else 1,
+    assert_conv_same([ConvShape(2, 6, 7, 4, kernel, stride, padding)], method, m=2 if method == "localzo" else 1,
                      steps=70, batch=2, lib=kern.lib, device=kern.device)
 
 
@@ -300,9 +300,8 @@ def test_conv_grid_stride_loops_take_several_passes_and_dense_current(kern):
         assert_conv_same(_pooled_pair(), "localzo", m=2, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device)
     finally:
         kern.lib.set_cuda_max_grid(old)
-    for method in ("surrogate", "sparsegrad"):
-        assert_conv_same(_pooled_pair(), method, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device,
-                         current="gemm")
+    assert_conv_same(_pooled_pair(), "sparsegrad", steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device,
+                     current="gemm")
 
 
 @pytest.mark.parametrize("kern", KERNELS)
@@ -314,7 +313,7 @@ def test_conv_sparse_gradients_are_bitwise_repeatable(kern):
     from lzo_bench.gates import GateSpec
     convs = _pooled_pair()
     params = _net(convs, 6, 4, 0, True)
-    x = (torch.rand(40, 2, convs[0].units_in, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    x = (torch.rand(24, 2, convs[0].units_in, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     y = torch.arange(2) % 4
     spec = GateSpec.build("localzo", "normal", delta=0.4)
     grads = [_run("ours", params, convs, spec, x, y, kern.lib, kern.device)[1] for _ in range(2)]
