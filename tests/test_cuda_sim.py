@@ -261,7 +261,7 @@ def test_gates_flush_where_the_cpu_flushes(dist, kern):
 # ---- Convolutional layers (issue 22): lzo_sim's conv ops (the CUDA kernels) against the reference, through
 # tests/test_conv.py's comparison (spikes equal but for flips within rounding of θ, then gradients to rounding).
 # Small frames: the simulator runs every block's threads as OS threads, so a layer costs B·T·⌈N/64⌉ block
-# rankings; the shapes still take several neuron chunks, input tiles and parts.
+# rankings; the shapes still take several neuron chunks and dW parts.
 
 POOLED_PAIR = ("two conv layers, 2×2 sum pooling (odd frame: a dropped row and column), then stride 2 and padding 1; "
                "3 and 7 channels, not multiples of a warp")
@@ -300,8 +300,9 @@ def test_conv_grid_stride_loops_take_several_passes_and_dense_current(kern):
         assert_conv_same(_pooled_pair(), "localzo", m=2, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device)
     finally:
         kern.lib.set_cuda_max_grid(old)
-    assert_conv_same(_pooled_pair(), "sparsegrad", steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device,
-                     current="gemm")
+    for method in ("surrogate", "sparsegrad"):
+        assert_conv_same(_pooled_pair(), method, steps=70, batch=2, bias=True, lib=kern.lib, device=kern.device,
+                         current="gemm")
 
 
 @pytest.mark.parametrize("kern", KERNELS)
