@@ -339,3 +339,12 @@ def test_pool_events_equal_the_cpu_op(graded, kern):
     n = int(got[0][-1])
     assert torch.equal(got[0].cpu(), want[0]) and n == want[1].numel()
     assert torch.equal(got[1][:n].cpu(), want[1]) and torch.equal(got[2][:n].cpu(), want[2])
+
+
+def test_the_self_check_passes_on_the_simulated_cuda_kernels():
+    """The self-check a GPU runs before its first update (lzo_bench/selfcheck.py: a fully connected and a conv
+    network, three rules) passes on the very kernels it will run there, executed by the simulator."""
+    from lzo_bench import selfcheck
+    verdict = selfcheck.verify(SIM, "cpu")
+    assert verdict.ok, verdict.detail
+    assert "fully connected and convolutional" in verdict.detail
