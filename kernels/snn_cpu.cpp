@@ -76,8 +76,8 @@ void check_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64
                   const char* name) {
   TORCH_CHECK(ptr.scalar_type() == kPtr && ptr.dim() == 1 && ptr.is_contiguous(), op, ": ", name,
               "_ptr must be a contiguous 1-D int32 tensor");
-  TORCH_CHECK(ptr.numel() == rows + 1, op, ": ", name, "_ptr must hold B*T + 1 = ", rows + 1,
-              " row pointers, got ", ptr.numel());
+  TORCH_CHECK(rows >= 0 && ptr.numel() == rows + 1, op, ": ", name, "_ptr must hold B*T + 1 = ", rows + 1,
+              " row pointers (at least 1), got ", ptr.numel());
   TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous(), op, ": ", name,
               "_col must be a contiguous 1-D int32 tensor");
   TORCH_CHECK(val.numel() == 0 || (val.scalar_type() == at::kFloat && val.is_contiguous() &&

@@ -97,8 +97,9 @@ void check_cuda(const Tensor& t, const Tensor& ref, const char* op, const char* 
 
 void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
                 const Tensor& ref, const char* op, const char* name) {
-  TORCH_CHECK(ptr.scalar_type() == kPtr && ptr.dim() == 1 && ptr.is_contiguous() && ptr.numel() == rows + 1, op, ": ",
-              name, "_ptr must be a contiguous int32 tensor of B*T + 1 = ", rows + 1, " row pointers");
+  TORCH_CHECK(ptr.scalar_type() == kPtr && ptr.dim() == 1 && ptr.is_contiguous() && rows >= 0 && ptr.numel() == rows + 1,
+              op, ": ", name, "_ptr must be a contiguous int32 tensor of B*T + 1 = ", rows + 1,
+              " row pointers (at least 1)");
   TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1 && col.is_contiguous(), op, ": ", name,
               "_col must be a contiguous 1-D int32 tensor");
   TORCH_CHECK(val.numel() == 0 || (val.scalar_type() == at::kFloat && val.is_contiguous() && val.numel() == col.numel()),

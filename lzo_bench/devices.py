@@ -1,10 +1,12 @@
-"""The device a run computes on: its name (for the run's environment record and benchmarks) and a
-sync before reading a clock."""
+"""The device a run computes on: its name (for the run's environment record and benchmarks), a
+sync before reading a clock, and full-fp32 convolutions where two computations are compared."""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -54,3 +56,19 @@ def cpu_header(facts: dict[str, object] | None = None) -> str:
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def fp32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in full fp32 inside the block, restored after. torch lets cuDNN use TF32 for
+    them by default on Ampere and newer GPUs (a 10-bit mantissa: ~1e-3 relative error), while the conv
+    event kernels compute in fp32; the self-check and the GPU tests compare the two, so both sides run
+    in fp32 there. Through the legacy flag (``torch.backends.cudnn.allow_tf32``), which every torch
+    version honours; a training run keeps the user's setting."""
+    cudnn = torch.backends.cudnn
+    was = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = was

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lzo_bench.devices import fp32_convolutions
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 
@@ -93,29 +94,8 @@ def verify(backend: "Backend", device: torch.device | str) -> Verdict:
     """Run the self-check of ``backend`` on ``device`` (no caching; see :func:`cached_verdict`)."""
     device = torch.device(device)
     t0 = time.perf_counter()
-    problems = []
-    for name, case in CASES.items():
-        net, state, x, y = case(device)
-        for rule in RULES:
-            spec = GateSpec.build(rule, "normal", delta=0.4)
-            try:
-                ours, g_ours = _step(net, state, x, y, spec, backend, device)
-            except Exception as e:  # an op that raises fails the check: its message is the finding
-                problems.append(f"{name}{rule}: the ops raised {type(e).__name__}: {str(e).strip().splitlines()[0]}")
-                continue
-            ref, g_ref = _step(net, state, x, y, spec, None, device)
-            counts = [int(a.sum()) - int(b.sum()) for a, b in zip(ours.counts, ref.counts)]
-            if any(counts):
-                problems.append(f"{name}{rule}: spike counts differ by {counts} per layer")
-                continue
-            if not torch.allclose(ours.logits, ref.logits, rtol=1e-4, atol=1e-5):
-                diff = float((ours.logits - ref.logits).detach().abs().max())
-                problems.append(f"{name}{rule}: logits differ by {diff:.3g}")
-            for layer, (a, b) in enumerate(zip(g_ours, g_ref)):
-                scale = float(b.abs().max()) or 1.0
-                err = float((a - b).abs().max()) / scale
-                if not err <= GRAD_TOL:  # also catches NaN
-                    problems.append(f"{name}{rule}: weight {layer}'s gradient differs by {err:.3g} of its scale")
+    with fp32_convolutions():  # cuDNN's default TF32 would separate the two sides by ~1e-3
+        problems = [p for name, case in CASES.items() for p in _compare(backend, device, name, *case(device))]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -123,6 +103,32 @@ def verify(backend: "Backend", device: torch.device | str) -> Verdict:
         return Verdict(False, "; ".join(problems), seconds)
     return Verdict(True, f"{', '.join(RULES)} equal to the reference on {_where(device)}, fully connected and "
                          f"convolutional", seconds)
+
+
+def _compare(backend: "Backend", device: torch.device, name: str, net, state, x, y) -> list[str]:
+    """What differs between ``backend`` and the reference on one case, for each rule (findings prefixed
+    with the case's ``name``)."""
+    problems = []
+    for rule in RULES:
+        spec = GateSpec.build(rule, "normal", delta=0.4)
+        try:
+            ours, g_ours = _step(net, state, x, y, spec, backend, device)
+        except Exception as e:  # an op that raises fails the check: its message is the finding
+            problems.append(f"{name}{rule}: the ops raised {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+            continue
+        ref, g_ref = _step(net, state, x, y, spec, None, device)
+        counts = [int(a.sum()) - int(b.sum()) for a, b in zip(ours.counts, ref.counts)]
+        if any(counts):
+            problems.append(f"{name}{rule}: spike counts differ by {counts} per layer")
+            continue
+        if not torch.allclose(ours.logits, ref.logits, rtol=1e-4, atol=1e-5):
+            problems.append(f"{name}{rule}: logits differ by {float((ours.logits - ref.logits).detach().abs().max()):.3g}")
+        for layer, (a, b) in enumerate(zip(g_ours, g_ref)):
+            scale = float(b.abs().max()) or 1.0
+            err = float((a - b).abs().max()) / scale
+            if not err <= GRAD_TOL:  # also catches NaN
+                problems.append(f"{name}{rule}: weight {layer}'s gradient differs by {err:.3g} of its scale")
+    return problems
 
 
 def cached_verdict(backend: "Backend", device: torch.device | str) -> Verdict:

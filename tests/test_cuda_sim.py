@@ -348,3 +348,14 @@ def test_the_self_check_passes_on_the_simulated_cuda_kernels():
     verdict = selfcheck.verify(SIM, "cpu")
     assert verdict.ok, verdict.detail
     assert "fully connected and convolutional" in verdict.detail
+
+
+@pytest.mark.parametrize("ns", ["lzo", "lzo_sim"])
+def test_an_empty_row_pointer_tensor_is_refused_before_any_read(ns):
+    """A ptr of no entries would make B*T = -1 rows; both the CPU op and the CUDA op (simulated) refuse it in
+    one line instead of reading ptr[0] past an empty tensor (found by review)."""
+    empty_ptr, col = torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"x_ptr must .*row pointers \(at least 1\)"):
+        getattr(torch.ops, ns).pool_events(empty_ptr, col, torch.zeros(0), [2, 4, 4], 2)
+    with pytest.raises(RuntimeError, match=r"s_ptr must .*row pointers \(at least 1\)"):
+        getattr(torch.ops, ns).readout_forward(empty_ptr, col, torch.randn(4, 2), 1, 0.9)

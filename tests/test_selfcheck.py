@@ -126,3 +126,18 @@ def test_the_conv_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
         assert bool((v.double().abs() > 10 * bound).all())
         assert s.sum() > 0
         h = pool_dense(s, hid.conv) if hid.conv else s
+
+
+def test_fp32_convolutions_turns_cudnn_tf32_off_inside_and_restores_it_after_an_error():
+    from lzo_bench.devices import fp32_convolutions
+    cudnn = torch.backends.cudnn
+    was = cudnn.allow_tf32
+    try:
+        cudnn.allow_tf32 = True
+        with pytest.raises(KeyError):
+            with fp32_convolutions():
+                assert cudnn.allow_tf32 is False
+                raise KeyError("inside")
+        assert cudnn.allow_tf32 is True
+    finally:
+        cudnn.allow_tf32 = was
