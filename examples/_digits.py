@@ -42,6 +42,19 @@ def arguments(doc: str, rules: tuple[str, ...]) -> argparse.Namespace:
     return args
 
 
+def nn_example(doc: str) -> tuple[argparse.Namespace, torch.Generator, Callable[[int], nn.Module]]:
+    """The start of an ``lzo_bench.nn`` example: its arguments (``--rule`` one of :data:`RULES`), torch seeded,
+    a generator for the layers' weights and the chosen rule as a function of a seed."""
+    args = arguments(doc, tuple(RULES))
+    torch.manual_seed(args.seed)
+    return args, torch.Generator().manual_seed(args.seed), RULES[args.rule]
+
+
+def cpu_backend(net: nn.Module) -> str:
+    """The backend an ``lzo_bench.nn.Sequential`` runs on the CPU (``cpp``: the event ops)."""
+    return net._backend(torch.device("cpu"), net.stack(False)).name
+
+
 def digits(steps: int, limit: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(x [T, n, 64] float, y [n])`` for train and test: the latency-coded 8×8 digits of ``lzo-bench train``."""
     train, test = load_dataset("digits", steps)

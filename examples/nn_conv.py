@@ -11,16 +11,12 @@ the input trace at each active entry's receptive field. Prints one JSON line.
 
 from __future__ import annotations
 
-import torch
-from _digits import RULES, arguments, train
+from _digits import cpu_backend, nn_example, train
 from lzo_bench import nn
 
 
 def main() -> None:
-    args = arguments(__doc__, tuple(RULES))
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    rule = RULES[args.rule]
+    args, g, rule = nn_example(__doc__)
     net = nn.Sequential(
         nn.ConvLIF(1, 16, 3, padding=1, beta=0.905, rule=rule(args.seed), init_gain=40.0, generator=g),
         nn.SumPool2d(2),
@@ -31,7 +27,7 @@ def main() -> None:
         input_shape=(1, 8, 8),
     )
     train(net, net, args, {"network": "nn.Sequential conv 1-16 (3x3) pool 2, conv 16-32 (3x3), 512-200-10",
-                           "backend": net._backend(torch.device("cpu"), net.stack(False)).name})
+                           "backend": cpu_backend(net)})
 
 
 if __name__ == "__main__":

@@ -11,26 +11,23 @@ rule's backward touches only the active neurons. Prints one JSON line per networ
 from __future__ import annotations
 
 import torch
-from _digits import RULES, arguments, train
+from _digits import cpu_backend, nn_example, train
 from lzo_bench import nn
 from lzo_bench.backends import select_backend
 from lzo_bench.gates import GateSpec
 from lzo_bench.model import SNN, NetworkSpec
 from lzo_bench.rng import DrawKey
 
+
 def main() -> None:
-    args = arguments(__doc__, tuple(RULES))
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    rule = RULES[args.rule]
+    args, g, rule = nn_example(__doc__)
     net = nn.Sequential(
         nn.LIF(64, 200, beta=0.905, rule=rule(args.seed), bias=True, init_gain=40.0, generator=g),
         nn.LIF(200, 200, beta=0.8, rule=rule(args.seed + 1), init_gain=40.0, generator=g),
         nn.LIF(200, 100, beta=0.905, theta=0.8, rule=rule(args.seed + 2), init_gain=40.0, generator=g),
         nn.LeakyReadout(100, 10, beta=0.905, bias=True, init_gain=40.0, generator=g),
     )
-    train(net, net, args, {"network": "nn.Sequential 64-200-200-100-10", "backend": net._backend(
-        torch.device("cpu"), net.stack(False)).name})
+    train(net, net, args, {"network": "nn.Sequential 64-200-200-100-10", "backend": cpu_backend(net)})
 
     # the same 2 × 200 network twice from one seed: as nn.Sequential (sharing an SNN's weights) and as SNN
     spec = NetworkSpec(64, (200, 200), 10, beta=0.905, beta_out=0.905, init_gain=40.0)

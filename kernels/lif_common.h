@@ -178,10 +178,19 @@ inline at::Tensor conv_weight4(const at::Tensor& weight, const ConvGeom& g) {
   return weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k}).contiguous();
 }
 
+// The weight as the event forward reads it, [C_in, K, K, C_out]: an input tap's weights for all outputs contiguous.
+inline at::Tensor conv_taps_last(const at::Tensor& weight, const ConvGeom& g) {
+  return conv_weight4(weight, g).permute({1, 2, 3, 0}).contiguous();
+}
+
+// The bias [C_out], the weight's last column (g.bias only).
+inline at::Tensor conv_bias(const at::Tensor& weight, const ConvGeom& g) {
+  return weight.select(1, g.taps()).contiguous();
+}
+
 // The current of every row by one convolution: input rows [B*T, units_in (+1)] -> [B*T, units_out].
 inline at::Tensor conv_current_rows(const at::Tensor& xrows, const at::Tensor& weight, const ConvGeom& g) {
-  const std::optional<at::Tensor> bias = g.bias ? std::optional<at::Tensor>(weight.select(1, g.taps()).contiguous())
-                                                : std::nullopt;
+  const std::optional<at::Tensor> bias = g.bias ? std::optional<at::Tensor>(conv_bias(weight, g)) : std::nullopt;
   const at::Tensor out = at::conv2d(conv_nchw_input(xrows, g), conv_weight4(weight, g), bias, {g.stride, g.stride},
                                     {g.pad, g.pad});
   return out.permute({0, 2, 3, 1}).contiguous().view({xrows.size(0), g.units_out()});

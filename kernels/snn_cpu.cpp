@@ -1148,10 +1148,9 @@ struct ConvMap {
 
   ConvMap(const ConvGeom& geom, const Tensor& weight)
       : g(geom), nin(geom.units_in() + (geom.bias ? 1 : 0)), n(geom.units_out()) {
-    const Tensor w4 = weight.narrow(1, 0, g.taps()).reshape({g.cout, g.cin, g.k, g.k});
-    wf_ = w4.permute({1, 2, 3, 0}).contiguous();
-    wb_ = w4.permute({0, 2, 3, 1}).contiguous();
-    bias_ = g.bias ? weight.select(1, g.taps()).contiguous() : at::zeros({g.cout}, weight.options());
+    wf_ = conv_taps_last(weight, g);
+    wb_ = conv_weight4(weight, g).permute({0, 2, 3, 1}).contiguous();
+    bias_ = g.bias ? conv_bias(weight, g) : at::zeros({g.cout}, weight.options());
     wf = wf_.data_ptr<float>();
     wb = wb_.data_ptr<float>();
     bias = bias_.data_ptr<float>();

@@ -130,6 +130,16 @@ void check_backward_lists(const Tensor& grad_act, const Tensor& act_ptr, const T
   if (prev_ptr.numel() > 0) check_list(prev_ptr, prev_col, empty, rows, n_prev, weight, op, "prev");
 }
 
+// The dense backward ops' inputs on the weights' device: grad, gate, dL/dcount and the input list over n_in units.
+void check_dense_backward_lists(const Tensor& grad, const Tensor& gate, const Tensor& count_grad, const Tensor& x_ptr,
+                                const Tensor& x_col, const Tensor& x_val, const Tensor& weight, int64_t n_in,
+                                const char* op) {
+  check_list(x_ptr, x_col, x_val, grad.size(0), n_in, weight, op, "x");
+  check_cuda(grad, weight, op, "grad");
+  check_cuda(gate, weight, op, "gate");
+  check_cuda(count_grad, weight, op, "count_grad");
+}
+
 // A list's bound B*T*N must be addressable by the int32 row pointers.
 void check_bound(int64_t rows, int64_t width, const char* op) {
   TORCH_CHECK(rows * width < (int64_t(1) << 31), op, ": B*T*N = ", rows * width,
@@ -180,6 +190,26 @@ Tensor dense_ghat(const Tensor& grad, const Tensor& gate, const Tensor& count_gr
   return ghat;
 }
 
+// The non-zero entries of x [T, B, N] as a list over rows r = b*T + t (dense rows [R, N]: T = 1, B = R), in
+// column order. cap < 0: exactly nnz long, read back once; else allocated at the bound cap, no host read.
+std::tuple<Tensor, Tensor, Tensor> list_of_nonzeros(const Tensor& x, int64_t T, int64_t B, int64_t N, int64_t cap) {
+  const int64_t rows = T * B;
+  Tensor cnt = at::zeros({rows}, x.options().dtype(kPtr));
+  if (rows > 0 && N > 0)
+    LZO_LAUNCH(count_nonzero_rows_kernel, grid(rows * kWarp), kThreads)(x.data_ptr<float>(), cnt.data_ptr<Ptr>(), T,
+                                                                             B, N);
+  LZO_LAUNCH_CHECK();
+  Tensor ptr = row_pointers_from_counts(cnt);
+  const int64_t len = cap < 0 ? ptr[rows].item<int64_t>() : cap;
+  Tensor col = at::empty({len}, x.options().dtype(at::kInt));
+  Tensor val = at::empty({len}, x.options());
+  if (rows > 0 && len > 0)
+    LZO_LAUNCH(fill_events_kernel, grid(rows * kWarp), kThreads)(
+        x.data_ptr<float>(), ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.data_ptr<float>(), T, B, N);
+  LZO_LAUNCH_CHECK();
+  return {ptr, col, val};
+}
+
 Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
                         const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
@@ -201,20 +231,7 @@ std::tuple<Tensor, Tensor, Tensor> to_events_cuda(const Tensor& x) {
   const Tensor xc = x.contiguous();
   const int64_t T = x.size(0), B = x.size(1), N = x.size(2), rows = T * B;
   check_bound(rows, N, "lzo::to_events");
-  Tensor cnt = at::zeros({rows}, x.options().dtype(kPtr));
-  if (rows > 0 && N > 0)
-    LZO_LAUNCH(count_nonzero_rows_kernel, grid(rows * kWarp), kThreads)(xc.data_ptr<float>(),
-                                                                             cnt.data_ptr<Ptr>(), T, B, N);
-  LZO_LAUNCH_CHECK();
-  Tensor ptr = row_pointers_from_counts(cnt);
-  const int64_t nnz = ptr[rows].item<int64_t>();  // the one host read of the event ops (see the header)
-  Tensor col = at::empty({nnz}, x.options().dtype(at::kInt));
-  Tensor val = at::empty({nnz}, x.options());
-  if (nnz > 0)
-    LZO_LAUNCH(fill_events_kernel, grid(rows * kWarp), kThreads)(
-        xc.data_ptr<float>(), ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.data_ptr<float>(), T, B, N);
-  LZO_LAUNCH_CHECK();
-  return {ptr, col, val};
+  return list_of_nonzeros(xc, T, B, N, -1);  // exactly nnz long: the one host read of the event ops (the header)
 }
 
 namespace {
@@ -394,12 +411,8 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   const char* op = "lzo::lif_dense_backward";
   check_on_gpu(weight, op);
   check_dense_backward_args(grad, gate_t, count_grad, weight, weight.size(1), steps, op);
-  const int64_t Nin = weight.size(0), N = weight.size(1);
-  const int64_t rows = grad.size(0), T = steps, B = rows / T;
-  check_list(x_ptr, x_col, x_val, rows, weight.size(0), weight, op, "x");
-  check_cuda(grad, weight, op, "grad");
-  check_cuda(gate_t, weight, op, "gate");
-  check_cuda(count_grad, weight, op, "count_grad");
+  const int64_t Nin = weight.size(0), rows = grad.size(0);
+  check_dense_backward_lists(grad, gate_t, count_grad, x_ptr, x_col, x_val, weight, Nin, op);
   (void)current_mode;  // the GPU always forms dW by one GEMM
   LZO_GUARD(weight.device());
   const Tensor W = weight.contiguous();
@@ -438,8 +451,7 @@ ForwardOut conv_lif_forward_cuda(
                                    alpha, seed, update, layer, tc);
   Tensor cur_all;
   if (current_mode == 2) cur_all = conv_current_rows(rows_from_events(x_ptr, x_col, x_val, rows, nin, W.options()), W, cg);
-  const Tensor wf = conv_weight4(W, cg).permute({1, 2, 3, 0}).contiguous();  // [C_in, K, K, C_out]
-  const Tensor bias = cg.bias ? W.select(1, cg.taps()).contiguous() : Tensor();
+  const Tensor wf = conv_taps_last(W, cg), bias = cg.bias ? conv_bias(W, cg) : Tensor();
   return scan_layer(ConvCurrent{cg, wf.data_ptr<float>(), cg.bias ? bias.data_ptr<float>() : nullptr}, x_ptr, x_col,
                     x_val, cur_all, g, steps, N, beta, theta, method, W.options());
 }
@@ -470,7 +482,8 @@ std::tuple<Tensor, Tensor> conv_sparse_backward_cuda(
   // no more parts than the grid's warps (a capped grid, in the tests, makes each part take several rows)
   const int64_t warps = g_max_grid * (kThreads / kWarp);
   const int64_t want = std::max<int64_t>(1, std::min({rows, kConvDwWarps, warps, kDeterministicBytes / part_bytes}));
-  const int64_t rows_per = std::max<int64_t>(1, (rows + want - 1) / want), parts = std::max<int64_t>(1, (rows + rows_per - 1) / rows_per);
+  const int64_t rows_per = std::max<int64_t>(1, (rows + want - 1) / want);
+  const int64_t parts = std::max<int64_t>(1, (rows + rows_per - 1) / rows_per);
   Tensor dw_parts = at::zeros({parts, cg.cout, cg.weight_cols()}, W.options());
   if (rows > 0 && act_col.numel() > 0)
     LZO_LAUNCH(conv_dw_kernel, grid(parts * kWarp), kThreads)(
@@ -510,10 +523,7 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cuda(const Tensor& grad, const Te
   const ConvGeom cg = conv_geom(shape, W, op);
   check_dense_backward_args(grad, gate, count_grad, W, cg.units_out(), steps, op);
   const int64_t rows = grad.size(0), nin = cg.units_in() + (cg.bias ? 1 : 0);
-  check_list(x_ptr, x_col, x_val, rows, nin, W, op, "x");
-  check_cuda(grad, W, op, "grad");
-  check_cuda(gate, W, op, "gate");
-  check_cuda(count_grad, W, op, "count_grad");
+  check_dense_backward_lists(grad, gate, count_grad, x_ptr, x_col, x_val, W, nin, op);
   (void)current_mode;  // the GPU always forms dW by the convolution's weight backward
   LZO_GUARD(W.device());
   const Tensor ghat = dense_ghat(grad, gate, count_grad, steps, beta);
@@ -540,19 +550,7 @@ std::tuple<Tensor, Tensor, Tensor> pool_events_cuda(const Tensor& ptr, const Ten
                                                        val.numel() ? val.data_ptr<float>() : nullptr,
                                                        dense.data_ptr<float>(), rows, C, H, W, pool);
   LZO_LAUNCH_CHECK();
-  Tensor cnt = at::zeros({rows}, ptr.options());
-  if (rows > 0)
-    LZO_LAUNCH(count_nonzero_rows_kernel, grid(rows * kWarp), kThreads)(dense.data_ptr<float>(), cnt.data_ptr<Ptr>(),
-                                                                        1, rows, width);
-  LZO_LAUNCH_CHECK();
-  Tensor out_ptr = row_pointers_from_counts(cnt);
-  Tensor out_col = at::empty({col.numel()}, col.options()), out_val = at::empty({col.numel()}, fopts);
-  if (rows > 0 && col.numel() > 0)
-    LZO_LAUNCH(fill_events_kernel, grid(rows * kWarp), kThreads)(
-        dense.data_ptr<float>(), out_ptr.data_ptr<Ptr>(), out_col.data_ptr<int32_t>(), out_val.data_ptr<float>(), 1,
-        rows, width);
-  LZO_LAUNCH_CHECK();
-  return {out_ptr, out_col, out_val};
+  return list_of_nonzeros(dense, 1, rows, width, col.numel());
 }
 
 // The grid cap of every launch (at most 65535, the default); returns the previous cap. Tests lower it
