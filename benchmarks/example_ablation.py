@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lzo_bench.devices import device_name
+from lzo_bench.runtime.devices import device_name
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,7 +1,7 @@
 """Where a localzo training update's time goes, phase by phase, next to the work each phase must do.
 
 The N-MNIST update of ``benchmarks/peers.py`` (same input, weights and gain; 1156 → 200 → 200 → 10, T 300,
-B 256) taken apart into the ops of :mod:`lzo_bench.event_network`, each timed alone (median of
+B 256) taken apart into the ops of :mod:`lzo_bench.ops.event_network`, each timed alone (median of
 ``--repeats``), and beside each the compulsory work — adds, Philox draws, bytes — and the time that work
 takes at this machine's measured rates:
 
@@ -71,7 +71,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("add_rate", &add_rate); m.def("
 
 def machine_rates(repeats: int) -> dict[str, float]:
     """Adds and Philox draws per second of this machine's cores, compiled with the extension's flags."""
-    from lzo_bench import ops
+    from lzo_bench.ops import extension as ops
 
     arch, tag = ops._host_arch()  # the extension's own ISA flags, and one build per CPU
     mod = load_inline(f"lzo_floor_rates_{tag}", [RATES_SRC], extra_cflags=["-O3", *arch, "-ffp-contract=off"],
@@ -98,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from lzo_bench import ops, peers
-    from lzo_bench.devices import cpu_facts, cpu_header
-    from lzo_bench.event_network import as_events
-    from lzo_bench.gates import GateSpec
-    from lzo_bench.memory import keep_freed_memory
-    from lzo_bench.model import SpikeRegularizer, classification_loss
-    from lzo_bench.rng import DrawKey
+    from lzo_bench.ops import extension as ops
+
+    from lzo_bench.measure import peers
+    from lzo_bench.runtime.devices import cpu_facts, cpu_header
+    from lzo_bench.ops.event_network import as_events
+    from lzo_bench.core.gates import GateSpec
+    from lzo_bench.runtime.memory import keep_freed_memory
+    from lzo_bench.core.model import SpikeRegularizer, classification_loss
+    from lzo_bench.core.rng import DrawKey
 
     keep_freed_memory()
     facts = cpu_facts()
@@ -175,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     a1, a2 = o1[4].numel(), o2[4].numel()
     entries = T * B * N1
     # LocalZO's candidates |v| < δ·max|z| (each needs its Philox draw), counted on the reference potentials
-    from lzo_bench.events import SpikeEvents
-    from lzo_bench.lif import lif_potentials
+    from lzo_bench.core.events import SpikeEvents
+    from lzo_bench.core.lif import lif_potentials
 
     band = lz.band()
     v1 = lif_potentials(x @ w1, beta, 1.0)

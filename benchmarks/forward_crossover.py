@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from lzo_bench import ops
-from lzo_bench.event_network import as_events
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops.event_network import as_events
 
 MODES = {"events": 1, "gemm": 2}
 
@@ -45,13 +45,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     ops.build()
-    from lzo_bench.memory import keep_freed_memory
+    from lzo_bench.runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # as the CLI and peers.py run: no page faults on each fresh tensor
     T, B, n_in, n = args.steps, args.batch, args.n_in, args.n
     conv = None
     if args.arch == "conv":
-        from lzo_bench.workloads import CONV_WORKLOAD
+        from lzo_bench.measure.workloads import CONV_WORKLOAD
 
         conv = CONV_WORKLOAD.network().conv_shapes()[0]
         B = args.batch if args.batch != 256 else CONV_WORKLOAD.batch
@@ -98,7 +98,7 @@ def main() -> None:
         rows.append(row)
     def crossover(kind: str) -> float | None:
         return next((r["density"] for r in rows if r[f"{kind}_gemm_ms"] < r[f"{kind}_events_ms"]), None)
-    from lzo_bench.devices import cpu_facts
+    from lzo_bench.runtime.devices import cpu_facts
 
     result = {"machine": cpu_facts(), "threads": torch.get_num_threads(),
               "shape": {"T": T, "B": B, "n_in": n_in, "n": n, "conv": conv.to_dict() if conv else None}, "rows": rows,
@@ -106,7 +106,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    from lzo_bench.devices import cpu_header
+    from lzo_bench.runtime.devices import cpu_header
 
     print(cpu_header(result["machine"]))
     print(f"T={T} B={B} {n_in}->{n}{' (conv ' + str(conv.kernel_args()) + ')' if conv else ''}, "

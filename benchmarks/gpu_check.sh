@@ -58,7 +58,7 @@ if [ "$(tail -1 "$rest/stages.tsv" | cut -f2)" != 0 ]; then  # every later stage
 fi
 stage nvml 30 $py -c "
 import json, torch
-from lzo_bench.energy import counter_period_ms, open_meter
+from lzo_bench.measure.energy import counter_period_ms, open_meter
 m = open_meter('cuda')
 info = m.info() if m.available else None
 r = {'available': m.available, 'reason': m.reason, 'power_instant': m.power_sample() is not None if m.available else None,
@@ -71,7 +71,7 @@ stage cuda-vs-reference 120 sh -c "$py benchmarks/cuda_check.py > '$rest/cuda_ch
 stage profile-nmnist 150 $py -c "
 import torch
 from pathlib import Path
-from lzo_bench.profile import EnergyConfig, ProfileConfig, run_profile, write_report
+from lzo_bench.measure.profile import EnergyConfig, ProfileConfig, run_profile, write_report
 cfg = ProfileConfig(workload='nmnist', updates=20, warmup=3, methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda',
                     energy=True, energy_cfg=EnergyConfig(min_seconds=2.0, min_updates=32, repeats=3, idle_seconds=3.0, settle_seconds=1.0))
 r = run_profile(cfg)
@@ -82,7 +82,7 @@ for row in r['rows']:
 print('energy:', r['energy'])"
 stage profile-nmnist-conv 150 $py -c "
 from pathlib import Path
-from lzo_bench.profile import ProfileConfig, run_profile, write_report
+from lzo_bench.measure.profile import ProfileConfig, run_profile, write_report
 r = run_profile(ProfileConfig(workload='nmnist', arch='conv', updates=10, warmup=2,
                               methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda'))
 write_report(r, Path('$rest/profile-nmnist-conv'))
@@ -98,7 +98,7 @@ else
 fi
 stage train-energy 120 $py -c "
 import json, time, tempfile
-from lzo_bench.train import TrainConfig, train
+from lzo_bench.training.train import TrainConfig, train
 times = {False: [], True: []}
 for energy in (False, True, False, True):
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ for cfg in "nmnist-l1:--n-in 1156 --rate 0.012 --first-layer" "shd-l2:--n-in 200
 done
 stage profile-shd 150 $py -c "
 from pathlib import Path
-from lzo_bench.profile import EnergyConfig, ProfileConfig, run_profile, write_report
+from lzo_bench.measure.profile import EnergyConfig, ProfileConfig, run_profile, write_report
 cfg = ProfileConfig(workload='shd', updates=20, warmup=3, methods=('surrogate', 'localzo'), device='cuda', energy=True,
                     energy_cfg=EnergyConfig(min_seconds=2.0, min_updates=32, repeats=3, idle_seconds=3.0, settle_seconds=1.0))
 r = run_profile(cfg)

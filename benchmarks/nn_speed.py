@@ -1,5 +1,5 @@
 """One training update of the N-MNIST network through ``lzo_bench.nn.Sequential`` against the same
-network as ``lzo_bench.model.SNN`` — one implementation, so the two should time alike.
+network as ``lzo_bench.core.model.SNN`` — one implementation, so the two should time alike.
 
     python benchmarks/nn_speed.py --threads 1 --updates 20 [--rule localzo|sparsegrad|surrogate]
 
@@ -18,14 +18,14 @@ import time
 import torch
 
 from lzo_bench import nn, spike
-from lzo_bench.backends import select_backend
-from lzo_bench.event_network import as_events
-from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, SpikeRegularizer, classification_loss
-from lzo_bench.peers import initial_weights, make_inputs
-from lzo_bench.rng import DrawKey
-from lzo_bench.devices import device_name
-from lzo_bench.workloads import WORKLOADS
+from lzo_bench.ops.backends import select_backend
+from lzo_bench.ops.event_network import as_events
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.model import SNN, SpikeRegularizer, classification_loss
+from lzo_bench.measure.peers import initial_weights, make_inputs
+from lzo_bench.core.rng import DrawKey
+from lzo_bench.runtime.devices import device_name
+from lzo_bench.measure.workloads import WORKLOADS
 
 RULES = {"localzo": spike.LocalZO, "sparsegrad": spike.SparseGrad, "surrogate": spike.Surrogate}
 

@@ -1,6 +1,6 @@
 """Peak resident memory of one training update per method and library, each in a fresh process.
 
-Every contender of :mod:`lzo_bench.peers` (ours: localzo, sparsegrad, surrogate; the peers where
+Every contender of :mod:`lzo_bench.measure.peers` (ours: localzo, sparsegrad, surrogate; the peers where
 installed) runs ``--updates`` full updates (forward, loss, backward, Adam) on the same input and
 weights in its own ``python`` subprocess. The child resets the kernel's peak-RSS mark after building its
 input, weights and model (``echo 5 > /proc/self/clear_refs``), so ``VmHWM`` afterwards is the peak
@@ -8,7 +8,7 @@ of the updates alone; the table shows it beside the RSS before the first update 
 torch, the dense input batch and the model). Beside it, the page faults and system time per update
 after the first (``getrusage``): with ``--malloc system`` (glibc's defaults) every update's large fresh
 tensors fault their pages in again; with ``--malloc kept`` (the default, what ``lzo-bench`` and
-``peers.py`` do: :mod:`lzo_bench.memory`) freed memory is reused (issue 21, item 3).
+``peers.py`` do: :mod:`lzo_bench.runtime.memory`) freed memory is reused (issue 21, item 3).
 
     python benchmarks/peak_rss.py                    # N-MNIST shape; --shape shd, --json, --malloc system
 """
@@ -27,8 +27,8 @@ import sys
 def child(name: str, shape_name: str, updates: int, threads: int) -> dict:
     import torch
 
-    from lzo_bench import peers
-    from lzo_bench.memory import keep_freed_memory
+    from lzo_bench.measure import peers
+    from lzo_bench.runtime.memory import keep_freed_memory
 
     malloc = keep_freed_memory()
 
@@ -39,7 +39,7 @@ def child(name: str, shape_name: str, updates: int, threads: int) -> dict:
     c = peers.build_contender(name, shape, weights)
     c.first_spikes = []  # skip the dense spike check of peers.timed_update: it is not part of an update
     gc.collect()
-    _trim()  # kept memory (lzo_bench.memory) would otherwise hold the set-up's freed pages for the updates to reuse
+    _trim()  # kept memory (lzo_bench.runtime.memory) would otherwise hold the set-up's freed pages for the updates to reuse
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
     before = _status_mib("VmRSS")
@@ -73,7 +73,7 @@ def _status_mib(field: str) -> float:
 
 
 def main() -> int:
-    from lzo_bench.peers import ALL_NAMES, SHAPES
+    from lzo_bench.measure.peers import ALL_NAMES, SHAPES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="nmnist")
@@ -82,7 +82,7 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--malloc", choices=("kept", "system"), default="kept",
-                    help="kept: freed memory reused (lzo_bench.memory, as lzo-bench runs); system: glibc's defaults")
+                    help="kept: freed memory reused (lzo_bench.runtime.memory, as lzo-bench runs); system: glibc's defaults")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.updates < 2:
@@ -105,7 +105,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({"shape": args.shape, "updates": args.updates, "threads": args.threads, "rows": rows}, indent=2))
         return 0
-    from lzo_bench.devices import cpu_facts, cpu_header
+    from lzo_bench.runtime.devices import cpu_facts, cpu_header
 
     malloc = "glibc's defaults (LZO_MALLOC=system)" if args.malloc == "system" else "freed memory kept for reuse"
     print(cpu_header(cpu_facts() | {"torch_threads": args.threads, "malloc": f"{malloc} (in each child)"}))

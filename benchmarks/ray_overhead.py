@@ -1,7 +1,7 @@
 """What `reproduce --engine ray` adds per trial, against `--engine local`, on this machine.
 
 Both engines run the same grid (a profile, default digits-quick, as shipped: 3 epochs, 2 × 200)
-through :func:`lzo_bench.reproduce.run_grid` with 1 job, into fresh folders, engines alternating
+through :func:`lzo_bench.experiments.reproduce.run_grid` with 1 job, into fresh folders, engines alternating
 from repeat to repeat. A trial's time is the gap between consecutive results reaching the driver
 (the first from the call), so the Ray figure includes scheduling, the worker's scratch folder,
 shipping the files back and the driver's atomic writes. That time splits into the training itself
@@ -32,8 +32,8 @@ from typing import Callable
 import ray
 import torch
 
-from lzo_bench.reproduce import Engine, Profile, load_profile, run_grid, with_overrides
-from lzo_bench.devices import device_name
+from lzo_bench.experiments.reproduce import Engine, Profile, load_profile, run_grid, with_overrides
+from lzo_bench.runtime.devices import device_name
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 

@@ -1,5 +1,5 @@
 """A 3-hidden-layer network of ``lzo_bench.nn`` layers on the embedded digits, per-layer β and a bias,
-then the 2 × 200 network of ``lzo-bench train`` as ``nn.Sequential`` and as ``lzo_bench.model.SNN``
+then the 2 × 200 network of ``lzo-bench train`` as ``nn.Sequential`` and as ``lzo_bench.core.model.SNN``
 from the same initial weights: one implementation, so the same accuracy, and their update times.
 
     python examples/nn_stack.py --rule localzo      # or sparsegrad, surrogate
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from _digits import cpu_backend, nn_example, train
 from lzo_bench import nn
-from lzo_bench.backends import select_backend
-from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, NetworkSpec
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops.backends import select_backend
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.core.rng import DrawKey
 
 
 def main() -> None:

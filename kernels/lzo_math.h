@@ -1,8 +1,8 @@
 // Per-element math of the event ops, shared by the CPU loops (snn_cpu.cpp) and the CUDA kernels
 // (snn_cuda_kernels.cuh). Every function mirrors one in the pure-PyTorch reference:
-//   philox4x32_10 / uniform_from_bits  <->  lzo_bench/rng.py
-//   erfinv_f32 / abs_icdf              <->  lzo_bench/distributions.py
-//   surrogate / gate                   <->  lzo_bench/gates.py, lzo_bench/surrogates.py
+//   philox4x32_10 / uniform_from_bits  <->  lzo_bench/core/rng.py
+//   erfinv_f32 / abs_icdf              <->  lzo_bench/core/distributions.py
+//   surrogate / gate                   <->  lzo_bench/core/gates.py, lzo_bench/core/surrogates.py
 // Float operations are written in the reference's order; builds disable FMA contraction. What is
 // identical to the bit: the Philox words and the uniforms. The inverse CDFs go through libm
 // (log1pf, logf) here and through torch's own kernels in the reference, which differ by 1 ulp for a

@@ -11,13 +11,13 @@ train`` as modules, any depth, β, θ and rule per layer, optional bias.
     )
     logits = net(x)          # x: [T, B, 64] dense (float, bool or uint8) or SpikeEvents
 
-Hidden layer ``l`` (:mod:`lzo_bench.network`)::
+Hidden layer ``l`` (:mod:`lzo_bench.core.network`)::
 
     u[t] = β_l·u[t−1] + x_l[t] @ W_l + b_l − θ_l·s[t−1],   s[t] = H(u[t] − θ_l)
 
 and the readout ``o[t] = β_r·o[t−1] + (1 − β_r)·(s_L[t] @ W_out + b_out)``, ``logits = max_t o`` (or ``Σ_t``).
 :class:`Sequential` keeps spikes as events between layers and runs the C++/CUDA event ops (the same
-code as :class:`lzo_bench.model.SNN`): a sparse rule's backward touches only the active neurons. Its
+code as :class:`lzo_bench.core.model.SNN`): a sparse rule's backward touches only the active neurons. Its
 rules must be all sparse or all dense; a rule without a C++ form (a custom ``g``) runs the
 pure-PyTorch reference. On a training forward (``train()`` mode, grad enabled) each rule draws with
 key ``(seed, counter)`` — layer ``l``'s position in the Philox counter — and its counter then
@@ -26,7 +26,7 @@ advances by one, so a run is reproducible from the seeds.
 A :class:`LIF` on its own (outside :class:`Sequential`) is a dense layer whose spike function is the
 rule (:mod:`lzo_bench.spike`): the estimator, not the sparse speed.
 
-Convolutional networks (:mod:`lzo_bench.conv`)::
+Convolutional networks (:mod:`lzo_bench.core.conv`)::
 
     net = nn.Sequential(
         nn.ConvLIF(2, 12, 5, beta=0.9, rule=rule), nn.SumPool2d(2),
@@ -47,14 +47,16 @@ import math
 import torch
 from torch import nn
 
-from lzo_bench import ops, spike
-from lzo_bench.backends import Backend, select_backend
-from lzo_bench.conv import ConvShape, channels_last, conv_current, frames
-from lzo_bench.events import SpikeEvents
-from lzo_bench.forward import Forward, leaky_readout
-from lzo_bench.lif import lif_membrane
-from lzo_bench.network import Hidden, Readout, Stack, dense_network, readout_logits
-from lzo_bench.rng import DrawKey
+from lzo_bench import spike
+
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops.backends import Backend, select_backend
+from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.forward import Forward, leaky_readout
+from lzo_bench.core.lif import lif_membrane
+from lzo_bench.core.network import Hidden, Readout, Stack, dense_network, readout_logits
+from lzo_bench.core.rng import DrawKey
 
 
 def _checked(x: torch.Tensor | SpikeEvents) -> torch.Tensor | SpikeEvents:
@@ -269,7 +271,7 @@ class Sequential(nn.Module):
 
     @classmethod
     def from_snn(cls, model: nn.Module, rule: spike.SpikeFunction, backend: str = "auto") -> "Sequential":
-        """The layers of an :class:`lzo_bench.model.SNN`, sharing its parameters, every layer with
+        """The layers of an :class:`lzo_bench.core.model.SNN`, sharing its parameters, every layer with
         ``rule``."""
         s = model.spec
         hidden = []

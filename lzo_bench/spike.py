@@ -7,17 +7,17 @@ maps) on the CPU or CUDA::
     forward   s = H(x) = 1(x > 0), in the dtype of x
     backward  ∂L/∂x = ∂L/∂s · γ(x)
 
-with ``γ`` of :mod:`lzo_bench.gates` (the same code as ``lzo-bench train``):
+with ``γ`` of :mod:`lzo_bench.core.gates` (the same code as ``lzo-bench train``):
 
 * :class:`Surrogate`  ``γ = g(x)``, the expected LocalZO surrogate of the distribution (eqs. 10–12);
 * :class:`SparseGrad` ``γ = g(x)·1(|x| < B_th)`` (eq. 4), ``B_th = δ·E[max_k |z_k|]`` by default (§4.5);
 * :class:`LocalZO`    ``γ = (c/m) Σ_k 1(|x| < δ|z_k|)·|z_k|^α / (2δ)`` (eqs. 7–8), unbiased for ``g``.
 
 ``dist`` is a distribution name (``normal``, ``uniform``, ``laplace``, ``sigmoid``, ``fast-sigmoid``), a
-:class:`~lzo_bench.distributions.Distribution`, or a user surrogate ``g`` (:func:`lzo_bench.surrogates.custom`), turned into its sampling distribution by
+:class:`~lzo_bench.core.distributions.Distribution`, or a user surrogate ``g`` (:func:`lzo_bench.core.surrogates.custom`), turned into its sampling distribution by
 Theorem 3 at this ``δ``.
 
-**LocalZO's draws** come from the project's Philox4x32 (:mod:`lzo_bench.rng`), keyed by
+**LocalZO's draws** come from the project's Philox4x32 (:mod:`lzo_bench.core.rng`), keyed by
 ``(seed, counter)`` with the element's flat index ``i`` as counter word (``j = i mod 2³²``,
 ``t = ⌊i / 2³²⌋``, batch row 0, layer 0, sample ``k``): ``z`` is drawn in the **backward**, and
 ``counter`` advances by one per backward call. A call whose result never reaches a backward (snnTorch's
@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 
-from lzo_bench.distributions import Distribution
-from lzo_bench.gates import GateSpec, Method, localzo_values, sparsegrad_gate, surrogate_gate
-from lzo_bench.rng import MASK32, DrawKey
-from lzo_bench.surrogates import Surrogate as SurrogateFn
-from lzo_bench.theory import theorem3_distribution
+from lzo_bench.core.distributions import Distribution
+from lzo_bench.core.gates import GateSpec, Method, localzo_values, sparsegrad_gate, surrogate_gate
+from lzo_bench.core.rng import MASK32, DrawKey
+from lzo_bench.core.surrogates import Surrogate as SurrogateFn
+from lzo_bench.core.theory import theorem3_distribution
 
 
 class SpikeFunction(torch.nn.Module):
@@ -58,7 +58,7 @@ class SpikeFunction(torch.nn.Module):
 
     @property
     def spec(self) -> GateSpec:
-        """The rule as :mod:`lzo_bench.gates` takes it (built once; not pickled)."""
+        """The rule as :mod:`lzo_bench.core.gates` takes it (built once; not pickled)."""
         if self._spec is None:
             dist: Any = self.dist
             if isinstance(dist, SurrogateFn):

@@ -6,7 +6,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from lzo_bench import train as train_mod
+from lzo_bench.training import train as train_mod
 from lzo_bench.cli import app
 
 runner = CliRunner()
@@ -169,7 +169,7 @@ def test_a_damaged_dataset_is_one_line_and_leaves_no_folder(tmp_path):
 def test_doctor_says_plainly_what_works_here(monkeypatch):
     import torch
 
-    from lzo_bench import doctor
+    from lzo_bench.cli import doctor_checks as doctor
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = runner.invoke(app, ["doctor", "--json"])
@@ -190,7 +190,7 @@ def test_doctor_says_plainly_what_works_here(monkeypatch):
 def test_doctor_reports_the_onnxruntime_clash(monkeypatch):
     from importlib import metadata
 
-    from lzo_bench import doctor
+    from lzo_bench.cli import doctor_checks as doctor
 
     real = list(metadata.distributions())
 
@@ -287,7 +287,7 @@ def _cli(*args: str):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-c", "from lzo_bench.entry import main; main()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from lzo_bench.cli.entry import main; main()", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -334,7 +334,7 @@ def test_progress_bars_show_rate_and_time_left_within_80_columns():
     from rich.console import Console
     from rich.progress import Progress
 
-    from lzo_bench.report import progress_columns
+    from lzo_bench.cli.report import progress_columns
 
     con = Console(width=80, record=True, force_terminal=False, color_system=None)
     with Progress(*progress_columns(), console=con, auto_refresh=False) as bar:
@@ -365,15 +365,15 @@ def test_train_threads_sets_torchs_threads_for_the_run_only(tmp_path):
 
 @pytest.mark.parametrize("signal_class,code,name", [(KeyboardInterrupt, 130, "SIGINT"), (None, 143, "SIGTERM")])
 @pytest.mark.parametrize("command,patch", [
-    (["doctor"], "lzo_bench.doctor.run_checks"),
-    (["evaluate", "somewhere"], "lzo_bench.evaluate.evaluate_run"),
-    (["theory", "check"], "lzo_bench.theory_checks.check"),
+    (["doctor"], "lzo_bench.cli.doctor_checks.run_checks"),
+    (["evaluate", "somewhere"], "lzo_bench.measure.evaluate.evaluate_run"),
+    (["theory", "check"], "lzo_bench.experiments.theory_checks.check"),
 ])
 def test_an_interrupt_after_start_up_is_one_line_and_128_plus_the_signal(monkeypatch, command, patch, signal_class,
                                                                          code, name):
     """Issue 19, D5: Ctrl-C or SIGTERM inside export, profile, evaluate, doctor or theory was click's
     'Aborted!' and exit 1; now one line naming the signal and what was kept, exit 128 + signal."""
-    from lzo_bench.signals import Terminated
+    from lzo_bench.runtime.signals import Terminated
 
     def interrupted(*args, **kwargs):
         raise (signal_class or Terminated)()

@@ -9,18 +9,18 @@ T·B·positions terms, with cancellation)."""
 import pytest
 import torch
 
-from lzo_bench import ops
-from lzo_bench.conv import ConvShape, channels_last, conv_current, pool_dense, pool_events, unpool_dense
-from lzo_bench.devices import fp32_convolutions
-from lzo_bench.event_network import as_events, event_network
-from lzo_bench.gates import GateSpec
-from lzo_bench.lif import layer_current, lif_layer, lif_membrane, lif_potentials
-from lzo_bench.model import SpikeRegularizer, classification_loss
-from lzo_bench.events import SpikeEvents
-from lzo_bench.floatcmp import lif_potential_bound
-from lzo_bench.forward import Forward
-from lzo_bench.network import Hidden, Readout, Stack, dense_network, with_bias_unit
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.core.conv import ConvShape, channels_last, conv_current, pool_dense, pool_events, unpool_dense
+from lzo_bench.runtime.devices import fp32_convolutions
+from lzo_bench.ops.event_network import as_events, event_network
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.lif import layer_current, lif_layer, lif_membrane, lif_potentials
+from lzo_bench.core.model import SpikeRegularizer, classification_loss
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.floatcmp import lif_potential_bound
+from lzo_bench.core.forward import Forward
+from lzo_bench.core.network import Hidden, Readout, Stack, dense_network, with_bias_unit
+from lzo_bench.core.rng import DrawKey
 
 ops.build()
 KEY = DrawKey(5, 9)
@@ -124,7 +124,7 @@ METHODS = ["surrogate", "sparsegrad", "localzo"]
 
 def _near_theta(stack: Stack, x: torch.Tensor) -> int:
     """Entries whose reference potential lies within the rounding bound of θ
-    (:func:`lzo_bench.floatcmp.lif_potential_bound`, conv layers and biases included): where there are none,
+    (:func:`lzo_bench.core.floatcmp.lif_potential_bound`, conv layers and biases included): where there are none,
     two float32 computations of the network give the same spikes on any CPU, so comparing their spikes,
     spike counts or logits as equal is sound."""
     h, near = x, 0
@@ -228,7 +228,7 @@ def test_opcheck_conv_ops(method, op, ns):
     no one writes: AOT's output comparison is left out for those, as tests/test_ops.py does)."""
     utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     if ns == "lzo_sim":
-        from lzo_bench.backends import cuda_simulator
+        from lzo_bench.ops.backends import cuda_simulator
         cuda_simulator()
         if op in ("conv_lif_forward", "pool_events"):
             utils = utils[:3]
@@ -327,8 +327,8 @@ def test_conv_sequential_refuses_bad_stacks_with_the_reason():
 
 
 def _conv_snn(seed=0):
-    from lzo_bench.conv import ConvLayer
-    from lzo_bench.model import SNN, NetworkSpec
+    from lzo_bench.core.conv import ConvLayer
+    from lzo_bench.core.model import SNN, NetworkSpec
 
     spec = NetworkSpec(n_in=2 * 9 * 9, hidden=(6,), n_out=3, beta=0.9, beta_out=0.8, init_gain=25.0,
                        conv=(ConvLayer(4, 3, 1, 1, pool=2), ConvLayer(5, 3, 2, 1)), frame=(2, 9, 9))
@@ -339,7 +339,7 @@ def _conv_snn(seed=0):
 
 
 def _export_source(model):
-    from lzo_bench.export import ExportSource
+    from lzo_bench.export.graphs import ExportSource
 
     return ExportSource(model.spec, [w.detach().numpy().copy() for w in model.weights], 1.0, 25, "test", "digits",
                         {"method": "localzo", "dist": "normal", "seed": 0})
@@ -351,9 +351,9 @@ def test_conv_network_exports_to_onnx_with_conv_inside_the_scan():
     import numpy as np
     import onnxruntime as ort
 
-    from lzo_bench.export import initial_step_state, sequence_model, step_model
-    from lzo_bench.export_check import ATOL, RTOL
-    from lzo_bench.floatcmp import network_spikes_agree
+    from lzo_bench.export.graphs import initial_step_state, sequence_model, step_model
+    from lzo_bench.export.parity import ATOL, RTOL
+    from lzo_bench.core.floatcmp import network_spikes_agree
 
     model, x = _conv_snn()
     src = _export_source(model)
@@ -388,9 +388,9 @@ def test_conv_network_exports_to_nir_conv2d_sumpool_flatten(tmp_path):
     equal, and simulated with the subtractive reset the graph reproduces the network."""
     import nir
 
-    from lzo_bench.export import check_nir, nir_graph, write_nir
-    from lzo_bench.floatcmp import compare_logits, readout_bound
-    from lzo_bench.nir_sim import simulate
+    from lzo_bench.export.graphs import check_nir, nir_graph, write_nir
+    from lzo_bench.core.floatcmp import compare_logits, readout_bound
+    from lzo_bench.export.nir_sim import simulate
 
     model, x = _conv_snn(11)  # a draw with no potential within rounding of θ (_near_theta)
     src = _export_source(model)
@@ -418,7 +418,7 @@ def test_train_arch_conv_stores_the_architecture_evaluates_and_exports(tmp_path)
 
     from typer.testing import CliRunner
 
-    from lzo_bench.checkpoint import load_checkpoint
+    from lzo_bench.training.checkpoint import load_checkpoint
     from lzo_bench.cli import app
 
     runner = CliRunner()

@@ -14,15 +14,15 @@ import sys
 import pytest
 import torch
 
-from lzo_bench import ops
+from lzo_bench.ops import extension as ops
 from dataclasses import dataclass
 
-from lzo_bench.backends import Backend, cuda_simulator, select_backend
-from lzo_bench.event_network import as_events, event_network
-from lzo_bench.floatcmp import network_spikes_agree
-from lzo_bench.gates import GateSpec
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops.backends import Backend, cuda_simulator, select_backend
+from lzo_bench.ops.event_network import as_events, event_network
+from lzo_bench.core.floatcmp import network_spikes_agree
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.core.rng import DrawKey
 
 SIM = cuda_simulator()
 LIB = torch.ops.lzo_sim
@@ -219,7 +219,7 @@ def test_deterministic_mode_is_bitwise_repeatable(method, kern):
 def test_a_bad_list_stops_at_a_device_assert(ptr, message):
     """The device-side validation of a list from outside (finding 7): in a child process, since a
     device assert ends the process as it ends a CUDA context."""
-    code = ("import torch; from lzo_bench.backends import cuda_simulator; cuda_simulator(); "
+    code = ("import torch; from lzo_bench.ops.backends import cuda_simulator; cuda_simulator(); "
             f"ptr = torch.tensor({ptr}, dtype=torch.int32); col = torch.zeros(3, dtype=torch.int32); "
             "torch.ops.lzo_sim.readout_forward(ptr, col, torch.randn(4, 2), 3, 0.9)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -228,7 +228,7 @@ def test_a_bad_list_stops_at_a_device_assert(ptr, message):
 
 
 def test_a_column_outside_the_layer_stops_at_a_device_assert():
-    code = ("import torch; from lzo_bench.backends import cuda_simulator; cuda_simulator(); "
+    code = ("import torch; from lzo_bench.ops.backends import cuda_simulator; cuda_simulator(); "
             "ptr = torch.tensor([0, 1, 2, 3], dtype=torch.int32); col = torch.tensor([0, 7, 1], dtype=torch.int32); "
             "torch.ops.lzo_sim.readout_forward(ptr, col, torch.randn(4, 2), 3, 0.9)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -268,7 +268,7 @@ POOLED_PAIR = ("two conv layers, 2×2 sum pooling (odd frame: a dropped row and 
 
 
 def _pooled_pair():
-    from lzo_bench.conv import ConvShape
+    from lzo_bench.core.conv import ConvShape
     return [ConvShape(2, 9, 9, 3, 3, 1, 1, pool=2), ConvShape(3, 4, 4, 7, 3, 2, 1)]
 
 
@@ -284,7 +284,7 @@ def test_conv_pooled_pair_with_bias_and_graded_input(method, kern):
                                                           ("surrogate", 5, 2, 0)])
 @pytest.mark.parametrize("kern", KERNELS)
 def test_conv_kernels_1_and_5(method, kernel, stride, padding, kern):
-    from lzo_bench.conv import ConvShape
+    from lzo_bench.core.conv import ConvShape
     from test_conv import assert_conv_same
     assert_conv_same([ConvShape(2, 6, 7, 4, kernel, stride, padding)], method, m=2 if method == "localzo" else 1,
                      steps=70, batch=2, lib=kern.lib, device=kern.device)
@@ -311,7 +311,7 @@ def test_conv_sparse_gradients_are_bitwise_repeatable(kern):
     input gradient rows likewise: two runs give the conv layers the same bits, without torch's deterministic
     mode (the dense layer after them adds with atomics on a GPU, so it is left out)."""
     from test_conv import _net, _run
-    from lzo_bench.gates import GateSpec
+    from lzo_bench.core.gates import GateSpec
     convs = _pooled_pair()
     params = _net(convs, 6, 4, 0, True)
     x = (torch.rand(24, 2, convs[0].units_in, generator=torch.Generator().manual_seed(1)) < 0.3).float()
@@ -342,9 +342,9 @@ def test_pool_events_equal_the_cpu_op(graded, kern):
 
 
 def test_the_self_check_passes_on_the_simulated_cuda_kernels():
-    """The self-check a GPU runs before its first update (lzo_bench/selfcheck.py: a fully connected and a conv
+    """The self-check a GPU runs before its first update (lzo_bench/ops/selfcheck.py: a fully connected and a conv
     network, three rules) passes on the very kernels it will run there, executed by the simulator."""
-    from lzo_bench import selfcheck
+    from lzo_bench.ops import selfcheck
     verdict = selfcheck.verify(SIM, "cpu")
     assert verdict.ok, verdict.detail
     assert "fully connected and convolutional" in verdict.detail

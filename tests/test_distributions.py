@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from lzo_bench.distributions import DISTRIBUTIONS, U_MAX, erfinv_f32, get_distribution
+from lzo_bench.core.distributions import DISTRIBUTIONS, U_MAX, erfinv_f32, get_distribution
 
 SCIPY = {
     "normal": stats.norm(),

@@ -9,12 +9,12 @@ import pynvml
 import pytest
 import torch
 
-from lzo_bench.energy import (
+from lzo_bench.measure.energy import (
     MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_delta_mj, difference, estimate,
     integrate_power_j, open_meter,
 )
-from lzo_bench.profile import EnergyConfig, measure_energy
-from lzo_bench.energy import epoch_energy_j
+from lzo_bench.measure.profile import EnergyConfig, measure_energy
+from lzo_bench.measure.energy import epoch_energy_j
 
 
 class FakeDevice:

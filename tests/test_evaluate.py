@@ -1,4 +1,4 @@
-"""NeuroBench metrics (lzo_bench.nbmetrics), the NeuroBench adapter, `lzo-bench evaluate` and
+"""NeuroBench metrics (lzo_bench.measure.nbmetrics), the NeuroBench adapter, `lzo-bench evaluate` and
 `lzo-bench profile --run`."""
 
 import json
@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lzo_bench.checkpoint import load_checkpoint
+from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.cli import app
 from lzo_bench.data import NMNIST_INFO, load_dataset
-from lzo_bench.floatcmp import compare_logits, readout_bound
-from lzo_bench.model import SNN, NetworkSpec
-from lzo_bench.nbmetrics import NeuroBenchTally, layer_names, membranes, static_metrics, synaptic_ops
+from lzo_bench.core.floatcmp import compare_logits, readout_bound
+from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.measure.nbmetrics import NeuroBenchTally, layer_names, membranes, static_metrics, synaptic_ops
 
 runner = CliRunner()
 
@@ -79,7 +79,7 @@ def test_adapter_reproduces_the_logits_exactly(trained, reduce):
     pytest.importorskip("snntorch")
     from dataclasses import replace
 
-    from lzo_bench.nbmetrics import NeuroBenchNet
+    from lzo_bench.measure.nbmetrics import NeuroBenchNet
 
     model, _ = load_checkpoint(trained)
     if reduce == "sum":
@@ -101,7 +101,7 @@ def test_adapter_comparison_catches_a_wrong_reset(trained):
     """The rounding bound of the adapter test is no blanket tolerance: an adapter whose neurons reset to
     zero instead of subtracting θ (a real defect) falls far outside it."""
     snn = pytest.importorskip("snntorch")
-    from lzo_bench.nbmetrics import NeuroBenchNet
+    from lzo_bench.measure.nbmetrics import NeuroBenchNet
 
     model, _ = load_checkpoint(trained)
     net = NeuroBenchNet(model)
@@ -128,7 +128,7 @@ def test_neurobench_benchmark_reports_the_same_numbers(trained):
     from neurobench.models import SNNTorchModel
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lzo_bench.nbmetrics import NeuroBenchNet
+    from lzo_bench.measure.nbmetrics import NeuroBenchNet
 
     model, _ = load_checkpoint(trained)
     _, test = load_dataset("digits", 40)

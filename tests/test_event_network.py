@@ -1,5 +1,5 @@
-"""The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/event_network.py) against the
-pure-PyTorch reference: spikes identical but for flips within rounding of θ (lzo_bench.floatcmp,
+"""The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/ops/event_network.py) against the
+pure-PyTorch reference: spikes identical but for flips within rounding of θ (lzo_bench.core.floatcmp,
 ``assert_same``), gradients equal to float rounding, LocalZO draws the reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
 m > 1, both hidden layers active, and inputs that are not binary. The main cases repeat on CUDA
 (kernels/snn_cuda.cu) where a GPU is present (``DEVICES``), against the same CPU reference."""
@@ -7,16 +7,16 @@ m > 1, both hidden layers active, and inputs that are not binary. The main cases
 import pytest
 import torch
 
-from lzo_bench import ops
-from lzo_bench.backends import select_backend
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops.backends import select_backend
 from lzo_bench.data.base import EventDataset, SpikeDataset, batches
-from lzo_bench.event_network import as_events, event_network
-from lzo_bench.events import SpikeEvents
-from lzo_bench.floatcmp import network_spikes_agree
-from lzo_bench.gates import GateSpec, gate_values
-from lzo_bench.lif import lif_potentials
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops.event_network import as_events, event_network
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.floatcmp import network_spikes_agree
+from lzo_bench.core.gates import GateSpec, gate_values
+from lzo_bench.core.lif import lif_potentials
+from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.core.rng import DrawKey
 
 ops.build()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -51,7 +51,7 @@ def run(model, x, y, spec, key, backend, loss="full"):
 
 
 def agreement_with_reference(model, x, spikes):
-    """The event path's hidden spikes against the reference's, up to rounding (lzo_bench.floatcmp)."""
+    """The event path's hidden spikes against the reference's, up to rounding (lzo_bench.core.floatcmp)."""
     net = model.spec
     agreement = network_spikes_agree([s.cpu() for s in spikes], x.cpu(), list(model.weights)[:-1], net.beta, net.theta)
     assert agreement.legitimate, str(agreement)
@@ -149,7 +149,7 @@ def test_a_flip_within_rounding_compares_the_other_samples(monkeypatch):
     assert_same compares active counts and gradients on the other samples, run again alone."""
     import sys
 
-    from lzo_bench.floatcmp import SpikeAgreement
+    from lzo_bench.core.floatcmp import SpikeAgreement
 
     module = sys.modules[__name__]
     real, batches = module.network_spikes_agree, []

@@ -9,16 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lzo_bench import export_check
-from lzo_bench.checkpoint import load_checkpoint
+from lzo_bench.export import parity as export_check
+from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.cli import app
 from lzo_bench.data import load_dataset
-from lzo_bench.export import (
+from lzo_bench.export.graphs import (
     MAX_OPSET, MIN_OPSET, ORT_MIN_MAX_IR, ORT_MIN_MAX_OPSET, ExportSource, initial_step_state, node_count, sequence_model,
     step_model,
 )
-from lzo_bench.model import NetworkSpec
-from lzo_bench.train import TrainConfig, train
+from lzo_bench.core.model import NetworkSpec
+from lzo_bench.training.train import TrainConfig, train
 
 runner = CliRunner()
 
@@ -203,7 +203,7 @@ def test_parity_failure_exits_1_with_the_table(run_dir, tmp_path, monkeypatch):
 def test_parity_criteria_cpu_exact_cuda_can_fail():
     import numpy as np
 
-    from lzo_bench.export_check import CPU, CUDA, parity_passed
+    from lzo_bench.export.parity import CPU, CUDA, parity_passed
 
     ref = np.array([[1.0, 2.0], [3.0, -1.0]], dtype=np.float32)
     assert parity_passed(CPU, 0.0, ref.copy(), ref)
@@ -218,7 +218,7 @@ def test_parity_criteria_cpu_exact_cuda_can_fail():
 def test_cuda_session_disables_tf32_and_cpu_fallback(monkeypatch):
     import onnxruntime as ort
 
-    from lzo_bench import export_check as chk
+    from lzo_bench.export import parity as chk
 
     seen = {}
 
@@ -274,8 +274,8 @@ def test_float16_weights_report_spike_flips(run_dir, tmp_path):
 def test_nir_simulation_matches_a_hand_written_reset_to_zero_reference(tmp_path):
     import nir
 
-    from lzo_bench.export import nir_graph, write_nir
-    from lzo_bench.nir_sim import simulate
+    from lzo_bench.export.graphs import nir_graph, write_nir
+    from lzo_bench.export.nir_sim import simulate
 
     for reduce in ("max", "sum"):
         src = tiny_source(reduce)
@@ -332,14 +332,14 @@ def exported_nir(run_dir, tmp_path, samples: int = 128):
 
 def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_path):
     """Norse's from_nir as shipped: it ignores LIF's r (silent network) and has no LI readout. With r
-    folded into the weights (lzo_bench.nir_sim.fold_r) its LIF layers spike exactly as the NIR graph
+    folded into the weights (lzo_bench.export.nir_sim.fold_r) its LIF layers spike exactly as the NIR graph
     simulated with reset to zero, and its last node, integrated by the graph's LI by hand, gives the
     same predictions."""
     norse = pytest.importorskip("norse.torch")
     import logging
     import warnings
 
-    from lzo_bench.nir_sim import dt_of, fold_r, li_readout, simulate
+    from lzo_bench.export.nir_sim import dt_of, fold_r, li_readout, simulate
 
     graph, x = exported_nir(run_dir, tmp_path)
 
@@ -375,7 +375,7 @@ def test_norse_runs_the_nir_file_once_r_is_folded_into_the_weights(run_dir, tmp_
 
 def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_path):
     """snnTorch 1.0's import_from_nir has no nir.LI and steps every LIF at dt = 1e-4 s. On
-    lzo_bench.nir_sim.for_snntorch's rewrite (τ scaled by 1e-4/dt_s, LI removed) its Leaky layers
+    lzo_bench.export.nir_sim.for_snntorch's rewrite (τ scaled by 1e-4/dt_s, LI removed) its Leaky layers
     spike exactly as the NIR graph simulated with reset to zero, and the graph's LI applied by hand
     (li_readout) gives the same logits. (snnTorch's own shortcomings are not asserted: a release
     that fixes them must not fail this test.)"""
@@ -383,7 +383,7 @@ def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_
     from snntorch.import_nir import import_from_nir
     from snntorch.utils import reset
 
-    from lzo_bench.nir_sim import for_snntorch, li_readout, simulate
+    from lzo_bench.export.nir_sim import for_snntorch, li_readout, simulate
 
     graph, x = exported_nir(run_dir, tmp_path)
 
@@ -407,13 +407,13 @@ def test_snntorch_runs_the_nir_file_once_tau_is_rescaled_to_its_dt(run_dir, tmp_
 
 
 def test_nir_comparison_is_a_rounding_bound_that_still_catches_a_wrong_reset(run_dir, tmp_path):
-    """The NIR check compares logits within lzo_bench.floatcmp's rounding bound, not bit for bit (two
+    """The NIR check compares logits within lzo_bench.core.floatcmp's rounding bound, not bit for bit (two
     CPUs' kernels round differently: an AMD EPYC failed every export on torch.equal). The bound is far
     below what a real defect moves: the reset-to-zero simulation, a wrong reset for this network,
     fails the same comparison; logits nudged by 4 bounds fail it too."""
-    from lzo_bench.checkpoint import load_checkpoint
-    from lzo_bench.floatcmp import compare_logits, readout_bound
-    from lzo_bench.nir_sim import simulate
+    from lzo_bench.training.checkpoint import load_checkpoint
+    from lzo_bench.core.floatcmp import compare_logits, readout_bound
+    from lzo_bench.export.nir_sim import simulate
 
     graph, x = exported_nir(run_dir, tmp_path, samples=64)
     model, _ = load_checkpoint(run_dir)
@@ -452,7 +452,7 @@ def test_a_full_disk_is_one_line_and_no_file(run_dir, tmp_path, monkeypatch, fmt
     ended in a traceback; NIR is now written through memory and both writes are atomic."""
     import errno
 
-    from lzo_bench import export as ex
+    from lzo_bench.export import graphs as ex
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -1,4 +1,4 @@
-"""lzo_bench.floatcmp's spike comparator: the potential bound of the LIF recursion holds against
+"""lzo_bench.core.floatcmp's spike comparator: the potential bound of the LIF recursion holds against
 float64 for float32 computations in several orders, and the comparator accepts a spike that flips
 within it (and everything downstream of that flip) but reports real defects: a reset to zero, a
 threshold off by 1e-3, a single wrong spike, too many flips."""
@@ -6,7 +6,7 @@ threshold off by 1e-3, a single wrong spike, too many flips."""
 import pytest
 import torch
 
-from lzo_bench.floatcmp import (MAX_FLIP_FRACTION, lif_potential_bound, network_spikes_agree, spikes_agree)
+from lzo_bench.core.floatcmp import (MAX_FLIP_FRACTION, lif_potential_bound, network_spikes_agree, spikes_agree)
 
 
 def _recursion(current, beta, theta, spikes=None, reset="subtract", threshold=None):
@@ -188,7 +188,7 @@ def test_few_cannot_fail_a_correct_computation_of_the_kernel_test_cases(steps, b
     """The kernel tests' networks have fewer potentials within the bound of θ than primary flips are
     allowed, so a correct computation passes ``few`` however it rounds (the wide layers do have some:
     there a flip on another CPU is plausible)."""
-    from lzo_bench.model import SNN, NetworkSpec
+    from lzo_bench.core.model import SNN, NetworkSpec
 
     model = SNN(NetworkSpec(n_in, hidden, 4, beta=0.9, beta_out=0.85, init="uniform", init_gain=2.0),
                 torch.Generator().manual_seed(seed))

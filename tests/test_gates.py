@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from lzo_bench.distributions import DISTRIBUTIONS
-from lzo_bench.gates import GateSpec, Method, gate_values, localzo_gate
-from lzo_bench.rng import DrawKey
-from lzo_bench.theory import expected_threshold
+from lzo_bench.core.distributions import DISTRIBUTIONS
+from lzo_bench.core.gates import GateSpec, Method, gate_values, localzo_gate
+from lzo_bench.core.rng import DrawKey
+from lzo_bench.core.theory import expected_threshold
 
 
 @pytest.mark.parametrize("name", list(DISTRIBUTIONS))

@@ -11,7 +11,7 @@ import lzo_bench
 PACKAGE = Path(lzo_bench.__file__).parent
 
 #: backends runs the self-check, which runs the model, which selects a backend: function-level only
-KNOWN = {frozenset({"lzo_bench.backends", "lzo_bench.selfcheck", "lzo_bench.model"})}
+KNOWN = {frozenset({"lzo_bench.ops.backends", "lzo_bench.ops.selfcheck", "lzo_bench.core.model"})}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""Freed memory kept in the process (lzo_bench.memory): a large block freed and allocated again reuses its
+"""Freed memory kept in the process (lzo_bench.runtime.memory): a large block freed and allocated again reuses its
 pages instead of faulting them in again; ``LZO_MALLOC=system`` keeps glibc's defaults. Each case runs in a
 fresh interpreter, since the setting is process-wide and cannot be undone. (Through torch's allocator the
 same holds once the heap has grown to an update's high-water mark: benchmarks/peak_rss.py.)"""
@@ -11,14 +11,14 @@ import sys
 
 import pytest
 
-from lzo_bench import devices
+from lzo_bench.runtime import devices
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="mallopt is glibc's")
 
 CHILD = """
 import ctypes, json, resource
-from lzo_bench.memory import keep_freed_memory, malloc_state
+from lzo_bench.runtime.memory import keep_freed_memory, malloc_state
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, leaky_readout
+from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, leaky_readout
 
 
 def test_leaky_readout_closed_form():

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lzo_bench import nn, spike
-from lzo_bench.events import SpikeEvents
-from lzo_bench.floatcmp import lif_potential_bound
-from lzo_bench.lif import lif_potentials
-from lzo_bench.model import SNN, NetworkSpec
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.floatcmp import lif_potential_bound
+from lzo_bench.core.lif import lif_potentials
+from lzo_bench.core.model import SNN, NetworkSpec
 
 RULES = {
     "surrogate": lambda seed: spike.Surrogate("normal", delta=0.3),
@@ -106,9 +106,9 @@ def test_a_wrong_bias_is_caught_by_the_comparison():
 def test_the_snn_is_the_same_code_as_sequential(method):
     """``Sequential.from_snn`` shares the SNN's parameters; both run one implementation, so logits
     and gradients agree to the bit (same operations in the same order)."""
-    from lzo_bench.backends import select_backend
-    from lzo_bench.gates import GateSpec
-    from lzo_bench.rng import DrawKey
+    from lzo_bench.ops.backends import select_backend
+    from lzo_bench.core.gates import GateSpec
+    from lzo_bench.core.rng import DrawKey
 
     model = SNN(NetworkSpec(20, (30, 20), 5, beta=0.9, beta_out=0.8), torch.Generator().manual_seed(0))
     rule = {"sparsegrad": spike.SparseGrad(delta=0.3), "localzo": spike.LocalZO(delta=0.3, m=2, seed=7),
@@ -156,7 +156,7 @@ def test_a_custom_surrogate_rule_runs_the_reference_and_trains():
 
     import numpy as np
 
-    from lzo_bench import surrogates
+    from lzo_bench.core import surrogates
 
     g = surrogates.custom("cauchy", lambda u: 1.0 / (math.pi * 0.3 * (1.0 + (u / 0.3) ** 2)),
                           lambda u: -2.0 * u / (math.pi * 0.3**3 * (1.0 + (u / 0.3) ** 2) ** 2))
@@ -197,7 +197,7 @@ def test_sequential_pickles_with_its_rules_and_weights():
 def test_a_lone_lif_is_a_dense_layer_with_the_rule_as_spike_function():
     """Outside Sequential, an nn.LIF drops into any model: spikes equal the reference layer's, and its
     weight gradient equals autograd through the reference potentials with the rule's gate."""
-    from lzo_bench.lif import lif_membrane
+    from lzo_bench.core.lif import lif_membrane
 
     gen = torch.Generator().manual_seed(0)
     layer = nn.LIF(20, 12, beta=0.8, rule=spike.Surrogate(delta=0.3), bias=True, generator=gen)

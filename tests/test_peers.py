@@ -1,4 +1,4 @@
-"""Peer libraries (lzo_bench.peers): the same network, weights and input in snnTorch (a test
+"""Peer libraries (lzo_bench.measure.peers): the same network, weights and input in snnTorch (a test
 dependency) and, where installed, SpikingJelly and Norse; a missing peer is one clear line."""
 
 import builtins
@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from lzo_bench import peers
+from lzo_bench.measure import peers
 from lzo_bench.cli import app
-from lzo_bench.workloads import Workload
+from lzo_bench.measure.workloads import Workload
 
 TINY = Workload("tiny", 12, 4, 25, 0.9, 0.85, "max", "normal", 1.0, 0.2, batch=6, hidden=(10, 8))
 

@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from lzo_bench.cli import app
-from lzo_bench.model import SNN, NetworkSpec
-from lzo_bench.profile import neurobench
+from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.measure.profile import neurobench
 
 runner = CliRunner()
 
@@ -90,8 +90,8 @@ def test_train_energy_records_the_reason(tmp_path):
 
 def test_a_refused_profile_leaves_no_folder(tmp_path, monkeypatch):
     """Issue 19, D10: profile --backend cuda --out pr left pr/ behind when the backend was refused."""
-    from lzo_bench import profile as profile_mod
-    from lzo_bench.backends import BackendUnavailable
+    from lzo_bench.measure import profile as profile_mod
+    from lzo_bench.ops.backends import BackendUnavailable
 
     def refuse(cfg, progress=None):
         raise BackendUnavailable("the extension was built without CUDA")
@@ -120,7 +120,7 @@ def test_a_full_disk_at_the_report_is_one_line(tmp_path, monkeypatch):
     """Issue 19, D4: profile ended in a traceback when its report hit a full disk."""
     import errno
 
-    from lzo_bench import profile as profile_mod
+    from lzo_bench.measure import profile as profile_mod
 
     def full(report, target):
         raise OSError(errno.ENOSPC, "No space left on device")

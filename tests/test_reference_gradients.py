@@ -14,9 +14,9 @@ and both spike-count regularisers. Everything runs in float64.
 import pytest
 import torch
 
-from lzo_bench.gates import GateSpec, gate_values
-from lzo_bench.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
-from lzo_bench.rng import DrawKey
+from lzo_bench.core.gates import GateSpec, gate_values
+from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.core.rng import DrawKey
 
 T, B, N_IN, HIDDEN, C = 13, 5, 9, (7, 6), 4
 
@@ -130,7 +130,7 @@ def test_same_seed_same_gradients_other_seed_other_localzo_gradients():
 
 def test_inference_forward_equals_training_forward():
     """Exact, on any CPU: both forwards are one computation (lif_layer: the same GEMM, then the same
-    scan, in the same order), not two implementations to compare within rounding (lzo_bench.floatcmp)."""
+    scan, in the same order), not two implementations to compare within rounding (lzo_bench.core.floatcmp)."""
     net = NetworkSpec(N_IN, HIDDEN, C, beta=0.9, beta_out=0.8, init="uniform", init_gain=3.0)
     model = SNN(net, torch.Generator().manual_seed(4))
     x = (torch.rand(T, B, N_IN, generator=torch.Generator().manual_seed(5)) < 0.3).float()

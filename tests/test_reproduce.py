@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from lzo_bench.cli import app
 from lzo_bench.data import DATASET_INFO
-from lzo_bench.gates import DIST_NAMES
-from lzo_bench.reproduce import ProfileError, load_profile, summarize
-from lzo_bench.signals import Terminated
+from lzo_bench.core.gates import DIST_NAMES
+from lzo_bench.experiments.reproduce import ProfileError, load_profile, summarize
+from lzo_bench.runtime.signals import Terminated
 
 runner = CliRunner()
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -189,7 +189,7 @@ def test_speedups_only_between_runs_timed_by_one_process_and_diverged_trials_cou
 @pytest.mark.parametrize("signal_error,code", [(KeyboardInterrupt, 130), (Terminated, 143)], ids=["ctrl-c", "sigterm"])
 def test_reproduce_interrupted_prints_the_finished_trials_and_exits_128_plus_the_signal(tmp_path, monkeypatch,
                                                                                        signal_error, code):
-    from lzo_bench import train as train_mod
+    from lzo_bench.training import train as train_mod
 
     real = train_mod.classification_loss
     calls = {"n": 0}
@@ -247,7 +247,7 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
     """Issue 19, D4: reproduce ended in a traceback when its summary or figures hit a full disk."""
     import errno
 
-    from lzo_bench import reproduce as rep
+    from lzo_bench.experiments import reproduce as rep
 
     def full(summary, target):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -263,7 +263,7 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
 def test_the_running_trials_epochs_reach_the_progress(tmp_path):
     """Issue 19, output: reproduce's bar counted trials only; the serial local engine also reports the
     running trial's epochs (0 at its start, then each finished one)."""
-    from lzo_bench.reproduce import run_grid
+    from lzo_bench.experiments.reproduce import run_grid
 
     (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 2").replace("trials = 1", "trials = 2")
                                      + "hidden = [12, 12]\n")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import lzo_bench
 from lzo_bench.cli import app
-from lzo_bench.reproduce import load_profile, run_grid, with_overrides
+from lzo_bench.experiments.reproduce import load_profile, run_grid, with_overrides
 
 ray = pytest.importorskip("ray")
 
@@ -28,7 +28,7 @@ def kill_markers(tmp_path_factory):
     markers = tmp_path_factory.mktemp("kill")
 
     def setup_worker():
-        import lzo_bench.reproduce as reproduce
+        import lzo_bench.experiments.reproduce as reproduce
 
         real = reproduce._train_job
 
@@ -126,7 +126,7 @@ def test_a_trial_whose_worker_dies_past_the_retries_is_reported_unfinished(tmp_p
 
 
 def test_ctrl_c_on_the_driver_cancels_the_rest_and_exits_130(tmp_path, kill_markers, monkeypatch):
-    from lzo_bench import reproduce
+    from lzo_bench.experiments import reproduce
 
     real = reproduce.store_trial
     stored = []

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lzo_bench.rng import DrawKey, draw_uniform, philox4x32, uniform_from_bits
+from lzo_bench.core.rng import DrawKey, draw_uniform, philox4x32, uniform_from_bits
 
 # Random123 kat_vectors: philox4x32 10 <counter ×4> <key ×2> <expected ×4>
 KAT = [
@@ -79,7 +79,7 @@ def test_bad_sample_index_is_refused():
 
 
 def test_the_whole_64_bit_seed_keys_the_draws():
-    from lzo_bench.rng import DrawKey, draw_uniform
+    from lzo_bench.core.rng import DrawKey, draw_uniform
 
     assert DrawKey(5, 7).words == (5, 7)  # seeds below 2^32: the keys (and draws) every earlier run used
     j = torch.arange(1000)

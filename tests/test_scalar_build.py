@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from lzo_bench import ops
-from lzo_bench.devices import vector_isa
-from lzo_bench.gates import GateSpec
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.runtime.devices import vector_isa
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.rng import DrawKey
 
 CHILD = """
 import sys, torch
@@ -20,9 +20,9 @@ from torch.utils.cpp_extension import load
 load("lzo_scalar_check", [sys.argv[1] + "/snn_cpu.cpp"], extra_include_paths=[sys.argv[1]], is_python_module=False,
      extra_cflags=["-O3", "-ffp-contract=off", "-march=x86-64", "-mno-avx2", "-fopenmp"], extra_ldflags=["-fopenmp"],
      build_directory=sys.argv[2])
-from lzo_bench import ops
-from lzo_bench.gates import GateSpec
-from lzo_bench.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.rng import DrawKey
 cases = torch.load(sys.argv[3])
 out = {}
 for name, c in cases.items():

@@ -1,14 +1,14 @@
 """The self-check that stands between the extension and a user's first update on a GPU
-(lzo_bench/selfcheck.py), exercised on the CPU build of the same ops: it passes on correct ops,
+(lzo_bench/ops/selfcheck.py), exercised on the CPU build of the same ops: it passes on correct ops,
 names what differs on wrong ones, and a failed check refuses the backend in one line."""
 
 import pytest
 import torch
 
-from lzo_bench import selfcheck
-from lzo_bench.backends import Backend, BackendUnavailable, select_backend, verified
-from lzo_bench.event_network import event_network
-from lzo_bench.model import Forward
+from lzo_bench.ops import selfcheck
+from lzo_bench.ops.backends import Backend, BackendUnavailable, select_backend, verified
+from lzo_bench.ops.event_network import event_network
+from lzo_bench.core.model import Forward
 
 
 def _cpp():
@@ -85,10 +85,10 @@ def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip
     """The self-check compares spike counts exactly between two float computations (events vs GEMM). That
     holds on any machine only if no potential of its case lies within rounding of the threshold: every
     |u − θ| must exceed, with a 10× margin, the bound 2·γ_n·max|u| (n = fan-in + 3T roundings on a
-    potential's path; lzo_bench.floatcmp), layer by layer."""
-    from lzo_bench.floatcmp import gamma
-    from lzo_bench.lif import lif_potentials
-    from lzo_bench.model import SNN
+    potential's path; lzo_bench.core.floatcmp), layer by layer."""
+    from lzo_bench.core.floatcmp import gamma
+    from lzo_bench.core.lif import lif_potentials
+    from lzo_bench.core.model import SNN
 
     net, state, x, _ = selfcheck._case(torch.device("cpu"))
     model = SNN(net)
@@ -104,14 +104,14 @@ def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip
 
 def test_the_conv_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
     """The same soundness for the convolutional case: no potential within 10× the rounding bound of θ
-    (lzo_bench.floatcmp.lif_potential_bound with the conv geometry, layer by layer, pooled spikes between
+    (lzo_bench.core.floatcmp.lif_potential_bound with the conv geometry, layer by layer, pooled spikes between
     the conv layers), and every layer spikes, so the check compares more than silence."""
-    from lzo_bench.conv import pool_dense
-    from lzo_bench.floatcmp import lif_potential_bound
-    from lzo_bench.gates import GateSpec
-    from lzo_bench.lif import layer_current, lif_membrane
-    from lzo_bench.model import SNN
-    from lzo_bench.rng import DrawKey
+    from lzo_bench.core.conv import pool_dense
+    from lzo_bench.core.floatcmp import lif_potential_bound
+    from lzo_bench.core.gates import GateSpec
+    from lzo_bench.core.lif import layer_current, lif_membrane
+    from lzo_bench.core.model import SNN
+    from lzo_bench.core.rng import DrawKey
 
     net, state, x, _ = selfcheck._conv_case(torch.device("cpu"))
     model = SNN(net)
@@ -129,7 +129,7 @@ def test_the_conv_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
 
 
 def test_fp32_convolutions_turns_cudnn_tf32_off_inside_and_restores_it_after_an_error():
-    from lzo_bench.devices import fp32_convolutions
+    from lzo_bench.runtime.devices import fp32_convolutions
     cudnn = torch.backends.cudnn
     was = cudnn.allow_tf32
     try:

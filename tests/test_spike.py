@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lzo_bench import spike, surrogates
-from lzo_bench.distributions import TableDistribution
-from lzo_bench.gates import localzo_gate
-from lzo_bench.rng import DrawKey, draw_uniform
+from lzo_bench import spike
+
+from lzo_bench.core import surrogates
+from lzo_bench.core.distributions import TableDistribution
+from lzo_bench.core.gates import localzo_gate
+from lzo_bench.core.rng import DrawKey, draw_uniform
 
 DISTS = ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid")
 DELTA = 0.05
@@ -54,7 +56,7 @@ def test_localzo_gradient_is_unbiased_for_the_expected_surrogate(dist, m):
 
 
 def test_localzo_at_given_draws_is_the_gates_code_and_the_formula():
-    """At key ``(seed, counter)`` the gradient is exactly lzo_bench.gates' LocalZO gate of the same
+    """At key ``(seed, counter)`` the gradient is exactly lzo_bench.core.gates' LocalZO gate of the same
     elements (element ``i`` at counter word ``j = i``), and equals eqs. 7–8 evaluated in float64 from
     the Philox uniforms."""
     fn = spike.LocalZO(delta=0.1, dist="laplace", m=3, seed=5)
@@ -166,8 +168,8 @@ def test_snntorch_leaky_with_localzo_spikes_as_the_snn():
     may part only at a spike whose potential is within float rounding of θ: the earliest differing
     step, if any, must be such a step (after it, a flip propagates through reset and layer 2)."""
     snn = pytest.importorskip("snntorch")
-    from lzo_bench.backends import select_backend
-    from lzo_bench.model import SNN, NetworkSpec
+    from lzo_bench.ops.backends import select_backend
+    from lzo_bench.core.model import SNN, NetworkSpec
 
     model = SNN(NetworkSpec(64, (200, 200), 10, beta=0.9, beta_out=0.9), torch.Generator().manual_seed(0))
     x = (torch.rand(40, 16, 64, generator=torch.Generator().manual_seed(1)) < 0.15).float()

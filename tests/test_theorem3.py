@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import integrate
 
-from lzo_bench.distributions import DISTRIBUTIONS
-from lzo_bench.gates import GateSpec, Method, localzo_gate, resolve_distribution
-from lzo_bench.rng import DrawKey, draw_uniform
-from lzo_bench.surrogates import InvalidSurrogate, Surrogate, custom, fast_sigmoid, sigmoid
-from lzo_bench.theory import expected_max_abs, sigmoid_a, surrogate_constant, theorem3_distribution
+from lzo_bench.core.distributions import DISTRIBUTIONS
+from lzo_bench.core.gates import GateSpec, Method, localzo_gate, resolve_distribution
+from lzo_bench.core.rng import DrawKey, draw_uniform
+from lzo_bench.core.surrogates import InvalidSurrogate, Surrogate, custom, fast_sigmoid, sigmoid
+from lzo_bench.core.theory import expected_max_abs, sigmoid_a, surrogate_constant, theorem3_distribution
 
 DELTA = 0.05
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lzo_bench.distributions import DISTRIBUTIONS
-from lzo_bench.theory import expected_max_abs, expected_threshold
+from lzo_bench.core.distributions import DISTRIBUTIONS
+from lzo_bench.core.theory import expected_max_abs, expected_threshold
 
 # Table 1 of the paper: B̃_th/δ. The paper prints 1.569 for the normal with m = 5, whose value is
 # 1.56983…: the table truncates, so agreement "to 3 decimals" means |computed − printed| < 1e-3.

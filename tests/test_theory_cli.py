@@ -63,7 +63,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("factor", [1.04, 0.96])
 def test_check_catches_a_gate_off_by_four_percent(monkeypatch, factor):
-    from lzo_bench import theory_checks
+    from lzo_bench.experiments import theory_checks
 
     real = theory_checks.localzo_gate
     monkeypatch.setattr(theory_checks, "localzo_gate", lambda *a, **k: [g * factor for g in real(*a, **k)])
@@ -73,7 +73,7 @@ def test_check_catches_a_gate_off_by_four_percent(monkeypatch, factor):
 
 
 def test_check_passes_with_the_default_draws():
-    from lzo_bench import theory_checks
+    from lzo_bench.experiments import theory_checks
 
     rows = theory_checks.check()
     assert all(r.passed and r.worst_ratio < 0.8 for r in rows), [(r.target, r.worst_ratio) for r in rows]

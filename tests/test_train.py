@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lzo_bench import train as train_mod
-from lzo_bench.checkpoint import CheckpointError, load_checkpoint
+from lzo_bench.training import train as train_mod
+from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 from lzo_bench.data import batches, load_dataset
-from lzo_bench.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted, train
+from lzo_bench.training.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
 
 @pytest.mark.parametrize("method", ["surrogate", "sparsegrad", "localzo"])
@@ -280,7 +280,7 @@ def test_files_get_the_umask_mode_not_0600(tmp_path):
     import os
     import stat
 
-    from lzo_bench.fsio import atomic_write_text
+    from lzo_bench.runtime.fsio import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -293,7 +293,7 @@ def test_files_get_the_umask_mode_not_0600(tmp_path):
 
 
 def test_extension_cache_is_keyed_by_the_torch_build():
-    from lzo_bench import ops
+    from lzo_bench.ops import extension as ops
 
     assert ops._torch_tag() in ops.build().path
 
@@ -417,7 +417,7 @@ def test_a_full_disk_at_the_first_file_is_one_line_and_no_lock(tmp_path, monkeyp
     """Issue 19, D4: config.json's write failed with a traceback and left a stale lock."""
     from typer.testing import CliRunner
 
-    from lzo_bench import run_folder
+    from lzo_bench.training import run_folder
     from lzo_bench.cli import app
 
     real = run_folder.atomic_write_json
@@ -435,7 +435,7 @@ def test_a_signal_between_an_epochs_record_and_its_checkpoint_keeps_metrics_and_
                                                                                                  monkeypatch):
     """A SIGTERM landing after epoch 2's record was added but before its checkpoint was written used to
     leave metrics.json listing 2 epochs beside a checkpoint of 1 (seen once in the SIGTERM test above)."""
-    from lzo_bench.signals import Terminated
+    from lzo_bench.runtime.signals import Terminated
 
     real = train_mod.save_checkpoint
 

@@ -1,29 +1,18 @@
-"""The ``lzo-bench`` command line: one module per command, each parsing its options and calling
-library functions (:mod:`lzo_bench.cli.common` holds the app and the helpers they share).
+"""The command line: the console script (:mod:`lzo_bench.cli.entry`, signals handled before the heavy
+imports), the typer app (:mod:`lzo_bench.cli.typer_app`, :mod:`lzo_bench.cli.common`), one module per
+command (train, export, evaluate, profile, reproduce, doctor, theory), the rich terminal output
+(:mod:`lzo_bench.cli.report`) and ``doctor``'s checks (:mod:`lzo_bench.cli.doctor_checks`).
 
-``lzo_bench.cli:app`` is the typer app; the console script is :func:`lzo_bench.entry.main`, which
-handles signals before importing this package.
+``from lzo_bench.cli import app`` (and ``main``) load :mod:`lzo_bench.cli.typer_app` on first use, so that
+importing :mod:`lzo_bench.cli.entry` stays light.
 """
 
 from __future__ import annotations
 
-import sys
 
-from lzo_bench.cli.common import app
+def __getattr__(name: str):
+    if name in ("app", "main", "COMMANDS"):
+        from importlib import import_module
 
-from lzo_bench.cli import train, export, evaluate, profile, reproduce, doctor, theory  # isort: skip
-
-#: the command modules; importing one registers its command on ``app``, in this order (``--help``'s)
-COMMANDS = (train, export, evaluate, profile, reproduce, doctor, theory)
-
-__all__ = ["app", "main"]
-
-
-def main() -> None:
-    """Run the app as the console script does (:func:`lzo_bench.entry.main`: SIGTERM as Ctrl-C, exit
-    128 + signal); this package is imported already, so only the signal handling is left to install."""
-    from lzo_bench import memory, signals
-
-    signals.install()
-    memory.keep_freed_memory()
-    sys.exit(app())
+        return getattr(import_module("lzo_bench.cli.typer_app"), name)
+    raise AttributeError(f"module 'lzo_bench.cli' has no attribute {name!r}")

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Callable
 import typer
 
 from lzo_bench import __version__
-from lzo_bench.conv import ARCHS
+from lzo_bench.core.conv import ARCHS
 from lzo_bench.data import DATASET_INFO
-from lzo_bench.gates import DIST_NAMES
+from lzo_bench.core.gates import DIST_NAMES
 
 app = typer.Typer(
     name="lzo-bench",
@@ -40,14 +40,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def interruptible(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A command whose Ctrl-C or SIGTERM (:mod:`lzo_bench.signals`) ends in one line naming the signal
+    """A command whose Ctrl-C or SIGTERM (:mod:`lzo_bench.runtime.signals`) ends in one line naming the signal
     and ``what`` was kept, and exit 128 + signal — not click's ``Aborted!`` and exit 1 (issue 19, D5).
     The commands write their files atomically, so an interrupt leaves none half-written."""
 
     def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)  # typer reads the options from the wrapped signature
         def run(*args: Any, **kwargs: Any) -> Any:
-            from lzo_bench.signals import signum_of
+            from lzo_bench.runtime.signals import signum_of
 
             try:
                 return command(*args, **kwargs)
@@ -63,7 +63,7 @@ def interruptible(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 def out_dir(path: Path, target: Path, create: bool, choose: str = "folder") -> None:
     """``--out``'s folder ``path`` made writable (``create``) or only checked to be creatable (nothing is
     made yet, so a command refused later leaves no folder); one line naming ``target`` if not."""
-    from lzo_bench.fsio import check_creatable_dir, ensure_writable_dir
+    from lzo_bench.runtime.fsio import check_creatable_dir, ensure_writable_dir
 
     try:
         (ensure_writable_dir if create else check_creatable_dir)(path)

@@ -1,5 +1,5 @@
-"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export`), then checked and
-reported (:mod:`lzo_bench.export_run`)."""
+"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export.graphs`), then checked and
+reported (:mod:`lzo_bench.export.run`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lzo_bench.cli.common import app, fail, interruptible, out_dir, print_json, 
 
 
 class ExportFormat(str, Enum):
-    """``--format``: the names :mod:`lzo_bench.export_run` takes."""
+    """``--format``: the names :mod:`lzo_bench.export.run` takes."""
 
     ONNX = "onnx"
     ONNX_STEP = "onnx-step"
@@ -44,11 +44,11 @@ def export(
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
 
-    from lzo_bench import export as ex
-    from lzo_bench.checkpoint import CheckpointError, load_checkpoint
-    from lzo_bench.export_check import ProviderFallback
-    from lzo_bench.export_run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain, print_export_report
-    from lzo_bench.threads import threads_problem
+    from lzo_bench.export import graphs as ex
+    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
+    from lzo_bench.export.parity import ProviderFallback
+    from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain, print_export_report
+    from lzo_bench.runtime.threads import threads_problem
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")

@@ -1,4 +1,4 @@
-"""``lzo-bench profile``: options checked, then :func:`lzo_bench.profile.run_profile` and its tables."""
+"""``lzo-bench profile``: options checked, then :func:`lzo_bench.measure.profile.run_profile` and its tables."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.backends import BackendName
+from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import ArchName, DistName, app, fail, interruptible, out_dir, print_json, typed
-from lzo_bench.gates import Method
+from lzo_bench.core.gates import Method
 
 
 @app.command()
@@ -40,14 +40,14 @@ def profile(
 
     from rich.progress import Progress
 
-    from lzo_bench.backends import BackendUnavailable
-    from lzo_bench.checkpoint import CheckpointError, load_checkpoint
+    from lzo_bench.ops.backends import BackendUnavailable
+    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.data import DatasetError
-    from lzo_bench.devices import cpu_header
-    from lzo_bench.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
-    from lzo_bench.report import console, peers_table, profile_table, progress_columns
-    from lzo_bench.rng import MAX_SAMPLES
-    from lzo_bench.train_config import ConfigError, check_device_option, check_float32_positive
+    from lzo_bench.runtime.devices import cpu_header
+    from lzo_bench.measure.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
+    from lzo_bench.cli.report import console, peers_table, profile_table, progress_columns
+    from lzo_bench.core.rng import MAX_SAMPLES
+    from lzo_bench.training.config import ConfigError, check_device_option, check_float32_positive
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     valid = {m.value for m in Method}
@@ -58,7 +58,7 @@ def profile(
     if workload not in WORKLOADS:
         raise fail(f"--workload must be one of: {', '.join(WORKLOADS)} (got {workload!r})")
     if arch.value == "conv" and run is None:
-        from lzo_bench.conv import CONV_NETWORKS
+        from lzo_bench.core.conv import CONV_NETWORKS
 
         if workload not in CONV_NETWORKS:
             raise fail(f"--arch conv needs a workload with frames ({', '.join(CONV_NETWORKS)}); {workload} has none")

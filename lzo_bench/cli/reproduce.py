@@ -1,4 +1,4 @@
-"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.reproduce.run_grid`) and its
+"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.experiments.reproduce.run_grid`) and its
 paper-style table."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.backends import BackendName
+from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import app, fail, out_dir, print_json
-from lzo_bench.reproduce import Engine
+from lzo_bench.experiments.reproduce import Engine
 
 
 @app.command()
@@ -37,11 +37,11 @@ def reproduce(
     from rich.progress import Progress
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
-    from lzo_bench.plots import PlotUnavailable
-    from lzo_bench.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
+    from lzo_bench.experiments.plots import PlotUnavailable
+    from lzo_bench.experiments.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
                                      with_overrides, write_outputs)
-    from lzo_bench.report import console, progress_columns, reproduce_table
-    from lzo_bench.train_config import ConfigError
+    from lzo_bench.cli.report import console, progress_columns, reproduce_table
+    from lzo_bench.training.config import ConfigError
 
     if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
         raise fail("--jobs, --trials and --epochs must be ≥ 1")
@@ -114,7 +114,7 @@ def reproduce(
 
 def _print_placement(summary: dict) -> None:
     """One line per machine and device: the trials it ran."""
-    from lzo_bench.report import console
+    from lzo_bench.cli.report import console
 
     places: dict[str, list[str]] = {}
     for t in summary["trials"]:

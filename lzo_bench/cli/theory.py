@@ -1,5 +1,5 @@
-"""``lzo-bench theory table1|check|plot``: the paper's theory (:mod:`lzo_bench.theory_checks`,
-:func:`lzo_bench.plots.theory_plots`)."""
+"""``lzo-bench theory table1|check|plot``: the paper's theory (:mod:`lzo_bench.experiments.theory_checks`,
+:func:`lzo_bench.experiments.plots.theory_plots`)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def theory_table1(json_out: Annotated[bool, typer.Option("--json", help="Print J
     """Table 1 (B_th/δ) and the sigmoid / fast-sigmoid values, computed next to the paper's."""
     from rich.table import Table
 
-    from lzo_bench.report import console
-    from lzo_bench.theory_checks import as_dicts, table1
+    from lzo_bench.cli.report import console
+    from lzo_bench.experiments.theory_checks import as_dicts, table1
 
     rows = table1()
     if json_out:
@@ -52,8 +52,8 @@ def theory_check(
     """Monte-Carlo check that c·E[G²] reproduces every built-in surrogate; exit 1 if one fails."""
     from rich.table import Table
 
-    from lzo_bench.report import console
-    from lzo_bench.theory_checks import as_dicts, check
+    from lzo_bench.cli.report import console
+    from lzo_bench.experiments.theory_checks import as_dicts, check
 
     if not delta > 0:
         raise fail(f"--delta must be > 0 (got {delta})")
@@ -90,7 +90,7 @@ def theory_plot(
 ) -> None:
     """Figure 1 of the paper and, for one surrogate, sampled z against λ(z) and MC E[G²] against g."""
 
-    from lzo_bench.plots import PlotUnavailable, theory_plots
+    from lzo_bench.experiments.plots import PlotUnavailable, theory_plots
 
     if not delta > 0:
         raise fail(f"--delta must be > 0 (got {delta})")

@@ -1,5 +1,5 @@
-"""``lzo-bench train``: options to a :class:`~lzo_bench.train_config.TrainConfig` (from a profile, or a run
-to resume), then :func:`lzo_bench.train.train`."""
+"""``lzo-bench train``: options to a :class:`~lzo_bench.training.config.TrainConfig` (from a profile, or a run
+to resume), then :func:`lzo_bench.training.train.train`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.backends import BackendName
+from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import ArchName, DatasetName, DistName, app, fail, parse_hidden, typed
-from lzo_bench.gates import Method
+from lzo_bench.core.gates import Method
 
 
 @app.command()
@@ -42,11 +42,11 @@ def train(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its last finished epoch, with its own configuration (only --epochs and --energy may be given).")] = None,
 ) -> None:
     """Train a feed-forward LIF network and write config.json, metrics.json and checkpoint.pt."""
-    from lzo_bench.report import RichReporter, console, summary_table
-    from lzo_bench.run_folder import RESUME_MAY_CHANGE, resume_config
-    from lzo_bench.train import TrainingDiverged, TrainingFailed, TrainingInterrupted
-    from lzo_bench.train import train as run_training
-    from lzo_bench.train_config import ConfigError, TrainConfig
+    from lzo_bench.cli.report import RichReporter, console, summary_table
+    from lzo_bench.training.run_folder import RESUME_MAY_CHANGE, resume_config
+    from lzo_bench.training.train import TrainingDiverged, TrainingFailed, TrainingInterrupted
+    from lzo_bench.training.train import train as run_training
+    from lzo_bench.training.config import ConfigError, TrainConfig
 
     cfg_kwargs = dict(
         dataset=dataset.value, arch=arch.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,
@@ -64,7 +64,7 @@ def train(
         except ConfigError as e:
             raise fail(str(e)) from None
     elif profile:
-        from lzo_bench.reproduce import ProfileError, load_profile
+        from lzo_bench.experiments.reproduce import ProfileError, load_profile
 
         try:
             prof = load_profile(profile)

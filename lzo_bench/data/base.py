@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from lzo_bench.events import SpikeEvents
+from lzo_bench.core.events import SpikeEvents
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class EventDataset:
 
     def spike_events(self, idx: torch.Tensor | slice) -> SpikeEvents:
         """Samples ``idx`` as events, batch row ``b`` = position in ``idx``: no dense tensor is made."""
-        from lzo_bench import ops  # the event-driven backend's C++ ops: batches are built for it
+        from lzo_bench.ops import extension as ops  # the event-driven backend's C++ ops: batches are built for it
 
         ops.build()
         idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lzo_bench.data.base import EventDataset
-from lzo_bench.fsio import atomic_torch_save
+from lzo_bench.runtime.fsio import atomic_torch_save
 
 CACHE_VERSION = 1
 

@@ -1,0 +1,229 @@
+"""The whole network sparse end to end: event-driven forward, gradients handed between layers as
+values on the active lists (DESIGN.md §5b), on the ``lzo`` ops of ``kernels/snn_cpu.cpp`` (CPU)
+and ``kernels/snn_cuda.cu`` (CUDA).
+
+Forward, per hidden layer ``l`` (input events ``x_l``: the data's for ``l = 0``, else layer
+``l − 1``'s spikes)::
+
+    I[t, b, :] = Σ_{events (t, b, i) of x_l} x·W_l[i, :]     (one GEMM instead when x_l is dense)
+    u = β·u + I − θ·s_prev,  s = H(u − θ),  γ = gate(u − θ)   (fused, per batch row)
+    readout  o[t] = β_r·o[t−1] + (1 − β_r)·(s_L[t] @ W_out)   from the last layer's spike events
+
+One autograd node takes the weights and returns ``o [T, B, C]`` and the spike counts
+``count_l [B, N_l]`` (the regulariser's input). Its backward, for the sparse rules::
+
+    d_a = (1 − β_r)·ĝ_o,  dW_out = Σ_spikes d_a,  g_L = d_a·W_out[j] at layer L's active entries
+    layer l:  e = (g_l + ∂L/∂count_l)·γ_l on its active list;  dW_l from e and x_l's trace;
+              g_{l−1} = Σ_{t' ≥ t} β^{t'−t} e W_l[i, j]  only at layer l−1's active entries
+
+so no [T, B, N] tensor exists in the backward. The dense ``surrogate`` rule runs the same forward and
+a dense backward (reverse scan, dW from the input events or one GEMM, dx by GEMM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lzo_bench.ops import extension as ops
+from lzo_bench.core.conv import pool_events, unpool_columns, unpool_dense
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.forward import Forward
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.network import Hidden, Stack, readout_logits, with_bias_unit
+from lzo_bench.core.rng import DrawKey
+
+if TYPE_CHECKING:
+    from lzo_bench.core.model import SNN
+
+#: how a layer's current is formed: chosen by input density (``auto``), or forced for benchmarks
+CURRENT_MODES = {"auto": 0, "events": 1, "gemm": 2}
+
+
+@dataclass
+class LayerState:
+    """What the forward of one hidden layer leaves: its spikes (the next layer's input) and, for the
+    backward, its active list (sparse rules) or its dense gate (``surrogate``)."""
+
+    spikes: SpikeEvents
+    counts: torch.Tensor
+    active_ptr: torch.Tensor
+    active_col: torch.Tensor
+    active_gate: torch.Tensor
+    dense_gate: torch.Tensor
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Active entries, ``active_ptr[-1]`` as a 0-d tensor on the list's device (lists made on the
+        GPU are allocated at their bound); ``Forward.active`` reads them, without a sync per layer."""
+        return self.active_ptr[-1]
+
+
+@dataclass
+class _Run:
+    """One forward's constants and what it leaves for the caller."""
+
+    x: SpikeEvents
+    stack: Stack
+    current_mode: int
+    lib: Any = None  # the op namespace: torch.ops.lzo, or torch.ops.lzo_sim (the CUDA kernels, simulated)
+    inputs: list[SpikeEvents | None] = field(default_factory=list)  # each layer's input, bias unit included
+    layers: list[LayerState | None] = field(default_factory=list)
+
+
+def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
+    hid = run.stack.hidden[layer]
+    table, *params = ops.gate_args(hid.spec, hid.key, w.device)
+    if hid.conv:
+        outs = run.lib.conv_lif_forward(x.ptr, x.col, x.val, w, hid.conv.kernel_args(), table, x.steps, hid.beta,
+                                        hid.theta, *params, layer, run.current_mode)
+    else:
+        outs = run.lib.lif_events_forward(x.ptr, x.col, x.val, w, table, x.steps, hid.beta, hid.theta, *params,
+                                          layer, run.current_mode)
+    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = outs
+    spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, hid.n_out)
+    return LayerState(spikes, counts, a_ptr, a_col, a_gate, dense_gate)
+
+
+def _kernel_weight(hid: Hidden) -> torch.Tensor:
+    """The weight as the ops take it: ``W`` or ``[W; b]`` (a bias is one more input unit); a conv
+    layer's ``[C_out, C_in·K·K]`` with the bias as one more column."""
+    if hid.conv:
+        w = hid.weight.reshape(hid.weight.shape[0], -1)
+        return w if hid.bias is None else torch.cat([w, hid.bias[:, None]], 1)
+    return hid.weight if hid.bias is None else torch.cat([hid.weight, hid.bias[None]])
+
+
+def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``weights``: per hidden layer ``W`` or ``[W; b]`` (a bias is one more input unit), then ``W_out``."""
+    h = run.x
+    for layer, w in enumerate(weights[:-1]):
+        if run.stack.hidden[layer].bias is not None:
+            h = with_bias_unit(h)
+        run.inputs.append(h)
+        state = _layer_forward(run, h, w, layer)
+        run.layers.append(state)
+        hid = run.stack.hidden[layer]
+        h = pool_events(state.spikes, hid.conv, run.lib) if hid.conv else state.spikes
+    return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.stack.readout.beta)
+
+
+class _EventNetwork(torch.autograd.Function):
+    """``(o, count_1, …, count_L) = network(weights…)``; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, run: _Run, *weights: torch.Tensor):  # type: ignore[override]
+        o = _forward_all(run, weights)
+        saved: list[torch.Tensor] = [*weights]
+        for xin, st in zip(run.inputs, run.layers):
+            saved += [xin.ptr, xin.col, xin.val, st.active_ptr, st.active_col, st.active_gate, st.dense_gate]
+        last = run.layers[-1].spikes
+        saved += [last.ptr, last.col]
+        ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)  # an output the loss does not use gets None, not a zero tensor
+        ctx.widths = [xin.width for xin in run.inputs]
+        # tensors live in saved_tensors only: freed after backward
+        ctx.run = replace(run, inputs=[None] * len(run.inputs), layers=[None] * len(run.layers))
+        ctx.n_weights = len(weights)
+        return (o, *(st.counts for st in run.layers))
+
+    @staticmethod
+    def backward(ctx, grad_o: torch.Tensor | None, *grad_counts: torch.Tensor | None):  # type: ignore[override]
+        run: _Run = ctx.run
+        saved = ctx.saved_tensors
+        n_w = ctx.n_weights
+        weights = saved[:n_w]
+        per_layer = [saved[n_w + 7 * i: n_w + 7 * (i + 1)] for i in range(n_w - 1)]
+        last_ptr, last_col = saved[-2:]
+        steps, batch = run.x.steps, run.x.batch
+        inputs = [SpikeEvents(p[0], p[1], p[2], steps, batch, width) for p, width in zip(per_layer, ctx.widths)]
+        empty_f = weights[0].new_empty(0)
+        empty_i = run.x.ptr.new_empty(0)
+        empty_c = run.x.col.new_empty(0)
+        last = per_layer[-1]
+        sparse = run.stack.sparse
+        grads: list[torch.Tensor | None] = [None] * n_w
+        if grad_o is None:  # only the counts reach the loss: no readout gradient, as autograd gives
+            n_last = weights[-1].shape[0]
+            g = empty_f.new_zeros(last[4].numel() if sparse else steps * batch * n_last)
+            g = g if sparse else g.view(steps * batch, n_last)
+        else:
+            grads[-1], d_a, g = run.lib.readout_backward(
+                grad_o.contiguous(), last_ptr, last_col, weights[-1], run.stack.readout.beta,
+                last[3] if sparse else empty_i, last[4] if sparse else empty_c)
+            if not sparse:
+                g = d_a @ weights[-1].t()
+        for layer in reversed(range(len(per_layer))):
+            _, _, _, a_ptr, a_col, a_gate, dense_gate = per_layer[layer]
+            hid = run.stack.hidden[layer]
+            below = run.stack.hidden[layer - 1] if layer > 0 else None
+            cg = grad_counts[layer] if grad_counts[layer] is not None else empty_f
+            xin = inputs[layer]
+            if sparse:
+                prev = per_layer[layer - 1] if layer > 0 else None
+                prev_col, inside = empty_c, None
+                if prev is not None:  # the layer below's entries, where its (pooled) spikes reach this layer
+                    prev_col, inside = unpool_columns(prev[4], below.conv) if below.conv else (prev[4], None)
+                args = (g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
+                tail = (hid.beta, steps, prev[3] if prev else empty_i, prev_col)
+                if hid.conv:
+                    grads[layer], g = run.lib.conv_sparse_backward(*args, hid.conv.kernel_args(), *tail)
+                else:
+                    grads[layer], g = run.lib.lif_sparse_backward(*args, *tail)
+                if inside is not None:
+                    g = g * inside
+            else:
+                args = (g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
+                if hid.conv:
+                    grads[layer], g = run.lib.conv_dense_backward(*args, hid.conv.kernel_args(), hid.beta, steps,
+                                                                  layer > 0, run.current_mode)
+                else:
+                    grads[layer], g = run.lib.lif_dense_backward(*args, hid.beta, steps, layer > 0, run.current_mode)
+                    if layer > 0 and hid.bias is not None:
+                        g = g[:, :-1]  # the bias unit has no layer below
+                if below is not None and below.conv:
+                    g = unpool_dense(g, below.conv)
+                g = g.contiguous() if layer > 0 else g
+        return (None, *grads)
+
+
+def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
+    """``x`` as events (the C++ compaction for a dense tensor: float32, or a bool / uint8 spike tensor
+    read as it is on the CPU, without a float copy)."""
+    if isinstance(x, SpikeEvents):
+        return x
+    ops.build()  # cached: loads the ops when no backend has yet
+    if x.dtype not in (torch.float32, torch.bool, torch.uint8) or (x.is_cuda and x.dtype != torch.float32):
+        x = x.float()
+    ptr, col, val = torch.ops.lzo.to_events(x)
+    if x.dtype == torch.bool or (val.numel() and bool((val == 1).all())):
+        val = val.new_empty(0)
+    return SpikeEvents(ptr, col, val, x.shape[0], x.shape[1], x.shape[2])
+
+
+def event_network(model: "SNN | Stack", x: torch.Tensor | SpikeEvents, spec: GateSpec | None = None,
+                  key: DrawKey | None = None, current: str = "auto", lib: Any = None) -> Forward:
+    """The forward of ``model`` on ``x`` through the event ops (``lib``: their namespace, by default
+    ``torch.ops.lzo``); differentiable in the weights (and biases). ``model`` is an :class:`SNN` with
+    the rule ``spec`` and ``key`` for all its layers, or a :class:`~lzo_bench.core.network.Stack` that
+    carries its own (``spec`` and ``key`` then unused)."""
+    stack = model if isinstance(model, Stack) else model.stack(spec, key)
+    events = as_events(x)
+    n_in = stack.hidden[0].n_in
+    if events.width != n_in:
+        raise ValueError(f"x has {events.width} input units but the network takes {n_in}")
+    run = _Run(events, stack, CURRENT_MODES[current], lib or torch.ops.lzo)
+    weights = tuple(_kernel_weight(h) for h in stack.hidden)
+    weights += (stack.readout.weight,)
+    if not stack.training:
+        with torch.no_grad():
+            o = _forward_all(run, weights)
+        counts = [st.counts for st in run.layers]
+    else:
+        o, *counts = _EventNetwork.apply(run, *weights)
+    sparse = stack.sparse
+    active = [st.active if sparse else (0 if not stack.training else st.counts.shape[0] * events.steps * st.counts.shape[1])
+              for st in run.layers]
+    return Forward(readout_logits(stack, o), counts, active, [st.spikes for st in run.layers])

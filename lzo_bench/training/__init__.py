@@ -1,0 +1,3 @@
+"""Training a network: the update loop (``train``), its configuration and limits, the run folder and
+checkpoints.
+"""

@@ -1,0 +1,128 @@
+"""Checkpoints: plain dicts of tensors and primitives, loadable with ``torch.load(weights_only=True)``.
+
+Layout (``format = "lzo-bench-checkpoint"``, ``format_version = 1``)::
+
+    {"format", "format_version", "lzo_bench_version",
+     "network": NetworkSpec as dict, "dataset": DatasetInfo as dict,
+     "train": TrainConfig as dict, "epoch": int,
+     "state_dict": {"weights.0": W_1 [n_in, N_1], …, "weights.L": W_out [N_L, C]},
+     "optimizer": the Adam state dict (moments and step count), "update": updates done}
+
+``optimizer`` and ``update`` are what ``lzo-bench train --resume`` needs to continue exactly: the
+shuffles are keyed by (seed, epoch) and the LocalZO draws by (seed, update), so weights, Adam's
+moments and the update counter are the whole state of a run between epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from lzo_bench import __version__
+from lzo_bench.data.base import DatasetInfo
+from lzo_bench.runtime.fsio import atomic_torch_save
+from lzo_bench.training.limits import MAX_STEPS
+from lzo_bench.core.model import SNN, NetworkSpec
+
+CHECKPOINT_FORMAT = "lzo-bench-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is missing, is not an lzo-bench checkpoint, or is of an incompatible version."""
+
+
+class TrainRecord(Protocol):
+    """What a checkpoint stores of a run's configuration (:class:`lzo_bench.training.config.TrainConfig`)."""
+
+    def to_dict(self) -> dict: ...
+
+
+def save_checkpoint(
+    path: Path, model: SNN, network: NetworkSpec, dataset: DatasetInfo, cfg: TrainRecord, epoch: int,
+    optimizer: torch.optim.Optimizer | None = None, update: int | None = None,
+) -> Path:
+    return atomic_torch_save(path, {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "lzo_bench_version": __version__,
+        "network": network.to_dict(),
+        "dataset": asdict(dataset),
+        "train": cfg.to_dict(),
+        "epoch": epoch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    } | ({} if optimizer is None else {"optimizer": optimizer.state_dict(), "update": update}))
+
+
+def checkpoint_steps(ckpt: dict[str, Any]) -> int:
+    """The time steps ``T`` the checkpoint's run trained at (its ``--steps``, else the dataset's)."""
+    return int(ckpt["train"].get("steps") or ckpt["dataset"]["default_steps"])
+
+
+def check_contents(path: Path, ckpt: dict[str, Any], network: NetworkSpec) -> None:
+    """What export, evaluate, profile --run and --resume read besides the weights: the dataset (a known
+    one, whose inputs and classes the network's shape matches), the training configuration (a dict,
+    its steps within train's limit) and the epoch. A hand-edited checkpoint fails here in one line
+    instead of with a KeyError, a shape error or a 919 GB allocation later (issue 19, D7)."""
+    from lzo_bench.data import DATASET_INFO
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} {what}; use the checkpoint.pt a run of lzo-bench train wrote")
+
+    def count(v: Any, low: int = 0) -> bool:  # an int (not a bool) of at least ``low``
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    dataset, train = ckpt.get("dataset"), ckpt.get("train")
+    if not isinstance(dataset, dict) or "name" not in dataset:
+        raise bad("has no dataset record")
+    info = DATASET_INFO.get(dataset["name"])
+    if info is None:
+        raise bad(f"names an unknown dataset {dataset['name']!r} (known: {', '.join(DATASET_INFO)})")
+    if (network.n_in, network.n_out) != (info.n_units, info.n_classes):
+        raise bad(f"has a network of {network.n_in} inputs and {network.n_out} outputs, but {info.name} has "
+                  f"{info.n_units} inputs and {info.n_classes} classes")
+    if not isinstance(train, dict):
+        raise bad("has no training configuration")
+    steps = train.get("steps")
+    if steps is not None and not (count(steps, 1) and steps <= MAX_STEPS):
+        raise bad(f"records steps = {steps!r}, outside [1, {MAX_STEPS}]")
+    epoch = ckpt.get("epoch")
+    if not count(epoch):
+        raise bad(f"records epoch = {epoch!r}, not a count of finished epochs")
+    if "update" in ckpt and not count(ckpt["update"]):
+        raise bad(f"records update = {ckpt['update']!r}, not a count of updates")
+
+
+def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
+    """The network (on CPU, eval mode) and the raw checkpoint dict; a run folder works too."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass a run folder or its checkpoint.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a non-checkpoint file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an lzo-bench checkpoint")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt.get('format_version')}, this lzo-bench reads "
+            f"format {CHECKPOINT_VERSION}; re-train or use a matching lzo-bench version"
+        )
+    try:
+        model = SNN(NetworkSpec.from_dict(ckpt["network"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a hand-made or damaged checkpoint
+        what = f"missing key {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path} does not describe a network this lzo-bench can rebuild: {what}") from None
+    check_contents(path, ckpt, model.spec)
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN/inf in {', '.join(bad)}): the run diverged; "
+                              "use a checkpoint of a run that finished with finite weights")
+    return model.eval(), ckpt
