@@ -98,9 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from lzo_bench.ops import extension as ops
-
     from lzo_bench.measure import peers
+    from lzo_bench.ops import library
     from lzo_bench.runtime.devices import cpu_facts, cpu_header
     from lzo_bench.ops.event_network import as_events
     from lzo_bench.core.gates import GateSpec
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     N1, N2, C, Nin = w1.shape[1], w2.shape[1], wo.shape[1], w1.shape[0]
 
     def forward(spec, layer_in, w, layer):
-        table, *params = ops.gate_args(spec, DrawKey(0, 3), w.device)
+        table, *params = library.gate_args(spec, DrawKey(0, 3), w.device)
         return lambda: lib.lif_events_forward(*layer_in, w, table, T, beta, 1.0, *params, layer, 0)
 
     lz = GateSpec.build("localzo", "normal", peers.DELTA)

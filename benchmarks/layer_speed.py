@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.ops.event_network import as_events
 from lzo_bench.core.events import SpikeEvents
 from lzo_bench.core.gates import GateSpec
@@ -100,7 +101,7 @@ def main() -> None:
     ev = as_events(x)  # the event ops' layout: rows b*T + t
 
     def forward(w, spec, update=0):
-        table, *params = ops.gate_args(spec, DrawKey(0, update), device)
+        table, *params = library.gate_args(spec, DrawKey(0, update), device)
         return torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, T, args.beta, 1.0, *params, 1, 0)
 
     def rate(w) -> float:
@@ -129,7 +130,7 @@ def main() -> None:
 
     def event_step(name: str, update: int):
         spec = specs["fused-dense" if name == "events-dense" else name.removeprefix("events-")]
-        table, *params = ops.gate_args(spec, DrawKey(0, update), device)
+        table, *params = library.gate_args(spec, DrawKey(0, update), device)
         sync(device)
         t0 = time.perf_counter()
         s_ptr, s_col, _, a_ptr, a_col, a_gate, dgate = torch.ops.lzo.lif_events_forward(

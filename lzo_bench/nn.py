@@ -49,7 +49,7 @@ from torch import nn
 
 from lzo_bench import spike
 
-from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.ops.backends import Backend, select_backend
 from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames
 from lzo_bench.core.events import SpikeEvents
@@ -306,8 +306,8 @@ class Sequential(nn.Module):
         custom = False
         for spec in specs:
             try:
-                ops.check_supported(spec)
-            except ops.UnsupportedGate:
+                library.check_supported(spec)
+            except library.UnsupportedGate:
                 custom = True
         name = "torch" if custom and self.backend_name == "auto" else self.backend_name
         cache = (f"{device}", name)

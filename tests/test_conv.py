@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.core.conv import ConvShape, channels_last, conv_current, pool_dense, pool_events, unpool_dense
 from lzo_bench.runtime.devices import fp32_convolutions
 from lzo_bench.ops.event_network import as_events, event_network
@@ -201,7 +202,7 @@ def _conv_samples(method: int):
     lib = torch.ops.lzo
     ptr, col, val = lib.to_events(x)
     spec = GateSpec.build(("surrogate", "sparsegrad", "localzo")[method], "normal", delta=0.6)
-    table, *params = ops.gate_args(spec, DrawKey(1, 2), torch.device("cpu"))
+    table, *params = library.gate_args(spec, DrawKey(1, 2), torch.device("cpu"))
     l1 = lib.conv_lif_forward(ptr, col, val, w1, c1.kernel_args(), table, 5, 0.9, 1.0, *params, 0, 0)
     h = with_bias_unit(SpikeEvents(l1[0], l1[1], torch.zeros(0), 5, 2, c1.units_out))
     l2 = lib.conv_lif_forward(h.ptr, h.col, h.val, w2, c2.kernel_args(), table, 5, 0.9, 1.0, *params, 1, 0)
@@ -243,7 +244,7 @@ def test_opcheck_conv_ops(method, op, ns):
 ])
 def test_conv_forward_rejects_bad_geometry(shape, weight, match):
     ptr, col, val = torch.ops.lzo.to_events(torch.zeros(2, 1, 50))
-    table, *params = ops.gate_args(None, None, torch.device("cpu"))
+    table, *params = library.gate_args(None, None, torch.device("cpu"))
     with pytest.raises(RuntimeError, match=match):
         torch.ops.lzo.conv_lif_forward(ptr, col, val, torch.zeros(weight), shape, table, 2, 0.9, 1.0, *params, 0, 0)
 

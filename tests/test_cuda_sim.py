@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from dataclasses import dataclass
 
 from lzo_bench.ops.backends import Backend, cuda_simulator, select_backend
@@ -171,7 +171,7 @@ def test_duplicate_columns_add_like_the_cpu_ops(kern):
     col = torch.tensor([1, 2, 3, 2, 0, 0, 0, 0, 3, 1], dtype=torch.int32)
     w = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
     spec = GateSpec.build("surrogate", "normal", delta=0.4)
-    table, *params = ops.gate_args(spec, None, torch.device("cpu"))
+    table, *params = library.gate_args(spec, None, torch.device("cpu"))
     d = kern.device
     e = torch.zeros(0)
     for mode in (1, 2):
@@ -243,12 +243,12 @@ def test_gates_flush_where_the_cpu_flushes(dist, kern):
     values the CPU drops."""
     spec = GateSpec.build("surrogate", dist, delta=0.05)
     if dist == "sigmoid":  # e = exp(-k|v|)
-        edge = 87.33 / ops._kinds(spec)[2]
+        edge = 87.33 / library._kinds(spec)[2]
     else:  # exp(-v^2 / (2 delta^2)), exp(-sqrt2 |v| / delta)
         edge = (2 * 87.33) ** 0.5 * 0.05 if dist == "normal" else 87.33 / 2**0.5 * 0.05
     w = (1.0 + torch.linspace(-1.03 * edge, -0.97 * edge, 512)).view(1, -1)  # one event at t = 0: v = W - θ
     ptr, col = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
-    table, *params = ops.gate_args(spec, None, torch.device("cpu"))
+    table, *params = library.gate_args(spec, None, torch.device("cpu"))
     cpu = torch.ops.lzo.lif_events_forward(ptr, col, torch.zeros(0), w, table, 1, 0.9, 1.0, *params, 0, 0)[6]
     d = kern.device
     sim = kern.lib.lif_events_forward(ptr.to(d), col.to(d), torch.zeros(0, device=d), w.to(d), table.to(d), 1, 0.9, 1.0,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.ops.backends import select_backend
 from lzo_bench.data.base import EventDataset, SpikeDataset, batches
 from lzo_bench.ops.event_network import as_events, event_network
@@ -177,7 +178,7 @@ def test_localzo_draws_identical_to_reference(dist, m, device):
     w = (torch.rand(10, 12, generator=torch.Generator().manual_seed(4)) * 2 - 1)
     key = DrawKey(123456789012, 77)
     ev = as_events(x.to(device))
-    table, *params = ops.gate_args(spec, key, torch.device(device))
+    table, *params = library.gate_args(spec, key, torch.device(device))
     _, _, _, a_ptr, a_col, a_gate, _ = (t.cpu() for t in torch.ops.lzo.lif_events_forward(
         ev.ptr, ev.col, ev.val, w.to(device), table, 75, 0.9, 1.0, *params, 2, 0))
     n = int(a_ptr[-1])  # a list made on the GPU is allocated at its bound
@@ -196,7 +197,7 @@ def test_dense_gate_equals_surrogate_and_flushes_to_zero(dist):
     x = (torch.rand(50, 4, 9, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     w = torch.randn(9, 16, generator=torch.Generator().manual_seed(2))  # potentials far from θ too
     ev = as_events(x)
-    table, *params = ops.gate_args(spec, None, x.device)
+    table, *params = library.gate_args(spec, None, x.device)
     gate = torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, 50, 0.9, 1.0, *params, 0, 0)[6]
     v = lif_potentials((x.reshape(-1, 9) @ w).view(50, 4, 16), 0.9, 1.0).transpose(0, 1).reshape(200, 16)
     ref = gate_values(v, spec, DrawKey(0, 0), 0)
@@ -342,7 +343,7 @@ def test_duplicate_columns_add_in_the_gemm_current_and_dense_dw(device):
     ev = _duplicate_column_events().to(device)
     w = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).to(device)
     spec = GateSpec.build("surrogate", "normal", delta=0.4)
-    table, *params = ops.gate_args(spec, None, torch.device(device))
+    table, *params = library.gate_args(spec, None, torch.device(device))
     outs = {mode: torch.ops.lzo.lif_events_forward(ev.ptr, ev.col, ev.val, w, table, 3, 0.9, 1.0, *params, 0, mode)
             for mode in (1, 2)}
     dense = ev.dense().cpu()
@@ -398,7 +399,7 @@ def test_cuda_gates_flush_where_the_cpu_flushes(dist):
     flushed c·exp(x) instead of exp(x), so for c > 1 (δ < 0.4) it kept entries the CPU drops."""
     spec = GateSpec.build("surrogate", dist, delta=0.05)
     if dist == "sigmoid":  # e = exp(-k|v|)
-        edge = 87.33 / ops._kinds(spec)[2]
+        edge = 87.33 / library._kinds(spec)[2]
     else:  # exp(-v^2 / (2 delta^2)), exp(-sqrt2 |v| / delta)
         edge = (2 * 87.33) ** 0.5 * 0.05 if dist == "normal" else 87.33 / 2**0.5 * 0.05
     v = torch.linspace(-1.03 * edge, -0.97 * edge, 4096)
@@ -406,7 +407,7 @@ def test_cuda_gates_flush_where_the_cpu_flushes(dist):
     ev = SpikeEvents(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), torch.zeros(0), 1, 1, 1)
     gates = []
     for device in ("cpu", "cuda"):
-        table, *params = ops.gate_args(spec, None, torch.device(device))
+        table, *params = library.gate_args(spec, None, torch.device(device))
         e = ev.to(device)
         gates.append(torch.ops.lzo.lif_events_forward(e.ptr, e.col, e.val, w.to(device), table, 1, 0.9, 1.0, *params, 0,
                                                       0)[6].cpu())
@@ -463,7 +464,7 @@ def test_localzo_gate_with_a_band_too_small_for_the_skip_table():
     cell index, which the vectorised gather must clamp to the last cell instead of reading far before the
     table (it crashed before). Zero weights and θ = 0 put every potential at v = 0, a candidate of any band."""
     spec = GateSpec.build("localzo", "normal", 0.05)
-    table, *params = ops.gate_args(spec, DrawKey(0, 0), torch.device("cpu"))
+    table, *params = library.gate_args(spec, DrawKey(0, 0), torch.device("cpu"))
     params[6] = 1e-37  # band
     x = as_events((torch.rand(3, 2, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float())
     w = torch.zeros(5, 19)

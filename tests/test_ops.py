@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.ops.backends import BackendUnavailable, cuda_simulator, select_backend
 from lzo_bench.ops.event_network import as_events, event_network
 from lzo_bench.core.floatcmp import network_spikes_agree
@@ -124,7 +125,7 @@ def _event_samples(device: str, method: int):
     lib = torch.ops.lzo
     ptr, col, val = lib.to_events(x.to(dev))
     spec = None if method < 0 else GateSpec.build(("surrogate", "sparsegrad", "localzo")[method], "normal", delta=0.6)
-    table, *params = ops.gate_args(spec, DrawKey(1, 2), dev)
+    table, *params = library.gate_args(spec, DrawKey(1, 2), dev)
     l1 = lib.lif_events_forward(ptr, col, val, w1.to(dev), table, 6, 0.9, 1.0, *params, 0, 0)
     l2 = lib.lif_events_forward(l1[0], l1[1], torch.zeros(0, device=dev), w2.to(dev), table, 6, 0.9, 1.0, *params, 1, 0)
     go = torch.randn(6, 3, 2, generator=gen).to(dev)
@@ -259,7 +260,7 @@ def test_backend_selection_and_reasons():
 def test_one_op_family():
     """The per-layer ops are gone: only the event ops (and the simulator's copy) are registered."""
     assert not hasattr(torch.ops.lzo, "lif_forward") or not torch._C._dispatch_has_kernel("lzo::lif_forward")
-    for op in ops.EVENT_OPS + ops.CONV_OPS:
+    for op in library.EVENT_OPS + library.CONV_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lzo::{op}", "CPU")
     assert not (ops.kernels_dir() / "lif_cpu.cpp").exists() and not (ops.kernels_dir() / "lif_cuda.cu").exists()
 
@@ -272,10 +273,10 @@ def test_cuda_sources_compile_and_link():
     if "CUDA_HOME" not in env and os.path.isdir("/usr/local/cuda"):
         env["CUDA_HOME"] = "/usr/local/cuda"
     code = (
-        "import torch; from lzo_bench import ops; e = ops.build(cuda=True); "
+        "import torch; from lzo_bench.ops import extension as ops, library; e = ops.build(cuda=True); "
         "assert e.cuda; "
-        "print(*[torch._C._dispatch_has_kernel_for_dispatch_key('lzo::' + o, 'CUDA') for o in ops.CUDA_OPS])"
+        "print(*[torch._C._dispatch_has_kernel_for_dispatch_key('lzo::' + o, 'CUDA') for o in library.CUDA_OPS])"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == " ".join(["True"] * len(ops.CUDA_OPS))
+    assert proc.stdout.strip().splitlines()[-1] == " ".join(["True"] * len(library.CUDA_OPS))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.runtime.devices import vector_isa
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.rng import DrawKey
@@ -27,7 +28,7 @@ cases = torch.load(sys.argv[3])
 out = {}
 for name, c in cases.items():
     spec = GateSpec.build(c["method"], "normal", 0.05, samples=c["m"])
-    table, *params = ops.gate_args(spec, DrawKey(3, 7), torch.device("cpu"))
+    table, *params = library.gate_args(spec, DrawKey(3, 7), torch.device("cpu"))
     ptr, col, val = torch.ops.lzo.to_events(c["x"])
     val = val if c["graded"] else val.new_empty(0)
     out[name] = [ptr, col, val, *torch.ops.lzo.lif_events_forward(ptr, col, val, c["w"], table, c["x"].shape[0], 0.9, 1.0,
@@ -64,7 +65,7 @@ def test_avx2_paths_equal_the_scalar_build_to_the_bit(tmp_path):
     ops.build()
     for name, c in cases.items():
         spec = GateSpec.build(c["method"], "normal", 0.05, samples=c["m"])
-        table, *params = ops.gate_args(spec, DrawKey(3, 7), torch.device("cpu"))
+        table, *params = library.gate_args(spec, DrawKey(3, 7), torch.device("cpu"))
         ptr, col, val = lib.to_events(c["x"])
         val = val if c["graded"] else val.new_empty(0)
         ours = [ptr, col, val, *lib.lif_events_forward(ptr, col, val, c["w"], table, c["x"].shape[0], 0.9, 1.0,

@@ -101,11 +101,11 @@ class EventDataset:
 
     def spike_events(self, idx: torch.Tensor | slice) -> SpikeEvents:
         """Samples ``idx`` as events, batch row ``b`` = position in ``idx``: no dense tensor is made."""
-        from lzo_bench.ops import extension as ops  # the event-driven backend's C++ ops: batches are built for it
+        from lzo_bench.ops import extension, library  # the event-driven backend's C++ ops: batches are built for it
 
-        ops.build()
+        extension.build()
         idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).reshape(-1)
-        ptr, col = torch.ops.lzo.batch_events(self.events, self.offsets, idx.long(), self.steps, self.n_units)
+        ptr, col = library.batch_events(torch.ops.lzo, self.events, self.offsets, idx.long(), self.steps, self.n_units)
         return SpikeEvents(ptr, col, torch.zeros(0), self.steps, idx.numel(), self.n_units)
 
     def dense(self, idx: torch.Tensor | slice) -> torch.Tensor:

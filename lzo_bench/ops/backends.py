@@ -18,6 +18,7 @@ from lzo_bench import spike
 from lzo_bench.core import lif
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.core.conv import ConvShape
 from lzo_bench.ops.event_network import event_network
 from lzo_bench.core.gates import GateSpec
@@ -90,8 +91,8 @@ def _extension(device: torch.device, spec: GateSpec | None) -> Backend:
     """The C++/CUDA backend for ``device``; raises BackendUnavailable with the reason."""
     if spec is not None:
         try:
-            ops.check_supported(spec)
-        except ops.UnsupportedGate as e:
+            library.check_supported(spec)
+        except library.UnsupportedGate as e:
             raise BackendUnavailable(str(e)) from None
     cuda = device.type == "cuda"
     try:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 from lzo_bench.core.conv import pool_events, unpool_columns, unpool_dense
 from lzo_bench.core.events import SpikeEvents
 from lzo_bench.core.forward import Forward
@@ -75,16 +76,16 @@ class _Run:
 
 def _layer_forward(run: _Run, x: SpikeEvents, w: torch.Tensor, layer: int) -> LayerState:
     hid = run.stack.hidden[layer]
-    table, *params = ops.gate_args(hid.spec, hid.key, w.device)
+    gate = library.gate_args(hid.spec, hid.key, w.device)
     if hid.conv:
-        outs = run.lib.conv_lif_forward(x.ptr, x.col, x.val, w, hid.conv.kernel_args(), table, x.steps, hid.beta,
-                                        hid.theta, *params, layer, run.current_mode)
+        out = library.conv_lif_forward(run.lib, x, w, hid.conv, gate, hid.beta, hid.theta, layer=layer,
+                                       current_mode=run.current_mode)
     else:
-        outs = run.lib.lif_events_forward(x.ptr, x.col, x.val, w, table, x.steps, hid.beta, hid.theta, *params,
-                                          layer, run.current_mode)
-    s_ptr, s_col, counts, a_ptr, a_col, a_gate, dense_gate = outs
-    spikes = SpikeEvents(s_ptr, s_col, s_col.new_empty(0, dtype=torch.float32), x.steps, x.batch, hid.n_out)
-    return LayerState(spikes, counts, a_ptr, a_col, a_gate, dense_gate)
+        out = library.lif_events_forward(run.lib, x, w, gate, hid.beta, hid.theta, layer=layer,
+                                         current_mode=run.current_mode)
+    spikes = SpikeEvents(out.spike_ptr, out.spike_col, out.spike_col.new_empty(0, dtype=torch.float32), x.steps,
+                         x.batch, hid.n_out)
+    return LayerState(spikes, out.counts, out.active_ptr, out.active_col, out.active_gate, out.dense_gate)
 
 
 def _kernel_weight(hid: Hidden) -> torch.Tensor:
@@ -107,7 +108,7 @@ def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         run.layers.append(state)
         hid = run.stack.hidden[layer]
         h = pool_events(state.spikes, hid.conv, run.lib) if hid.conv else state.spikes
-    return run.lib.readout_forward(h.ptr, h.col, weights[-1], h.steps, run.stack.readout.beta)
+    return library.readout_forward(run.lib, h, weights[-1], run.stack.readout.beta)
 
 
 class _EventNetwork(torch.autograd.Function):
@@ -150,8 +151,8 @@ class _EventNetwork(torch.autograd.Function):
             g = empty_f.new_zeros(last[4].numel() if sparse else steps * batch * n_last)
             g = g if sparse else g.view(steps * batch, n_last)
         else:
-            grads[-1], d_a, g = run.lib.readout_backward(
-                grad_o.contiguous(), last_ptr, last_col, weights[-1], run.stack.readout.beta,
+            grads[-1], d_a, g = library.readout_backward(
+                run.lib, grad_o.contiguous(), last_ptr, last_col, weights[-1], run.stack.readout.beta,
                 last[3] if sparse else empty_i, last[4] if sparse else empty_c)
             if not sparse:
                 g = d_a @ weights[-1].t()
@@ -166,21 +167,25 @@ class _EventNetwork(torch.autograd.Function):
                 prev_col, inside = empty_c, None
                 if prev is not None:  # the layer below's entries, where its (pooled) spikes reach this layer
                     prev_col, inside = unpool_columns(prev[4], below.conv) if below.conv else (prev[4], None)
-                args = (g, a_ptr, a_col, a_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
-                tail = (hid.beta, steps, prev[3] if prev else empty_i, prev_col)
+                lists = library.BackwardLists(g, a_ptr, a_col, a_gate, cg, xin)
+                prev_ptr = prev[3] if prev else empty_i
                 if hid.conv:
-                    grads[layer], g = run.lib.conv_sparse_backward(*args, hid.conv.kernel_args(), *tail)
+                    grads[layer], g = library.conv_sparse_backward(run.lib, lists, weights[layer], hid.conv, hid.beta,
+                                                                   prev_ptr, prev_col)
                 else:
-                    grads[layer], g = run.lib.lif_sparse_backward(*args, *tail)
+                    grads[layer], g = library.lif_sparse_backward(run.lib, lists, weights[layer], hid.beta, prev_ptr,
+                                                                  prev_col)
                 if inside is not None:
                     g = g * inside
             else:
-                args = (g, dense_gate, cg, xin.ptr, xin.col, xin.val, weights[layer])
                 if hid.conv:
-                    grads[layer], g = run.lib.conv_dense_backward(*args, hid.conv.kernel_args(), hid.beta, steps,
-                                                                  layer > 0, run.current_mode)
+                    grads[layer], g = library.conv_dense_backward(run.lib, g, dense_gate, cg, xin, weights[layer],
+                                                                  hid.conv, hid.beta, input_grad=layer > 0,
+                                                                  current_mode=run.current_mode)
                 else:
-                    grads[layer], g = run.lib.lif_dense_backward(*args, hid.beta, steps, layer > 0, run.current_mode)
+                    grads[layer], g = library.lif_dense_backward(run.lib, g, dense_gate, cg, xin, weights[layer],
+                                                                 hid.beta, input_grad=layer > 0,
+                                                                 current_mode=run.current_mode)
                     if layer > 0 and hid.bias is not None:
                         g = g[:, :-1]  # the bias unit has no layer below
                 if below is not None and below.conv:
@@ -197,7 +202,7 @@ def as_events(x: torch.Tensor | SpikeEvents) -> SpikeEvents:
     ops.build()  # cached: loads the ops when no backend has yet
     if x.dtype not in (torch.float32, torch.bool, torch.uint8) or (x.is_cuda and x.dtype != torch.float32):
         x = x.float()
-    ptr, col, val = torch.ops.lzo.to_events(x)
+    ptr, col, val = library.to_events(torch.ops.lzo, x)
     if x.dtype == torch.bool or (val.numel() and bool((val == 1).all())):
         val = val.new_empty(0)
     return SpikeEvents(ptr, col, val, x.shape[0], x.shape[1], x.shape[2])
