@@ -113,7 +113,8 @@ def train(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], arg
         correct = sum(int((forward(x_te[:, i:i + 256]).argmax(1) == y_te[i:i + 256]).sum())
                       for i in range(0, y_te.numel(), 256))
     result = {**extra, "rule": args.rule, "seed": args.seed, "epochs": args.epochs,
-              "test_acc": correct / y_te.numel(), "update_ms": statistics.median(update_ms),
+              "test_acc": correct / y_te.numel(), "updates": len(update_ms),
+              "train_samples": y_tr.numel(), "batch_size": args.batch_size, "update_ms": statistics.median(update_ms),
               "threads": torch.get_num_threads()}
     print(json.dumps(result))
     return result

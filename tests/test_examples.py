@@ -30,7 +30,9 @@ def test_conv_examples_learn_with_localzo_and_with_the_librarys_surrogate(script
     (row,) = _run(script, "--rule", rule)
     assert row["library"] == module and row["rule"] == rule
     assert row["test_acc"] > 0.25  # chance is 0.1; 16 updates on 512 samples
-    assert row["update_ms"] > 0
+    # every batch of every epoch was one timed update, on the thread count asked for
+    assert row["train_samples"] == 512 and row["updates"] == 2 * -(-512 // row["batch_size"])
+    assert row["threads"] == 1 and row["update_ms"] > 0
 
 
 def test_nn_stack_example_trains_sequential_and_snn_identically():
