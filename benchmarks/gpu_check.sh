@@ -49,7 +49,7 @@ stage env 30 sh -c "nvidia-smi --query-gpu=name,driver_version,mig.mode.current,
   (nvcc --version | tail -2) 2>&1; lscpu | grep 'Model name'; \
   $py -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
 stage doctor 300 sh -c "$py cli.py doctor --json > '$rest/doctor.json'; rc=\$?; cat '$rest/doctor.json'; exit \$rc"
-stage build 120 $py -c "from lzo_bench import ops; print(ops.build(cuda=True))"
+stage build 120 $py -c "from lzo_bench.ops import extension as ops; print(ops.build(cuda=True))"
 if [ "$(tail -1 "$rest/stages.tsv" | cut -f2)" != 0 ]; then  # every later stage needs the CUDA ops
   echo "gpu_check: the CUDA ops did not build (log.txt, stage build); later stages skipped" | tee -a "$log"
   $py benchmarks/gpu_summary.py "$rest" > "$out/summary.json" 2>> "$log"

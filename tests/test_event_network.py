@@ -425,7 +425,7 @@ def test_cuda_refuses_a_bad_list_instead_of_reading_past_it():
     import subprocess
     import sys
 
-    code = ("import torch; from lzo_bench import ops; ops.build(cuda=True); "
+    code = ("import torch; from lzo_bench.ops import extension as ops; ops.build(cuda=True); "
             "ptr = torch.tensor([0, 5, 2, 3], dtype=torch.int32).cuda(); col = torch.zeros(3, dtype=torch.int32).cuda(); "
             "torch.ops.lzo.readout_forward(ptr, col, torch.randn(4, 2).cuda(), 3, 0.9); torch.cuda.synchronize()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
