@@ -1,5 +1,5 @@
-"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export.graphs`), then checked and
-reported (:mod:`lzo_bench.export.run`)."""
+"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export.graphs`), then checked
+(:mod:`lzo_bench.export.run`) and reported (:func:`lzo_bench.cli.report.print_export_report`)."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ def export(
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
 
+    from lzo_bench.cli.report import print_export_report
     from lzo_bench.export import graphs as ex
     from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.export.parity import ProviderFallback
-    from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain, print_export_report
+    from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain
     from lzo_bench.runtime.threads import threads_problem
 
     if samples < 1:
