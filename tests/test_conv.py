@@ -340,7 +340,7 @@ def _conv_snn(seed=0):
 
 
 def _export_source(model):
-    from lzo_bench.export.graphs import ExportSource
+    from lzo_bench.export.source import ExportSource
 
     return ExportSource(model.spec, [w.detach().numpy().copy() for w in model.weights], 1.0, 25, "test", "digits",
                         {"method": "localzo", "dist": "normal", "seed": 0})
@@ -352,7 +352,7 @@ def test_conv_network_exports_to_onnx_with_conv_inside_the_scan():
     import numpy as np
     import onnxruntime as ort
 
-    from lzo_bench.export.graphs import initial_step_state, sequence_model, step_model
+    from lzo_bench.export.onnx_model import initial_step_state, sequence_model, step_model
     from lzo_bench.export.parity import ATOL, RTOL
     from lzo_bench.core.floatcmp import network_spikes_agree
 
@@ -389,14 +389,14 @@ def test_conv_network_exports_to_nir_conv2d_sumpool_flatten(tmp_path):
     equal, and simulated with the subtractive reset the graph reproduces the network."""
     import nir
 
-    from lzo_bench.export.graphs import check_nir, nir_graph, write_nir
+    from lzo_bench.export.nir_graph import nir_graph, read_back, write_nir
     from lzo_bench.core.floatcmp import compare_logits, readout_bound
     from lzo_bench.export.nir_sim import simulate
 
     model, x = _conv_snn(11)  # a draw with no potential within rounding of θ (_near_theta)
     src = _export_source(model)
     path = write_nir(nir_graph(src), tmp_path / "m.nir")
-    report = check_nir(path, src)
+    report = read_back(path, src)
     assert report["passed"], report["problems"]
     g = nir.read(path)
     assert isinstance(g.nodes["conv0"], nir.Conv2d) and isinstance(g.nodes["pool0"], nir.SumPool2d)

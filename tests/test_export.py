@@ -13,10 +13,10 @@ from lzo_bench.export import parity as export_check
 from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.cli import app
 from lzo_bench.data import load_dataset
-from lzo_bench.export.graphs import (
-    MAX_OPSET, MIN_OPSET, ORT_MIN_MAX_IR, ORT_MIN_MAX_OPSET, ExportSource, initial_step_state, node_count, sequence_model,
-    step_model,
+from lzo_bench.export.onnx_model import (
+    MAX_OPSET, MIN_OPSET, ORT_MIN_MAX_IR, ORT_MIN_MAX_OPSET, initial_step_state, node_count, sequence_model, step_model,
 )
+from lzo_bench.export.source import ExportSource
 from lzo_bench.core.model import NetworkSpec
 from lzo_bench.training.train import TrainConfig, train
 
@@ -274,7 +274,7 @@ def test_float16_weights_report_spike_flips(run_dir, tmp_path):
 def test_nir_simulation_matches_a_hand_written_reset_to_zero_reference(tmp_path):
     import nir
 
-    from lzo_bench.export.graphs import nir_graph, write_nir
+    from lzo_bench.export.nir_graph import nir_graph, write_nir
     from lzo_bench.export.nir_sim import simulate
 
     for reduce in ("max", "sum"):
@@ -452,12 +452,12 @@ def test_a_full_disk_is_one_line_and_no_file(run_dir, tmp_path, monkeypatch, fmt
     ended in a traceback; NIR is now written through memory and both writes are atomic."""
     import errno
 
-    from lzo_bench.export import graphs as ex
+    from lzo_bench.export import nir_graph, onnx_model
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ex, "atomic_write_bytes", full)
+    monkeypatch.setattr(nir_graph if fmt == "nir" else onnx_model, "atomic_write_bytes", full)
     result = runner.invoke(app, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / name), "--no-check"])
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / name} (No space left on device); "

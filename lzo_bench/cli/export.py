@@ -1,5 +1,6 @@
-"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export.graphs`), then checked and
-reported (:mod:`lzo_bench.export.run`)."""
+"""``lzo-bench export``: options checked, the file written (:mod:`lzo_bench.export.onnx_model`,
+:mod:`lzo_bench.export.nir_graph`), then checked (:mod:`lzo_bench.export.run`) and reported
+(:func:`lzo_bench.cli.report.print_export_report`)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,13 @@ def export(
     """Export a trained network as ONNX (dynamic time and batch) or NIR, and check it."""
     import warnings
 
-    from lzo_bench.export import graphs as ex
+    from lzo_bench.cli.report import print_export_report
     from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
+    from lzo_bench.export.nir_graph import NIR_RESET_NOTE, nir_graph, write_nir
+    from lzo_bench.export.onnx_model import sequence_model, step_model, write_onnx
     from lzo_bench.export.parity import ProviderFallback
-    from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain, print_export_report
+    from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain
+    from lzo_bench.export.source import ExportError, ExportSource, recorded_test_acc
     from lzo_bench.runtime.threads import threads_problem
 
     if samples < 1:
@@ -68,30 +72,30 @@ def export(
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     try:
         model, ckpt = load_checkpoint(run)
-        src = ex.ExportSource.from_checkpoint(ckpt, ex.recorded_test_acc(run_dir, ckpt.get("epoch")))
+        src = ExportSource.from_checkpoint(ckpt, recorded_test_acc(run_dir, ckpt.get("epoch")))
     except CheckpointError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else run_dir / default_name
     out_dir(target.parent, target, False, "path")  # created only once there is a file to write (issue 19, D10)
     try:
         if format is ExportFormat.NIR:
-            graph = ex.nir_graph(src)
+            graph = nir_graph(src)
             out_dir(target.parent, target, True, "path")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ex.write_nir(graph, target)
-            typer.echo(f"warning: {ex.NIR_RESET_NOTE}", err=True)
+                write_nir(graph, target)
+            typer.echo(f"warning: {NIR_RESET_NOTE}", err=True)
             report = check_nir(target, model, src, samples) if check else None
         else:
-            build = ex.sequence_model if format is ExportFormat.ONNX else ex.step_model
+            build = sequence_model if format is ExportFormat.ONNX else step_model
             onnx_model = build(src, opset, dtype.value)
             out_dir(target.parent, target, True, "path")
-            ex.write_onnx(onnx_model, target)
+            write_onnx(onnx_model, target)
             try:
                 report = check_onnx(format.value, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
             except ProviderFallback as e:  # a session ran on another provider than the one it checks
                 raise fail(str(e), 1) from None
-    except ex.ExportError as e:
+    except ExportError as e:
         raise fail(str(e)) from None
     except OSError as e:  # a full disk, say: the atomic write left no partial file
         raise fail(f"cannot write {target} ({e.strerror or e}); free space or choose another --out", 1) from None

@@ -5,7 +5,7 @@ NIR's ``LIF`` and ``LI`` are continuous-time; integrated with Euler at step ``dt
     LIF:  v ← (1 − a)·v + a·(v_leak + R·I) ;  s = H(v − v_threshold) ;  v ← v_reset where s
     LI:   v ← (1 − a)·v + a·(v_leak + R·I)
 
-which for the graphs :func:`lzo_bench.export.graphs.nir_graph` writes (``a = 1 − β``, ``R = 1/(1 − β)``,
+which for the graphs :func:`lzo_bench.export.nir_graph.nir_graph` writes (``a = 1 − β``, ``R = 1/(1 − β)``,
 ``v_leak = v_reset = 0``) is ``v ← β·v + I`` with a reset to zero. ``reset="subtract"`` swaps the
 reset for lzo-bench's own (``v ← β·v + I − θ·s[t−1]``, no reset to ``v_reset``), so the same
 graph, wiring and float operations reproduce the trained network: the difference between the two
@@ -113,7 +113,7 @@ def simulate(graph: Any, x: torch.Tensor, reset: str = "zero", reduce: str = "ma
     try:
         import nirtorch
     except ImportError:
-        from lzo_bench.export.graphs import ExportError
+        from lzo_bench.export.source import ExportError
 
         raise ExportError("the NIR check runs the file through nirtorch, which is not installed: "
                           "pip install 'lzo-bench[nir]' (or pass --no-check)") from None

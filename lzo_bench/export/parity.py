@@ -34,7 +34,8 @@ import torch
 
 from lzo_bench.ops.backends import BackendName, BackendUnavailable, select_backend
 from lzo_bench.data import load_dataset
-from lzo_bench.export.graphs import WEIGHT_DTYPES, ExportSource, initial_step_state
+from lzo_bench.export.onnx_model import WEIGHT_DTYPES, initial_step_state
+from lzo_bench.export.source import ExportSource
 from lzo_bench.core.model import SNN
 from lzo_bench.runtime.threads import torch_threads
 

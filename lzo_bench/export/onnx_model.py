@@ -1,4 +1,4 @@
-"""Export a trained network: ONNX (sequence model with a ``Scan`` over time, or one step), and NIR.
+"""The ONNX graph builder: the sequence model (a ``Scan`` over time), the one-step model, float16 weights.
 
 The ONNX graphs are built from the weights with ``onnx.helper`` (inference only, Heaviside
 forward). One time step, for hidden layer ``l`` and the readout (same float operations, in the
@@ -18,17 +18,14 @@ trains ``spikes_l [T, B, N_l]`` of each hidden layer. The step model is the same
 of its own: inputs ``x_t`` and the state, outputs the new state and the step's spikes.
 
 Every file carries a model card (``doc_string`` of the model, graph and input, and
-``metadata_props``): the time-major input layout, the training that produced the weights, and for
-the step model its initial state. Its IR version is the lowest onnx's version table allows for the
-opset, so the oldest onnxruntime this package declares loads it.
+``metadata_props``; the part NIR shares is :meth:`lzo_bench.export.source.ExportSource.metadata`): the
+time-major input layout, the training that produced the weights, and for the step model its initial
+state. Its IR version is the lowest onnx's version table allows for the opset, so the oldest
+onnxruntime this package declares loads it.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lzo_bench import __version__
-from lzo_bench.training.checkpoint import checkpoint_steps
-from lzo_bench.core.conv import nchw_order
+from lzo_bench.export.source import ExportError, ExportSource
 from lzo_bench.runtime.fsio import atomic_write_bytes
 from lzo_bench.core.model import NetworkSpec
 
@@ -48,81 +44,6 @@ MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 21, 17
 ORT_MIN_VERSION, ORT_MIN_MAX_OPSET, ORT_MIN_MAX_IR = "1.18", 21, 10
 FLOAT = TensorProto.FLOAT
 WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-class ExportError(ValueError):
-    """Bad export request (opset, output path); the message names the fix."""
-
-
-@dataclass(frozen=True)
-class ExportSource:
-    """What an export needs from a checkpoint."""
-
-    network: NetworkSpec
-    weights: list[np.ndarray]  # [fan_in, fan_out] each (a conv layer's [C_out, C_in, K, K]); the last is the readout
-    dt_ms: float
-    steps: int
-    encoding: str
-    dataset: str
-    training: dict[str, Any]  # the checkpoint's TrainConfig as a dict (method, dist, delta, samples, seed, …)
-    epochs: int | None = None  # epochs finished when the checkpoint was saved
-    test_acc: float | None = None  # % on the test set after that epoch, from the run's metrics.json
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], test_acc: float | None = None) -> "ExportSource":
-        net = NetworkSpec.from_dict(ckpt["network"])
-        n = len(net.layer_sizes) + 1
-        weights = [ckpt["state_dict"][f"weights.{i}"].numpy().astype(np.float32) for i in range(n)]
-        data = ckpt["dataset"]
-        return cls(net, weights, float(data["dt_ms"]), checkpoint_steps(ckpt), data["encoding"], data["name"],
-                   dict(ckpt["train"]), ckpt.get("epoch"), test_acc)
-
-    def training_card(self) -> dict[str, str]:
-        """How the weights were trained: method, distribution of z, δ, m (LocalZO samples per
-        neuron), seed, epochs and the test accuracy the run logged, as the checkpoint records them."""
-        t = self.training
-        keys = {"method": "method", "dist": "dist", "delta": "delta", "samples": "samples_m", "k": "k", "bth": "bth",
-                "lr": "lr", "batch_size": "batch_size", "seed": "seed"}
-        card = {f"training_{name}": repr(t[k]) if isinstance(t[k], float) else str(t[k])
-                for k, name in keys.items() if t.get(k) is not None}
-        return card | {
-            "epochs_trained": "not recorded" if self.epochs is None else str(self.epochs),
-            "test_accuracy_pct": "not recorded" if self.test_acc is None else f"{self.test_acc:.2f}",
-        }
-
-    def metadata(self, kind: str) -> dict[str, str]:
-        net = self.network
-        return {
-            "lzo_bench_version": __version__,
-            "model": kind,
-            "beta": repr(net.beta),
-            "beta_readout": repr(net.beta_out),
-            "theta": repr(net.theta),
-            "reset": "subtractive: u <- u - theta*s[t-1] (not differentiated in training)",
-            "readout": "leaky integrator o[t] = beta_r*o[t-1] + (1-beta_r)*(s_L[t] @ W_out)",
-            "reduce_over_time": net.reduce,
-            "dt_ms": repr(self.dt_ms),
-            "time_steps_in_training": str(self.steps),
-            "input_encoding": self.encoding,
-            "dataset": self.dataset,
-            "n_inputs": str(net.n_in),
-            "hidden": ",".join(map(str, net.hidden)),
-            "conv": "; ".join(f"conv {c.c_in}->{c.c_out} kernel {c.kernel} stride {c.stride} padding {c.padding} on "
-                              f"{c.height}x{c.width}" + (f", sum pool {c.pool}" if c.pool > 1 else "")
-                              for c in net.conv_shapes()) or "none",
-            "input_units": (f"channels-last frames {net.frame[0]}x{net.frame[1]}x{net.frame[2]}: unit (y*W + x)*C + c"
-                            if net.conv else "flat"),
-            "n_classes": str(net.n_out),
-        } | self.training_card()
-
-
-def recorded_test_acc(run_dir: Path, epoch: int | None) -> float | None:
-    """Test accuracy (%) that ``run_dir/metrics.json`` logged for ``epoch``; None if it has none."""
-    try:
-        history = json.loads((run_dir / "metrics.json").read_text())["history"]
-        return next(float(h["test_acc"]) for h in history if h["epoch"] == epoch)
-    except (OSError, ValueError, KeyError, TypeError, StopIteration):
-        return None
 
 
 def _check_opset(opset: int) -> None:
@@ -378,119 +299,8 @@ def initial_step_state(src: ExportSource, batch: int) -> dict[str, np.ndarray]:
     return state
 
 
-NIR_RESET_NOTE = (
-    "lzo-bench LIF neurons reset by subtraction (u <- u - theta after a spike); NIR's LIF resets "
-    "to v_reset, so this graph resets to 0 instead: simulators will differ after a spike"
-)
-
-
-def nir_graph(src: ExportSource):
-    """NIR graph: ``Input → (Linear → LIF)×L → Linear → LI → Output``.
-
-    Discretisation with step ``dt`` (Euler, ``τ dv/dt = v_leak − v + R·I``): ``β = 1 − dt/τ`` gives
-    ``τ = dt/(1 − β)`` and ``R = τ/dt``, ``v_leak = 0``; the readout ``o ← β_r·o + (1 − β_r)·a``
-    is an ``LI`` with ``τ_r = dt/(1 − β_r)``, ``R = 1``. Weights are stored ``[out, in]``.
-    """
-    try:
-        import nir
-    except ImportError:
-        raise ExportError("NIR export needs the nir package: pip install 'lzo-bench[nir]'") from None
-    net = src.network
-    dt = src.dt_ms * 1e-3
-    convs = net.conv_shapes()
-    tau = dt / (1.0 - net.beta)
-
-    def lif(shape: tuple[int, ...]):
-        return nir.LIF(tau=np.full(shape, tau), r=np.full(shape, tau / dt), v_leak=np.zeros(shape),
-                       v_threshold=np.full(shape, net.theta), v_reset=np.zeros(shape), metadata={"reset": NIR_RESET_NOTE})
-
-    nodes: dict[str, Any] = {"input": nir.Input({"input": np.array(net.frame if convs else [net.n_in])})}
-    edges, prev = [], "input"
-    for l, c in enumerate(convs):  # NCHW, as NIR's Conv2d: the units are channels-last only inside lzo-bench
-        nodes[f"conv{l}"] = nir.Conv2d(input_shape=(c.height, c.width), weight=src.weights[l].astype(np.float32),
-                                       stride=c.stride, padding=c.padding, dilation=1, groups=1,
-                                       bias=np.zeros(c.c_out, dtype=np.float32))
-        nodes[f"lif{l}"] = lif((c.c_out, c.out_height, c.out_width))
-        edges += [(prev, f"conv{l}"), (f"conv{l}", f"lif{l}")]
-        prev = f"lif{l}"
-        if c.pool > 1:
-            k = np.array([c.pool, c.pool])
-            nodes[f"pool{l}"] = nir.SumPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
-            edges.append((prev, f"pool{l}"))
-            prev = f"pool{l}"
-    if convs:
-        nodes["flatten"] = nir.Flatten({"input": np.array(convs[-1].next_shape)}, start_dim=0)  # NIR types have no batch
-        edges.append((prev, "flatten"))
-        prev = "flatten"
-    for l, n in enumerate(net.hidden, len(convs)):
-        nodes[f"fc{l}"] = nir.Linear(weight=_nchw_rows(net, l, src.weights[l]).T.astype(np.float32))
-        nodes[f"lif{l}"] = lif((n,))
-        edges += [(prev, f"fc{l}"), (f"fc{l}", f"lif{l}")]
-        prev = f"lif{l}"
-    tau_r = dt / (1.0 - net.beta_out)
-    nodes["fc_out"] = nir.Linear(weight=_nchw_rows(net, len(src.weights) - 1, src.weights[-1]).T.astype(np.float32))
-    nodes["li_out"] = nir.LI(tau=np.full(net.n_out, tau_r), r=np.ones(net.n_out), v_leak=np.zeros(net.n_out))
-    nodes["output"] = nir.Output({"output": np.array([net.n_out])})
-    edges += [(prev, "fc_out"), ("fc_out", "li_out"), ("li_out", "output")]
-    meta = src.metadata("nir") | {
-        "reset": "to zero: v <- v_reset = 0 after a spike (NIR LIF); training reset by subtraction, see reset_note",
-        "reset_note": NIR_RESET_NOTE,
-        "dt_s": repr(dt),
-        "discretisation": "forward Euler at dt_s: beta = 1 - dt/tau, so tau = dt/(1 - beta) and r = tau/dt; "
-                          "a simulator integrating exactly (beta = exp(-dt/tau)) leaks faster",
-    }
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
-
-
-def _nchw_rows(net: NetworkSpec, layer: int, w: np.ndarray) -> np.ndarray:
-    """``W [fan_in, fan_out]`` of the dense layer ``layer``; right after the conv part its rows permuted from
-    our channels-last units to the NCHW flatten NIR's ``Flatten`` gives (:func:`lzo_bench.core.conv.nchw_order`)."""
-    convs = net.conv_shapes()
-    if not convs or layer != len(convs):
-        return w
-    return w[nchw_order(*convs[-1].next_shape).numpy()]
-
-
 def write_onnx(model: onnx.ModelProto, path: Path) -> Path:
     return atomic_write_bytes(path, model.SerializeToString())
-
-
-def write_nir(graph, path: Path) -> Path:
-    import nir
-
-    warnings.warn(NIR_RESET_NOTE, stacklevel=2)
-    buffer = io.BytesIO()  # h5py writes to memory: on a full disk it crashed after its tracebacks (issue 19, D4)
-    nir.write(buffer, graph)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def check_nir(path: Path, src: ExportSource) -> dict[str, Any]:
-    """Read ``path`` back with ``nir.read`` and compare node types, LIF parameters and weights with
-    ``src``; ``passed`` is False with the ``problems`` listed."""
-    import nir
-
-    g = nir.read(path)
-    net = src.network
-    dt = src.dt_ms * 1e-3
-    problems = []
-    n_conv = len(net.conv)
-    for l in range(len(net.layer_sizes)):
-        lif = g.nodes[f"lif{l}"]
-        if not isinstance(lif, nir.LIF):
-            problems.append(f"lif{l} is {type(lif).__name__}")
-            continue
-        if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
-                or not np.allclose(lif.v_threshold, net.theta):
-            problems.append(f"lif{l} parameters differ")
-        if l < n_conv:
-            if not isinstance(g.nodes[f"conv{l}"], nir.Conv2d) or not np.array_equal(g.nodes[f"conv{l}"].weight,
-                                                                                     src.weights[l]):
-                problems.append(f"conv{l} weights differ")
-        elif not np.array_equal(g.nodes[f"fc{l}"].weight, _nchw_rows(net, l, src.weights[l]).T):
-            problems.append(f"fc{l} weights differ")
-    if not np.array_equal(g.nodes["fc_out"].weight, _nchw_rows(net, len(src.weights) - 1, src.weights[-1]).T):
-        problems.append("fc_out weights differ")
-    return {"nodes": sorted(g.nodes), "problems": problems, "passed": not problems, "parity": [], "latency": []}
 
 
 def node_count(model: onnx.ModelProto) -> int:
@@ -499,4 +309,3 @@ def node_count(model: onnx.ModelProto) -> int:
         return sum(1 + sum(count(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH) for n in g.node)
 
     return count(model.graph)
-
