@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from lzo_bench.runtime.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lzo_bench.runtime.signals import signum_of
+from lzo_bench.training.reporter import Reporter
 
 PROFILE_KEYS = {"name", "title", "dataset", "methods", "dist", "k", "delta", "samples", "bth", "epochs", "trials",
                 "seeds", "hidden", "batch_size", "lr", "steps", "paper", "arch"}
@@ -214,8 +215,8 @@ def finished(path: Path) -> bool:
         return False
 
 
-class _EpochReporter:
-    """Hands the running trial's finished epochs to ``on_epoch(out, epoch, epochs)`` (a train Reporter)."""
+class _EpochReporter(Reporter):
+    """Hands the running trial's finished epochs to ``on_epoch(out, epoch, epochs)``."""
 
     def __init__(self, out: str, epochs: int, on_epoch: Callable[[str, int, int], None]):
         self.out, self.epochs, self.on_epoch = out, epochs, on_epoch
@@ -223,14 +224,8 @@ class _EpochReporter:
     def start(self, result: Any, n_batches: int) -> None:
         self.on_epoch(self.out, 0, self.epochs)
 
-    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
-
     def epoch(self, record: Any) -> None:
         self.on_epoch(self.out, record.epoch, self.epochs)
-
-    def warn(self, message: str) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, int, int], None] | None = None) -> str:
