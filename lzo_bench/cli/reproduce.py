@@ -1,5 +1,5 @@
-"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.experiments.reproduce.run_grid`) and its
-paper-style table."""
+"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.experiments.grid.run_grid`) and its
+paper-style table (:mod:`lzo_bench.experiments.summary`, figures from :mod:`lzo_bench.experiments.plots`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import app, fail, out_dir, print_json
-from lzo_bench.experiments.reproduce import Engine
+from lzo_bench.experiments.grid import Engine
 
 
 @app.command()
@@ -37,9 +37,10 @@ def reproduce(
     from rich.progress import Progress
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
-    from lzo_bench.experiments.plots import PlotUnavailable
-    from lzo_bench.experiments.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
-                                     with_overrides, write_outputs)
+    from lzo_bench.experiments.grid import EngineUnavailable, run_grid
+    from lzo_bench.experiments.plots import PlotUnavailable, figures
+    from lzo_bench.experiments.recipe import RecipeError, load_recipe, with_overrides
+    from lzo_bench.experiments.summary import summarize, write_outputs
     from lzo_bench.cli.report import console, progress_columns, reproduce_table
     from lzo_bench.training.config import ConfigError
 
@@ -48,8 +49,8 @@ def reproduce(
     if retries < 0:
         raise fail("--retries must be ≥ 0")
     try:
-        prof = with_overrides(load_profile(profile), epochs=epochs, trials=trials)
-    except ProfileError as e:
+        prof = with_overrides(load_recipe(profile), epochs=epochs, trials=trials)
+    except RecipeError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"reproduce-{prof.name}"
     out_dir(target, target, False)
