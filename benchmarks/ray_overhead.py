@@ -35,6 +35,7 @@ import torch
 from lzo_bench.experiments.grid import Engine, run_grid
 from lzo_bench.experiments.recipe import Recipe, load_recipe, with_overrides
 from lzo_bench.runtime.devices import device_name
+from lzo_bench.training.reporter import Reporter
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -46,14 +47,15 @@ def trial_seconds(p: Recipe, out: Path, engine: Engine) -> dict[str, tuple[float
     times: dict[str, float] = {}
     last = time.perf_counter()
 
-    def arrived(done: int, total: int, path: str) -> None:
-        nonlocal last
-        if done:
-            now = time.perf_counter()
-            times[Path(path).name] = now - last
-            last = now
+    class Arrived(Reporter):
+        def grid_progress(self, done: int, total: int, path: str) -> None:
+            nonlocal last
+            if done:
+                now = time.perf_counter()
+                times[Path(path).name] = now - last
+                last = now
 
-    run_grid(p, out, device="cpu", progress=arrived, engine=engine)
+    run_grid(p, out, device="cpu", reporter=Arrived(), engine=engine)
     return {n: (s, json.loads((out / n / "metrics.json").read_text())["final"]["wall_s"]) for n, s in times.items()}
 
 

@@ -262,14 +262,28 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
 
 
 def test_the_running_trials_epochs_reach_the_progress(tmp_path):
-    """Issue 19, output: reproduce's bar counted trials only; the serial local engine also reports the
-    running trial's epochs (0 at its start, then each finished one)."""
+    """Issue 19, output: reproduce's bar counted trials only; the serial local engine also hands its
+    reporter to the running trial (its epochs: 0 at its start, then each finished one)."""
     from lzo_bench.experiments.grid import run_grid
+    from lzo_bench.training.reporter import Reporter
 
     (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 2").replace("trials = 1", "trials = 2")
                                      + "hidden = [12, 12]\n")
     seen: list[tuple[str, int, int]] = []
-    counts = run_grid(load_recipe(tmp_path / "p.toml"), tmp_path / "grid",
-                      on_epoch=lambda out, epoch, total: seen.append((Path(out).name, epoch, total)))
+    trials: list[tuple[int, int, str]] = []
+
+    class Seen(Reporter):
+        def start(self, result, n_batches):
+            self.out, self.total = Path(result.out).name, result.config.epochs
+            seen.append((self.out, 0, self.total))
+
+        def epoch(self, record):
+            seen.append((self.out, record.epoch, self.total))
+
+        def grid_progress(self, done, total, out):
+            trials.append((done, total, Path(out).name if out else ""))
+
+    counts = run_grid(load_recipe(tmp_path / "p.toml"), tmp_path / "grid", reporter=Seen())
     assert counts["trained"] == 2
     assert seen == [(f"surrogate-seed{s}", e, 2) for s in (0, 1) for e in (0, 1, 2)]
+    assert trials == [(0, 2, ""), (1, 2, "surrogate-seed0"), (2, 2, "surrogate-seed1")]

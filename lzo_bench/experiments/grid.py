@@ -49,22 +49,9 @@ def finished(path: Path) -> bool:
         return False
 
 
-class _EpochReporter(Reporter):
-    """Hands the running trial's finished epochs to ``on_epoch(out, epoch, epochs)``."""
-
-    def __init__(self, out: str, epochs: int, on_epoch: Callable[[str, int, int], None]):
-        self.out, self.epochs, self.on_epoch = out, epochs, on_epoch
-
-    def start(self, result: Any, n_batches: int) -> None:
-        self.on_epoch(self.out, 0, self.epochs)
-
-    def epoch(self, record: Any) -> None:
-        self.on_epoch(self.out, record.epoch, self.epochs)
-
-
-def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, int, int], None] | None = None) -> str:
-    """One trial; a trial that diverges or fails is recorded as such in its folder and the grid goes on.
-    ``on_epoch(out, epoch, epochs)``: each finished epoch of the trial (``epoch`` 0 at its start)."""
+def _train_job(kwargs: dict[str, Any], threads: int, reporter: Reporter | None = None) -> str:
+    """One trial, told to ``reporter``; a trial that diverges or fails is recorded as such in its
+    folder and the grid goes on."""
     import torch
 
     from lzo_bench.training.train import TrainingDiverged, TrainingFailed, train
@@ -74,7 +61,7 @@ def _train_job(kwargs: dict[str, Any], threads: int, on_epoch: Callable[[str, in
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(kwargs)
     try:
-        train(cfg, _EpochReporter(cfg.out, cfg.resolved().epochs, on_epoch) if on_epoch else None)
+        train(cfg, reporter)
     except (TrainingDiverged, TrainingFailed):
         pass  # metrics.json says "diverged" / "failed"; summarize counts it
     return cfg.out
@@ -121,16 +108,15 @@ class GridOutcome:
 
 
 def _run_local(
-    todo: list[dict[str, Any]], jobs: int, progress: Callable[[int, int, str], None], outcome: GridOutcome,
-    on_epoch: Callable[[str, int, int], None] | None = None,
+    todo: list[dict[str, Any]], jobs: int, reporter: Reporter, outcome: GridOutcome,
 ) -> None:
-    """Train ``todo`` here (``jobs`` = 1, each trial's epochs to ``on_epoch``) or in ``jobs`` local
+    """Train ``todo`` here (``jobs`` = 1, each trial told to ``reporter``) or in ``jobs`` local
     processes. Ctrl-C propagates once the pool's queued trials are cancelled."""
     if jobs <= 1:
         for kw in todo:
-            _train_job(kw, 0, on_epoch)
+            _train_job(kw, 0, reporter)
             outcome.done += 1
-            progress(outcome.done, len(todo), kw["out"])
+            reporter.grid_progress(outcome.done, len(todo), kw["out"])
         return
     import multiprocessing as mp
 
@@ -141,7 +127,7 @@ def _run_local(
             for fut in as_completed(futures):
                 out = fut.result()
                 outcome.done += 1
-                progress(outcome.done, len(todo), out)
+                reporter.grid_progress(outcome.done, len(todo), out)
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -220,19 +206,19 @@ def _run_ray(
 def run_grid(
     p: Recipe, out: Path, jobs: int = 1, device: str = "auto", backend: str = "auto",
     data_dir: str | None = None, download: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    reporter: Reporter | None = None,
     engine: Engine = Engine.LOCAL, address: str | None = None, retries: int = 2,
-    on_epoch: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train every method × trial not finished yet (whichever engine ran the finished ones);
     returns counts of run and skipped, the trials lost (Ray: worker died past ``retries``) and
-    whether Ctrl-C stopped it. ``on_epoch(out, epoch, epochs)``: the running trial's epochs, where the
-    trials run one at a time in this process (local engine, ``jobs`` = 1)."""
+    whether Ctrl-C stopped it. ``reporter.grid_progress`` hears of every finished trial; where the
+    trials run one at a time in this process (local engine, ``jobs`` = 1) ``reporter`` is also
+    each trial's train reporter (``start``, ``batch``, ``epoch``, ``warn``, ``stop``)."""
     import torch
 
     from lzo_bench.training.train import TrainingInterrupted
 
-    progress = progress or (lambda *_: None)
+    reporter = reporter or Reporter()
     todo, skipped = [], 0
     local_gpus = engine is Engine.LOCAL and device in ("auto", "cuda") and torch.cuda.is_available()
     gpus = torch.cuda.device_count() if local_gpus else 0
@@ -245,14 +231,14 @@ def run_grid(
             dev = f"cuda:{len(todo) % gpus}" if gpus > 1 else device
             todo.append({**p.train_kwargs(method), "method": method, "seed": seed, "out": str(path), "overwrite": True,
                          "device": dev, "backend": backend, "data_dir": data_dir, "download": download})
-    progress(0, len(todo), "")
+    reporter.grid_progress(0, len(todo), "")
     outcome = GridOutcome()
     interrupted = 0  # the signal that stopped the grid (SIGINT, or SIGTERM through lzo_bench.runtime.signals), else 0
     try:
         if engine is Engine.RAY:
-            _run_ray(todo, jobs, device, address, retries, progress, outcome)
+            _run_ray(todo, jobs, device, address, retries, reporter.grid_progress, outcome)
         else:
-            _run_local(todo, jobs, progress, outcome, on_epoch)
+            _run_local(todo, jobs, reporter, outcome)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         interrupted = signum_of(e)
     return {"trained": outcome.done, "skipped": skipped, "lost": outcome.lost, "interrupted": interrupted}
