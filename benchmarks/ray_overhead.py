@@ -1,7 +1,7 @@
 """What `reproduce --engine ray` adds per trial, against `--engine local`, on this machine.
 
 Both engines run the same grid (a profile, default digits-quick, as shipped: 3 epochs, 2 × 200)
-through :func:`lzo_bench.experiments.reproduce.run_grid` with 1 job, into fresh folders, engines alternating
+through :func:`lzo_bench.experiments.grid.run_grid` with 1 job, into fresh folders, engines alternating
 from repeat to repeat. A trial's time is the gap between consecutive results reaching the driver
 (the first from the call), so the Ray figure includes scheduling, the worker's scratch folder,
 shipping the files back and the driver's atomic writes. That time splits into the training itself
@@ -32,27 +32,30 @@ from typing import Callable
 import ray
 import torch
 
-from lzo_bench.experiments.reproduce import Engine, Profile, load_profile, run_grid, with_overrides
+from lzo_bench.experiments.grid import Engine, run_grid
+from lzo_bench.experiments.recipe import Recipe, load_recipe, with_overrides
 from lzo_bench.runtime.devices import device_name
+from lzo_bench.training.reporter import Reporter
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
 
-def trial_seconds(p: Profile, out: Path, engine: Engine) -> dict[str, tuple[float, float]]:
+def trial_seconds(p: Recipe, out: Path, engine: Engine) -> dict[str, tuple[float, float]]:
     """One grid into a fresh ``out``; per trial (run folder name): seconds before its result
     reached the driver, and ``train()``'s own wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
     times: dict[str, float] = {}
     last = time.perf_counter()
 
-    def arrived(done: int, total: int, path: str) -> None:
-        nonlocal last
-        if done:
-            now = time.perf_counter()
-            times[Path(path).name] = now - last
-            last = now
+    class Arrived(Reporter):
+        def grid_progress(self, done: int, total: int, path: str) -> None:
+            nonlocal last
+            if done:
+                now = time.perf_counter()
+                times[Path(path).name] = now - last
+                last = now
 
-    run_grid(p, out, device="cpu", progress=arrived, engine=engine)
+    run_grid(p, out, device="cpu", reporter=Arrived(), engine=engine)
     return {n: (s, json.loads((out / n / "metrics.json").read_text())["final"]["wall_s"]) for n, s in times.items()}
 
 
@@ -64,7 +67,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs (a quick check)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
-    p = with_overrides(load_profile(args.profile), epochs=args.epochs, trials=args.trials)
+    p = with_overrides(load_recipe(args.profile), epochs=args.epochs, trials=args.trials)
 
     os.environ.setdefault("RAY_worker_niceness", "0")  # as a Ray started by `reproduce --engine ray`
     t0 = time.perf_counter()

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from lzo_bench.cli import app
 from lzo_bench.data import DATASET_INFO
 from lzo_bench.core.gates import DIST_NAMES
-from lzo_bench.experiments.reproduce import ProfileError, load_profile, summarize
+from lzo_bench.experiments.recipe import RecipeError, load_recipe
+from lzo_bench.experiments.summary import summarize
 from lzo_bench.runtime.signals import Terminated
 
 runner = CliRunner()
@@ -23,7 +24,7 @@ VALID = ('name = "x"\ndataset = "digits"\ndist = "normal"\ndelta = 0.05\nsamples
 
 @pytest.mark.parametrize("path", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_profiles_load(path):
-    p = load_profile(path)
+    p = load_recipe(path)
     assert p.dataset in DATASET_INFO and p.dist in DIST_NAMES and p.delta == 0.05
     assert p.methods == ("surrogate", "sparsegrad", "localzo") and len(p.seeds) == p.trials
     if p.name.endswith("-quick"):  # local checks, no paper numbers
@@ -43,10 +44,10 @@ def test_table_blocks_cover_the_paper():
     assert names == {f"table2-{d}-m{m}" for d in ("normal", "laplace", "uniform") for m in (1, 5)} | {
         "table3-sigmoid", "table3-fast-sigmoid", "table3-fast-sigmoid-computed", "table4-shd-normal", "table4-shd-sigmoid",
         "table4-fmnist-normal", "table4-fmnist-sigmoid"}
-    assert load_profile(PROFILES / "table2-laplace-m5.toml").paper["localzo"]["backward"] == 69.4
-    printed, computed = (load_profile(PROFILES / f"table3-fast-sigmoid{s}.toml") for s in ("", "-computed"))
+    assert load_recipe(PROFILES / "table2-laplace-m5.toml").paper["localzo"]["backward"] == 69.4
+    printed, computed = (load_recipe(PROFILES / f"table3-fast-sigmoid{s}.toml") for s in ("", "-computed"))
     assert (printed.bth, computed.bth) == (0.0461, None)  # the paper's §5.2 value; δ·E|z| = 0.0514 otherwise
-    assert [p.bth for p in map(load_profile, PROFILES.glob("table*.toml")) if p.bth is not None] == [0.0461]
+    assert [p.bth for p in map(load_recipe, PROFILES.glob("table*.toml")) if p.bth is not None] == [0.0461]
 
 
 def test_a_profiles_bth_reaches_sparsegrad_trials_only(tmp_path):
@@ -89,8 +90,8 @@ def test_a_profiles_bth_reaches_sparsegrad_trials_only(tmp_path):
 ])
 def test_bad_profiles(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)
-    with pytest.raises(ProfileError, match=re.escape(message)):
-        load_profile(tmp_path / "p.toml")
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(tmp_path / "p.toml")
     result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and message.split(" [")[0] in result.output
 
@@ -133,7 +134,7 @@ def fake_run(path: Path, train_acc, test_acc, fwd, bwd, active, process="p1"):
 
 
 def test_summary_statistics_by_hand(tmp_path):
-    p = load_profile(PROFILES / "digits-quick.toml")
+    p = load_recipe(PROFILES / "digits-quick.toml")
     fake_run(tmp_path / "surrogate-seed0", 90, 80, [10, 10], [40, 20], [100, 100])
     fake_run(tmp_path / "surrogate-seed1", 92, 84, [10, 10], [30, 30], [100, 100])
     fake_run(tmp_path / "sparsegrad-seed0", 80, 70, [5, 5], [4, 4], [0.2, 0.4])
@@ -171,7 +172,7 @@ def test_reproduce_missing_dataset_lists_files(tmp_path):
 
 
 def test_speedups_only_between_runs_timed_by_one_process_and_diverged_trials_counted(tmp_path):
-    p = load_profile(PROFILES / "digits-quick.toml")
+    p = load_recipe(PROFILES / "digits-quick.toml")
     fake_run(tmp_path / "surrogate-seed0", 90, 80, [10, 10], [40, 20], [100, 100], process="A")
     fake_run(tmp_path / "surrogate-seed1", 92, 84, [10, 10], [30, 30], [100, 100], process="A")
     fake_run(tmp_path / "sparsegrad-seed0", 80, 70, [5, 5], [4, 4], [0.2, 0.4], process="A")
@@ -212,14 +213,14 @@ def test_reproduce_interrupted_prints_the_finished_trials_and_exits_128_plus_the
 
 def test_non_utf8_profile_is_one_line(tmp_path):
     (tmp_path / "p.toml").write_bytes(b'name = "\xff\xfe"\n')
-    with pytest.raises(ProfileError, match="is not UTF-8 text"):
-        load_profile(tmp_path / "p.toml")
-    assert load_profile_ok(tmp_path)
+    with pytest.raises(RecipeError, match="is not UTF-8 text"):
+        load_recipe(tmp_path / "p.toml")
+    assert load_recipe_ok(tmp_path)
 
 
-def load_profile_ok(tmp_path) -> bool:
+def load_recipe_ok(tmp_path) -> bool:
     (tmp_path / "ok.toml").write_text(VALID)
-    return load_profile(tmp_path / "ok.toml").methods == ("surrogate",)
+    return load_recipe(tmp_path / "ok.toml").methods == ("surrogate",)
 
 
 
@@ -247,12 +248,12 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
     """Issue 19, D4: reproduce ended in a traceback when its summary or figures hit a full disk."""
     import errno
 
-    from lzo_bench.experiments import reproduce as rep
+    from lzo_bench.experiments import summary
 
     def full(summary, target):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rep, "write_outputs", full)
+    monkeypatch.setattr(summary, "write_outputs", full)
     (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 1"))
     result = runner.invoke(app, ["reproduce", str(tmp_path / "p.toml"), "--out", str(tmp_path / "grid")])
     assert result.exit_code == 1, result.output
@@ -261,14 +262,28 @@ def test_a_full_disk_at_the_summary_is_one_line(tmp_path, monkeypatch):
 
 
 def test_the_running_trials_epochs_reach_the_progress(tmp_path):
-    """Issue 19, output: reproduce's bar counted trials only; the serial local engine also reports the
-    running trial's epochs (0 at its start, then each finished one)."""
-    from lzo_bench.experiments.reproduce import run_grid
+    """Issue 19, output: reproduce's bar counted trials only; the serial local engine also hands its
+    reporter to the running trial (its epochs: 0 at its start, then each finished one)."""
+    from lzo_bench.experiments.grid import run_grid
+    from lzo_bench.training.reporter import Reporter
 
     (tmp_path / "p.toml").write_text(VALID.replace("epochs = 3", "epochs = 2").replace("trials = 1", "trials = 2")
                                      + "hidden = [12, 12]\n")
     seen: list[tuple[str, int, int]] = []
-    counts = run_grid(load_profile(tmp_path / "p.toml"), tmp_path / "grid",
-                      on_epoch=lambda out, epoch, total: seen.append((Path(out).name, epoch, total)))
+    trials: list[tuple[int, int, str]] = []
+
+    class Seen(Reporter):
+        def start(self, result, n_batches):
+            self.out, self.total = Path(result.out).name, result.config.epochs
+            seen.append((self.out, 0, self.total))
+
+        def epoch(self, record):
+            seen.append((self.out, record.epoch, self.total))
+
+        def grid_progress(self, done, total, out):
+            trials.append((done, total, Path(out).name if out else ""))
+
+    counts = run_grid(load_recipe(tmp_path / "p.toml"), tmp_path / "grid", reporter=Seen())
     assert counts["trained"] == 2
     assert seen == [(f"surrogate-seed{s}", e, 2) for s in (0, 1) for e in (0, 1, 2)]
+    assert trials == [(0, 2, ""), (1, 2, "surrogate-seed0"), (2, 2, "surrogate-seed1")]

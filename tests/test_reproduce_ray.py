@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 import lzo_bench
 from lzo_bench.cli import app
-from lzo_bench.experiments.reproduce import load_profile, run_grid, with_overrides
+from lzo_bench.experiments.grid import run_grid
+from lzo_bench.experiments.recipe import load_recipe, with_overrides
 
 ray = pytest.importorskip("ray")
 
@@ -28,9 +29,9 @@ def kill_markers(tmp_path_factory):
     markers = tmp_path_factory.mktemp("kill")
 
     def setup_worker():
-        import lzo_bench.experiments.reproduce as reproduce
+        import lzo_bench.experiments.grid as grid
 
-        real = reproduce._train_job
+        real = grid._train_job
 
         def train_job(kwargs, threads):
             marker = markers / f"{kwargs['method']}-seed{kwargs['seed']}"
@@ -39,7 +40,7 @@ def kill_markers(tmp_path_factory):
                 os._exit(1)
             return real(kwargs, threads)
 
-        reproduce._train_job = train_job
+        grid._train_job = train_job
 
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -64,7 +65,7 @@ def _metrics(out: Path, name: str) -> dict:
 def test_ray_grid_matches_the_local_engine(tmp_path, kill_markers):
     import torch
 
-    prof = with_overrides(load_profile(QUICK), epochs=1, trials=1)
+    prof = with_overrides(load_recipe(QUICK), epochs=1, trials=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the 2 Ray trials below: losses are bitwise equal only at equal threads
     try:
@@ -126,9 +127,9 @@ def test_a_trial_whose_worker_dies_past_the_retries_is_reported_unfinished(tmp_p
 
 
 def test_ctrl_c_on_the_driver_cancels_the_rest_and_exits_130(tmp_path, kill_markers, monkeypatch):
-    from lzo_bench.experiments import reproduce
+    from lzo_bench.experiments import grid
 
-    real = reproduce.store_trial
+    real = grid.store_trial
     stored = []
 
     def store_then_interrupt(path, files):
@@ -137,7 +138,7 @@ def test_ctrl_c_on_the_driver_cancels_the_rest_and_exits_130(tmp_path, kill_mark
         stored.append(path.name)
         real(path, files)
 
-    monkeypatch.setattr(reproduce, "store_trial", store_then_interrupt)
+    monkeypatch.setattr(grid, "store_trial", store_then_interrupt)
     out = tmp_path / "grid"
     result = runner.invoke(app, ["reproduce", str(QUICK), "--trials", "1", "--epochs", "1", "--engine", "ray",
                                  "--out", str(out)])

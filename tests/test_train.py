@@ -8,6 +8,7 @@ import torch
 
 from lzo_bench.training import train as train_mod
 from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
+from lzo_bench.training.reporter import Reporter
 from lzo_bench.data import batches, load_dataset
 from lzo_bench.training.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
@@ -322,7 +323,7 @@ def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, damage, message
         load_checkpoint(out)
 
 
-class _StopAt(train_mod.NullReporter):
+class _StopAt(Reporter):
     """Ctrl-C in the middle of one epoch, as a user would press it."""
 
     def __init__(self, epoch: int, batch: int):
@@ -373,7 +374,7 @@ def test_resume_refuses_what_it_cannot_continue_exactly(tmp_path):
 def test_a_band_that_holds_no_neuron_warns_once_and_is_recorded(tmp_path):
     warned = []
 
-    class Collect(train_mod.NullReporter):
+    class Collect(Reporter):
         def warn(self, message):
             warned.append(message)
 

@@ -13,6 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 from rich.table import Table
 
+from lzo_bench.training.reporter import Reporter
 from lzo_bench.training.run_folder import EpochRecord, RunResult
 
 console = Console()
@@ -37,7 +38,7 @@ def progress_columns() -> tuple:
             TimeRemainingColumn(compact=True, elapsed_when_finished=True))
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """Two progress bars (epochs, batches of the current epoch) with loss, accuracy and active %, each
     with its rate and the time left."""
 

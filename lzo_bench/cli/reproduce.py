@@ -1,5 +1,5 @@
-"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.experiments.reproduce.run_grid`) and its
-paper-style table."""
+"""``lzo-bench reproduce``: a profile's grid of trials (:func:`lzo_bench.experiments.grid.run_grid`) and its
+paper-style table (:mod:`lzo_bench.experiments.summary`, figures from :mod:`lzo_bench.experiments.plots`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 
 from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import app, fail, out_dir, print_json
-from lzo_bench.experiments.reproduce import Engine
+from lzo_bench.experiments.grid import Engine
+from lzo_bench.training.reporter import Reporter
 
 
 @app.command()
@@ -37,9 +38,10 @@ def reproduce(
     from rich.progress import Progress
 
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
-    from lzo_bench.experiments.plots import PlotUnavailable
-    from lzo_bench.experiments.reproduce import (EngineUnavailable, ProfileError, figures, load_profile, run_grid, summarize,
-                                     with_overrides, write_outputs)
+    from lzo_bench.experiments.grid import EngineUnavailable, run_grid
+    from lzo_bench.experiments.plots import PlotUnavailable, figures
+    from lzo_bench.experiments.recipe import RecipeError, load_recipe, with_overrides
+    from lzo_bench.experiments.summary import summarize, write_outputs
     from lzo_bench.cli.report import console, progress_columns, reproduce_table
     from lzo_bench.training.config import ConfigError
 
@@ -48,8 +50,8 @@ def reproduce(
     if retries < 0:
         raise fail("--retries must be ≥ 0")
     try:
-        prof = with_overrides(load_profile(profile), epochs=epochs, trials=trials)
-    except ProfileError as e:
+        prof = with_overrides(load_recipe(profile), epochs=epochs, trials=trials)
+    except RecipeError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else Path("runs") / f"reproduce-{prof.name}"
     out_dir(target, target, False)
@@ -62,17 +64,9 @@ def reproduce(
             raise fail(f"--data-dir holds a damaged dataset: {e}") from None
     out_dir(target, target, True)  # created only once the data is known to be there (issue 19, D10)
     with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
-        task = bar.add_task(f"{prof.name}: trials", total=None)
-        epochs = bar.add_task("running trial: epochs", total=None, visible=False)
-
-        def on_epoch(out: str, epoch: int, total: int) -> None:
-            bar.update(epochs, completed=epoch, total=total, visible=True,
-                       description=f"{Path(out).name}: epochs")
-
         try:
             counts = run_grid(prof, target, jobs, device, backend.value, data_dir, download,
-                              lambda n, total, _: bar.update(task, completed=n, total=total), engine, address, retries,
-                              on_epoch)
+                              GridReporter(bar, prof.name), engine, address, retries)
         except (ConfigError, EngineUnavailable) as e:
             raise fail(str(e)) from None
     summary = summarize(prof, target)
@@ -110,6 +104,29 @@ def reproduce(
     if figure_note:
         console.print(f"figures skipped: {figure_note}", highlight=False)
     console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
+
+
+class GridReporter(Reporter):
+    """The grid's bars: trials done of the grid, and the running trial's epochs (0 at its start)
+    where the trials run one at a time in this process."""
+
+    def __init__(self, bar, name: str):
+        self.bar = bar
+        self.trials = bar.add_task(f"{name}: trials", total=None)
+        self.epochs = bar.add_task("running trial: epochs", total=None, visible=False)
+
+    def grid_progress(self, done: int, total: int, out: str) -> None:
+        self.bar.update(self.trials, completed=done, total=total)
+
+    def start(self, result, n_batches: int) -> None:
+        self.trial, self.total = Path(result.out).name, result.config.epochs
+        self._epochs(0)
+
+    def epoch(self, record) -> None:
+        self._epochs(record.epoch)
+
+    def _epochs(self, done: int) -> None:
+        self.bar.update(self.epochs, completed=done, total=self.total, visible=True, description=f"{self.trial}: epochs")
 
 
 def _print_placement(summary: dict) -> None:

@@ -64,11 +64,11 @@ def train(
         except ConfigError as e:
             raise fail(str(e)) from None
     elif profile:
-        from lzo_bench.experiments.reproduce import ProfileError, load_profile
+        from lzo_bench.experiments.recipe import RecipeError, load_recipe
 
         try:
-            prof = load_profile(profile)
-        except ProfileError as e:
+            prof = load_recipe(profile)
+        except RecipeError as e:
             raise fail(f"--profile: {e}") from None
         explicit = {name for name in cfg_kwargs if typed(ctx, name)}
         if not typed(ctx, "method"):

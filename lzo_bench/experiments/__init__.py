@@ -1,3 +1,3 @@
-"""Experiments over many runs: ``reproduce`` (recipes from ``profiles/*.toml``, the local and Ray grids,
-the summary), figures (``plots``) and the theory checks.
+"""Experiments over many runs: ``recipe`` (the recipes in ``profiles/*.toml``), ``grid`` (a recipe's
+trials, local or on Ray), ``summary`` (the paper-style table), figures (``plots``) and the theory checks.
 """

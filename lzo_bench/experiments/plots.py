@@ -1,10 +1,15 @@
-"""PNG figures (matplotlib is the optional ``plot`` extra; without it, a clear error)."""
+"""PNG figures (matplotlib is the optional ``plot`` extra; without it, :class:`PlotUnavailable`):
+the paper's Figure 1 and a surrogate's sampling figure (``lzo-bench theory plot``), and a
+reproduce grid's Figure 2 (training loss per update) and Figure 3 (active % and overall speed-up
+per update)."""
 
 from __future__ import annotations
 
 import io
 import math
+import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +18,9 @@ from lzo_bench.core.distributions import DISTRIBUTIONS, TableDistribution
 from lzo_bench.runtime.fsio import atomic_write_bytes
 from lzo_bench.core.gates import GateSpec, Method, localzo_gate, surrogate_gate
 from lzo_bench.core.rng import DrawKey, draw_uniform
+
+if TYPE_CHECKING:
+    from lzo_bench.experiments.recipe import Recipe
 
 
 class PlotUnavailable(RuntimeError):
@@ -94,3 +102,65 @@ def theory_plots(out_dir: Path, surrogate: str, delta: float, k: float | None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = GateSpec.build(Method.LOCALZO, surrogate, delta=delta, k=k)
     return [figure1(out_dir / "figure1.png"), surrogate_figure(spec, out_dir / f"{surrogate}.png")]
+
+
+def _moving_average(v: list[float], n: int) -> list[float]:
+    if n <= 1 or len(v) < n:
+        return v
+    acc, out = 0.0, []
+    for i, x in enumerate(v):
+        acc += x
+        if i >= n:
+            acc -= v[i - n]
+        out.append(acc / min(i + 1, n))
+    return out
+
+
+def figures(p: Recipe, out: Path) -> list[Path]:
+    """Figure 2 (training loss per update) and Figure 3 (active % and overall speed-up per update)."""
+    from lzo_bench.experiments.grid import run_dir
+    from lzo_bench.experiments.summary import completed_metrics
+
+    plt = _pyplot()
+    completed = {m: [completed_metrics(run_dir(out, m, s)) for s in p.seeds] for m in p.methods}
+    metrics = {m: [r for r in runs if r is not None] for m, runs in completed.items()}
+    mean_over_trials = lambda series: [statistics.fmean(v) for v in zip(*series)]  # noqa: E731
+    color = {m: f"C{i}" for i, m in enumerate(p.methods)}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, runs in metrics.items():
+        ax.plot(mean_over_trials([r["updates"]["loss"] for r in runs]), label=m, lw=1, color=color[m])
+    ax.set_xlabel("gradient update")
+    ax.set_ylabel("training loss (mean over trials)")
+    ax.set_title(p.title, fontsize=9)
+    ax.legend()
+    paths = [_save(fig, out / "figure2_loss.png")]
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    ref = metrics.get("surrogate")
+    for m, runs in metrics.items():
+        active = mean_over_trials([[statistics.fmean(a) for a in r["updates"]["active_pct"]] for r in runs])
+        a1.plot(active, label=m, lw=1, color=color[m])
+        if ref is not None and m != "surrogate":
+            tot = lambda r: [f + b for f, b in zip(r["updates"]["fwd_ms"], r["updates"]["bwd_ms"])]  # noqa: E731
+            same = [(a, b) for a, b in zip(completed["surrogate"], completed[m])  # one process timed both
+                    if a is not None and b is not None and a.get("process") == b.get("process")]
+            if not same:
+                continue
+            ratios = mean_over_trials([[x / y for x, y in zip(tot(a), tot(b))] for a, b in same])
+            a2.plot(_moving_average(ratios, 10), label=m, lw=1, color=color[m])
+    a1.set_xlabel("gradient update")
+    a1.set_ylabel("active neurons % (mean over layers and trials)")
+    a1.set_yscale("log")
+    a1.legend()
+    a2.set_xlabel("gradient update")
+    a2.set_ylabel("overall speed-up vs surrogate (10-update mean)")
+    if a2.lines:
+        a2.legend()
+    else:
+        a2.text(0.5, 0.5, "no speed-up to show: no surrogate run\ntimed by the same process", ha="center",
+                va="center", transform=a2.transAxes)
+    fig.suptitle(p.title, fontsize=9)
+    paths.append(_save(fig, out / "figure3_active_speedup.png"))
+    plt.close(fig)
+    return paths

@@ -1,7 +1,7 @@
 """Training: the update loop, :func:`train`, over a :class:`~lzo_bench.training.config.TrainConfig`,
 writing the run folder (:mod:`lzo_bench.training.run_folder`) after every finished epoch; the ways a run ends
 early (:class:`TrainingDiverged`, :class:`TrainingInterrupted`, :class:`TrainingFailed`) and the
-:class:`Reporter` it tells its progress.
+:class:`~lzo_bench.training.reporter.Reporter` it tells its progress (re-exported here).
 
 The configuration, run-folder, device and energy names it used to define are re-exported here
 (``__all__``), so ``from lzo_bench.training.train import TrainConfig`` goes on working.
@@ -16,13 +16,13 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from lzo_bench import __version__
 from lzo_bench.ops.backends import Backend, BackendUnavailable, select_backend
 from lzo_bench.training.checkpoint import save_checkpoint
+from lzo_bench.training.reporter import Reporter
 from lzo_bench.core.conv import CONV_NETWORKS
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.data.encoding import TooLarge
@@ -40,7 +40,7 @@ from lzo_bench.training.config import ConfigError, TrainConfig, check_device_opt
 
 __all__ = [
     # the loop
-    "train", "Reporter", "NullReporter", "TrainingDiverged", "TrainingInterrupted", "TrainingFailed",
+    "train", "Reporter", "TrainingDiverged", "TrainingInterrupted", "TrainingFailed",
     "evaluate", "build_network", "build_gate", "run_backend", "run_datasets", "run_environment", "open_run_meter",
     "finite_model", "silent_layers_warning",
     # re-exported: lzo_bench.training.config
@@ -84,22 +84,6 @@ def finite_model(model: torch.nn.Module) -> bool:
     """Every parameter and gradient finite (one device sync)."""
     checks = [torch.isfinite(t).all() for p in model.parameters() for t in (p, p.grad) if t is not None]
     return bool(torch.stack(checks).all())
-
-
-class Reporter(Protocol):
-    def start(self, result: RunResult, n_batches: int) -> None: ...
-    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
-    def epoch(self, record: EpochRecord) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class NullReporter:
-    def start(self, result: RunResult, n_batches: int) -> None: ...
-    def batch(self, epoch: int, index: int, loss: float, acc: float, active_pct: list[float]) -> None: ...
-    def epoch(self, record: EpochRecord) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def stop(self) -> None: ...
 
 
 def silent_layers_warning(gate: GateSpec, record: EpochRecord) -> str | None:
@@ -208,7 +192,7 @@ def open_run_meter(cfg: TrainConfig, device: torch.device, result: RunResult) ->
 
 
 def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResult:
-    reporter = reporter or NullReporter()
+    reporter = reporter or Reporter()
     cfg = cfg.resolved()
     gate = build_gate(cfg)
     out = prepare_out_dir(cfg, resume)
