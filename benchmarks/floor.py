@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from lzo_bench.measure import peers
+    from lzo_bench.measure import peer_models, peers
     from lzo_bench.ops import library
     from lzo_bench.runtime.devices import cpu_facts, cpu_header
     from lzo_bench.ops.event_network import as_events
@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         table, *params = library.gate_args(spec, DrawKey(0, 3), w.device)
         return lambda: lib.lif_events_forward(*layer_in, w, table, T, beta, 1.0, *params, layer, 0)
 
-    lz = GateSpec.build("localzo", "normal", peers.DELTA)
+    lz = GateSpec.build("localzo", "normal", peer_models.DELTA)
     t = {}
     t["to_events (dense float input)"], _ = med(lambda: as_events(x), r)
     t["read x (x.sum, 355 MB)"], _ = med(lambda: x.sum(), r)
     # the forward's variants interleaved, one call each per round, so a gate's cost is the median of
     # per-round differences, not a difference of medians taken minutes apart on a noisy machine
-    sg = GateSpec.build("sparsegrad", "normal", peers.DELTA)
+    sg = GateSpec.build("sparsegrad", "normal", peer_models.DELTA)
     o1 = forward(lz, (ev.ptr, ev.col, ev.val), w1, 0)()
     variants = {"L1 current + scan (no gate)": forward(None, (ev.ptr, ev.col, ev.val), w1, 0),
                 "L1 + sparsegrad gate": forward(sg, (ev.ptr, ev.col, ev.val), w1, 0),

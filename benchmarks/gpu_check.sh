@@ -74,8 +74,9 @@ from pathlib import Path
 from lzo_bench.measure.profile import EnergyConfig, ProfileConfig, run_profile, write_report
 cfg = ProfileConfig(workload='nmnist', updates=20, warmup=3, methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda',
                     energy=True, energy_cfg=EnergyConfig(min_seconds=2.0, min_updates=32, repeats=3, idle_seconds=3.0, settle_seconds=1.0))
-r = run_profile(cfg)
-write_report(r, Path('$rest/profile-nmnist'))
+p = run_profile(cfg)
+r = p.report
+write_report(r, Path('$rest/profile-nmnist'), p.sampler)
 for row in r['rows']:
     print(row['method'], row['backend'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2),
           row['j_per_update'], row['j_per_update_std'], row['energy_ratio_vs_surrogate'])
@@ -84,7 +85,7 @@ stage profile-nmnist-conv 150 $py -c "
 from pathlib import Path
 from lzo_bench.measure.profile import ProfileConfig, run_profile, write_report
 r = run_profile(ProfileConfig(workload='nmnist', arch='conv', updates=10, warmup=2,
-                              methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda'))
+                              methods=('surrogate', 'sparsegrad', 'localzo'), device='cuda')).report
 write_report(r, Path('$rest/profile-nmnist-conv'))
 for row in r['rows']:
     print(row['method'], row['backend'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2))"
@@ -119,8 +120,9 @@ from pathlib import Path
 from lzo_bench.measure.profile import EnergyConfig, ProfileConfig, run_profile, write_report
 cfg = ProfileConfig(workload='shd', updates=20, warmup=3, methods=('surrogate', 'localzo'), device='cuda', energy=True,
                     energy_cfg=EnergyConfig(min_seconds=2.0, min_updates=32, repeats=3, idle_seconds=3.0, settle_seconds=1.0))
-r = run_profile(cfg)
-write_report(r, Path('$rest/profile-shd'))
+p = run_profile(cfg)
+r = p.report
+write_report(r, Path('$rest/profile-shd'), p.sampler)
 for row in r['rows']:
     print(row['method'], row['backend'], round(row['fwd_ms'], 3), round(row['bwd_ms'], 3), round(row['overall_speedup_vs_surrogate'], 2),
           row['j_per_update'], row['energy_ratio_vs_surrogate'])"

@@ -73,7 +73,8 @@ def _status_mib(field: str) -> float:
 
 
 def main() -> int:
-    from lzo_bench.measure.peers import ALL_NAMES, SHAPES
+    from lzo_bench.measure.peer_models import ALL_NAMES
+    from lzo_bench.measure.peers import SHAPES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="nmnist")

@@ -9,12 +9,12 @@ import pynvml
 import pytest
 import torch
 
+from lzo_bench.measure import energy
 from lzo_bench.measure.energy import (
-    MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, Window, counter_delta_mj, difference, estimate,
-    integrate_power_j, open_meter,
+    MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, counter_delta_mj, epoch_energy_j, integrate_power_j,
+    open_meter,
 )
-from lzo_bench.measure.profile import EnergyConfig, measure_energy
-from lzo_bench.measure.energy import epoch_energy_j
+from lzo_bench.measure.energy_windows import EnergyConfig, Window, difference, estimate, measure_energy
 
 
 class FakeDevice:
@@ -209,6 +209,29 @@ def test_cpu_device_gets_a_null_meter_with_a_reason():
     m = open_meter("cpu")
     assert isinstance(m, NullMeter) and not m.available and "CPU" in m.reason
     assert m.energy_mj() is None and m.power_sample() is None
+
+
+def test_open_meter_not_requested_and_the_rapl_fallback(monkeypatch, tmp_path):
+    """One open_meter for train and profile: not requested says so on any device; on the CPU, profile's
+    cpu_rapl reads RAPL, or says why both GPU energy and RAPL are out."""
+    assert open_meter("cuda", False).reason == "not requested (pass --energy)"
+    assert open_meter("cpu", False).reason == "not requested (pass --energy)"
+    assert open_meter("cpu", True).reason == "the run is on the CPU: GPU energy needs --device cuda"  # train: no RAPL
+
+    def no_rapl():
+        raise MeterUnavailable("no RAPL package domains under /x")
+
+    monkeypatch.setattr(energy, "RaplMeter", no_rapl)
+    m = open_meter("cpu", True, cpu_rapl=True)
+    assert not m.available and m.reason == ("the run is on the CPU: GPU energy needs --device cuda; "
+                                            "CPU package energy (RAPL): no RAPL package domains under /x")
+    d = tmp_path / "intel-rapl:0"
+    d.mkdir()
+    (d / "energy_uj").write_text("5000000\n")
+    (d / "max_energy_range_uj").write_text("262143328850\n")
+    monkeypatch.setattr(energy, "RaplMeter", lambda: RaplMeter(tmp_path))
+    m = open_meter("cpu", True, cpu_rapl=True)
+    assert isinstance(m, RaplMeter) and m.available and m.energy_mj() == 0
 
 
 def test_power_sampler_keeps_new_driver_readings(tmp_path):

@@ -26,8 +26,14 @@ def test_profile_digits_end_to_end(tmp_path):
     assert [r["method"] for r in report["rows"]] == ["autograd-loop", "surrogate", "sparsegrad", "localzo"]
     assert report["energy"]["available"] is False and "CPU" in report["energy"]["reason"]
     row = {r["method"]: r for r in report["rows"]}
-    assert row["surrogate"]["bwd_speedup_vs_surrogate"] == 1.0
-    assert row["autograd-loop"]["bwd_speedup_vs_autograd_loop"] == 1.0
+    base, sur = row["autograd-loop"], row["surrogate"]
+    for r in report["rows"]:  # every speedup is a ratio of the medians this JSON reports, the reference's over the row's
+        assert r["bwd_speedup_vs_surrogate"] == pytest.approx(sur["bwd_ms"] / r["bwd_ms"])
+        assert r["bwd_speedup_vs_autograd_loop"] == pytest.approx(base["bwd_ms"] / r["bwd_ms"])
+        assert r["overall_speedup_vs_surrogate"] == pytest.approx((sur["fwd_ms"] + sur["bwd_ms"]) / (r["fwd_ms"] + r["bwd_ms"]))
+        assert r["overall_speedup_vs_autograd_loop"] == pytest.approx((base["fwd_ms"] + base["bwd_ms"])
+                                                                      / (r["fwd_ms"] + r["bwd_ms"]))
+        assert 0 < r["fwd_ms"] < 60_000 and 0 < r["bwd_ms"] < 60_000  # milliseconds of a digits update, not seconds
     assert all(row[m]["j_per_update"] is None for m in row)          # never 0 for "unmeasured"
     assert row["surrogate"]["active_pct"] == [100.0, 100.0]
     assert all(0 <= p < 5 for p in row["localzo"]["active_pct"])
@@ -37,6 +43,9 @@ def test_profile_digits_end_to_end(tmp_path):
     rows = list(csv.DictReader((out / "profile.csv").open()))
     assert [r["method"] for r in rows] == ["autograd-loop", "surrogate", "sparsegrad", "localzo"]
     assert rows[0]["j_per_update"] == ""
+    for c, j in zip(rows, report["rows"]):  # the CSV, written by another route, holds the JSON's numbers
+        assert float(c["bwd_speedup_vs_autograd_loop"]) == pytest.approx(j["bwd_speedup_vs_autograd_loop"], rel=1e-5)
+        assert [float(c["active_pct_l1"]), float(c["active_pct_l2"])] == pytest.approx(j["active_pct"], rel=1e-5)
 
 
 def test_profile_json_to_stdout_and_synthetic_workload(tmp_path):
@@ -122,7 +131,7 @@ def test_a_full_disk_at_the_report_is_one_line(tmp_path, monkeypatch):
 
     from lzo_bench.measure import profile as profile_mod
 
-    def full(report, target):
+    def full(report, target, sampler=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(profile_mod, "write_report", full)

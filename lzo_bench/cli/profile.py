@@ -93,15 +93,16 @@ def profile(
     with Progress(*progress_columns(), console=console, transient=True, disable=json_out) as bar:
         task = bar.add_task("loading data and backends", total=None)
         try:
-            report = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
+            profiled = run_profile(cfg, lambda what, done, total: bar.update(task, description=what, completed=done, total=total))
         except BackendUnavailable as e:
             raise fail(f"--backend {backend.value} is unavailable: {e}") from None
         except DatasetError as e:
             raise fail(f"--data-dir holds a damaged {workload} dataset: {e}; fix it, or move it away to profile "
                        "synthetic spikes of its shape") from None
     out_dir(target, target, True)
+    report = profiled.report
     try:
-        write_report(report, target)
+        write_report(report, target, profiled.sampler)
     except OSError as e:  # a full disk, say: each file is written atomically, none is left half-written
         raise fail(f"cannot write the profile into {target} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:

@@ -4,7 +4,7 @@ and the export report."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -185,17 +185,40 @@ def doctor_table(checks: list) -> Table:
     return table
 
 
-def peers_table(peers: dict) -> Table:
-    """``profile --peers``: one full update per library, interleaved with lzo localzo."""
-    table = Table(title="the same network in other libraries — one full update (forward, loss, backward, Adam); "
-                        "× = how many times slower than lzo localzo")
-    for c in ("library", "version", "fwd ms", "bwd ms", "opt ms", "total ms", "×", "rate l1 %", "forward vs ours"):
-        table.add_column(c, justify="left" if c in ("library", "version", "forward vs ours") else "right")
+class PeerColumn(NamedTuple):
+    """One column of :func:`peers_table`: its header, the cell of a row, and how it sits."""
+
+    header: str
+    cell: Callable[[dict], str]
+    justify: str = "right"
+    no_wrap: bool = False
+
+
+#: ``profile --peers``'s columns
+PEER_COLUMNS = (
+    PeerColumn("library", lambda r: r["name"], "left"),
+    PeerColumn("version", lambda r: r["version"], "left"),
+    PeerColumn("fwd ms", lambda r: f"{r['fwd_ms']:.1f}"),
+    PeerColumn("bwd ms", lambda r: f"{r['bwd_ms']:.1f}"),
+    PeerColumn("opt ms", lambda r: f"{r['opt_ms']:.2f}"),
+    PeerColumn("total ms", lambda r: f"{r['total_ms']:.1f}"),
+    PeerColumn("×", lambda r: _num(r["x_vs_localzo"], ".2f")),
+    PeerColumn("rate l1 %", lambda r: f"{100 * r['rate_l1']:.3f}"),
+    # a network with one hidden layer has no layer 2 (spikes_vs_ours_l2 None)
+    PeerColumn("forward vs ours", lambda r: "identical" if r["spikes_vs_ours"] == 0 and r["spikes_vs_ours_l2"] in (0, None)
+               else "differs (reset order)", "left"),
+)
+
+
+def peers_table(peers: dict, title: str | None = None, columns: Sequence[PeerColumn] = PEER_COLUMNS) -> Table:
+    """One full update per library, interleaved with lzo localzo: ``profile --peers``'s table by default;
+    ``benchmarks/peers.py`` passes its own title and columns. Cells are text, never markup."""
+    table = Table(title=title or "the same network in other libraries — one full update (forward, loss, backward, "
+                                 "Adam); × = how many times slower than lzo localzo")
+    for c in columns:
+        table.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)
     for r in peers["rows"]:
-        same = r["spikes_vs_ours"] == 0 and r["spikes_vs_ours_l2"] == 0
-        table.add_row(r["name"], r["version"], f"{r['fwd_ms']:.1f}", f"{r['bwd_ms']:.1f}", f"{r['opt_ms']:.2f}",
-                      f"{r['total_ms']:.1f}", _num(r["x_vs_localzo"], ".2f"), f"{100 * r['rate_l1']:.3f}",
-                      "identical" if same else "differs (reset order)")
+        table.add_row(*(escape(c.cell(r)) for c in columns))  # '[dense input]' is no markup
     return table
 
 

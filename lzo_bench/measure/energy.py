@@ -1,8 +1,10 @@
-"""Energy meters: the GPU's NVML counter, a null meter that says why there is none, and RAPL.
+"""Energy meters: the :class:`Meter` protocol they share, the GPU's NVML counter, a null meter that says
+why there is none, RAPL, :func:`open_meter` that picks one, the power sampler and the counter's arithmetic
+(the windows measured with them: :mod:`lzo_bench.measure.energy_windows`).
 
 Units are in the names: ``_mj`` millijoules, ``_mw`` milliwatts, ``_us`` microseconds, ``_j``, ``_w``.
 Nothing here ever reports 0 for "could not measure": an unavailable meter carries its reason and
-its readings are ``None`` (DESIGN.md §7).
+its readings are ``None`` (docs/ARCHITECTURE.md §7).
 
 * :class:`NvmlMeter` — ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded) and
   the instantaneous power field ``NVML_FI_DEV_POWER_INSTANT`` with the driver's timestamps.
@@ -15,14 +17,13 @@ its readings are ``None`` (DESIGN.md §7).
 from __future__ import annotations
 
 import bisect
-import math
 import os
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -55,6 +56,19 @@ class GpuInfo:
     uuid: str
     power_limit_w: float | None
     temperature_c: float | None
+
+
+class Meter(Protocol):
+    """What train, profile and the power sampler use of a meter: :class:`NvmlMeter`, :class:`RaplMeter`,
+    :class:`NullMeter` (``available`` False, ``reason`` why; every reading ``None``)."""
+
+    available: bool
+    reason: str | None
+
+    def energy_mj(self) -> int | None: ...
+    def power_sample(self) -> tuple[int, int] | None: ...
+    def temperature_c(self) -> float | None: ...
+    def info(self) -> GpuInfo | None: ...
 
 
 class NullMeter:
@@ -150,15 +164,24 @@ def torch_device_uuid(device: torch.device) -> str:
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
-def open_meter(device: torch.device | str, nvml: Any = None) -> NvmlMeter | NullMeter:
-    """The NVML meter of ``device``, or a :class:`NullMeter` with the reason there is none."""
+def open_meter(device: torch.device | str, requested: bool = True, *, cpu_rapl: bool = False, nvml: Any = None) -> Meter:
+    """The meter of ``device``: a :class:`NullMeter` saying why when energy was not ``requested`` or cannot
+    be read; the NVML meter on CUDA; on the CPU, with ``cpu_rapl`` (profile), the package's RAPL counters."""
+    if not requested:
+        return NullMeter("not requested (pass --energy)")
     device = torch.device(device)
     if device.type != "cuda":
-        return NullMeter("the run is on the CPU: GPU energy needs --device cuda")
+        reason = "the run is on the CPU: GPU energy needs --device cuda"
+        if not (cpu_rapl and device.type == "cpu"):
+            return NullMeter(reason)
+        try:
+            return RaplMeter()
+        except MeterUnavailable as err:
+            return NullMeter(f"{reason}; CPU package energy (RAPL): {err}")
     try:
         return NvmlMeter(device, nvml)
-    except MeterUnavailable as e:
-        return NullMeter(str(e))
+    except MeterUnavailable as err:
+        return NullMeter(str(err))
 
 
 def counter_delta_mj(start_mj: int, end_mj: int, wrap_mj: int | None = None) -> int | None:
@@ -170,7 +193,7 @@ def counter_delta_mj(start_mj: int, end_mj: int, wrap_mj: int | None = None) -> 
     return None if wrap_mj is None else end_mj + wrap_mj - start_mj
 
 
-def counter_period_ms(meter, seconds: float = 1.0) -> float | None:
+def counter_period_ms(meter: Meter, seconds: float = 1.0) -> float | None:
     """Median time between changes of the energy counter, polled every 1 ms."""
     changes, last, t_end = [], meter.energy_mj(), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -181,64 +204,6 @@ def counter_period_ms(meter, seconds: float = 1.0) -> float | None:
         time.sleep(0.001)
     gaps = [1e3 * (b - a) for a, b in zip(changes, changes[1:])]
     return statistics.median(gaps) if gaps else None
-
-
-@dataclass
-class Window:
-    """One measured window: counter readings, wall-clock span and the work done in it."""
-
-    start_mj: int
-    end_mj: int
-    seconds: float
-    updates: int
-
-    @property
-    def energy_j(self) -> float | None:
-        """``None`` when the counter went down (reset) over the window."""
-        delta = counter_delta_mj(self.start_mj, self.end_mj)
-        return None if delta is None else delta / 1000.0
-
-
-@dataclass
-class EnergyEstimate:
-    """Per-update energy from repeated windows: gross, and net of idle power."""
-
-    j_per_update: float
-    j_per_update_std: float
-    net_j_per_update: float | None
-    avg_w: float
-    windows: int
-    zero_delta_windows: int
-    reset_windows: int = 0
-
-
-def estimate(windows: list[Window], idle_w: float | None) -> EnergyEstimate:
-    """Mean ± std over windows of ``E/updates``; net subtracts ``idle_w × seconds``.
-
-    A window whose counter did not move (shorter than the counter's update period) or went down
-    (the driver reset it) cannot be measured: it is counted and left out, and if all are,
-    :class:`MeterUnavailable` is raised.
-    """
-    good = [w for w in windows if w.end_mj > w.start_mj]
-    if not good:
-        raise MeterUnavailable("the energy counter did not advance in any window: windows too short")
-    per = [w.energy_j / w.updates for w in good]
-    net = [(w.energy_j - idle_w * w.seconds) / w.updates for w in good] if idle_w is not None else None
-    return EnergyEstimate(
-        j_per_update=statistics.fmean(per),
-        j_per_update_std=statistics.stdev(per) if len(per) > 1 else 0.0,
-        net_j_per_update=statistics.fmean(net) if net is not None else None,
-        avg_w=sum(w.energy_j for w in good) / sum(w.seconds for w in good),
-        windows=len(good),
-        zero_delta_windows=sum(w.end_mj == w.start_mj for w in windows),
-        reset_windows=sum(w.end_mj < w.start_mj for w in windows),
-    )
-
-
-def difference(a: EnergyEstimate, b: EnergyEstimate) -> tuple[float, float]:
-    """``(mean, std)`` of ``a − b`` per update from independent window sets: the std propagated
-    as ``√(σ_a² + σ_b²)`` (how the forward / backward / optimizer split is reported)."""
-    return a.j_per_update - b.j_per_update, math.hypot(a.j_per_update_std, b.j_per_update_std)
 
 
 def integrate_power_j(samples: list[tuple[int, int]], t0_us: int, t1_us: int) -> float | None:
@@ -277,7 +242,7 @@ class PowerSampler:
     into the measurement. ``marks`` records ``(host_time_us, label)`` phase boundaries.
     """
 
-    meter: Any
+    meter: Meter
     interval_s: float = 0.002
     samples: list[tuple[int, int]] = field(default_factory=list)
     marks: list[tuple[int, str]] = field(default_factory=list)

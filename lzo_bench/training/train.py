@@ -27,7 +27,8 @@ from lzo_bench.core.conv import CONV_NETWORKS
 from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
 from lzo_bench.data.encoding import TooLarge
 from lzo_bench.runtime.devices import device_name, sync_device
-from lzo_bench.measure.energy import NullMeter, NvmlMeter, counter_period_ms, epoch_energy_j, open_meter
+from lzo_bench.measure.energy import Meter, counter_period_ms, epoch_energy_j, open_meter
+from lzo_bench.measure.timing import PhaseClock, timed_update
 from lzo_bench.core.gates import GateSpec, Method
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import MAX_SEED, DrawKey
@@ -178,10 +179,10 @@ def run_environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def open_run_meter(cfg: TrainConfig, device: torch.device, result: RunResult) -> tuple[NvmlMeter | NullMeter, float | None]:
+def open_run_meter(cfg: TrainConfig, device: torch.device, result: RunResult) -> tuple[Meter, float | None]:
     """The energy meter (a :class:`NullMeter` without ``--energy``) and its counter's period; records
     in ``result.energy`` what was asked for and how it is measured."""
-    meter = open_meter(device) if cfg.energy else NullMeter("not requested (pass --energy)")
+    meter = open_meter(device, cfg.energy)
     period_ms = counter_period_ms(meter) if cfg.energy and meter.available else None
     if cfg.energy:
         result.energy = {"requested": True, "available": meter.available, "reason": meter.reason,
@@ -243,6 +244,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
         kept = not folder.release(bool(result.history))
         return TrainingDiverged(epoch, update, out, what, kept)
 
+    clock = PhaseClock(device)  # phase edges: CUDA events on a GPU, perf_counter elsewhere
     with sigterm_as_interrupt():
         try:
             for epoch in range(done + 1, cfg.epochs + 1):
@@ -253,28 +255,25 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                 loss_sum = correct = seen = 0.0
                 active = [0] * len(sizes)
                 entries = 0
-                fwd = bwd = opt = 0.0
+                fwd = bwd = opt = 0.0  # ms
+                loss_value = math.nan
                 loader = batches(train_set, cfg.batch_size, device, shuffle, reuse_buffer=True,
                                  events=backend.network is not None)
                 for i, (x, y) in enumerate(loader):
-                    t0 = time.perf_counter()
-                    out_fw = model(x, gate, DrawKey(cfg.seed, update), backend)
-                    loss = classification_loss(out_fw.logits, y) + regularizer(out_fw.counts)
-                    sync_device(device)
-                    t1 = time.perf_counter()
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise diverged(epoch, update, "loss")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    sync_device(device)
-                    t2 = time.perf_counter()
-                    optimizer.step()
-                    sync_device(device)
-                    t3 = time.perf_counter()
+                    def forward():
+                        out = model(x, gate, DrawKey(cfg.seed, update), backend)
+                        return out, classification_loss(out.logits, y) + regularizer(out.counts)
+
+                    def check_loss(_, loss):  # timed with the backward, as the loss is read before it
+                        nonlocal loss_value
+                        loss_value = float(loss.detach())
+                        if not math.isfinite(loss_value):
+                            raise diverged(epoch, update, "loss")
+
+                    out_fw, t = timed_update(clock, forward, optimizer, check_loss)
                     if not finite_model(model):
                         raise diverged(epoch, update, "the model's parameters or gradients")
-                    fwd, bwd, opt = fwd + t1 - t0, bwd + t2 - t1, opt + t3 - t2
+                    fwd, bwd, opt = fwd + t.fwd_ms, bwd + t.bwd_ms, opt + t.opt_ms
 
                     steps, b = x.shape[0], x.shape[1]
                     batch_pct = [100.0 * a / (steps * b * n) for a, n in zip(out_fw.active, sizes)]
@@ -286,8 +285,8 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     update += 1
                     result.update_loss.append(loss_value)
                     result.update_active_pct.append(batch_pct)
-                    result.update_fwd_ms.append(1e3 * (t1 - t0))
-                    result.update_bwd_ms.append(1e3 * (t2 - t1))
+                    result.update_fwd_ms.append(t.fwd_ms)
+                    result.update_bwd_ms.append(t.bwd_ms)
                     reporter.batch(epoch, i + 1, loss_value, 100.0 * correct / seen, batch_pct)
 
                 n_upd = i + 1
@@ -301,9 +300,9 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     train_acc=100.0 * correct / seen,
                     test_acc=evaluate(model, test_set, max(cfg.batch_size, 256), device, backend),
                     active_pct=[100.0 * a / (entries * n) for a, n in zip(active, sizes)],
-                    fwd_ms=1e3 * fwd / n_upd,
-                    bwd_ms=1e3 * bwd / n_upd,
-                    opt_ms=1e3 * opt / n_upd,
+                    fwd_ms=fwd / n_upd,
+                    bwd_ms=bwd / n_upd,
+                    opt_ms=opt / n_upd,
                     updates=n_upd,
                     wall_s=time.perf_counter() - epoch_start,
                     energy_j=epoch_j,
