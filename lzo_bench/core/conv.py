@@ -7,9 +7,9 @@ flatten into the fully connected stack is the identity on the events. Layer ``l`
 ``W [C_out, C_in, K, K]`` (torch's ``conv2d`` layout), stride ``s`` and padding ``p``::
 
     I[t, b, (oy, ox, o)] = Σ_{c, ky, kx} x[t, b, (oy·s + ky − p, ox·s + kx − p, c)] · W[o, c, ky, kx]  (+ b[o])
-    u = β·u + I − θ·s_prev,   s = H(u − θ)                                 (as every LIF layer, DESIGN §3)
+    u = β·u + I − θ·s_prev,   s = H(u − θ)                                 (as every LIF layer, docs/ARCHITECTURE.md §3)
 
-Sparse backward (DESIGN §5 with conv indexing), ``e`` non-zero only at the active entries::
+Sparse backward (docs/ARCHITECTURE.md §5 with conv indexing), ``e`` non-zero only at the active entries::
 
     ∂L/∂W[o, c, ky, kx] = Σ_{active (t, b, (oy, ox, o))} e · x̄[t, b, (oy·s + ky − p, ox·s + kx − p, c)]
 

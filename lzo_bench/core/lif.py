@@ -1,6 +1,6 @@
 """Discrete LIF layer, pure PyTorch — the reference every other backend must equal.
 
-Per layer, neuron ``j``, step ``t`` (paper eq. 1, DESIGN.md §3)::
+Per layer, neuron ``j``, step ``t`` (paper eq. 1, docs/ARCHITECTURE.md §3)::
 
     I[t] = x[t] @ W
     u[t] = β·u[t−1] + I[t] − θ·s[t−1]      (subtractive reset, NOT differentiated)
@@ -8,7 +8,7 @@ Per layer, neuron ``j``, step ``t`` (paper eq. 1, DESIGN.md §3)::
 
 One matrix product for all ``T·B`` rows, then the scan over time. The spike's backward is
 ``∂s/∂v := γ(v)`` with ``γ`` from :mod:`lzo_bench.core.gates`, so with the reset detached autograd
-computes ``∂L/∂u[t] = e[t] + β·∂L/∂u[t+1]``, ``e[t] = ∂L/∂s[t]·γ[t]`` (DESIGN.md §5).
+computes ``∂L/∂u[t] = e[t] + β·∂L/∂u[t+1]``, ``e[t] = ∂L/∂s[t]·γ[t]`` (docs/ARCHITECTURE.md §5).
 """
 
 from __future__ import annotations

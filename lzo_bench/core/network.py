@@ -1,7 +1,7 @@
 """A feed-forward spiking network as the backends run it: hidden LIF layers and a leaky readout, each
 with its own constants, and the dense reference path through them.
 
-Hidden layer ``l`` (DESIGN.md §3, paper eq. 1), ``x_0`` the input, ``x_l = s_{l−1}``::
+Hidden layer ``l`` (docs/ARCHITECTURE.md §3, paper eq. 1), ``x_0`` the input, ``x_l = s_{l−1}``::
 
     I[t] = x_l[t] @ W_l + b_l
     u[t] = β_l·u[t−1] + I[t] − θ_l·s[t−1],   s[t] = H(u[t] − θ_l),   γ = gate_l(u − θ_l)

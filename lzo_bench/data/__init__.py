@@ -1,4 +1,7 @@
-"""Datasets as spike tensors. One dataset per module; ``load_dataset`` picks one by name."""
+"""Datasets as spike tensors, one per module: ``digits`` (embedded), ``nmnist``, ``shd``, ``fmnist``;
+``base`` (the dataset classes and batches), ``encoding`` (latency coding), ``cache`` (the preprocessed
+cache and the missing-file errors); ``load_dataset`` picks one by name.
+"""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
-"""Experiments over many runs: ``recipe`` (the recipes in ``profiles/*.toml``), ``grid`` (a recipe's
-trials, local or on Ray), ``summary`` (the paper-style table), figures (``plots``) and the theory checks.
+"""Experiments over many runs: ``recipe`` (the TOML recipes of ``profiles/``), ``grid``
+(their runs, locally or on Ray), ``summary`` (the paper-style table), ``plots`` (the figures) and
+``theory_checks`` (what ``lzo-bench theory`` computes).
 """

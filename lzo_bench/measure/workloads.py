@@ -20,7 +20,7 @@ from lzo_bench.core.model import SNN, NetworkSpec
 
 @dataclass(frozen=True)
 class Workload:
-    """A dataset's shape and the paper's network constants for it (DESIGN.md §3)."""
+    """A dataset's shape and the paper's network constants for it (docs/ARCHITECTURE.md §3)."""
 
     name: str
     n_in: int

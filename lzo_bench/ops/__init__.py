@@ -1,5 +1,6 @@
-"""The ``lzo`` C++/CUDA event ops from Python: the JIT build and fake kernels (``extension``), the whole
-network's autograd node over them (``event_network``), the choice of backend (``backends``) and the GPU
-self-check (``selfcheck``). The sources live in ``kernels/``. Imports nothing of training, measure, export
-or cli.
+"""The ``lzo`` C++/CUDA event ops from Python (sources in ``kernels/``; docs/ARCHITECTURE.md §6):
+``extension`` (the JIT build), ``library`` (one typed wrapper per op beside its fake kernel, the gate's
+arguments), ``event_network`` (the whole network's autograd node over the ops), ``backends`` (which
+implementation runs: cuda → cpp → torch) and ``selfcheck`` (the ops checked against the reference on a
+GPU before the first update). Imports nothing of training, measure, export, experiments or cli.
 """

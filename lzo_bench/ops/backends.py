@@ -1,6 +1,6 @@
 """Which implementation of the LIF layer runs, and why.
 
-Order of preference is ``cuda → cpp → torch`` (DESIGN.md §6): the ``lzo`` C++/CUDA ops
+Order of preference is ``cuda → cpp → torch`` (docs/ARCHITECTURE.md §6): the ``lzo`` C++/CUDA ops
 (:mod:`lzo_bench.ops.extension`) on the device of the data, else the pure-PyTorch reference
 (:mod:`lzo_bench.core.lif`). ``--backend`` forces one; ``describe()`` gives the one line to print.
 """
