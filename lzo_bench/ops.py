@@ -34,8 +34,11 @@ from lzo_bench.distributions import Laplace, Normal, TableDistribution, Uniform
 from lzo_bench.gates import GateSpec, Method
 from lzo_bench.rng import DrawKey
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "snn_cpu.cpp", "snn_cuda.cu",
-                "snn_cuda_kernels.cuh", "cuda_sim.h", "snn_cuda_sim.cpp")
+#: the CPU ops' translation units (snn_cpu.cpp defines the schemas; each file registers the ops it defines)
+CPU_SOURCES = ("snn_cpu.cpp", "cpu_events.cpp", "cpu_lif.cpp", "cpu_conv.cpp")
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "philox_avx2.h", "cpu_lists.h", "cpu_simd.h", "cpu_sparse_gate.h",
+                "cpu_layer_map.h", *CPU_SOURCES, "snn_cuda.cu", "snn_cuda_kernels.cuh", "cuda_sim.h",
+                "snn_cuda_sim.cpp")
 #: threads per block of the simulated CUDA kernels (a multiple of 32: two warps keep the cross-warp ranking)
 SIM_THREADS = 64
 METHOD_NONE = -1
@@ -109,7 +112,7 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
 
 @lru_cache(maxsize=None)
 def _build(cuda: bool, verbose: bool) -> Extension:
-    files = ["snn_cpu.cpp"]
+    files = list(CPU_SOURCES)
     if cuda:
         reason = cuda_toolchain()
         if reason:

@@ -17,10 +17,10 @@ from lzo_bench.rng import DrawKey
 CHILD = """
 import sys, torch
 from torch.utils.cpp_extension import load
-load("lzo_scalar_check", [sys.argv[1] + "/snn_cpu.cpp"], extra_include_paths=[sys.argv[1]], is_python_module=False,
+from lzo_bench import ops
+load("lzo_scalar_check", [sys.argv[1] + "/" + f for f in ops.CPU_SOURCES], extra_include_paths=[sys.argv[1]], is_python_module=False,
      extra_cflags=["-O3", "-ffp-contract=off", "-march=x86-64", "-mno-avx2", "-fopenmp"], extra_ldflags=["-fopenmp"],
      build_directory=sys.argv[2])
-from lzo_bench import ops
 from lzo_bench.gates import GateSpec
 from lzo_bench.rng import DrawKey
 cases = torch.load(sys.argv[3])
