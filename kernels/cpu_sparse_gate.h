@@ -18,7 +18,7 @@ namespace lzo {
 namespace cpu {
 
 // The gates of the sparse rules for one row (t, b) of potentials, computed only at the candidates
-// |v| < band, which lif_row collects as it scans (DESIGN.md 5b, item 3).
+// |v| < band, which lif_row collects as it scans (docs/ARCHITECTURE.md §5b, item 3).
 //   sparsegrad: g(|v|) on the candidates, vectorised (surrogate_row).
 //   localzo:    exactly gate() of lzo_math.h (the same Philox counters, the same sum over k), with
 //               Philox as one vectorised loop over the candidates, and the inverse CDF skipped where

@@ -1,4 +1,4 @@
-// Sparse end to end on the CPU (DESIGN.md section 5b): event-driven forward, fused scan + gate,
+// Sparse end to end on the CPU (docs/ARCHITECTURE.md §5b): event-driven forward, fused scan + gate,
 // readout, and a backward that hands gradients between layers as values on the active lists.
 //
 // Event lists are CSR over rows r = b*T + t (batch-row major: one batch row's steps are
