@@ -2,7 +2,7 @@
 
 The event-driven forward forms a layer's current as ``I[t, b, :] = Σ_events x·W[i, :]`` (cost
 nnz(x)·N) and switches to one GEMM over all rows (cost T·B·N_in·N at BLAS speed) above an input
-density ``kGemmDensity`` (kernels/snn_cpu.cpp). The dense rule's backward makes the same choice for
+density ``kGemmDensity`` (kernels/cpu_layer_map.h). The dense rule's backward makes the same choice for
 ``dW = xᵀ ĝ``. This script times both forms side by side (interleaved, medians) over input densities
 and prints the measured crossover.
 

@@ -1,5 +1,5 @@
-// Host-side helpers of the event ops, shared by snn_cpu.cpp and snn_cuda.cu (and so by the simulator's
-// build of the CUDA ops): argument checks, the ops' schemas, GateParams, the trace re-basing.
+// Host-side helpers of the event ops, shared by the CPU ops (snn_cpu.cpp, cpu_*) and snn_cuda.cu (and so
+// by the simulator's build of the CUDA ops): argument checks, the ops' schemas, GateParams, the trace re-basing.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,7 +36,7 @@ inline void check_current_mode(int64_t current_mode, const char* op) {
   TORCH_CHECK(current_mode >= 0 && current_mode <= 2, op, ": current_mode must be 0 (auto), 1 (events) or 2 (gemm)");
 }
 
-// Device-independent argument checks of the event ops (snn_cpu.cpp, snn_cuda.cu); each backend then
+// Device-independent argument checks of the event ops (cpu_*.cpp, snn_cuda.cu); each backend then
 // checks its lists on its own device. Event lists have rows r = b*T + t, so B*T + 1 row pointers.
 inline void check_events_forward_args(const at::Tensor& x_ptr, const at::Tensor& weight, const at::Tensor& table,
                                       int64_t steps, const char* op) {
@@ -96,8 +96,8 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
               ": count_grad must be [B, N]");
 }
 
-// The event ops' schemas, written once: torch.ops.lzo (snn_cpu.cpp; CUDA kernels in snn_cuda.cu) and
-// torch.ops.lzo_sim (the CUDA kernels run by the simulator, snn_cuda_sim.cpp).
+// The event ops' schemas, written once: torch.ops.lzo (defined in snn_cpu.cpp, CPU kernels in cpu_*.cpp, CUDA
+// kernels in snn_cuda.cu) and torch.ops.lzo_sim (the CUDA kernels run by the simulator, snn_cuda_sim.cpp).
 #define LZO_EVENT_OP_SCHEMAS(m) \
   m.def("to_events(Tensor x) -> (Tensor ptr, Tensor col, Tensor val)"); \
   m.def("batch_events(Tensor events, Tensor offsets, Tensor idx, int steps, int units) -> (Tensor ptr, Tensor col)"); \
@@ -120,8 +120,8 @@ inline void check_dense_backward_args(const at::Tensor& grad, const at::Tensor& 
       "Tensor weight, float beta, int steps, bool input_grad, int current_mode) -> (Tensor grad_weight, Tensor grad_x)"); \
   do {} while (0)
 
-// The convolutional layers' ops (issue 22), CPU kernels in snn_cpu.cpp, CUDA kernels in snn_cuda.cu: shape = [C_in, H, W, C_out, K, stride,
-// padding], weight [C_out, C_in*K*K (+1: a bias)], units channels-last (see snn_cpu.cpp).
+// The convolutional layers' ops (issue 22), CPU kernels in cpu_conv.cpp, CUDA kernels in snn_cuda.cu: shape = [C_in, H, W, C_out, K, stride,
+// padding], weight [C_out, C_in*K*K (+1: a bias)], units channels-last (see cpu_conv.cpp).
 #define LZO_CONV_OP_SCHEMAS(m) \
   m.def( \
       "conv_lif_forward(Tensor x_ptr, Tensor x_col, Tensor x_val, Tensor weight, int[] shape, Tensor table, " \

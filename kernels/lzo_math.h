@@ -1,4 +1,4 @@
-// Per-element math of the event ops, shared by the CPU loops (snn_cpu.cpp) and the CUDA kernels
+// Per-element math of the event ops, shared by the CPU loops (cpu_*.h, cpu_*.cpp) and the CUDA kernels
 // (snn_cuda_kernels.cuh). Every function mirrors one in the pure-PyTorch reference:
 //   philox4x32_10 / uniform_from_bits  <->  lzo_bench/core/rng.py
 //   erfinv_f32 / abs_icdf              <->  lzo_bench/core/distributions.py
@@ -134,7 +134,7 @@ LZO_HD float int_pow(float z, int alpha) {
   return alpha < 0 ? 1.0f / r : r;
 }
 
-// e^x, flushed to 0 where it falls below FLT_MIN (x < -87.33), as snn_cpu.cpp's exp_neg_ftz: the
+// e^x, flushed to 0 where it falls below FLT_MIN (x < -87.33), as cpu_simd.h's exp_neg_ftz: the
 // exponential is flushed before any constant multiplies it, so the CPU and the GPU agree on which
 // gate values are 0 (finding 8 of the kernel-layer issue: the GPU flushed c*exp(x) instead).
 LZO_HD float exp_ftz(float x) { return x >= -87.33f ? expf(x) : 0.0f; }

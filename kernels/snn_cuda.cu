@@ -10,7 +10,7 @@
 // Exception: to_events (a dense tensor from the user) reads its event count back once, since its
 // bound would be twice the dense tensor.
 //
-// Work split (DESIGN.md 5b; the GPU issue):
+// Work split (docs/ARCHITECTURE.md §5b; the GPU issue):
 //   forward    one block per batch row b walking t, the block's threads over neurons j: the current
 //              sum_q val*W[col_q, j] is read coalesced over j, the LIF step and the gate are fused,
 //              and the row's spikes and active entries are compacted in j order with warp ballots
@@ -422,7 +422,7 @@ std::tuple<Tensor, Tensor> lif_dense_backward_cuda(const Tensor& grad, const Ten
   return {dw, dx};
 }
 
-// ---- Convolutional layers (issue 22): the conv ops of snn_cpu.cpp on the GPU. The forward is the dense layers'
+// ---- Convolutional layers (issue 22): the conv ops of cpu_conv.cpp on the GPU. The forward is the dense layers'
 // scan with the current gathered per output (ConvCurrent) or, forced, one cuDNN convolution. The sparse backward
 // forms the input traces as dense rows (one scan), then adds C_in*K*K taps per active entry into dW partials
 // (conv_dw_kernel, one writer per address: deterministic) and into the input gradient rows (conv_dx_scatter_kernel),

@@ -18,10 +18,10 @@ from lzo_bench.core.rng import DrawKey
 CHILD = """
 import sys, torch
 from torch.utils.cpp_extension import load
-load("lzo_scalar_check", [sys.argv[1] + "/snn_cpu.cpp"], extra_include_paths=[sys.argv[1]], is_python_module=False,
+from lzo_bench.ops import extension as ops, library
+load("lzo_scalar_check", [sys.argv[1] + "/" + f for f in ops.CPU_SOURCES], extra_include_paths=[sys.argv[1]], is_python_module=False,
      extra_cflags=["-O3", "-ffp-contract=off", "-march=x86-64", "-mno-avx2", "-fopenmp"], extra_ldflags=["-fopenmp"],
      build_directory=sys.argv[2])
-from lzo_bench.ops import extension as ops
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.rng import DrawKey
 cases = torch.load(sys.argv[3])

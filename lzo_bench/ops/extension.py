@@ -1,14 +1,13 @@
-"""The ``lzo`` C++/CUDA event ops: JIT build, fake (meta) kernels, and the gate's arguments.
+"""The ``lzo`` C++/CUDA event ops' JIT build: the sources of ``kernels/`` compiled on first use with
+:func:`torch.utils.cpp_extension.load` (ninja), cached by PyTorch under ``~/.cache/torch_extensions``
+(``TORCH_EXTENSIONS_DIR`` overrides).
 
-One op family, the event ops (schemas once in ``kernels/lif_common.h``, ``LZO_EVENT_OP_SCHEMAS``):
-``to_events``, ``batch_events``, ``lif_events_forward``, ``readout_forward``, ``readout_backward``,
-``lif_sparse_backward`` and ``lif_dense_backward`` — CPU kernels in ``kernels/snn_cpu.cpp``, CUDA
-kernels in ``kernels/snn_cuda_kernels.cuh`` (host side ``snn_cuda.cu``), and the same CUDA kernels on
-CPU tensors through the CUDA execution simulator as ``torch.ops.lzo_sim`` (:func:`build_sim`). They
-are compiled on first use with :func:`torch.utils.cpp_extension.load` (ninja), cached by PyTorch
-under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR`` overrides). CUDA sources are compiled
-when a GPU is visible and nvcc plus a CUDA build of torch exist, or when asked for (:func:`build`
-``cuda=True``, as the compile-only CI check does).
+The CPU kernels are ``kernels/cpu_*.cpp`` (``snn_cpu.cpp`` defines the schemas, written once in
+``kernels/lif_common.h``), the CUDA kernels ``kernels/snn_cuda_kernels.cuh`` with their host side
+``snn_cuda.cu``, and the same CUDA kernels on CPU tensors through the CUDA execution simulator as
+``torch.ops.lzo_sim`` (:func:`build_sim`). CUDA sources are compiled when a GPU is visible and nvcc
+plus a CUDA build of torch exist, or when asked for (:func:`build` ``cuda=True``, as the compile-only
+CI check does). The ops' typed wrappers and fake kernels are :mod:`lzo_bench.ops.library`.
 
 Autograd is not registered per op: the network's one autograd node
 (:class:`lzo_bench.ops.event_network._EventNetwork`) chains the forward and backward ops, since a sparse
@@ -31,8 +30,11 @@ import torch
 
 from lzo_bench.ops.library import register_fakes
 
-KERNEL_FILES = ("lzo_math.h", "lif_common.h", "snn_cpu.cpp", "snn_cuda.cu",
-                "snn_cuda_kernels.cuh", "cuda_sim.h", "snn_cuda_sim.cpp")
+#: the CPU ops' translation units (snn_cpu.cpp defines the schemas; each file registers the ops it defines)
+CPU_SOURCES = ("snn_cpu.cpp", "cpu_events.cpp", "cpu_lif.cpp", "cpu_conv.cpp")
+KERNEL_FILES = ("lzo_math.h", "lif_common.h", "philox_avx2.h", "cpu_lists.h", "cpu_simd.h", "cpu_sparse_gate.h",
+                "cpu_layer_map.h", *CPU_SOURCES, "snn_cuda.cu", "snn_cuda_kernels.cuh", "cuda_sim.h",
+                "snn_cuda_sim.cpp")
 #: threads per block of the simulated CUDA kernels (a multiple of 32: two warps keep the cross-warp ranking)
 SIM_THREADS = 64
 def _cpp_extension():
@@ -92,7 +94,7 @@ def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
 
 @lru_cache(maxsize=None)
 def _build(cuda: bool, verbose: bool) -> Extension:
-    files = ["snn_cpu.cpp"]
+    files = list(CPU_SOURCES)
     if cuda:
         reason = cuda_toolchain()
         if reason:
