@@ -10,7 +10,7 @@ order), after warm-up; medians and the interquartile range over repeats:
   (a) ``autograd-loop``: a plain per-step autograd loop with a surrogate spike function, as users
       of other SNN libraries write it (one matmul per step);
   (e) ``events-dense``, ``events-sparsegrad``, ``events-localzo``: the event ops
-      (kernels/snn_cpu.cpp) — current from the input events, fused scan + gate, and a backward that
+      (kernels/cpu_*.cpp) — current from the input events, fused scan + gate, and a backward that
       takes the upstream gradient as values on the active list and returns the input gradient as
       values on the previous layer's active list (events-dense: the dense rule on the same forward,
       dW from the input events, dx by GEMM). The upstream values are gathered outside the timing,

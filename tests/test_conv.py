@@ -1,4 +1,4 @@
-"""Convolutional LIF layers (issue 22): the C++ event ops (``lzo::conv_*``, kernels/snn_cpu.cpp) against the
+"""Convolutional LIF layers (issue 22): the C++ event ops (``lzo::conv_*``, kernels/cpu_conv.cpp) against the
 pure-PyTorch reference (``conv2d`` over all rows, the LIF scan with the reset detached, autograd), for all three
 rules — T ≥ 70, stride 1 and 2, padding 0 and 1, kernels 1, 3 and 5, m > 1, graded inputs, channel counts that
 are not multiples of the 8-lane vectors, a bias, sum pooling between layers. Spikes must be equal except for

@@ -1,4 +1,4 @@
-"""The event-driven network path (kernels/snn_cpu.cpp, lzo_bench/ops/event_network.py) against the
+"""The event-driven network path (kernels/cpu_*.cpp, lzo_bench/ops/event_network.py) against the
 pure-PyTorch reference: spikes identical but for flips within rounding of θ (lzo_bench.core.floatcmp,
 ``assert_same``), gradients equal to float rounding, LocalZO draws the reference's, for every method — at T ≥ 70 (the backward's trace re-basing starts above 32 steps),
 m > 1, both hidden layers active, and inputs that are not binary. The main cases repeat on CUDA
@@ -313,7 +313,7 @@ def test_deterministic_mode_gives_bitwise_equal_gradients(method, device):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-# ---- findings of the kernel-layer issue's trace of snn_cuda.cu / snn_cpu.cpp, each failed before its fix
+# ---- findings of the kernel-layer issue's trace of snn_cuda.cu / the CPU kernels, each failed before its fix
 
 
 @pytest.mark.parametrize("device", DEVICES)
