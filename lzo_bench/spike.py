@@ -15,7 +15,10 @@ with ``γ`` of :mod:`lzo_bench.core.gates` (the same code as ``lzo-bench train``
 
 ``dist`` is a distribution name (``normal``, ``uniform``, ``laplace``, ``sigmoid``, ``fast-sigmoid``), a
 :class:`~lzo_bench.core.distributions.Distribution`, or a user surrogate ``g`` (:func:`lzo_bench.core.surrogates.custom`), turned into its sampling distribution by
-Theorem 3 at this ``δ``.
+Theorem 3 at this ``δ``. ``alpha`` (the exponent ``α`` of eq. 8) belongs to a user surrogate ``g`` only
+(default 1); a named distribution or a :class:`Distribution` carries its own ``α``, and an ``alpha`` that
+differs from it is refused rather than ignored. Integer arguments (``m``, ``seed``) must be integers:
+``m=2.9`` is refused, not truncated; ``m`` is at most 65 535, the kernels' limit.
 
 **LocalZO's draws** come from the project's Philox4x32 (:mod:`lzo_bench.core.rng`), keyed by
 ``(seed, counter)`` with the element's flat index ``i`` as counter word (``j = i mod 2³²``,
@@ -31,15 +34,39 @@ Modules pickle and deep-copy (the distribution is rebuilt from its constructor a
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
+import numpy as np
 import torch
 
 from lzo_bench.core.distributions import Distribution
-from lzo_bench.core.gates import GateSpec, Method, localzo_values, sparsegrad_gate, surrogate_gate
+from lzo_bench.core.gates import DIST_NAMES, GateSpec, Method, localzo_values, sparsegrad_gate, surrogate_gate
 from lzo_bench.core.rng import MASK32, DrawKey
 from lzo_bench.core.surrogates import Surrogate as SurrogateFn
 from lzo_bench.core.theory import theorem3_distribution
+
+#: the most samples ``m`` per element the kernels take (``kernels/lif_common.h``: ``samples < 65536``)
+MAX_SAMPLES = 65535
+
+
+def integer(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an ``int``: an int, a numpy integer or an integral float; a bool, a fractional number
+    or anything else is refused (``TypeError``) rather than truncated, and one below ``minimum``
+    (``ValueError``)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got the bool {value!r}")
+    if isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise TypeError(f"{name} must be an integer, got {value!r}; it would be truncated to {int(value) if math.isfinite(value) else value}")
+        value = int(value)
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+    return value
 
 
 class SpikeFunction(torch.nn.Module):
@@ -48,10 +75,19 @@ class SpikeFunction(torch.nn.Module):
     method: Method = Method.SURROGATE
 
     def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, samples: int = 1,
-                 bth: float | None = None, k: float | None = None, seed: int = 0, alpha: int = 1):
+                 bth: float | None = None, k: float | None = None, seed: int = 0, alpha: int | None = None):
         super().__init__()
+        if not isinstance(dist, (str, SurrogateFn, Distribution)):
+            raise TypeError(f"dist must be a distribution name ({', '.join(DIST_NAMES)}), a Distribution or a "
+                            f"custom surrogate g (lzo_bench.core.surrogates.custom), got {type(dist).__name__} {dist!r}")
+        name = "m" if self.method is Method.LOCALZO else "samples"
+        samples = integer(name, samples, 1)
+        if samples > MAX_SAMPLES:
+            raise ValueError(f"{name} must lie in [1, {MAX_SAMPLES}] (the kernels' limit), got {samples}")
+        if alpha is not None:
+            alpha = integer("alpha", alpha)
         self.dist, self.delta, self.samples, self.bth, self.k, self.alpha = dist, delta, samples, bth, k, alpha
-        self.seed = int(seed)
+        self.seed = integer("seed", seed)
         self.counter = 0
         self._spec: GateSpec | None = None
         self.spec  # validates the arguments now, with the gates' messages
@@ -64,8 +100,13 @@ class SpikeFunction(torch.nn.Module):
             if isinstance(dist, SurrogateFn):
                 if not (self.delta > 0 and math.isfinite(self.delta)):
                     raise ValueError(f"delta must be > 0, got {self.delta}")
-                dist = theorem3_distribution(dist, float(self.delta), self.alpha)
-            self._spec = GateSpec.build(self.method, dist, self.delta, self.samples, self.bth, self.k)
+                dist = theorem3_distribution(dist, float(self.delta), 1 if self.alpha is None else self.alpha)
+            spec = GateSpec.build(self.method, dist, self.delta, self.samples, self.bth, self.k)
+            if self.alpha is not None and self.alpha != spec.dist.alpha:
+                raise ValueError(f"alpha applies to a custom surrogate g only (Theorem 3 builds its distribution); "
+                                 f"the distribution {spec.dist.name!r} has alpha = {spec.dist.alpha}: leave alpha out, "
+                                 f"got alpha={self.alpha}")
+            self._spec = spec
         return self._spec
 
     def __getstate__(self) -> dict:
@@ -75,7 +116,7 @@ class SpikeFunction(torch.nn.Module):
 
     def reset(self, counter: int = 0) -> None:
         """Restart LocalZO's draws at ``counter`` (the next backward call uses key ``(seed, counter)``)."""
-        self.counter = int(counter)
+        self.counter = integer("counter", counter, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -143,7 +184,7 @@ class Surrogate(SpikeFunction):
     method = Method.SURROGATE
 
     def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, k: float | None = None,
-                 alpha: int = 1):
+                 alpha: int | None = None):
         super().__init__(dist, delta, 1, None, k, 0, alpha)
 
 
@@ -153,7 +194,7 @@ class SparseGrad(SpikeFunction):
     method = Method.SPARSEGRAD
 
     def __init__(self, dist: str | SurrogateFn | Distribution = "normal", delta: float = 0.05, bth: float | None = None,
-                 k: float | None = None, alpha: int = 1):
+                 k: float | None = None, alpha: int | None = None):
         super().__init__(dist, delta, 1, bth, k, 0, alpha)
 
 
@@ -164,7 +205,7 @@ class LocalZO(SpikeFunction):
     method = Method.LOCALZO
 
     def __init__(self, delta: float = 0.05, dist: str | SurrogateFn | Distribution = "normal", m: int = 1, seed: int = 0,
-                 k: float | None = None, alpha: int = 1):
+                 k: float | None = None, alpha: int | None = None):
         super().__init__(dist, delta, m, None, k, seed, alpha)
 
     @property

@@ -231,3 +231,35 @@ def test_on_cuda_the_gradient_is_the_cpus(dist):
     gpu = _grad(fn, x.cuda())
     assert gpu.device.type == "cuda" and torch.equal(cpu == 0, gpu.cpu() == 0)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+
+
+# ---- issue 34: no argument ignored or truncated, one-line refusals ----
+
+def test_alpha_with_a_named_distribution_is_refused_not_ignored():
+    """alpha=5 with ``normal`` ran as alpha = 1: α belongs to a custom surrogate g (Theorem 3)."""
+    with pytest.raises(ValueError, match="alpha applies to a custom surrogate g only"):
+        spike.LocalZO(alpha=5)
+    with pytest.raises(ValueError, match="alpha applies to a custom surrogate g only"):
+        spike.Surrogate("laplace", alpha=-1)
+    assert spike.LocalZO(dist="fast-sigmoid").spec.dist.alpha == -1  # the named distribution's own α
+    assert spike.LocalZO(dist="normal", alpha=1).spec.dist.alpha == 1  # the same α: nothing ignored
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: spike.LocalZO(m=2.9), TypeError, "m must be an integer, got 2.9; it would be truncated to 2"),
+    (lambda: spike.LocalZO(m=True), TypeError, "m must be an integer"),
+    (lambda: spike.LocalZO(seed=1.5), TypeError, "seed must be an integer"),
+    (lambda: spike.LocalZO(m=0), ValueError, "m must be ≥ 1"),
+    (lambda: spike.LocalZO(m=65536), ValueError, r"m must lie in \[1, 65535\] \(the kernels' limit\)"),
+    (lambda: spike.LocalZO(dist=None), TypeError, "dist must be a distribution name"),
+    (lambda: spike.LocalZO(alpha=1.5), TypeError, "alpha must be an integer"),
+])
+def test_bad_spike_function_arguments_are_refused_in_one_line(make, error, match):
+    with pytest.raises(error, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+def test_integral_numpy_integers_are_taken():
+    assert spike.LocalZO(m=np.int64(3)).m == 3 and spike.LocalZO(seed=np.int32(4)).seed == 4
+    assert spike.LocalZO(m=2.0).m == 2  # an integral float is its integer

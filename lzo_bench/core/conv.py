@@ -135,9 +135,9 @@ def conv_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """The reference current ``[T, B, units_out]`` (channels-last) of input ``x [T, B, units_in]``
     (channels-last): one ``conv2d`` over all ``T·B`` rows."""
     steps, batch, _ = x.shape
-    x4 = frames(x.reshape(steps * batch, -1), shape.c_in, shape.height, shape.width)
+    x4 = frames(x.reshape(steps * batch, x.shape[-1]), shape.c_in, shape.height, shape.width)
     out = F.conv2d(x4, weight, bias, stride=shape.stride, padding=shape.padding)
-    return units(out).reshape(steps, batch, -1)
+    return units(out).reshape(steps, batch, shape.units_out)
 
 
 def frames(x: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
@@ -147,7 +147,8 @@ def frames(x: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
 
 def units(x: torch.Tensor) -> torch.Tensor:
     """Frames ``[..., C, H, W]`` as rows ``[..., H·W·C]`` of channels-last units (the inverse of :func:`frames`)."""
-    return x.movedim(-3, -1).reshape(*x.shape[:-3], -1)
+    c, h, w = x.shape[-3:]
+    return x.movedim(-3, -1).reshape(*x.shape[:-3], h * w * c)  # sizes named: a batch of 0 frames reshapes too
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
