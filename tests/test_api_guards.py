@@ -272,13 +272,15 @@ def test_zero_steps_are_refused_naming_the_shape(backend):
         _conv("localzo", backend)(torch.zeros(0, 3, 2, 6, 6))
 
 
-def test_an_empty_batch_gives_empty_logits_for_fc_and_conv():
-    """B = 0 runs on the C++ backend for conv as for fc (the torch backend's fc layer, core/lif.py, does not
-    yet: left to its owner)."""
-    for net, x in ((_fc("localzo", "cpp"), torch.zeros(5, 0, N_IN)), (_conv("localzo", "cpp"), torch.zeros(5, 0, 2, 6, 6))):
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_an_empty_batch_gives_empty_logits_for_fc_and_conv(backend):
+    """B = 0 runs forward and backward on both backends, fully connected and conv."""
+    for net, x in ((_fc("localzo", backend), torch.zeros(5, 0, N_IN)),
+                   (_conv("localzo", backend), torch.zeros(5, 0, 2, 6, 6))):
         logits = net(x)
         assert logits.shape == (0, 3)
         logits.sum().backward()
+        assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
 
 
 @pytest.mark.parametrize("rule", ["localzo", "surrogate"])

@@ -195,9 +195,9 @@ def pool_dense(s: torch.Tensor, shape: ConvShape) -> torch.Tensor:
     if shape.pool == 1:
         return s
     steps, batch, _ = s.shape
-    fr = frames(s.reshape(steps * batch, -1), shape.c_out, shape.out_height, shape.out_width)
+    fr = frames(s.reshape(steps * batch, s.shape[-1]), shape.c_out, shape.out_height, shape.out_width)
     pooled = F.avg_pool2d(fr, shape.pool, shape.pool, divisor_override=1)
-    return units(pooled).reshape(steps, batch, -1)
+    return units(pooled).reshape(steps, batch, shape.units_next)
 
 
 def unpool_columns(col: torch.Tensor, shape: ConvShape) -> tuple[torch.Tensor, torch.Tensor | None]:

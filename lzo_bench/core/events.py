@@ -1,4 +1,4 @@
-"""Spike trains as event lists: what the event-driven forward consumes and produces (DESIGN.md §5b).
+"""Spike trains as event lists: what the event-driven forward consumes and produces (docs/ARCHITECTURE.md §5b).
 
 A batch of spike trains ``x [T, B, N]`` is held as a CSR list over rows ``r = b·T + t`` (one batch
 row's steps contiguous, the order the forward scan and the backward walk both use)::

@@ -42,7 +42,7 @@ class Forward:
 def leaky_readout(s: torch.Tensor, w_out: torch.Tensor, beta_out: float) -> torch.Tensor:
     """``o[t] = β_r·o[t−1] + (1 − β_r)·(s[t] @ W_out)`` for ``s [T, B, N]`` → ``o [T, B, C]``."""
     steps, batch, _ = s.shape
-    a = (s.reshape(steps * batch, -1) @ w_out).view(steps, batch, -1)
+    a = (s.reshape(steps * batch, s.shape[-1]) @ w_out).view(steps, batch, w_out.shape[1])
     o = torch.zeros_like(a[0])
     outs = []
     for a_t in a.unbind(0):

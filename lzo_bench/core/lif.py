@@ -67,7 +67,7 @@ def layer_current(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if conv is not None:
         return conv_current(x, weight, bias, conv)
     steps, batch, _ = x.shape
-    current = (x.reshape(steps * batch, -1) @ weight).view(steps, batch, -1)
+    current = (x.reshape(steps * batch, x.shape[-1]) @ weight).view(steps, batch, weight.shape[1])
     return current if bias is None else current + bias
 
 

@@ -1,5 +1,5 @@
 """The whole network sparse end to end: event-driven forward, gradients handed between layers as
-values on the active lists (DESIGN.md §5b), on the ``lzo`` ops of ``kernels/snn_cpu.cpp`` (CPU)
+values on the active lists (docs/ARCHITECTURE.md §5b), on the ``lzo`` ops of ``kernels/cpu_*.cpp`` (CPU)
 and ``kernels/snn_cuda.cu`` (CUDA).
 
 Forward, per hidden layer ``l`` (input events ``x_l``: the data's for ``l = 0``, else layer
