@@ -95,6 +95,15 @@ def test_a_stage_that_needs_a_missing_package_is_skipped_in_one_line(tmp_path):
     assert stages["build"]["note"] == "not selected"
     lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if "onnxruntime" in line]
     assert lines == ["== onnxruntime skipped: needs onnxruntime (not installed here)"]
+    assert proc.returncode == 2  # a skipped stage is not a pass
+
+
+def test_only_the_selected_stages_run_and_their_passing_is_a_pass(tmp_path):
+    proc, _ = _run(tmp_path, 20, GPU_CHECK_ONLY="env,build")
+    assert proc.returncode == 0, proc.stdout
+    s = _summary(tmp_path)
+    assert [r["stage"] for r in s["stages"] if r["status"] == "ok"] == ["env", "build"]
+    assert s["failed_stages"] == [] and "profile-nmnist" in s["skipped_stages"]
 
 
 @pytest.mark.parametrize("moment", [0.3, 1.2, 2.5])
