@@ -5,6 +5,7 @@ without the packages it lacks (tonic, nir, nirtorch, the peer libraries, neurobe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -222,3 +223,55 @@ def test_the_gpu_tests_collect_without_the_absent_packages(without_optional):
                            "tests"], env=without_optional, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "error" not in proc.stdout.splitlines()[-1].lower(), proc.stdout[-2000:]
+
+
+# -- one variant of the ops per process (a GPU machine's processes: doctor, the simulator's tests) ----------
+
+@pytest.fixture
+def fake_builds(monkeypatch):
+    from lzo_bench.ops import extension as ops
+
+    built = []
+
+    @functools.lru_cache(maxsize=None)  # as the real one: compiled and loaded once
+    def fake_build(cuda, verbose):
+        if cuda and fail_cuda:
+            raise RuntimeError("nvcc: error")
+        built.append(cuda)
+        return ops.Extension(cuda=cuda, path=f"fake-{cuda}")
+
+    fail_cuda = False
+    monkeypatch.setattr(ops, "_build", fake_build)
+    monkeypatch.setattr(ops, "_LOADED", [])
+    monkeypatch.setattr(ops, "_FAILED", {})
+    monkeypatch.setattr(ops, "cuda_toolchain", lambda: None)
+
+    def machine(gpu: bool, cuda_fails: bool = False):
+        nonlocal fail_cuda
+        fail_cuda = cuda_fails
+        monkeypatch.setattr(ops.torch.cuda, "is_available", lambda: gpu)
+        return ops, built
+
+    return machine
+
+
+def test_on_a_gpu_machine_the_cpu_request_gets_the_cuda_build(fake_builds):
+    ops, built = fake_builds(gpu=True)
+    assert ops.build(cuda=False).cuda and ops.build(cuda=True).cuda and ops.build().cuda
+    assert built == [True]  # never the CPU-only library beside it (the same ops registered twice abort)
+
+
+def test_the_cuda_build_after_the_cpu_only_one_raises_instead_of_aborting(fake_builds):
+    ops, built = fake_builds(gpu=False)
+    assert not ops.build(cuda=False).cuda
+    with pytest.raises(RuntimeError, match="CPU-only lzo ops are loaded in this process already"):
+        ops.build(cuda=True)
+    assert built == [False]
+
+
+def test_where_the_cuda_build_fails_the_cpu_request_gets_the_cpu_build(fake_builds):
+    ops, built = fake_builds(gpu=True, cuda_fails=True)
+    assert not ops.build(cuda=False).cuda
+    with pytest.raises(RuntimeError):
+        ops.build(cuda=True)
+    assert built == [False]

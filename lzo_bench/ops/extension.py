@@ -173,18 +173,39 @@ class Extension:
 _FAILED: dict[bool, RuntimeError] = {}
 
 
+#: the variants loaded in this process (True: the CUDA build, which holds the CPU kernels too). Both at
+#: once would register the lzo ops twice, which aborts the process (seen: build(cuda=False) then
+#: build(cuda=True), as the simulator's tests and doctor do on a GPU machine)
+_LOADED: list[bool] = []
+
+
 def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
     """Compile (once, cached) and load the ops; ``cuda=None`` means: when a GPU can use them. A
-    failed build is raised again, without recompiling, for the rest of the process."""
+    failed build is raised again, without recompiling, for the rest of the process. One variant per
+    process: ``cuda=False`` gets the CUDA build where it is loaded or a GPU can use it (the CPU-only
+    build where that fails), and ``cuda=True`` after the CPU-only build raises instead of aborting."""
+    gpu_build = torch.cuda.is_available() and cuda_toolchain() is None
     if cuda is None:
-        cuda = torch.cuda.is_available() and cuda_toolchain() is None
+        cuda = gpu_build
+    if not cuda and (True in _LOADED or (gpu_build and False not in _LOADED and True not in _FAILED)):
+        try:
+            return build(cuda=True, verbose=verbose)
+        except RuntimeError:
+            if True in _LOADED:
+                raise
+    if cuda and False in _LOADED:
+        raise RuntimeError("the CPU-only lzo ops are loaded in this process already; loading the CUDA build too "
+                           "would register them twice (build the CUDA ops first)")
     if cuda in _FAILED:
         raise _FAILED[cuda]
     try:
-        return _build(cuda, verbose)
+        ext = _build(cuda, verbose)
     except Exception as e:
         _FAILED[cuda] = e if isinstance(e, RuntimeError) else RuntimeError(str(e))
         raise
+    if cuda not in _LOADED:
+        _LOADED.append(cuda)
+    return ext
 
 
 @lru_cache(maxsize=None)
