@@ -16,7 +16,7 @@
 # Exit code: 0 every stage ran and passed, 1 the build failed (the later stages skipped), 2 some
 # stage failed, timed out or was skipped (but for GPU_CHECK_ONLY).
 #
-# Stages, by value (a cut keeps what matters most): env (machine facts); build (the CPU and CUDA ops,
+# Stages, by value (a cut keeps what matters most): env (machine facts); build (the CUDA ops, CPU kernels included,
 # nvcc with -lineinfo through NVCC_APPEND_FLAGS; its failure stops the run); doctor (its CUDA ops
 # row runs the self-check); gpu-tests (pytest -m gpu); nvml (the NVML probe); profile-nmnist
 # (profile --energy, the mission's figure; synthetic N-MNIST-shaped input when the dataset is not
