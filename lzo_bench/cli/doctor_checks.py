@@ -62,6 +62,23 @@ def cpp_ops_check() -> Check:
     return Check("C++ ops", OK, f"compiled, cached in {Path(ext.path).parent}")
 
 
+def cuda_home_check() -> Check:
+    """The CUDA toolkit the CUDA ops build with, and whether torch's own guess of CUDA_HOME is wrong
+    (a wrapper nvcc on PATH, /usr/local/bin/nvcc, makes torch take /usr/local and link a missing
+    /usr/local/lib64)."""
+    from lzo_bench.ops import extension as ops
+
+    if torch.version.cuda is None:
+        return Check("CUDA_HOME", NA, "this torch is a CPU-only build: nothing to compile CUDA for")
+    home, how = ops.find_cuda_home()
+    if home is None:
+        return Check("CUDA_HOME", MISSING, f"{how}: install the CUDA toolkit {torch.version.cuda} and set CUDA_HOME")
+    problem = ops.cuda_home_problem()
+    if problem:
+        return Check("CUDA_HOME", MISSING, problem)
+    return Check("CUDA_HOME", OK, f"{home} (from {how})")
+
+
 def gpu_checks() -> list[Check]:
     """GPU, CUDA ops (with their self-check) and the NVML meter."""
     if not torch.cuda.is_available():
@@ -154,7 +171,7 @@ def extra_checks() -> list[Check]:
 
 def run_checks() -> list[Check]:
     """Every check, in the order the table shows them."""
-    return [*torch_checks(), cpp_ops_check(), *gpu_checks(), rapl_check(), onnxruntime_check(), *extra_checks()]
+    return [*torch_checks(), cpp_ops_check(), cuda_home_check(), *gpu_checks(), rapl_check(), onnxruntime_check(), *extra_checks()]
 
 
 def as_json(checks: list[Check]) -> list[dict]:

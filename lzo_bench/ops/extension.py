@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -55,15 +56,111 @@ def kernels_dir() -> Path:
     raise FileNotFoundError(f"kernel sources {', '.join(KERNEL_FILES)} not found beside {package}")
 
 
+def is_cuda_toolkit(root: str | Path | None) -> bool:
+    """Whether ``root`` is a CUDA toolkit torch can build and link with: ``bin/nvcc`` and the runtime
+    library in ``lib64/`` or ``targets/*/lib/`` (torch links ``-L$CUDA_HOME/lib64``)."""
+    if not root:
+        return False
+    root = Path(root)
+    return (root / "bin" / "nvcc").is_file() and (any((root / "lib64").glob("libcudart*"))
+                                                  or any(root.glob("targets/*/lib/libcudart*")))
+
+
+def _real_nvcc(nvcc: Path, depth: int = 4) -> Path:
+    """The nvcc behind a symlink or a wrapper script (``exec /usr/local/cuda-13.0/bin/nvcc "$@"``),
+    wrappers followed at most ``depth`` deep (a loop of wrappers ends there)."""
+    real = nvcc.resolve()
+    try:
+        with real.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return real
+    if depth > 0 and head.startswith(b"#!"):
+        for target in re.findall(rb"(/[^\s\"'`;|&]*/bin/nvcc)(?![\w.-])", head):
+            path = Path(target.decode(errors="replace"))
+            if path.is_file() and path.resolve() != real:
+                return _real_nvcc(path, depth - 1)
+    return real
+
+
+def find_cuda_home(environ=None, which=None, default: str = "/usr/local/cuda") -> tuple[str | None, str]:
+    """The CUDA toolkit to build with and where it came from: ``$CUDA_HOME`` / ``$CUDA_PATH`` when it is
+    a toolkit (:func:`is_cuda_toolkit`), else the toolkit of the real nvcc behind the one on ``PATH``
+    (symlinks and wrapper scripts resolved), else ``default``; ``(None, why)`` when none is."""
+    environ, which = os.environ if environ is None else environ, which or shutil.which
+    tried = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if environ.get(var):
+            if is_cuda_toolkit(environ[var]):
+                return str(Path(environ[var])), f"${var}"
+            tried.append(f"${var}={environ[var]}")
+    nvcc = which("nvcc")
+    if nvcc:
+        real = _real_nvcc(Path(nvcc))
+        root = real.parent.parent
+        if is_cuda_toolkit(root):
+            return str(root), f"nvcc on PATH ({nvcc}{' -> ' + str(real) if real != Path(nvcc) else ''})"
+        tried.append(f"nvcc {nvcc} -> {root}")
+    if is_cuda_toolkit(default):
+        return str(Path(default)), default
+    tried.append(default)
+    return None, f"no CUDA toolkit (bin/nvcc and lib64/libcudart*) at {', '.join(tried)}"
+
+
+def torch_cuda_home(environ=None, which=None, default: str = "/usr/local/cuda") -> str | None:
+    """What ``torch.utils.cpp_extension`` takes as CUDA_HOME on its own: ``$CUDA_HOME`` / ``$CUDA_PATH``,
+    else the folder above the ``bin/`` of the first nvcc on PATH (a wrapper's folder, not the
+    toolkit's), else ``default`` where it exists."""
+    environ, which = os.environ if environ is None else environ, which or shutil.which
+    home = environ.get("CUDA_HOME") or environ.get("CUDA_PATH")
+    if home is None:
+        nvcc = which("nvcc")
+        home = os.path.dirname(os.path.dirname(nvcc)) if nvcc else (default if os.path.exists(default) else None)
+    return home
+
+
+#: (what torch would have taken, what the build took instead) once :func:`use_cuda_home` corrected it
+_CUDA_HOME_FIX: list[tuple[str | None, str]] = []
+
+
+def use_cuda_home() -> str | None:
+    """Point torch's build (``$CUDA_HOME`` and ``cpp_extension.CUDA_HOME``) at the real toolkit
+    (:func:`find_cuda_home`) before building; the toolkit, or ``None`` when there is none."""
+    cpp_extension = _cpp_extension()
+    home, _how = find_cuda_home()
+    if home is None:
+        return None
+    before = cpp_extension.CUDA_HOME
+    if before != home or os.environ.get("CUDA_HOME") != home:
+        if not is_cuda_toolkit(before) and not _CUDA_HOME_FIX:
+            _CUDA_HOME_FIX.append((before, home))
+        os.environ["CUDA_HOME"] = home
+        cpp_extension.CUDA_HOME = home
+    return home
+
+
+def cuda_home_problem() -> str | None:
+    """Why the CUDA_HOME torch takes on its own is wrong here (one line naming the toolkit to use),
+    or ``None`` when it is right."""
+    if _CUDA_HOME_FIX:
+        before, home = _CUDA_HOME_FIX[0]
+    else:
+        before, home = torch_cuda_home(), find_cuda_home()[0]
+    if is_cuda_toolkit(before):
+        return None
+    if home is None:
+        return f"CUDA_HOME {before} is not a CUDA toolkit and none was found: {find_cuda_home()[1]}"
+    return (f"torch takes CUDA_HOME={before}, which is not a CUDA toolkit (no bin/nvcc with lib64/libcudart*); "
+            f"the build uses {home}: export CUDA_HOME={home}")
+
+
 def cuda_toolchain() -> str | None:
     """Why CUDA sources cannot be compiled here, or ``None`` if they can."""
-    cpp_extension = _cpp_extension()
     if torch.version.cuda is None:
         return "this torch is a CPU-only build"
-    if cpp_extension.CUDA_HOME is None or shutil.which("nvcc") is None and not (
-        Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc"
-    ).exists():
-        return "nvcc / CUDA_HOME not found"
+    home, how = find_cuda_home()
+    if home is None:
+        return f"nvcc / CUDA_HOME not found: {how}"
     return None
 
 
@@ -78,18 +175,39 @@ class Extension:
 _FAILED: dict[bool, RuntimeError] = {}
 
 
+#: the variants loaded in this process (True: the CUDA build, which holds the CPU kernels too). Both at
+#: once would register the lzo ops twice, which aborts the process (seen: build(cuda=False) then
+#: build(cuda=True), as the simulator's tests and doctor do on a GPU machine)
+_LOADED: list[bool] = []
+
+
 def build(cuda: bool | None = None, verbose: bool = False) -> Extension:
     """Compile (once, cached) and load the ops; ``cuda=None`` means: when a GPU can use them. A
-    failed build is raised again, without recompiling, for the rest of the process."""
+    failed build is raised again, without recompiling, for the rest of the process. One variant per
+    process: ``cuda=False`` gets the CUDA build where it is loaded or a GPU can use it (the CPU-only
+    build where that fails), and ``cuda=True`` after the CPU-only build raises instead of aborting."""
+    gpu_build = torch.cuda.is_available() and cuda_toolchain() is None
     if cuda is None:
-        cuda = torch.cuda.is_available() and cuda_toolchain() is None
+        cuda = gpu_build
+    if not cuda and (True in _LOADED or (gpu_build and False not in _LOADED and True not in _FAILED)):
+        try:
+            return build(cuda=True, verbose=verbose)
+        except RuntimeError:
+            if True in _LOADED:
+                raise
+    if cuda and False in _LOADED:
+        raise RuntimeError("the CPU-only lzo ops are loaded in this process already; loading the CUDA build too "
+                           "would register them twice (build the CUDA ops first)")
     if cuda in _FAILED:
         raise _FAILED[cuda]
     try:
-        return _build(cuda, verbose)
+        ext = _build(cuda, verbose)
     except Exception as e:
         _FAILED[cuda] = e if isinstance(e, RuntimeError) else RuntimeError(str(e))
         raise
+    if cuda not in _LOADED:
+        _LOADED.append(cuda)
+    return ext
 
 
 @lru_cache(maxsize=None)
@@ -99,6 +217,7 @@ def _build(cuda: bool, verbose: bool) -> Extension:
         reason = cuda_toolchain()
         if reason:
             raise RuntimeError(f"cannot compile the CUDA ops: {reason}")
+        use_cuda_home()  # not torch's guess from a wrapper nvcc (/usr/local/bin/nvcc -> CUDA_HOME=/usr/local)
         files.append("snn_cuda.cu")
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # no device to ask for its arch
