@@ -197,7 +197,7 @@ def test_every_stage_imports_without_the_absent_packages(without_optional):
         for m in ("lzo_bench.cli.typer_app", "lzo_bench.cli.doctor_checks", "lzo_bench.ops.extension",
                   "lzo_bench.ops.backends", "lzo_bench.ops.selfcheck", "lzo_bench.measure.energy",
                   "lzo_bench.measure.profile", "lzo_bench.training.train", "lzo_bench.export.parity",
-                  "lzo_bench.export.graphs"):
+                  "lzo_bench.export.onnx_model", "lzo_bench.export.nir_graph", "lzo_bench.export.run"):
             importlib.import_module(m)
         sys.argv = ["cuda_check.py", "--help"]
         for script in ("benchmarks/cuda_check.py", "benchmarks/layer_speed.py"):
