@@ -84,7 +84,8 @@ def test_verdicts_are_cached_per_backend_and_device(monkeypatch):
     assert calls == ["cpp"]
 
 
-def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip_them():
+@pytest.mark.parametrize("case", ["_case", "_wide_case"])
+def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip_them(case):
     """The self-check compares spike counts exactly between two float computations (events vs GEMM). That
     holds on any machine only if no potential of its case lies within rounding of the threshold: every
     |u − θ| must exceed, with a 10× margin, the bound 2·γ_n·max|u| (n = fan-in + 3T roundings on a
@@ -93,7 +94,7 @@ def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip
     from lzo_bench.core.lif import lif_potentials
     from lzo_bench.core.model import SNN
 
-    net, state, x, _ = selfcheck._case(torch.device("cpu"))
+    net, state, x, _ = getattr(selfcheck, case)(torch.device("cpu"))
     model = SNN(net)
     model.load_state_dict(state)
     h = x
@@ -103,6 +104,7 @@ def test_the_check_compares_spike_counts_exactly_only_where_rounding_cannot_flip
         bound = 2 * gamma(w.shape[0] + 3 * steps) * float((v + net.theta).abs().max())
         assert float(v.abs().min()) > 10 * bound
         h = (v > 0).float()
+        assert h.sum() > 0  # every layer spikes
 
 
 def test_the_conv_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
@@ -170,25 +172,6 @@ def test_the_wide_case_spans_two_blocks_of_256_threads():
     steps, batch, n_in, hidden, _ = selfcheck.WIDE_SHAPE
     assert n_in > 256 and hidden[0] > 256  # input tiles of dW (layer 1) and of dW / dx (layer 2); neuron chunks
     assert steps * batch <= 8  # kept small: the simulator runs it too
-
-
-def test_the_wide_case_is_as_far_from_the_threshold_and_spikes_in_every_layer():
-    """The same soundness as the narrow case's (every |u − θ| > 10× the rounding bound), for the wide one."""
-    from lzo_bench.core.floatcmp import gamma
-    from lzo_bench.core.lif import lif_potentials
-    from lzo_bench.core.model import SNN
-
-    net, state, x, _ = selfcheck._wide_case(torch.device("cpu"))
-    model = SNN(net)
-    model.load_state_dict(state)
-    h = x
-    steps, batch, _ = x.shape
-    for w in list(model.weights)[:-1]:
-        v = lif_potentials((h.reshape(steps * batch, -1) @ w.detach()).view(steps, batch, -1), net.beta, net.theta)
-        bound = 2 * gamma(w.shape[0] + 3 * steps) * float((v + net.theta).abs().max())
-        assert float(v.abs().min()) > 10 * bound
-        h = (v > 0).float()
-        assert h.sum() > 0
 
 
 def test_the_wide_case_passes_on_the_simulated_cuda_kernels():
