@@ -174,7 +174,7 @@ def test_avgpool_becomes_sum_pooling_with_the_next_weights_scaled():
     rng = np.random.default_rng(4)
     conv_w = rng.normal(0, 0.7, (2, 1, 3, 3)).astype(np.float32)
     fc_w = rng.normal(0, 0.8, (4, 2 * 3 * 3)).astype(np.float32)
-    lif = lambda shape: nir.LIF(tau=np.full(shape, 0.01), r=np.full(shape, 10.0), v_leak=np.zeros(shape),  # noqa: E731
+    lif = lambda shape: nir.LIF(tau=np.full(shape, 0.01), r=np.full(shape, 10.0), v_leak=np.zeros(shape),
                                 v_threshold=np.ones(shape), v_reset=np.zeros(shape))
     nodes = {"input": nir.Input({"input": np.array([1, 8, 8])}),
              "conv": nir.Conv2d(input_shape=(8, 8), weight=conv_w, stride=1, padding=0, dilation=1, groups=1,
@@ -207,7 +207,7 @@ def _lif(n, **kw):
 
 
 IN, OUT = ("in", nir.Input({"input": np.array([3])})), ("out", nir.Output({"output": np.array([2])}))
-FC = lambda k, o=3, i=3: (k, nir.Linear(weight=np.ones((o, i), np.float32)))  # noqa: E731
+FC = lambda k, o=3, i=3: (k, nir.Linear(weight=np.ones((o, i), np.float32)))
 LI = ("li", nir.LI(tau=np.full(2, 0.01), r=np.ones(2), v_leak=np.zeros(2)))
 
 
@@ -260,3 +260,280 @@ def test_from_nir_reads_a_file_and_trains(tmp_path):
     loss.backward()
     torch.optim.SGD(net.parameters(), lr=1.0).step()
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+# ---- snnTorch and SpikingJelly models -------------------------------------------------------------------
+
+snn = pytest.importorskip("snntorch")
+
+
+def _recorder(model: torch.nn.Module, kinds: tuple[type, ...]):
+    """Per neuron module of ``kinds``: its spikes and its potential before the reset, each step."""
+    rec: dict[str, dict[str, list[torch.Tensor]]] = {}
+
+    def hook(name):
+        def h(module, inputs, out):
+            spk = out[0] if isinstance(out, tuple) else out
+            r = rec.setdefault(name, {"s": [], "u": []})
+            r["s"].append(spk.detach().clone())
+            if hasattr(module, "mem"):
+                r["u"].append(module.mem.detach().clone())
+        return h
+
+    for name, m in model.named_children():
+        if isinstance(m, kinds):
+            m.register_forward_hook(hook(name))
+    return rec
+
+
+def _snntorch_fc(readout: str = "linear", theta: float = 1.0, bias: bool = True) -> torch.nn.Sequential:
+    torch.manual_seed(5)
+    layers = [torch.nn.Linear(6, 8, bias=bias), snn.Leaky(beta=0.9, threshold=theta, init_hidden=True),
+              torch.nn.Dropout(0.3), torch.nn.Linear(8, 5, bias=bias),
+              snn.Leaky(beta=0.8, threshold=theta, init_hidden=True), torch.nn.Linear(5, 3, bias=bias)]
+    if readout == "leaky":
+        layers.append(snn.Leaky(beta=0.7, init_hidden=True, reset_mechanism="none"))
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(2.5)
+    return model.eval()
+
+
+def _run_snntorch(model, x):
+    """snnTorch's own loop: one call per step; the hidden Leaky layers' spikes and membranes, and the
+    output per step (a final Leaky's membrane for a reset_mechanism='none' readout)."""
+    from snntorch.utils import reset
+
+    rec = _recorder(model, (snn.Leaky,))
+    reset(model)
+    out = []
+    with torch.no_grad():
+        for x_t in x.unbind(0):
+            y = model(x_t)
+            last = model[-1]
+            out.append(last.mem.clone() if isinstance(last, snn.Leaky) else y)
+    return rec, torch.stack(out)
+
+
+def _spikes_agree(ours: list[torch.Tensor], rec: dict, x: torch.Tensor, net: nn.Sequential, theta: float):
+    """floatcmp's rule: spikes equal except where a reference potential lies within the rounding bound of θ."""
+    from lzo_bench.core.floatcmp import lif_potential_bound, spikes_agree
+
+    hidden = [m for m in net.layers if isinstance(m, nn.LIF)]
+    refs = [torch.stack(r["s"]) for r in list(rec.values())[:len(hidden)]]
+    us = [torch.stack(r["u"]) for r in list(rec.values())[:len(hidden)]]
+    # snnTorch's mem after a step is u[t] (the reset at t+1 subtracts θ·s[t]): the potential compared to θ
+    bounds, h = [], x
+    for layer, s in zip(hidden, refs):
+        bounds.append(lif_potential_bound(h, layer.weight, layer.beta, theta, s, bias=layer.bias))
+        h = s
+    return spikes_agree(ours, refs, us, theta, bounds)
+
+
+@pytest.mark.parametrize("reduce", ["max", "sum"])
+def test_from_snntorch_runs_the_same_network(reduce):
+    model = _snntorch_fc(theta=0.9)
+    net = nn.from_snntorch(model, reduce=reduce)
+    assert [type(m).__name__ for m in net.layers] == ["LIF", "LIF", "LeakyReadout"]
+    assert torch.equal(net.layers[0].weight, model[0].weight.T) and torch.equal(net.layers[1].bias, model[3].bias)
+    assert (net.layers[0].beta, net.layers[1].beta, net.layers[2].beta) == (np.float32(0.9), np.float32(0.8), 0.0)
+    x = _spikes(20, 4, 6, 0.5)
+    rec, out = _run_snntorch(model, x)
+    with torch.no_grad():
+        ours = net.run(x)
+    agree = _spikes_agree(ours.spikes, rec, x, net, 0.9)
+    assert agree.legitimate, str(agree)
+    assert min(float(s.sum()) for s in ours.spikes) > 0
+    ref = out.amax(0) if reduce == "max" else out.sum(0)
+    assert agree.equal  # here: no potential lies within rounding of θ
+    s = torch.cat([ours.spikes[-1], torch.ones(*ours.spikes[-1].shape[:2], 1)], 2)  # the bias as one more input
+    w = torch.cat([net.layers[-1].weight, net.layers[-1].bias[None]], 0)
+    assert compare_logits(ours.logits, ref, readout_bound(s, w, 0.0, reduce)).within
+
+
+def test_a_reset_none_leaky_is_the_leaky_readout():
+    model = _snntorch_fc("leaky")
+    net = nn.from_snntorch(model, backend="torch")
+    out_layer = net.layers[-1]
+    assert out_layer.beta == np.float32(0.7) and out_layer.reduce == "max"
+    w = (model[5].weight.detach().double().T / (1 - float(np.float32(0.7)))).float()
+    assert torch.equal(out_layer.weight, w)
+    x = _spikes(20, 4, 6, 0.5)
+    _, mem = _run_snntorch(model, x)
+    with torch.no_grad():
+        ours = net.run(x)
+    assert torch.allclose(ours.logits, mem.amax(0), rtol=1e-5, atol=1e-5)
+
+
+def test_from_snntorch_conv_with_avg_pooling():
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1), snn.Leaky(beta=0.85, init_hidden=True), torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(3 * 3 * 3, 5), snn.Leaky(beta=0.9, init_hidden=True),
+        torch.nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+        model[4].weight.mul_(3.0)
+    net = nn.from_snntorch(model, input_shape=(1, 6, 6), backend="torch")
+    assert [type(m).__name__ for m in net.layers] == ["ConvLIF", "SumPool2d", "Flatten", "LIF", "LeakyReadout"]
+    assert torch.equal(net.layers[0].weight, model[0].weight)
+    frames = (torch.rand(12, 2, 1, 6, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    rec, out = _run_snntorch(model, frames)
+    with torch.no_grad():
+        ours = net.run(frames)
+    from lzo_bench.core.conv import units
+
+    counts = [units(torch.stack(rec["1"]["s"]).sum(0)), torch.stack(rec["5"]["s"]).sum(0)]
+    assert all(torch.equal(a, b) for a, b in zip(ours.counts, counts)) and float(ours.counts[1].sum()) > 0
+    assert torch.allclose(ours.logits, out.amax(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_a_converted_model_trains_with_each_rule_and_goes_back(rule):
+    model = _snntorch_fc()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    net = nn.from_snntorch(model, rule=RULES[rule]())
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = torch.nn.functional.cross_entropy(net(_spikes(10, 8, 6, 0.6)), torch.arange(8) % 3)
+    loss.backward()
+    torch.optim.SGD(net.parameters(), lr=0.5).step()
+    changed = [not torch.equal(a, b) for a, b in zip(before, net.parameters())]
+    assert all(changed[:2]), changed
+    nn.to_snntorch(net, model)
+    again = nn.from_snntorch(model)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), again.parameters()))
+    assert not torch.equal(model[0].weight, original["0.weight"])
+
+
+def test_to_snntorch_of_from_snntorch_restores_the_weights():
+    for model in (_snntorch_fc(), _snntorch_fc(bias=False)):
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        net = nn.from_snntorch(model)
+        for p in model.parameters():
+            p.data.zero_()
+        nn.to_snntorch(net, model)
+        assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    model = _snntorch_fc("leaky")  # W/(1 − β) and back: within one float32 rounding
+    saved = model[5].weight.clone()
+    nn.to_snntorch(nn.from_snntorch(model), model)
+    assert torch.allclose(model[5].weight, saved, rtol=2.0**-23, atol=0)
+
+
+LEAKY = lambda **kw: snn.Leaky(beta=0.9, init_hidden=True, **kw)
+
+
+@pytest.mark.parametrize("layers,message", [
+    (lambda: [torch.nn.Linear(4, 3), LEAKY(reset_mechanism="zero"), torch.nn.Linear(3, 2)],
+     "Leaky '1': reset_mechanism='zero': lzo_bench.nn's LIF resets by subtraction only"),
+    (lambda: [torch.nn.Linear(4, 3), LEAKY(reset_delay=False), torch.nn.Linear(3, 2)], "Leaky '1': reset_delay=False"),
+    (lambda: [torch.nn.Linear(4, 3), LEAKY(), torch.nn.Linear(3, 2), LEAKY()],
+     "the model's output is the spikes of Leaky '3'.*end the model in its Linear.*reset_mechanism='none'"),
+    (lambda: [torch.nn.Conv2d(1, 2, 3), LEAKY(), torch.nn.MaxPool2d(2)],
+     "MaxPool2d '2': not supported yet .*use AvgPool2d"),
+    (lambda: [torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), LEAKY()],
+     "BatchNorm2d '1': fold BatchNorm into the preceding Conv2d"),
+    (lambda: [torch.nn.Conv2d(1, 2, 3), torch.nn.AvgPool2d(2), LEAKY()],
+     "AvgPool2d '1' pools the current of Conv2d '0' before its neuron.*no pooled-current op"),
+    (lambda: [torch.nn.Linear(4, 3), snn.Synaptic(alpha=0.5, beta=0.9, init_hidden=True), torch.nn.Linear(3, 2)],
+     "Synaptic '1': a synaptic current"),
+    (lambda: [torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)], "ReLU '1': not a layer from_snntorch"),
+])
+def test_from_snntorch_refuses_in_one_line(layers, message):
+    with pytest.raises(nn.from_libraries.UnsupportedModel, match=message) as e:
+        model = torch.nn.Sequential(*layers())
+        nn.from_snntorch(model, input_shape=(1, 6, 6) if isinstance(model[0], torch.nn.Conv2d) else None)
+    assert "\n" not in str(e.value)
+
+
+def _spikingjelly():
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    return functional, layer, neuron
+
+
+def _sj_fc(readout: str = "nonspiking"):
+    functional, layer, neuron = _spikingjelly()
+    torch.manual_seed(7)
+    parts = [layer.Linear(6, 8), neuron.IFNode(v_reset=None, store_v_seq=True), layer.Dropout(0.2),
+             layer.Linear(8, 5), neuron.IFNode(v_reset=None, store_v_seq=True), layer.Linear(5, 3)]
+    if readout == "nonspiking":
+        parts.append(neuron.NonSpikingLIFNode(tau=3.0, decode="max-mem"))
+    model = torch.nn.Sequential(*parts)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(1.5)
+    functional.set_step_mode(model, "m")  # SpikingJelly's own loop over T: x [T, B, n] in one call
+    return model.eval()
+
+
+def _run_sj(model, x):
+    functional, _, neuron = _spikingjelly()
+    rec = _recorder(model, (neuron.IFNode,))
+    functional.reset_net(model)
+    with torch.no_grad():
+        out = model(x)
+    for name, r in rec.items():  # v_seq is after the reset: the potential compared to θ is v + θ·s
+        node = dict(model.named_children())[name]
+        r["s"] = list(r["s"][0].unbind(0))
+        r["u"] = list((node.v_seq + node.v_threshold * torch.stack(r["s"])).unbind(0))
+    return rec, out
+
+
+def test_from_spikingjelly_runs_the_same_network():
+    model = _sj_fc()
+    net = nn.from_spikingjelly(model)
+    assert [type(m).__name__ for m in net.layers] == ["LIF", "LIF", "LeakyReadout"]
+    assert [m.beta for m in net.layers] == [1.0, 1.0, pytest.approx(2 / 3)] and net.layers[-1].reduce == "max"
+    assert torch.equal(net.layers[2].weight, model[5].weight.T)
+    x = _spikes(16, 4, 6, 0.5)
+    rec, out = _run_sj(model, x)
+    with torch.no_grad():
+        ours = net.run(x)
+    agree = _spikes_agree(ours.spikes, rec, x, net, 1.0)
+    assert agree.legitimate, str(agree)
+    assert agree.equal and min(float(s.sum()) for s in ours.spikes) > 0
+    s = torch.cat([ours.spikes[-1], torch.ones(*ours.spikes[-1].shape[:2], 1)], 2)
+    w = torch.cat([net.layers[-1].weight, net.layers[-1].bias[None]], 0)
+    assert compare_logits(ours.logits, out, 4 * readout_bound(s, w, net.layers[-1].beta, "max")).within
+
+
+def test_from_spikingjelly_conv_and_back():
+    functional, layer, neuron = _spikingjelly()
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(
+        layer.Conv2d(1, 3, 3, padding=1), neuron.IFNode(v_reset=None), layer.AvgPool2d(2), layer.Flatten(),
+        layer.Linear(27, 5), neuron.IFNode(v_reset=None), layer.Linear(5, 3))
+    functional.set_step_mode(model, "m")
+    net = nn.from_spikingjelly(model, input_shape=(1, 6, 6), reduce="sum", backend="torch")
+    frames = (torch.rand(10, 2, 1, 6, 6, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    rec = _recorder(model, (neuron.IFNode,))
+    functional.reset_net(model)
+    with torch.no_grad():
+        out = model(frames)
+        ours = net.run(frames)
+    from lzo_bench.core.conv import units
+
+    counts = [units(rec["1"]["s"][0].sum(0)), rec["5"]["s"][0].sum(0)]
+    assert all(torch.equal(a, b) for a, b in zip(ours.counts, counts)) and float(ours.counts[1].sum()) > 0
+    assert torch.allclose(ours.logits, out.sum(0), rtol=1e-5, atol=1e-5)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.data.zero_()
+    nn.to_spikingjelly(net, model)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())  # 1/4 is a power of two: exact
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda n: n.LIFNode(v_reset=None), "LIFNode '1': its soft reset is decayed with the membrane"),
+    (lambda n: n.IFNode(), "IFNode '1': v_reset=0.0 resets to a value.*IFNode\\(v_reset=None\\)"),
+    (lambda n: torch.nn.MaxPool1d(1), "MaxPool1d '1': not supported yet"),
+])
+def test_from_spikingjelly_refuses_in_one_line(make, message):
+    _, layer, neuron = _spikingjelly()
+    with pytest.raises(nn.from_libraries.UnsupportedModel, match=message) as e:
+        nn.from_spikingjelly(torch.nn.Sequential(layer.Linear(4, 3), make(neuron), layer.Linear(3, 2)))
+    assert "\n" not in str(e.value)
