@@ -537,3 +537,25 @@ def test_from_spikingjelly_refuses_in_one_line(make, message):
     with pytest.raises(nn.from_libraries.UnsupportedModel, match=message) as e:
         nn.from_spikingjelly(torch.nn.Sequential(layer.Linear(4, 3), make(neuron), layer.Linear(3, 2)))
     assert "\n" not in str(e.value)
+
+
+def test_a_graph_in_snntorchs_convention_converts_at_its_dt():
+    """snnTorch's export_to_nir writes τ = dt₀/(1 − β), r = τ/dt₀ at dt₀ = 1e-4 s and ends in the last Affine
+    (its exporter fails on nir 1.0.8's type inference here, so the graph is written by its formulas)."""
+    from lzo_bench.core.timescale import SNNTORCH_DT
+
+    beta = np.float32(0.9)
+    tau = SNNTORCH_DT / (1 - beta.astype(np.float64))
+    w1, w2 = np.ones((4, 3), np.float32) * 0.7, np.ones((2, 4), np.float32)
+    g = nir.NIRGraph(nodes={"input": nir.Input({"input": np.array([3])}), "fc": nir.Linear(weight=w1),
+                            "lif": nir.LIF(tau=np.full(4, tau), r=np.full(4, tau / SNNTORCH_DT), v_leak=np.zeros(4),
+                                           v_threshold=np.ones(4), v_reset=np.zeros(4)),
+                            "out_fc": nir.Affine(weight=w2, bias=np.full(2, 0.5, np.float32)),
+                            "output": nir.Output({"output": np.array([2])})},
+                     edges=[("input", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "output")])
+    with pytest.raises(UnsupportedGraph, match="pass dt="):
+        nn.from_nir(g)
+    net = _from_nir(g, dt=SNNTORCH_DT, reduce="sum")
+    assert np.float32(net.layers[0].beta) == beta and torch.equal(net.layers[0].weight, torch.from_numpy(w1.T))
+    out = net.layers[1]
+    assert out.beta == 0.0 and torch.equal(out.weight, torch.from_numpy(w2.T)) and torch.equal(out.bias, torch.full((2,), 0.5))

@@ -2,7 +2,7 @@
 
 The graph must be a chain ``Input → … → Output`` of the nodes these layers run::
 
-    [Conv2d → LIF [→ SumPool2d | AvgPool2d]]…  [Flatten]  (Affine | Linear) → (LIF | IF | CubaLIF)  …  (Affine | Linear) → LI
+    [Conv2d → LIF [→ SumPool2d | AvgPool2d]]…  [Flatten]  (Affine | Linear) → (LIF | IF | CubaLIF)  …  (Affine | Linear) [→ LI]
 
 Each neuron node is integrated with forward Euler at the graph's step ``dt`` (:mod:`lzo_bench.core.timescale`;
 ``a = dt/τ``)::
@@ -11,6 +11,7 @@ Each neuron node is integrated with forward Euler at the graph's step ``dt`` (:m
     IF       dv/dt = R·I              →  v ← v + dt·R·I          :   β = 1,        weights and bias × dt·R
     CubaLIF with τ_syn = dt (the synapse passes its input on in the same step): the LIF, × w_in as well
     LI   τ dv/dt = v_leak − v + R·I   →  o ← β_r·o + (1 − β_r)·(R·I) :   β_r = 1 − dt/τ, weights × R
+    a final Affine/Linear (no LI)      →  the readout with β_r = 0: its current, reduced over time
 
 so the gain each neuron gives its input goes into the weights before it (per neuron for a dense layer, per
 channel for a conv layer), θ is ``v_threshold`` (one per layer) and β is inverse to the exporter's
@@ -283,6 +284,13 @@ class _Builder:
         self.set(LeakyReadout(w.shape[0], w.shape[1], beta, self.reduce, bias=b is not None), w, b)
         self.done = True
 
+    def last_linear(self) -> None:
+        """A final Affine/Linear feeding the Output: the readout with β_r = 0, its current reduced over time."""
+        p = self.pending
+        w, b, _ = self.take(p["key"], p["node"])  # type: ignore[index]
+        self.set(LeakyReadout(w.shape[0], w.shape[1], 0.0, self.reduce, bias=b is not None), w, b)
+        self.done = True
+
     def pool(self, key: str, node: Any, average: bool) -> None:
         if self.pending is not None:
             p = self.pending
@@ -351,10 +359,12 @@ def from_nir(graph: Any, rule: spike.SpikeFunction | None = None, backend: str =
         elif isinstance(node, nir.Flatten):
             b.flatten(key, node)
         elif isinstance(node, nir.Output):
+            if not b.done and b.pending is not None and b.pending["conv"] is None:
+                b.last_linear()
             if not b.done:
                 last = next((f"{_name(k, n)}" for k, n in reversed(chain[:-1])), "the Input")
                 raise UnsupportedGraph(f"the graph's output is {last}, not a leaky readout: lzo_bench.nn.Sequential "
-                                       "ends in a non-spiking readout; end the graph in Affine/Linear → LI")
+                                       "ends in a non-spiking readout; end the graph in Affine/Linear → LI, or in the Affine/Linear")
         else:
             why = _NO_LAYER.get(type(node).__name__, "a node type lzo_bench.nn has no layer for")
             raise UnsupportedGraph(f"{_name(key, node)} cannot run here: {why}")
