@@ -61,7 +61,7 @@ _REFUSED: dict[str, str] = {
     "MaxPool1d": "not supported yet (no max-pooling op); use AvgPool2d",
     "BatchNorm1d": "fold BatchNorm into the preceding Linear's weights and bias for inference, then convert",
     "BatchNorm2d": "fold BatchNorm into the preceding Conv2d's weights and bias for inference "
-                   "(torch.ao.nn.intrinsic / torch.fx fuse_conv_bn_eval), then convert",
+                   "(torch.nn.utils.fusion.fuse_conv_bn_eval), then convert",
     "LayerNorm": "a normalisation over the units; lzo_bench.nn has none",
     "MultiheadAttention": "attention is not a layer lzo_bench.nn has",
     "RNN": "recurrent; lzo_bench.nn's layers are feed-forward", "LSTM": "recurrent; lzo_bench.nn's layers are feed-forward",
