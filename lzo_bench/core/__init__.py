@@ -9,6 +9,7 @@
 - ``events``: ``SpikeEvents``, spike trains as row-pointer event lists;
 - ``forward``: what a forward returns and the leaky readout; ``conv``: conv geometry, pooling and the
   conv reference current; ``network``: the ``Stack`` the backends run and its dense reference path;
-- ``floatcmp``: rounding bounds for comparing two float computations of one network;
+- ``floatcmp``: rounding bounds for comparing two float computations of one network; ``timescale``: the
+  decay β against a time constant τ at step dt (β = 1 − dt/τ), and the step a NIR graph records;
 - ``model``: the paper's network (``SNN``, ``NetworkSpec``) as ``lzo-bench train`` trains it.
 """

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lzo_bench.core.conv import nchw_order
+from lzo_bench.core.timescale import tau_of
 from lzo_bench.export.source import ExportError, ExportSource
 from lzo_bench.runtime.fsio import atomic_write_bytes
 from lzo_bench.core.model import NetworkSpec
@@ -43,7 +44,7 @@ def nir_graph(src: ExportSource):
     net = src.network
     dt = src.dt_ms * 1e-3
     convs = net.conv_shapes()
-    tau = dt / (1.0 - net.beta)
+    tau = tau_of(net.beta, dt)
 
     def lif(shape: tuple[int, ...]):
         return nir.LIF(tau=np.full(shape, tau), r=np.full(shape, tau / dt), v_leak=np.zeros(shape),
@@ -72,7 +73,7 @@ def nir_graph(src: ExportSource):
         nodes[f"lif{l}"] = lif((n,))
         edges += [(prev, f"fc{l}"), (f"fc{l}", f"lif{l}")]
         prev = f"lif{l}"
-    tau_r = dt / (1.0 - net.beta_out)
+    tau_r = tau_of(net.beta_out, dt)
     nodes["fc_out"] = nir.Linear(weight=_nchw_rows(net, len(src.weights) - 1, src.weights[-1]).T.astype(np.float32))
     nodes["li_out"] = nir.LI(tau=np.full(net.n_out, tau_r), r=np.ones(net.n_out), v_leak=np.zeros(net.n_out))
     nodes["output"] = nir.Output({"output": np.array([net.n_out])})
@@ -120,7 +121,7 @@ def read_back(path: Path, src: ExportSource) -> dict[str, Any]:
         if not isinstance(lif, nir.LIF):
             problems.append(f"lif{l} is {type(lif).__name__}")
             continue
-        if not np.allclose(lif.tau, dt / (1 - net.beta)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
+        if not np.allclose(lif.tau, tau_of(net.beta, dt)) or not np.allclose(lif.r, 1 / (1 - net.beta)) \
                 or not np.allclose(lif.v_threshold, net.theta):
             problems.append(f"lif{l} parameters differ")
         if l < n_conv:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lzo_bench.core.conv import frames, units
+from lzo_bench.core.timescale import SNNTORCH_DT, dt_of
 
 RESETS = ("zero", "subtract")
 
@@ -92,14 +93,6 @@ def _flatten(node: Any) -> nn.Flatten:
     return nn.Flatten(start_dim=shift(node.start_dim), end_dim=shift(node.end_dim))
 
 
-def dt_of(graph: Any) -> float:
-    """The step the graph was written for: lzo-bench records ``dt_s`` in the graph metadata."""
-    try:
-        return float(graph.metadata["dt_s"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("the NIR graph has no dt_s in its metadata; pass dt explicitly") from None
-
-
 def reduce_time(o: torch.Tensor, reduce: str) -> torch.Tensor:
     """Logits from a readout trace ``o [T, B, C]`` as in training: ``max_t o_t`` or ``Σ_t o_t``."""
     return o.amax(0) if reduce == "max" else o.sum(0)
@@ -152,10 +145,6 @@ def fold_r(graph: Any) -> Any:
             out.nodes[dst] = nir.LIF(tau=node.tau, r=np.ones_like(node.r), v_leak=node.v_leak,
                                      v_threshold=node.v_threshold, v_reset=node.v_reset)
     return out
-
-
-SNNTORCH_DT = 1e-4
-"""The step, in seconds, that ``snntorch.import_nir`` (snnTorch 1.0) assumes for every ``LIF``."""
 
 
 def for_snntorch(graph: Any) -> Any:
