@@ -316,10 +316,16 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     reporter.warn(warning)
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
-                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
+                # the epoch's commit: the checkpoint (carrying the records) first, metrics.json after (rebuilt
+                # from it on --resume), so a death between the two renames keeps the epoch (issue 34, 1)
+                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update,
+                                run=result.metrics())
                 saved = epoch  # this epoch's checkpoint is on disk: from here on it counts as finished
                 result.write_metrics()
                 reporter.epoch(record)
+            if done >= cfg.epochs:  # died between the final epoch's checkpoint and metrics.json: rebuilt from it
+                result.status = "completed"
+                result.write_metrics()
         except KeyboardInterrupt as e:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
