@@ -61,6 +61,19 @@ def save_checkpoint(
       | ({} if run is None else {"run": run}))
 
 
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """The first 16 hex digits of the sha256 of the weights' names, shapes, dtypes and bytes (in name order):
+    what an exported file records to say which weights it holds (issue 34, 7)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_steps(ckpt: dict[str, Any]) -> int:
     """The time steps ``T`` the checkpoint's run trained at (its ``--steps``, else the dataset's)."""
     return int(ckpt["train"].get("steps") or ckpt["dataset"]["default_steps"])

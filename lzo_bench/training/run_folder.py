@@ -23,7 +23,7 @@ import torch
 from lzo_bench.ops.backends import Backend
 from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 from lzo_bench.data.base import DatasetInfo
-from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
+from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir, fault_point
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec
 from lzo_bench.training.config import ConfigError, TrainConfig
@@ -109,6 +109,19 @@ class RunResult:
 #: what a run (and its exports) leaves in its folder; --overwrite clears these first
 RUN_ARTEFACTS = ("config.json", "metrics.json", "checkpoint.pt", "model.onnx", "model_step.onnx", "model.nir")
 LOCK_NAME = ".lzo-run.lock"
+#: the files lzo-bench export writes into a run folder by default
+EXPORT_NAMES = ("model.onnx", "model_step.onnx", "model.nir")
+
+
+def remove_exports(out: Path) -> list[str]:
+    """Remove the default exports in ``out`` (they hold an earlier epoch's weights once a resumed run
+    committed a new one, issue 34, 7); the names removed."""
+    removed = []
+    for name in EXPORT_NAMES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    return removed
 
 
 def prepare_out_dir(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -139,7 +152,24 @@ class RunFolder:
                 self.created = False
             ensure_writable_dir(out)
         except OSError as e:
+            if getattr(self, "created", False):
+                shutil.rmtree(out, ignore_errors=True)
             raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
+        try:
+            self._lock(overwrite, resume)
+        except BaseException as e:  # a full disk, a signal: nothing of this run is left behind (issue 34, 12)
+            lock = getattr(self, "lock", None)
+            if lock is not None and not lock.closed:
+                lock.close()
+                (out / LOCK_NAME).unlink(missing_ok=True)
+            if self.created:
+                shutil.rmtree(out, ignore_errors=True)
+            if isinstance(e, OSError) and not e.filename:  # a write's error names no file
+                raise OSError(e.errno, e.strerror or str(e), str(out / LOCK_NAME)) from None
+            raise
+
+    def _lock(self, overwrite: bool, resume: bool) -> None:
+        out = self.out
         self.lock = open(out / LOCK_NAME, "a+")
         try:
             import fcntl
@@ -151,13 +181,16 @@ class RunFolder:
             self.lock.seek(0)
             holder = self.lock.read().strip() or "?"
             self.lock.close()
+            self.created = False  # someone else's folder: not ours to remove
             raise ConfigError("--out", f"is in use by another lzo-bench run (pid {holder}) in {out}; wait for it to "
                                        "end or choose another folder") from None
         if (out / "metrics.json").exists() and not (overwrite or resume):
             # checked again under the lock: a run that finished between prepare_out_dir and here owns it
             (out / LOCK_NAME).unlink(missing_ok=True)  # ours while we hold it: no one else's to lose
             self.lock.close()
+            self.created = False
             raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
+        fault_point("write", out / LOCK_NAME)
         self.lock.seek(0)
         self.lock.truncate()
         self.lock.write(f"{os.getpid()}\n")
