@@ -162,3 +162,34 @@ def test_exports_carry_their_epoch_and_weights_and_resume_removes_the_stale_ones
     assert result.exit_code == 0 and f"warning: {run / 'model_step.onnx'} holds older weights" in result.output
     meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
     assert meta["checkpoint_epoch"] == meta["epochs_trained"] == "3"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["profile", "--updates", "1000000000000"], "error: --updates must be ≤ 100000 (got 1000000000000): profile "
+                                                "keeps every measured update's phase times in memory"),
+    (["profile", "--warmup", "1000000000000"], "error: --warmup must be ≤ 100000 (got 1000000000000)"),
+    (["theory", "check", "--delta", "1e30"], "error: --delta must lie in [0.01, 1000] (got 1e+30): below, the sigmoid's"),
+    (["theory", "check", "--delta", "1e-300"], "error: --delta must lie in [0.01, 1000] (got 1e-300)"),
+    (["theory", "check", "--draws", "100000000000"], "error: --draws must be ≤ 1000000 (got 100000000000): the draws × "
+                                                     "41 points are held in memory at once"),
+    (["theory", "plot", "--delta", "1e30"], "error: --delta must lie in [0.01, 1000]"),
+])
+def test_limits_are_one_line_with_their_reason(args, message):
+    """Issue 34, 14: an allocator traceback, InvalidSurrogate, OverflowError."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [result.output.strip()] and result.output.startswith(message), \
+        result.output
+
+
+def test_theory_plot_onto_a_file_or_a_read_only_place_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["theory", "plot", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and result.output.startswith(f"error: --out cannot be written: {tmp_path / 'file'} ("), \
+        result.output
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        result = runner.invoke(app, ["theory", "plot", "--out", str(ro / "plots")])
+        assert result.exit_code == 2 and "(Permission denied)" in result.output, result.output
