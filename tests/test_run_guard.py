@@ -150,3 +150,17 @@ def test_resume_epochs_0_is_refused_not_taken_as_the_runs_own(one_epoch):
     """Issue 34, 17: --resume --epochs 0 echoed "--epochs 6"."""
     with pytest.raises(ConfigError, match=r"^--epochs must lie in \[1, 1000000\] \(got 0\)"):
         train_mod.resume_config(one_epoch, epochs=0)
+
+
+def test_a_raw_pickle_is_one_line_without_torchs_warning(tmp_path):
+    """Issue 34, 17: a 2-line torch UserWarning ("Detected pickle protocol 4") came before the error."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+            load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []

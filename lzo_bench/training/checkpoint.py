@@ -18,6 +18,7 @@ is rebuilt from it on ``--resume``, so a process that dies between the two renam
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -167,7 +168,9 @@ def load_checkpoint(path: str | Path) -> tuple[SNN, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: pass a run folder or its checkpoint.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle's "Detected pickle protocol 4" before our one line (issue 34, 17)
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a non-checkpoint file
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
