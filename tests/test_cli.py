@@ -209,17 +209,33 @@ def _edit_json(name, edit):
     return apply
 
 
+def _edit_ckpt(edit):
+    def apply(out):
+        import torch
+
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, out / "checkpoint.pt")
+    return apply
+
+
 @pytest.mark.parametrize("damage,expect", [
     # issue 19, D6: each was a traceback, five of them with a stale lock
     (_edit_json("config.json", lambda c: json.dumps([1, 2, 3])), None),
     (_edit_json("config.json", "{not json"), None),
     (lambda out: (out / "config.json").unlink(), None),
     (_edit_json("config.json", lambda c: json.dumps(c | {"environment": "x"})), None),
-    (_edit_json("metrics.json", lambda m: "[]"), "its metrics.json is not a run's metrics"),
-    (_edit_json("metrics.json", lambda m: json.dumps(m | {"updates": "oops"})), "its metrics.json is damaged"),
-    (_edit_json("metrics.json", lambda m: json.dumps(m | {"history": [m["history"][0] | {"extra": 1}]})),
-     "its metrics.json is damaged (TypeError"),
-    (_edit_json("metrics.json", lambda m: json.dumps(m | {"final": {"wall_s": "abc"}})), "its metrics.json is damaged (ValueError"),
+    # issue 34, 1: the checkpoint carries the run's records, metrics.json is rebuilt from it on --resume
+    (_edit_json("metrics.json", lambda m: "[]"), None),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"updates": "oops"})), None),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"history": [m["history"][0] | {"extra": 1}]})), None),
+    (_edit_json("metrics.json", lambda m: json.dumps(m | {"final": {"wall_s": "abc"}})), None),
+    (_edit_json("metrics.json", "{not json"), None),
+    (_edit_ckpt(lambda c: c["run"].__setitem__("updates", "oops")), "its checkpoint's run records are damaged"),
+    (_edit_ckpt(lambda c: c["run"].__setitem__("history", [c["run"]["history"][0] | {"extra": 1}])),
+     "its checkpoint's run records are damaged (TypeError"),
+    (_edit_ckpt(lambda c: c["run"].__setitem__("final", {"wall_s": "abc"})),
+     "its checkpoint's run records are damaged (ValueError"),
 ])
 def test_resume_of_hand_edited_files_is_one_line_or_resumes(tmp_path, damage, expect):
     """config.json is informational (the checkpoint holds the configuration): its damage does not stop
@@ -231,6 +247,8 @@ def test_resume_of_hand_edited_files_is_one_line_or_resumes(tmp_path, damage, ex
     if expect is None:
         assert result.exit_code == 0, result.output
         assert json.loads((out / "config.json").read_text())["environment"]["resumed"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and [h["epoch"] for h in metrics["history"]] == [1, 2]
     else:
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()

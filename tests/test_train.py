@@ -440,10 +440,10 @@ def test_a_signal_between_an_epochs_record_and_its_checkpoint_keeps_metrics_and_
 
     real = train_mod.save_checkpoint
 
-    def interrupted_at_epoch_2(path, model, net_spec, info, cfg, epoch, *rest):
+    def interrupted_at_epoch_2(path, model, net_spec, info, cfg, epoch, *rest, **kw):
         if epoch == 2:
             raise Terminated()
-        return real(path, model, net_spec, info, cfg, epoch, *rest)
+        return real(path, model, net_spec, info, cfg, epoch, *rest, **kw)
 
     monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_at_epoch_2)
     out = tmp_path / "run"

@@ -34,6 +34,23 @@ def evaluate(
         raise fail(f"the run's test set is not there: {e}") from None
     except DatasetError as e:
         raise fail(f"the run's test set is damaged: {e}") from None
+    _warn_stale_exports(run)
     if json_out:
         return print_json(report)
     console.print(evaluate_table(report))
+
+
+def _warn_stale_exports(run: str) -> None:
+    """One warning line per exported file beside the checkpoint that holds older weights (issue 34, 7)."""
+    from pathlib import Path
+
+    from lzo_bench.export.source import stale_exports
+    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        _, ckpt = load_checkpoint(run)
+    except CheckpointError:
+        return
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    for line in stale_exports(run_dir, ckpt):
+        typer.echo(f"warning: {line}", err=True)

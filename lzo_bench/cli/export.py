@@ -51,7 +51,7 @@ def export(
     from lzo_bench.export.onnx_model import sequence_model, step_model, write_onnx
     from lzo_bench.export.parity import ProviderFallback
     from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain
-    from lzo_bench.export.source import ExportError, ExportSource, recorded_test_acc
+    from lzo_bench.export.source import ExportError, ExportSource, recorded_test_acc, stale_exports
     from lzo_bench.runtime.threads import threads_problem
 
     if samples < 1:
@@ -76,6 +76,8 @@ def export(
     except CheckpointError as e:
         raise fail(str(e)) from None
     target = Path(out) if out else run_dir / default_name
+    for line in stale_exports(run_dir, ckpt, skip=target):  # files this export does not replace (issue 34, 7)
+        typer.echo(f"warning: {line}", err=True)
     out_dir(target.parent, target, False, "path")  # created only once there is a file to write (issue 19, D10)
     try:
         if format is ExportFormat.NIR:
@@ -85,14 +87,15 @@ def export(
                 warnings.simplefilter("ignore")
                 write_nir(graph, target)
             typer.echo(f"warning: {NIR_RESET_NOTE}", err=True)
-            report = check_nir(target, model, src, samples) if check else None
+            report = _checked(lambda: check_nir(target, model, src, samples), target) if check else None
         else:
             build = sequence_model if format is ExportFormat.ONNX else step_model
             onnx_model = build(src, opset, dtype.value)
             out_dir(target.parent, target, True, "path")
             write_onnx(onnx_model, target)
             try:
-                report = check_onnx(format.value, onnx_model, model, src, opset, samples, dtype.value, threads) if check else None
+                report = _checked(lambda: check_onnx(format.value, onnx_model, model, src, opset, samples, dtype.value,
+                                                     threads), target) if check else None
             except ProviderFallback as e:  # a session ran on another provider than the one it checks
                 raise fail(str(e), 1) from None
     except ExportError as e:
@@ -107,3 +110,18 @@ def export(
             print_export_report(format.value, report)
     if report is not None and not report["passed"]:
         raise fail(f"parity check failed; the exported file is kept at {target} for inspection", 1)
+
+
+def _checked(check, target: Path):
+    """``check()``, the written file's check; a Ctrl-C or SIGTERM during it says the file is there unchecked
+    (it used to say "no file was written" beside a valid model.onnx, issue 34, 16)."""
+    try:
+        return check()
+    except KeyboardInterrupt as e:
+        import signal
+
+        from lzo_bench.runtime.signals import signum_of
+
+        n = signum_of(e)
+        raise fail(f"interrupted ({signal.Signals(n).name}) during the check; {target} was written whole but not "
+                   "checked: run export again to check it", 128 + n) from None

@@ -71,10 +71,15 @@ def profile(
             workload = load_checkpoint(run)[1]["dataset"]["name"]
         except CheckpointError as e:
             raise fail(f"--run: {e}") from None
+    from lzo_bench.training.limits import LIMIT_WHY, MAX_PROFILE_UPDATES
+
     if updates < 3:
         raise fail(f"--updates must be ≥ 3 (got {updates})")
     if warmup < 0:
         raise fail(f"--warmup must be ≥ 0 (got {warmup})")
+    for option, value in (("--updates", updates), ("--warmup", warmup)):  # 10^12: an allocator traceback (issue 34, 14)
+        if value > MAX_PROFILE_UPDATES:
+            raise fail(f"{option} must be ≤ {MAX_PROFILE_UPDATES} (got {value}): {LIMIT_WHY['--updates']}")
     if not (math.isfinite(energy_seconds) and energy_seconds > 0):
         raise fail(f"--energy-seconds must be > 0 and finite (got {energy_seconds})")
     if not 1 <= samples < MAX_SAMPLES:

@@ -9,12 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.ops.backends import BackendName
-from lzo_bench.cli.common import app, fail, out_dir, print_json
+from lzo_bench.cli.common import app, fail, interruptible, out_dir, print_json
 from lzo_bench.experiments.grid import Engine
 from lzo_bench.training.reporter import Reporter
 
 
 @app.command()
+@interruptible("the finished trials are kept and a rerun resumes them; the summary files are written whole or not "
+               "at all")
 def reproduce(
     profile: Annotated[str, typer.Argument(help="A profile TOML, e.g. profiles/table2-normal-m1.toml or profiles/digits-quick.toml.")],
     out: Annotated[Optional[str], typer.Option(help="Grid folder; default runs/reproduce-<profile name>. Rerunning resumes it.")] = None,
@@ -69,6 +71,9 @@ def reproduce(
                               GridReporter(bar, prof.name), engine, address, retries)
         except (ConfigError, EngineUnavailable) as e:
             raise fail(str(e)) from None
+        except OSError as e:  # a trial's run folder on a full disk, say: it left nothing (issue 34, 12)
+            raise fail(f"cannot write {e.filename or target} ({e.strerror or e}); the finished trials are kept in "
+                       f"{target}: free space and run again to resume", 1) from None
     summary = summarize(prof, target)
     summary["grid"] = counts | {"jobs": jobs, "engine": engine.value, "out": str(target)}
     if counts["interrupted"]:  # Ctrl-C or SIGTERM: the table of what finished, then 128 + the signal
@@ -77,16 +82,29 @@ def reproduce(
             _print_placement(summary)
         raise fail(f"interrupted after {counts['trained']} trained run(s); finished trials are kept in {target} "
                    "and a rerun resumes", 128 + counts["interrupted"])
-    try:
-        files = write_outputs(summary, target)
+    from lzo_bench.runtime.signals import deferred, pause_point
+
+    files: list[Path] = []
+    figure_note = None
+    with deferred() as signals:  # a signal while the results are written waits for them to be whole (issue 34, 15)
         try:
-            files += figures(prof, target)
-            figure_note = None
-        except PlotUnavailable as e:
-            figure_note = str(e)
-    except OSError as e:  # a full disk, say: the trials are kept, a rerun writes the table again
-        raise fail(f"cannot write the summary into {target} ({e.strerror or e}); the finished trials are kept there: "
-                   "free space and run again to write it", 1) from None
+            files += write_outputs(summary, target)
+            pause_point("reproduce-outputs")  # a test's moment: the table files written, the figures not yet
+            try:
+                files += figures(prof, target)
+            except PlotUnavailable as e:
+                figure_note = str(e)
+        except OSError as e:  # a full disk, say: the trials are kept, a rerun writes the table again
+            written = f"; wrote {', '.join(str(f) for f in files)}" if files else ""
+            raise fail(f"cannot write the summary into {target} ({e.strerror or e}){written}; the finished trials are "
+                       "kept there: free space and run again to write it", 1) from None
+    if signals:
+        import signal
+
+        if not json_out:
+            console.print(reproduce_table(summary))
+        raise fail(f"interrupted ({signal.Signals(signals[0]).name}) while writing the results; finished writing "
+                   f"them first: {', '.join(str(f) for f in files)}", 128 + signals[0])
     if json_out:
         return print_json(summary)
     console.print(reproduce_table(summary))

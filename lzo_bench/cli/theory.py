@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,22 @@ from lzo_bench.cli.common import DistName, app, fail, interruptible, print_json
 theory_app = typer.Typer(help="The paper's theory, executable: Table 1, Monte-Carlo checks, figures.", no_args_is_help=True,
                          rich_markup_mode=None)
 app.add_typer(theory_app, name="theory")
+
+#: δ that check and plot accept, and why (issue 34, 14: 1e30 was an InvalidSurrogate traceback, 1e-300 an
+#: OverflowError): below 0.01 the sigmoid's default temperature k = a/δ (> 150) makes its Theorem-3 law's
+#: integral diverge in float64; above 1000 fast-sigmoid's (k = 100) normalisation c diverges
+THEORY_DELTA = (0.01, 1000.0)
+#: draws per grid point: check holds draws × 41 points of gates at once, about 1 KB a draw (10^6: ~1 GB)
+MAX_THEORY_DRAWS = 1_000_000
+
+
+def _check_delta(delta: float) -> None:
+    low, high = THEORY_DELTA
+    if not (math.isfinite(delta) and delta > 0):
+        raise fail(f"--delta must be > 0 (got {delta})")
+    if not low <= delta <= high:
+        raise fail(f"--delta must lie in [{low:g}, {high:g}] (got {delta:g}): below, the sigmoid's default k = a/δ "
+                   "makes its sampling law's integral diverge in float64; above, fast-sigmoid's normalisation c diverges")
 
 
 
@@ -55,10 +72,12 @@ def theory_check(
     from lzo_bench.cli.report import console
     from lzo_bench.experiments.theory_checks import as_dicts, check
 
-    if not delta > 0:
-        raise fail(f"--delta must be > 0 (got {delta})")
+    _check_delta(delta)
     if draws < 100:
         raise fail(f"--draws must be ≥ 100 (got {draws})")
+    if draws > MAX_THEORY_DRAWS:
+        raise fail(f"--draws must be ≤ {MAX_THEORY_DRAWS} (got {draws}): the draws × 41 points are held in "
+                   "memory at once, about 1 KB a draw")
     rows = check(delta=delta, draws=draws)
     if json_out:
         print_json(as_dicts(rows))
@@ -92,14 +111,18 @@ def theory_plot(
 
     from lzo_bench.experiments.plots import PlotUnavailable, theory_plots
 
-    if not delta > 0:
-        raise fail(f"--delta must be > 0 (got {delta})")
+    from lzo_bench.cli.common import out_dir
+
+    _check_delta(delta)
+    out_dir(Path(out), Path(out), True)  # an existing file or a read-only place: one line (issue 34, 14)
     try:
         paths = theory_plots(Path(out), surrogate.value, delta, k)
     except PlotUnavailable as e:
         raise fail(str(e), 1) from None
     except ValueError as e:
         raise fail(str(e)) from None
+    except OSError as e:  # a full disk, say
+        raise fail(f"cannot write the figures into {out} ({e.strerror or e}); free space or choose another --out", 1) from None
     if json_out:
         return print_json({"files": [str(p) for p in paths]})
     for p in paths:

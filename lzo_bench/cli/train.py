@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from lzo_bench.ops.backends import BackendName
-from lzo_bench.cli.common import ArchName, DatasetName, DistName, app, fail, parse_hidden, typed
+from lzo_bench.cli.common import ArchName, DatasetName, DistName, app, fail, interruptible, parse_hidden, typed
 from lzo_bench.core.gates import Method
 
 
 @app.command()
+@interruptible("nothing was written (the run folder is made only once the run starts)")  # start-up: issue 34, 15
 def train(
     ctx: typer.Context,
     profile: Annotated[Optional[str], typer.Option("--profile", help="A profile TOML (profiles/): its dataset, distribution, δ, m, epochs, network; options given here override it.")] = None,
@@ -42,6 +43,9 @@ def train(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this folder from its last finished epoch, with its own configuration (only --epochs and --energy may be given).")] = None,
 ) -> None:
     """Train a feed-forward LIF network and write config.json, metrics.json and checkpoint.pt."""
+    from lzo_bench.runtime.signals import pause_point
+
+    pause_point("train-start")
     from lzo_bench.cli.report import RichReporter, console, summary_table
     from lzo_bench.training.run_folder import RESUME_MAY_CHANGE, resume_config
     from lzo_bench.training.train import TrainingDiverged, TrainingFailed, TrainingInterrupted
@@ -87,5 +91,14 @@ def train(
                    "another --out", 1) from None
     except TrainingInterrupted as e:
         raise fail(str(e), 128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
-    console.print(summary_table(result))
-    typer.echo(f"run folder: {result.out}")  # whole, on its own line, to copy (the table may cut it at 80 columns)
+    try:
+        console.print(summary_table(result))
+        typer.echo(f"run folder: {result.out}")  # whole, on its own line, to copy (the table may cut it at 80 columns)
+    except KeyboardInterrupt as e:
+        import signal
+
+        from lzo_bench.runtime.signals import signum_of
+
+        n = signum_of(e)
+        raise fail(f"interrupted ({signal.Signals(n).name}) while printing the summary; the run finished and is "
+                   f"kept in {result.out}", 128 + n) from None

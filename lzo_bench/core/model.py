@@ -29,7 +29,26 @@ from lzo_bench.core.rng import DrawKey
 if TYPE_CHECKING:
     from lzo_bench.ops.backends import Backend
 
-__all__ = ["SNN", "NetworkSpec", "SpikeRegularizer", "classification_loss", "Forward", "leaky_readout"]
+__all__ = ["SNN", "NetworkSpec", "SpikeRegularizer", "classification_loss", "Forward", "leaky_readout",
+           "lif_problem", "readout_problem"]
+
+
+def lif_problem(beta: float, theta: float) -> str | None:
+    """What is wrong with a LIF layer's leak ``beta`` and threshold ``theta``, or None: the one rule that
+    ``nn.LIF``, ``nn.ConvLIF`` and a checkpoint's network are held to (β in [0, 1]; θ > 0 and finite)."""
+    if not 0.0 <= beta <= 1.0:  # NaN fails it too
+        return f"beta must lie in [0, 1], got {beta}"
+    if not (theta > 0 and math.isfinite(theta)):
+        return f"theta must be > 0, got {theta}"
+    return None
+
+
+def readout_problem(beta: float) -> str | None:
+    """What is wrong with a leaky readout's ``beta`` (it must lie in [0, 1): at 1 the readout never forgets
+    and ``1 − β`` scales its input to 0), or None; ``nn.LeakyReadout``'s rule and a checkpoint's ``beta_out``'s."""
+    if not 0.0 <= beta < 1.0:
+        return f"beta must lie in [0, 1), got {beta}"
+    return None
 
 
 @dataclass(frozen=True)

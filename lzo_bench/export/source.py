@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lzo_bench import __version__
-from lzo_bench.training.checkpoint import checkpoint_steps
+from lzo_bench.training.checkpoint import checkpoint_steps, weights_fingerprint
 from lzo_bench.core.model import NetworkSpec
 
 
@@ -34,6 +34,7 @@ class ExportSource:
     training: dict[str, Any]  # the checkpoint's TrainConfig as a dict (method, dist, delta, samples, seed, …)
     epochs: int | None = None  # epochs finished when the checkpoint was saved
     test_acc: float | None = None  # % on the test set after that epoch, from the run's metrics.json
+    fingerprint: str = ""  # weights_fingerprint of the checkpoint's weights: which weights the file holds
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], test_acc: float | None = None) -> "ExportSource":
@@ -42,7 +43,7 @@ class ExportSource:
         weights = [ckpt["state_dict"][f"weights.{i}"].numpy().astype(np.float32) for i in range(n)]
         data = ckpt["dataset"]
         return cls(net, weights, float(data["dt_ms"]), checkpoint_steps(ckpt), data["encoding"], data["name"],
-                   dict(ckpt["train"]), ckpt.get("epoch"), test_acc)
+                   dict(ckpt["train"]), ckpt.get("epoch"), test_acc, weights_fingerprint(ckpt["state_dict"]))
 
     def training_card(self) -> dict[str, str]:
         """How the weights were trained: method, distribution of z, δ, m (LocalZO samples per
@@ -54,6 +55,8 @@ class ExportSource:
                 for k, name in keys.items() if t.get(k) is not None}
         return card | {
             "epochs_trained": "not recorded" if self.epochs is None else str(self.epochs),
+            "checkpoint_epoch": "not recorded" if self.epochs is None else str(self.epochs),
+            "weights_sha256_16": self.fingerprint or "not recorded",
             "test_accuracy_pct": "not recorded" if self.test_acc is None else f"{self.test_acc:.2f}",
         }
 
@@ -81,6 +84,37 @@ class ExportSource:
                             if net.conv else "flat"),
             "n_classes": str(net.n_out),
         } | self.training_card()
+
+
+def exported_fingerprint(path: Path) -> str | None:
+    """The ``weights_sha256_16`` an exported ONNX file records, ``""`` for a file of an older lzo-bench that
+    recorded none, None where the file cannot be read as ONNX."""
+    try:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # onnx raises many types for a file it cannot parse
+        return None
+    return props.get("weights_sha256_16", "")
+
+
+def stale_exports(run_dir: Path, ckpt: dict[str, Any], skip: Path | None = None) -> list[str]:
+    """One line per exported file in ``run_dir`` older than its checkpoint: an ONNX file whose recorded
+    weights (:func:`exported_fingerprint`) are not the checkpoint's, a NIR file written before the
+    checkpoint was (NIR files are compared by time)."""
+    fingerprint, epoch, lines = weights_fingerprint(ckpt["state_dict"]), ckpt.get("epoch"), []
+    ckpt_file = run_dir / "checkpoint.pt"
+    for name in ("model.onnx", "model_step.onnx", "model.nir"):
+        path = run_dir / name
+        if not path.is_file() or (skip is not None and path.resolve() == skip.resolve()):
+            continue
+        if name.endswith(".onnx"):
+            stale = exported_fingerprint(path) not in (fingerprint, None)
+        else:
+            stale = ckpt_file.is_file() and path.stat().st_mtime < ckpt_file.stat().st_mtime
+        if stale:
+            lines.append(f"{path} holds older weights than {ckpt_file} (epoch {epoch}); export again to update it")
+    return lines
 
 
 def recorded_test_acc(run_dir: Path, epoch: int | None) -> float | None:

@@ -10,9 +10,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+#: a test's fault injector: called as ``FAULT_HOOK(stage, path)`` at each stage of every atomic write
+#: (``"write"`` before the temporary file, ``"rename"`` with it whole and fsynced, ``"renamed"`` after the
+#: rename), and at ``"write"`` before the run folder's lock records its pid; it may raise (a simulated death,
+#: an ``OSError(ENOSPC)``). ``None`` outside tests.
+FAULT_HOOK: Callable[[str, Path], None] | None = None
+
+
+def fault_point(stage: str, path: Path) -> None:
+    """Where a test may inject a fault (:data:`FAULT_HOOK`); nothing otherwise."""
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(stage, path)
 
 
 def _umask() -> int:
@@ -25,18 +37,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, with the mode a plain ``open`` would give (0666 less
     the umask; ``mkstemp`` alone would leave 0600, unreadable to other users and services)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fault_point("write", path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _named(e, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("rename", path)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _named(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point("renamed", path)
     return path
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming the file being written (a write or fsync's error names none: "cannot write  (No space
+    left on device)")."""
+    if e.filename:
+        return e
+    named = OSError(e.errno, e.strerror or str(e), str(path))
+    return named
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -51,3 +51,48 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: signals caught by :func:`deferred` and not acted on yet
+_caught: list[int] = []
+
+#: the environment variable a test sets to a :func:`pause_point`'s name to hold the process there
+PAUSE_ENV = "LZO_BENCH_PAUSE_AT"
+
+
+def pause_point(name: str) -> None:
+    """A test's deterministic moment: with ``$LZO_BENCH_PAUSE_AT`` = ``name``, say ``paused at <name>`` on
+    stderr and wait there for a signal (its handler raises out of the wait, or :func:`deferred` records
+    it and the wait ends); nothing otherwise."""
+    import os
+    import sys
+    import time
+
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    print(f"paused at {name}", file=sys.stderr, flush=True)
+    seen = len(_caught)
+    while len(_caught) == seen:
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within the block Ctrl-C and SIGTERM are recorded, not raised, so what the block writes is written
+    whole (``reproduce``'s results: the table files and figures, issue 34, 15); yields the list of the
+    signals that came, for the caller to act on after. Main thread only; elsewhere a plain block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    came: list[int] = []
+
+    def handler(signum, frame):
+        came.append(int(signum))
+        _caught.append(int(signum))
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield came
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

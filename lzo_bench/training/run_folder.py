@@ -23,10 +23,11 @@ import torch
 from lzo_bench.ops.backends import Backend
 from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 from lzo_bench.data.base import DatasetInfo
-from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir
+from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir, fault_point
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec
 from lzo_bench.training.config import ConfigError, TrainConfig
+from lzo_bench.training.limits import MAX_EPOCHS
 
 
 #: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
@@ -108,6 +109,19 @@ class RunResult:
 #: what a run (and its exports) leaves in its folder; --overwrite clears these first
 RUN_ARTEFACTS = ("config.json", "metrics.json", "checkpoint.pt", "model.onnx", "model_step.onnx", "model.nir")
 LOCK_NAME = ".lzo-run.lock"
+#: the files lzo-bench export writes into a run folder by default
+EXPORT_NAMES = ("model.onnx", "model_step.onnx", "model.nir")
+
+
+def remove_exports(out: Path) -> list[str]:
+    """Remove the default exports in ``out`` (they hold an earlier epoch's weights once a resumed run
+    committed a new one, issue 34, 7); the names removed."""
+    removed = []
+    for name in EXPORT_NAMES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    return removed
 
 
 def prepare_out_dir(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -138,7 +152,24 @@ class RunFolder:
                 self.created = False
             ensure_writable_dir(out)
         except OSError as e:
+            if getattr(self, "created", False):
+                shutil.rmtree(out, ignore_errors=True)
             raise ConfigError("--out", f"cannot be written: {out} ({e.strerror or e}); choose another folder") from None
+        try:
+            self._lock(overwrite, resume)
+        except BaseException as e:  # a full disk, a signal: nothing of this run is left behind (issue 34, 12)
+            lock = getattr(self, "lock", None)
+            if lock is not None and not lock.closed:
+                lock.close()
+                (out / LOCK_NAME).unlink(missing_ok=True)
+            if self.created:
+                shutil.rmtree(out, ignore_errors=True)
+            if isinstance(e, OSError) and not e.filename:  # a write's error names no file
+                raise OSError(e.errno, e.strerror or str(e), str(out / LOCK_NAME)) from None
+            raise
+
+    def _lock(self, overwrite: bool, resume: bool) -> None:
+        out = self.out
         self.lock = open(out / LOCK_NAME, "a+")
         try:
             import fcntl
@@ -150,13 +181,16 @@ class RunFolder:
             self.lock.seek(0)
             holder = self.lock.read().strip() or "?"
             self.lock.close()
+            self.created = False  # someone else's folder: not ours to remove
             raise ConfigError("--out", f"is in use by another lzo-bench run (pid {holder}) in {out}; wait for it to "
                                        "end or choose another folder") from None
         if (out / "metrics.json").exists() and not (overwrite or resume):
             # checked again under the lock: a run that finished between prepare_out_dir and here owns it
             (out / LOCK_NAME).unlink(missing_ok=True)  # ours while we hold it: no one else's to lose
             self.lock.close()
+            self.created = False
             raise ConfigError("--out", f"already holds a run ({out / 'metrics.json'}); pass another --out or --overwrite")
+        fault_point("write", out / LOCK_NAME)
         self.lock.seek(0)
         self.lock.truncate()
         self.lock.write(f"{os.getpid()}\n")
@@ -218,12 +252,26 @@ def resume_config(run: str | Path, epochs: int | None = None, energy: bool | Non
         raise ConfigError("--resume", f"cannot continue {folder}: its checkpoint records {key} = "
                                       f"{getattr(cfg, key, '?')!r}, which {str(e).removeprefix(e.option).strip()}; "
                                       "the checkpoint was edited or damaged") from None
-    cfg = replace(cfg, out=str(folder), overwrite=False, epochs=epochs or cfg.epochs,
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:  # --epochs 0 used to continue to the run's own 6
+        raise ConfigError("--epochs", f"must lie in [1, {MAX_EPOCHS}] (got {epochs}); with --resume it is the total "
+                                      f"to train to, more than the {ckpt['epoch']} finished")
+    cfg = replace(cfg, out=str(folder), overwrite=False, epochs=cfg.epochs if epochs is None else epochs,
                   energy=cfg.energy if energy is None else energy)
-    if ckpt["epoch"] >= cfg.epochs:
+    if ckpt["epoch"] >= cfg.epochs and _metrics_agree(folder, ckpt["epoch"]):
         raise ConfigError("--epochs", f"{cfg.epochs}: {folder} has already finished {ckpt['epoch']} epoch(s); "
                                       f"pass --epochs N > {ckpt['epoch']} with --resume to train it further")
     return cfg
+
+
+def _metrics_agree(folder: Path, epoch: int) -> bool:
+    """Whether ``metrics.json`` records the run as finished at the checkpoint's ``epoch``; it does not where
+    the process died between the final epoch's checkpoint and its metrics.json (then ``--resume``
+    rewrites it from the checkpoint)."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return metrics["status"] == "completed" and len(metrics["history"]) == epoch
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def earlier_environment(out: Path) -> dict:
@@ -236,39 +284,66 @@ def earlier_environment(out: Path) -> dict:
     return env if isinstance(env, dict) else {}
 
 
+def _run_records(out: Path, ckpt: dict) -> dict:
+    """The run's records as of the checkpoint's epoch: its own ``run`` (the epoch's commit), or, for a
+    checkpoint written before it carried them, ``metrics.json``."""
+    if "run" in ckpt:
+        return ckpt["run"]
+    path = out / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not JSON: {' '.join(str(e).split())[:120]}"
+        raise ConfigError("--resume", f"cannot continue {out}: {path} is unreadable ({why}); restore it or train "
+                                      "the run again") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("history", []), list):
+        raise ConfigError("--resume", f"cannot continue {out}: {path} is not a run's metrics (a JSON object "
+                                      "with a history list); restore it or train the run again")
+    if len(metrics.get("history", [])) < int(ckpt["epoch"]):
+        raise ConfigError("--resume", f"cannot continue {out}: metrics.json records {len(metrics.get('history', []))} "
+                                      f"epoch(s) but the checkpoint {ckpt['epoch']}; the folder was edited or damaged")
+    return metrics
+
+
 def restore_run(out: Path, cfg: TrainConfig, model: SNN, optimizer: torch.optim.Optimizer,
                 result: RunResult) -> tuple[int, int]:
     """Load the run in ``out`` (checkpoint, Adam state, finished epochs' records) into ``model``,
-    ``optimizer`` and ``result``; return (epochs done, updates done)."""
+    ``optimizer`` and ``result``; return (epochs done, updates done). The records come from the
+    checkpoint (see :func:`_run_records`): ``metrics.json`` may lag it by the epoch a death interrupted."""
     try:
         _, ckpt = load_checkpoint(out)
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (CheckpointError, OSError, ValueError) as e:
+    except CheckpointError as e:
         raise ConfigError("--resume", f"cannot continue {out}: {e}") from None
     same = {k: v for k, v in ckpt["train"].items() if k not in RESUME_MAY_CHANGE + ("out", "overwrite")}
     now = {k: v for k, v in cfg.to_dict().items() if k in same}
     if same != now or "optimizer" not in ckpt:
         raise ConfigError("--resume", f"cannot continue {out}: its checkpoint changed since the run was read")
     done, updates = int(ckpt["epoch"]), int(ckpt["update"])
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("history", []), list):
-        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is not a run's metrics (a JSON object "
-                                      "with a history list); restore it or train the run again")
-    if len(metrics.get("history", [])) < done:
-        raise ConfigError("--resume", f"cannot continue {out}: metrics.json records {len(metrics.get('history', []))} "
-                                      f"epoch(s) but the checkpoint {done}; the folder was edited or damaged")
-    try:  # a hand-edited metrics.json: wrong types anywhere are one line, not a traceback (issue 19, D6)
+    metrics = _run_records(out, ckpt)
+    where = "its checkpoint's run records are" if "run" in ckpt else f"{out / 'metrics.json'} is"
+    try:  # hand-edited records: wrong types anywhere are one line, not a traceback (issue 19, D6)
         history = [EpochRecord(**r) for r in metrics["history"][:done]]
+        if len(history) < done:
+            raise ValueError(f"{len(history)} epoch record(s) for {done} epoch(s)")
         per_update = metrics.get("updates", {})
         lists = [list(per_update.get(k, []))[:updates] for k in ("loss", "active_pct", "fwd_ms", "bwd_ms")]
         wall_s = float((metrics.get("final") or {}).get("wall_s", 0.0))
         earlier = metrics.get("processes") or [metrics.get("process")]
         processes = [p for p in earlier if p] + [PROCESS_ID]
+        warnings = [str(w) for w in metrics.get("warnings", [])]
     except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise ConfigError("--resume", f"cannot continue {out}: its metrics.json is damaged ({type(e).__name__}: "
+        raise ConfigError("--resume", f"cannot continue {out}: {where} damaged ({type(e).__name__}: "
                                       f"{' '.join(str(e).split())[:160]}); restore it or train the run again") from None
     model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+        raise ConfigError("--resume", f"cannot continue {out}: its checkpoint's optimizer state is damaged "
+                                      f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); the checkpoint was "
+                                      "edited or damaged: train the run again") from None
+    for group in optimizer.param_groups:  # one truth: the lr that trains is the one the checkpoint records (issue 34, 6)
+        group["lr"] = cfg.lr
     result.history = history
     result.update_loss, result.update_active_pct, result.update_fwd_ms, result.update_bwd_ms = lists
-    result.wall_s, result.processes = wall_s, processes
+    result.wall_s, result.processes, result.warnings = wall_s, processes, warnings
     return done, updates

@@ -33,9 +33,9 @@ from lzo_bench.core.gates import GateSpec, Method
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import MAX_SEED, DrawKey
 from lzo_bench.training.run_folder import (LOCK_NAME, PROCESS_ID, RESUME_MAY_CHANGE, RUN_ARTEFACTS, EpochRecord, RunFolder,
-                                  RunResult, earlier_environment, prepare_out_dir, restore_run, resume_config,
+                                  RunResult, earlier_environment, prepare_out_dir, remove_exports, restore_run, resume_config,
                                   write_config)
-from lzo_bench.runtime.signals import sigterm_as_interrupt, signum_of
+from lzo_bench.runtime.signals import pause_point, sigterm_as_interrupt, signum_of
 from lzo_bench.runtime.threads import torch_threads
 from lzo_bench.training.config import ConfigError, TrainConfig, check_device_option, check_float32_positive
 
@@ -199,6 +199,7 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
     out = prepare_out_dir(cfg, resume)
     cfg = replace(cfg, out=str(out))
     device = torch.device(cfg.device)
+    pause_point("train-setup")  # a test's moment (runtime.signals): before the folder, during the backend's load
     backend = run_backend(cfg, device, gate)
     train_set, test_set = run_datasets(cfg)
     info = DATASET_INFO[cfg.dataset]
@@ -316,10 +317,20 @@ def _train(cfg: TrainConfig, reporter: Reporter | None, resume: bool) -> RunResu
                     reporter.warn(warning)
                 result.wall_s = time.perf_counter() - started
                 result.status = "completed" if epoch == cfg.epochs else "running"
-                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update)
+                # the epoch's commit: the checkpoint (carrying the records) first, metrics.json after (rebuilt
+                # from it on --resume), so a death between the two renames keeps the epoch (issue 34, 1)
+                save_checkpoint(out / "checkpoint.pt", model, net_spec, info, cfg, epoch, optimizer, update,
+                                run=result.metrics())
                 saved = epoch  # this epoch's checkpoint is on disk: from here on it counts as finished
                 result.write_metrics()
+                if resume and epoch == done + 1:  # the exports hold the epoch resumed from: no longer this run's
+                    for name in remove_exports(out):
+                        reporter.warn(f"removed {name}: it held epoch {done}'s weights and the run is past it; "
+                                      "export again")
                 reporter.epoch(record)
+            if done >= cfg.epochs:  # died between the final epoch's checkpoint and metrics.json: rebuilt from it
+                result.status = "completed"
+                result.write_metrics()
         except KeyboardInterrupt as e:
             result.status = "interrupted"
             result.wall_s = time.perf_counter() - started
