@@ -56,6 +56,7 @@ from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames
 from lzo_bench.core.events import SpikeEvents, all_finite
 from lzo_bench.core.forward import Forward, leaky_readout
 from lzo_bench.core.lif import lif_membrane
+from lzo_bench.core.model import lif_problem, readout_problem
 from lzo_bench.core.network import Hidden, Readout, Stack, dense_network, readout_logits
 from lzo_bench.core.rng import DrawKey
 
@@ -112,10 +113,8 @@ class LIF(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         n_in, n_out = spike.integer("n_in", n_in, 1), spike.integer("n_out", n_out, 1)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        if not (theta > 0 and math.isfinite(theta)):
-            raise ValueError(f"theta must be > 0, got {theta}")
+        if problem := lif_problem(beta, theta):
+            raise ValueError(problem)
         std = init_gain * ((1.0 - beta) if beta < 1.0 else 1.0) / math.sqrt(n_in)
         self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, std, generator=generator))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
@@ -149,10 +148,8 @@ class ConvLIF(nn.Module):
         c_in, c_out = spike.integer("c_in", c_in, 1), spike.integer("c_out", c_out, 1)
         kernel, stride = _side("kernel", kernel, 1), _side("stride", stride, 1)
         padding = _side("padding", padding, 0)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        if not (theta > 0 and math.isfinite(theta)):
-            raise ValueError(f"theta must be > 0, got {theta}")
+        if problem := lif_problem(beta, theta):
+            raise ValueError(problem)
         fan_in = c_in * kernel * kernel
         std = init_gain * ((1.0 - beta) if beta < 1.0 else 1.0) / math.sqrt(fan_in)
         self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel).normal_(0.0, std, generator=generator))
@@ -219,8 +216,8 @@ class LeakyReadout(nn.Module):
         n_in, n_out = spike.integer("n_in", n_in, 1), spike.integer("n_out", n_out, 1)
         if reduce not in ("max", "sum"):
             raise ValueError(f"reduce must be 'max' or 'sum', got {reduce!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must lie in [0, 1), got {beta}")
+        if problem := readout_problem(beta):
+            raise ValueError(problem)
         std = init_gain * (1.0 - beta) / math.sqrt(n_in)
         self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, std, generator=generator))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
