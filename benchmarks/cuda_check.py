@@ -17,10 +17,10 @@ import json
 
 import torch
 
-from lzo_bench.ops.backends import select_backend
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops.backends import select_backend
 
 METHODS = ("surrogate", "sparsegrad", "localzo")
 

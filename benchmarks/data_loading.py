@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lzo_bench.ops.backends import select_backend
-from lzo_bench.data import batches, load_dataset
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, SpikeRegularizer, classification_loss
-from lzo_bench.measure.workloads import WORKLOADS, calibrate_gain
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.data import batches, load_dataset
+from lzo_bench.measure.workloads import WORKLOADS, calibrate_gain
+from lzo_bench.ops.backends import select_backend
 
 
 def write_files(root: Path, per_split: int, events: int, seed: int = 0) -> None:

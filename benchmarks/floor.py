@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from lzo_bench.measure import peer_models, peers
-    from lzo_bench.ops import library
-    from lzo_bench.runtime.devices import cpu_facts, cpu_header
-    from lzo_bench.ops.event_network import as_events
     from lzo_bench.core.gates import GateSpec
-    from lzo_bench.runtime.memory import keep_freed_memory
     from lzo_bench.core.model import SpikeRegularizer, classification_loss
     from lzo_bench.core.rng import DrawKey
+    from lzo_bench.measure import peer_models, peers
+    from lzo_bench.ops import library
+    from lzo_bench.ops.event_network import as_events
+    from lzo_bench.runtime.devices import cpu_facts, cpu_header
+    from lzo_bench.runtime.memory import keep_freed_memory
 
     keep_freed_memory()
     facts = cpu_facts()

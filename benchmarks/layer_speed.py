@@ -39,15 +39,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
-from lzo_bench.ops.event_network import as_events
 from lzo_bench.core.events import SpikeEvents
 from lzo_bench.core.gates import GateSpec
-from lzo_bench.ops.backends import autograd_loop_layer
-from lzo_bench.runtime.memory import saved_bytes
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
+from lzo_bench.ops.backends import autograd_loop_layer
+from lzo_bench.ops.event_network import as_events
 from lzo_bench.runtime.devices import device_name
+from lzo_bench.runtime.memory import saved_bytes
 
 
 @dataclass

@@ -18,14 +18,14 @@ import time
 import torch
 
 from lzo_bench import nn, spike
-from lzo_bench.ops.backends import select_backend
-from lzo_bench.ops.event_network import as_events
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, SpikeRegularizer, classification_loss
-from lzo_bench.measure.peers import initial_weights, make_inputs
 from lzo_bench.core.rng import DrawKey
-from lzo_bench.runtime.devices import device_name
+from lzo_bench.measure.peers import initial_weights, make_inputs
 from lzo_bench.measure.workloads import WORKLOADS
+from lzo_bench.ops.backends import select_backend
+from lzo_bench.ops.event_network import as_events
+from lzo_bench.runtime.devices import device_name
 
 RULES = {"localzo": spike.LocalZO, "sparsegrad": spike.SparseGrad, "surrogate": spike.Surrogate}
 

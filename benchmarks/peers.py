@@ -26,8 +26,16 @@ import torch
 
 from lzo_bench.cli.report import PeerColumn, peers_table
 from lzo_bench.measure.peer_models import ALL_NAMES, CONV_PEERS, DELTA, OUR_METHODS
-from lzo_bench.measure.peers import (DENSE_SUFFIX, LR, SHAPES, initial_weights, machine_info, make_inputs,
-                                     reference_spikes, run_contenders)
+from lzo_bench.measure.peers import (
+    DENSE_SUFFIX,
+    LR,
+    SHAPES,
+    initial_weights,
+    machine_info,
+    make_inputs,
+    reference_spikes,
+    run_contenders,
+)
 from lzo_bench.measure.workloads import CONV_WORKLOAD
 
 

@@ -15,13 +15,13 @@ import time
 
 import torch
 
-from lzo_bench.ops.backends import select_backend
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, SpikeRegularizer
 from lzo_bench.measure.profile import Runner, timed_update, workload_batches
 from lzo_bench.measure.timing import PhaseClock
-from lzo_bench.runtime.devices import sync_device
 from lzo_bench.measure.workloads import WORKLOADS
+from lzo_bench.ops.backends import select_backend
+from lzo_bench.runtime.devices import sync_device
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ the input trace at each active entry's receptive field. Prints one JSON line.
 from __future__ import annotations
 
 from _digits import cpu_backend, nn_example, train
+
 from lzo_bench import nn
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 from _digits import cpu_backend, nn_example, train
+
 from lzo_bench import nn
-from lzo_bench.ops.backends import select_backend
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops.backends import select_backend
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import snntorch as snn
 import torch
+from _digits import BETA, LeakyReadout, arguments, init_like_lzo, train
 from snntorch import surrogate
 from torch import nn
 
-from _digits import BETA, LeakyReadout, arguments, init_like_lzo, train
 from lzo_bench import spike
 
 

@@ -12,10 +12,10 @@ subclass one), and its older CuPy backend is refused by ``LocalZO.cuda_codes`` w
 from __future__ import annotations
 
 import torch
+from _digits import BETA, LeakyReadout, arguments, init_like_lzo, train
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
-from _digits import BETA, LeakyReadout, arguments, init_like_lzo, train
 from lzo_bench import spike
 
 

@@ -6,8 +6,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from lzo_bench.training import train as train_mod
 from lzo_bench.cli import app
+from lzo_bench.training import train as train_mod
 
 runner = CliRunner()
 

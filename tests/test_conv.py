@@ -9,19 +9,19 @@ T·B·positions terms, with cancellation)."""
 import pytest
 import torch
 
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
 from lzo_bench.core.conv import ConvShape, channels_last, conv_current, pool_dense, pool_events, unpool_dense
-from lzo_bench.runtime.devices import fp32_convolutions
-from lzo_bench.ops.event_network import as_events, event_network
-from lzo_bench.core.gates import GateSpec
-from lzo_bench.core.lif import layer_current, lif_layer, lif_membrane, lif_potentials
-from lzo_bench.core.model import SpikeRegularizer, classification_loss
 from lzo_bench.core.events import SpikeEvents
 from lzo_bench.core.floatcmp import lif_potential_bound
 from lzo_bench.core.forward import Forward
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.lif import layer_current, lif_layer, lif_membrane, lif_potentials
+from lzo_bench.core.model import SpikeRegularizer, classification_loss
 from lzo_bench.core.network import Hidden, Readout, Stack, dense_network, with_bias_unit
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
+from lzo_bench.ops.event_network import as_events, event_network
+from lzo_bench.runtime.devices import fp32_convolutions
 
 ops.build()
 KEY = DrawKey(5, 9)
@@ -352,9 +352,9 @@ def test_conv_network_exports_to_onnx_with_conv_inside_the_scan():
     import numpy as np
     import onnxruntime as ort
 
+    from lzo_bench.core.floatcmp import network_spikes_agree
     from lzo_bench.export.onnx_model import initial_step_state, sequence_model, step_model
     from lzo_bench.export.parity import ATOL, RTOL
-    from lzo_bench.core.floatcmp import network_spikes_agree
 
     model, x = _conv_snn()
     src = _export_source(model)
@@ -389,8 +389,8 @@ def test_conv_network_exports_to_nir_conv2d_sumpool_flatten(tmp_path):
     equal, and simulated with the subtractive reset the graph reproduces the network."""
     import nir
 
-    from lzo_bench.export.nir_graph import nir_graph, read_back, write_nir
     from lzo_bench.core.floatcmp import compare_logits, readout_bound
+    from lzo_bench.export.nir_graph import nir_graph, read_back, write_nir
     from lzo_bench.export.nir_sim import simulate
 
     model, x = _conv_snn(11)  # a draw with no potential within rounding of θ (_near_theta)
@@ -419,8 +419,8 @@ def test_train_arch_conv_stores_the_architecture_evaluates_and_exports(tmp_path)
 
     from typer.testing import CliRunner
 
-    from lzo_bench.training.checkpoint import load_checkpoint
     from lzo_bench.cli import app
+    from lzo_bench.training.checkpoint import load_checkpoint
 
     runner = CliRunner()
     out = tmp_path / "run"

@@ -10,19 +10,18 @@ the device."""
 
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from lzo_bench.ops import library
-from dataclasses import dataclass
-
-from lzo_bench.ops.backends import Backend, cuda_simulator, select_backend
-from lzo_bench.ops.event_network import as_events, event_network
 from lzo_bench.core.floatcmp import network_spikes_agree
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import library
+from lzo_bench.ops.backends import Backend, cuda_simulator, select_backend
+from lzo_bench.ops.event_network import as_events, event_network
 
 SIM = cuda_simulator()
 LIB = torch.ops.lzo_sim
@@ -284,8 +283,9 @@ def test_conv_pooled_pair_with_bias_and_graded_input(method, kern):
                                                           ("surrogate", 5, 2, 0)])
 @pytest.mark.parametrize("kern", KERNELS)
 def test_conv_kernels_1_and_5(method, kernel, stride, padding, kern):
-    from lzo_bench.core.conv import ConvShape
     from test_conv import assert_conv_same
+
+    from lzo_bench.core.conv import ConvShape
     assert_conv_same([ConvShape(2, 6, 7, 4, kernel, stride, padding)], method, m=2 if method == "localzo" else 1,
                      steps=70, batch=2, lib=kern.lib, device=kern.device)
 
@@ -311,6 +311,7 @@ def test_conv_sparse_gradients_are_bitwise_repeatable(kern):
     input gradient rows likewise: two runs give the conv layers the same bits, without torch's deterministic
     mode (the dense layer after them adds with atomics on a GPU, so it is left out)."""
     from test_conv import _net, _run
+
     from lzo_bench.core.gates import GateSpec
     convs = _pooled_pair()
     params = _net(convs, 6, 4, 0, True)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lzo_bench.data import DatasetMissing, DatasetUnreadable, load_dataset
-from lzo_bench.data import nmnist
+from lzo_bench.data import DatasetMissing, DatasetUnreadable, load_dataset, nmnist
 from lzo_bench.data.fmnist import IdxError, read_idx
 
 

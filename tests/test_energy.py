@@ -11,7 +11,14 @@ import torch
 
 from lzo_bench.measure import energy
 from lzo_bench.measure.energy import (
-    MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, RaplMeter, counter_delta_mj, epoch_energy_j, integrate_power_j,
+    MeterUnavailable,
+    NullMeter,
+    NvmlMeter,
+    PowerSampler,
+    RaplMeter,
+    counter_delta_mj,
+    epoch_energy_j,
+    integrate_power_j,
     open_meter,
 )
 from lzo_bench.measure.energy_windows import EnergyConfig, Window, difference, estimate, measure_energy

@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.cli import app
-from lzo_bench.data import NMNIST_INFO, load_dataset
 from lzo_bench.core.floatcmp import compare_logits, readout_bound
 from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.data import NMNIST_INFO, load_dataset
 from lzo_bench.measure.nbmetrics import NeuroBenchTally, layer_names, membranes, static_metrics, synaptic_ops
+from lzo_bench.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -123,7 +123,11 @@ def test_neurobench_benchmark_reports_the_same_numbers(trained):
     from neurobench.benchmarks import Benchmark
     from neurobench.metrics.static import ConnectionSparsity, Footprint, ParameterCount
     from neurobench.metrics.workload import (
-        ActivationSparsity, ActivationSparsityByLayer, ClassificationAccuracy, MembraneUpdates, SynapticOperations,
+        ActivationSparsity,
+        ActivationSparsityByLayer,
+        ClassificationAccuracy,
+        MembraneUpdates,
+        SynapticOperations,
     )
     from neurobench.models import SNNTorchModel
     from torch.utils.data import DataLoader, TensorDataset

@@ -7,17 +7,17 @@ m > 1, both hidden layers active, and inputs that are not binary. The main cases
 import pytest
 import torch
 
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
-from lzo_bench.ops.backends import select_backend
-from lzo_bench.data.base import EventDataset, SpikeDataset, batches
-from lzo_bench.ops.event_network import as_events, event_network
 from lzo_bench.core.events import SpikeEvents
 from lzo_bench.core.floatcmp import network_spikes_agree
 from lzo_bench.core.gates import GateSpec, gate_values
 from lzo_bench.core.lif import lif_potentials
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.data.base import EventDataset, SpikeDataset, batches
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
+from lzo_bench.ops.backends import select_backend
+from lzo_bench.ops.event_network import as_events, event_network
 
 ops.build()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

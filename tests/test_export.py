@@ -9,15 +9,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lzo_bench.export import parity as export_check
-from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.cli import app
+from lzo_bench.core.model import NetworkSpec
 from lzo_bench.data import load_dataset
+from lzo_bench.export import parity as export_check
 from lzo_bench.export.onnx_model import (
-    MAX_OPSET, MIN_OPSET, ORT_MIN_MAX_IR, ORT_MIN_MAX_OPSET, initial_step_state, node_count, sequence_model, step_model,
+    MAX_OPSET,
+    MIN_OPSET,
+    ORT_MIN_MAX_IR,
+    ORT_MIN_MAX_OPSET,
+    initial_step_state,
+    node_count,
+    sequence_model,
+    step_model,
 )
 from lzo_bench.export.source import ExportSource
-from lzo_bench.core.model import NetworkSpec
+from lzo_bench.training.checkpoint import load_checkpoint
 from lzo_bench.training.train import TrainConfig, train
 
 runner = CliRunner()
@@ -411,9 +418,9 @@ def test_nir_comparison_is_a_rounding_bound_that_still_catches_a_wrong_reset(run
     CPUs' kernels round differently: an AMD EPYC failed every export on torch.equal). The bound is far
     below what a real defect moves: the reset-to-zero simulation, a wrong reset for this network,
     fails the same comparison; logits nudged by 4 bounds fail it too."""
-    from lzo_bench.training.checkpoint import load_checkpoint
     from lzo_bench.core.floatcmp import compare_logits, readout_bound
     from lzo_bench.export.nir_sim import simulate
+    from lzo_bench.training.checkpoint import load_checkpoint
 
     graph, x = exported_nir(run_dir, tmp_path, samples=64)
     model, _ = load_checkpoint(run_dir)

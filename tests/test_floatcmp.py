@@ -6,7 +6,7 @@ threshold off by 1e-3, a single wrong spike, too many flips."""
 import pytest
 import torch
 
-from lzo_bench.core.floatcmp import (MAX_FLIP_FRACTION, lif_potential_bound, network_spikes_agree, spikes_agree)
+from lzo_bench.core.floatcmp import MAX_FLIP_FRACTION, lif_potential_bound, network_spikes_agree, spikes_agree
 
 
 def _recursion(current, beta, theta, spikes=None, reset="subtract", threshold=None):

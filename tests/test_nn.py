@@ -106,9 +106,9 @@ def test_a_wrong_bias_is_caught_by_the_comparison():
 def test_the_snn_is_the_same_code_as_sequential(method):
     """``Sequential.from_snn`` shares the SNN's parameters; both run one implementation, so logits
     and gradients agree to the bit (same operations in the same order)."""
-    from lzo_bench.ops.backends import select_backend
     from lzo_bench.core.gates import GateSpec
     from lzo_bench.core.rng import DrawKey
+    from lzo_bench.ops.backends import select_backend
 
     model = SNN(NetworkSpec(20, (30, 20), 5, beta=0.9, beta_out=0.8), torch.Generator().manual_seed(0))
     rule = {"sparsegrad": spike.SparseGrad(delta=0.3), "localzo": spike.LocalZO(delta=0.3, m=2, seed=7),

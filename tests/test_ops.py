@@ -14,14 +14,14 @@ import sys
 import pytest
 import torch
 
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
-from lzo_bench.ops.backends import BackendUnavailable, cuda_simulator, select_backend
-from lzo_bench.ops.event_network import as_events, event_network
 from lzo_bench.core.floatcmp import network_spikes_agree
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
+from lzo_bench.ops.backends import BackendUnavailable, cuda_simulator, select_backend
+from lzo_bench.ops.event_network import as_events, event_network
 
 ops.build()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -241,9 +241,10 @@ def test_torch_compile_training_step_equals_eager():
 def test_backend_selection_and_reasons():
     assert select_backend("auto", "cpu", GateSpec.build("localzo")).name == "cpp"
     assert select_backend("torch", "cpu").name == "torch"
+    import numpy as np
+
     from lzo_bench.core.surrogates import custom
     from lzo_bench.core.theory import theorem3_distribution
-    import numpy as np
 
     tri = theorem3_distribution(custom("triangle", lambda u: np.maximum(0, 1 - np.abs(u) / 0.1) / 0.1), 0.05, -1)
     spec = GateSpec(GateSpec.build("localzo").method, tri, 0.05, 1, 0.05)

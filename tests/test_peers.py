@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lzo_bench.measure import peer_models, peers
 from lzo_bench.cli import app
 from lzo_bench.cli.report import peers_table
+from lzo_bench.measure import peer_models, peers
 from lzo_bench.measure.workloads import Workload, conv_workload
 
 TINY = Workload("tiny", 12, 4, 25, 0.9, 0.85, "max", "normal", 1.0, 0.2, batch=6, hidden=(10, 8))

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lzo_bench.cli import app
-from lzo_bench.data import DATASET_INFO
 from lzo_bench.core.gates import DIST_NAMES
+from lzo_bench.data import DATASET_INFO
 from lzo_bench.experiments.recipe import RecipeError, load_recipe
 from lzo_bench.experiments.summary import summarize
 from lzo_bench.runtime.signals import Terminated

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.rng import DrawKey
 from lzo_bench.ops import extension as ops
 from lzo_bench.ops import library
 from lzo_bench.runtime.devices import vector_isa
-from lzo_bench.core.gates import GateSpec
-from lzo_bench.core.rng import DrawKey
 
 CHILD = """
 import sys, torch

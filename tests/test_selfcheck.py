@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
+from lzo_bench.core.model import Forward
 from lzo_bench.ops import selfcheck
 from lzo_bench.ops.backends import Backend, BackendUnavailable, select_backend, verified
 from lzo_bench.ops.event_network import event_network
-from lzo_bench.core.model import Forward
 
 
 def _cpp():

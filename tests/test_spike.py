@@ -12,7 +12,6 @@ import torch
 from torch.nn import functional as F
 
 from lzo_bench import spike
-
 from lzo_bench.core import surrogates
 from lzo_bench.core.distributions import TableDistribution
 from lzo_bench.core.gates import localzo_gate
@@ -168,8 +167,8 @@ def test_snntorch_leaky_with_localzo_spikes_as_the_snn():
     may part only at a spike whose potential is within float rounding of θ: the earliest differing
     step, if any, must be such a step (after it, a flip propagates through reset and layer 2)."""
     snn = pytest.importorskip("snntorch")
-    from lzo_bench.ops.backends import select_backend
     from lzo_bench.core.model import SNN, NetworkSpec
+    from lzo_bench.ops.backends import select_backend
 
     model = SNN(NetworkSpec(64, (200, 200), 10, beta=0.9, beta_out=0.9), torch.Generator().manual_seed(0))
     x = (torch.rand(40, 16, 64, generator=torch.Generator().manual_seed(1)) < 0.15).float()

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lzo_bench.data import batches, load_dataset
 from lzo_bench.training import train as train_mod
 from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 from lzo_bench.training.reporter import Reporter
-from lzo_bench.data import batches, load_dataset
 from lzo_bench.training.train import ConfigError, TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
 
@@ -418,8 +418,8 @@ def test_a_full_disk_at_the_first_file_is_one_line_and_no_lock(tmp_path, monkeyp
     """Issue 19, D4: config.json's write failed with a traceback and left a stale lock."""
     from typer.testing import CliRunner
 
-    from lzo_bench.training import run_folder
     from lzo_bench.cli import app
+    from lzo_bench.training import run_folder
 
     real = run_folder.atomic_write_json
     monkeypatch.setattr(run_folder, "atomic_write_json",

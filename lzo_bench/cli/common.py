@@ -14,8 +14,8 @@ import typer
 
 from lzo_bench import __version__
 from lzo_bench.core.conv import ARCHS
-from lzo_bench.data import DATASET_INFO
 from lzo_bench.core.gates import DIST_NAMES
+from lzo_bench.data import DATASET_INFO
 
 app = typer.Typer(
     name="lzo-bench",

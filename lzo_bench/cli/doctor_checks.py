@@ -86,9 +86,9 @@ def gpu_checks() -> list[Check]:
         return [Check("GPU", NA, f"no GPU here ({why})"),
                 Check("CUDA ops", NA, "not built: they need a GPU"),
                 Check("NVML energy", NA, "no GPU to meter")]
+    from lzo_bench.measure.energy import counter_period_ms, open_meter
     from lzo_bench.ops import extension as ops
     from lzo_bench.ops.backends import BackendUnavailable, select_backend
-    from lzo_bench.measure.energy import counter_period_ms, open_meter
 
     device = torch.device("cuda", torch.cuda.current_device())
     rows = []

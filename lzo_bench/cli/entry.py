@@ -10,9 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from lzo_bench.runtime import memory
-
-from lzo_bench.runtime import signals
+from lzo_bench.runtime import memory, signals
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ def evaluate(
 ) -> None:
     """NeuroBench metrics of a trained network on its run's test set: accuracy, activation sparsity
     (total and per layer), synaptic operations, membrane updates, parameters, footprint, connection sparsity."""
-    from lzo_bench.training.checkpoint import CheckpointError
+    from lzo_bench.cli.report import console, evaluate_table
     from lzo_bench.data import DatasetError, DatasetMissing
     from lzo_bench.measure.evaluate import evaluate_run
-    from lzo_bench.cli.report import console, evaluate_table
+    from lzo_bench.training.checkpoint import CheckpointError
 
     if batch_size < 1:
         raise fail(f"--batch-size must be ≥ 1 (got {batch_size})")

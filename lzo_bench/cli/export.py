@@ -46,13 +46,13 @@ def export(
     import warnings
 
     from lzo_bench.cli.report import print_export_report
-    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.export.nir_graph import NIR_RESET_NOTE, nir_graph, write_nir
     from lzo_bench.export.onnx_model import sequence_model, step_model, write_onnx
     from lzo_bench.export.parity import ProviderFallback
     from lzo_bench.export.run import DEFAULT_EXPORT_NAME, check_nir, check_onnx, plain
     from lzo_bench.export.source import ExportError, ExportSource, recorded_test_acc, stale_exports
     from lzo_bench.runtime.threads import threads_problem
+    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 
     if samples < 1:
         raise fail(f"--samples must be ≥ 1 (got {samples})")

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import ArchName, DistName, app, fail, interruptible, out_dir, print_json, typed
 from lzo_bench.core.gates import Method
+from lzo_bench.ops.backends import BackendName
 
 
 @app.command()
@@ -40,13 +40,13 @@ def profile(
 
     from rich.progress import Progress
 
-    from lzo_bench.ops.backends import BackendUnavailable
-    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
-    from lzo_bench.data import DatasetError
-    from lzo_bench.runtime.devices import cpu_header
-    from lzo_bench.measure.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
     from lzo_bench.cli.report import console, peers_table, profile_table, progress_columns
     from lzo_bench.core.rng import MAX_SAMPLES
+    from lzo_bench.data import DatasetError
+    from lzo_bench.measure.profile import WORKLOADS, EnergyConfig, ProfileConfig, run_profile, write_report
+    from lzo_bench.ops.backends import BackendUnavailable
+    from lzo_bench.runtime.devices import cpu_header
+    from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
     from lzo_bench.training.config import ConfigError, check_device_option, check_float32_positive
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())

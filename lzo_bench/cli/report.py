@@ -8,10 +8,9 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeRemainingColumn)
-from rich.text import Text
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from lzo_bench.training.reporter import Reporter
 from lzo_bench.training.run_folder import EpochRecord, RunResult

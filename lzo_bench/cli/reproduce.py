@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import app, fail, interruptible, out_dir, print_json
 from lzo_bench.experiments.grid import Engine
+from lzo_bench.ops.backends import BackendName
 from lzo_bench.training.reporter import Reporter
 
 
@@ -39,12 +39,12 @@ def reproduce(
 
     from rich.progress import Progress
 
+    from lzo_bench.cli.report import console, progress_columns, reproduce_table
     from lzo_bench.data import DatasetError, DatasetMissing, load_dataset
     from lzo_bench.experiments.grid import EngineUnavailable, run_grid
     from lzo_bench.experiments.plots import PlotUnavailable, figures
     from lzo_bench.experiments.recipe import RecipeError, load_recipe, with_overrides
     from lzo_bench.experiments.summary import summarize, write_outputs
-    from lzo_bench.cli.report import console, progress_columns, reproduce_table
     from lzo_bench.training.config import ConfigError
 
     if jobs < 1 or (trials is not None and trials < 1) or (epochs is not None and epochs < 1):

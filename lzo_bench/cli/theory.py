@@ -109,9 +109,8 @@ def theory_plot(
 ) -> None:
     """Figure 1 of the paper and, for one surrogate, sampled z against λ(z) and MC E[G²] against g."""
 
-    from lzo_bench.experiments.plots import PlotUnavailable, theory_plots
-
     from lzo_bench.cli.common import out_dir
+    from lzo_bench.experiments.plots import PlotUnavailable, theory_plots
 
     _check_delta(delta)
     out_dir(Path(out), Path(out), True)  # an existing file or a read-only place: one line (issue 34, 14)

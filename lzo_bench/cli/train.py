@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lzo_bench.ops.backends import BackendName
 from lzo_bench.cli.common import ArchName, DatasetName, DistName, app, fail, interruptible, parse_hidden, typed
 from lzo_bench.core.gates import Method
+from lzo_bench.ops.backends import BackendName
 
 
 @app.command()
@@ -47,10 +47,10 @@ def train(
 
     pause_point("train-start")
     from lzo_bench.cli.report import RichReporter, console, summary_table
+    from lzo_bench.training.config import ConfigError, TrainConfig
     from lzo_bench.training.run_folder import RESUME_MAY_CHANGE, resume_config
     from lzo_bench.training.train import TrainingDiverged, TrainingFailed, TrainingInterrupted
     from lzo_bench.training.train import train as run_training
-    from lzo_bench.training.config import ConfigError, TrainConfig
 
     cfg_kwargs = dict(
         dataset=dataset.value, arch=arch.value, data_dir=data_dir, download=download, method=method.value, dist=dist.value, k=k, delta=delta, samples=samples,

@@ -18,8 +18,7 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Run the app as the console script does (:func:`lzo_bench.cli.entry.main`: SIGTERM as Ctrl-C, exit
     128 + signal); this module is imported already, so only the signal handling is left to install."""
-    from lzo_bench.runtime import memory
-    from lzo_bench.runtime import signals
+    from lzo_bench.runtime import memory, signals
 
     signals.install()
     memory.keep_freed_memory()

@@ -11,8 +11,8 @@ log-softmax and NLL. The SparseGrad spike-count regularisers are added per hidde
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn

@@ -54,8 +54,8 @@ def _train_job(kwargs: dict[str, Any], threads: int, reporter: Reporter | None =
     folder and the grid goes on."""
     import torch
 
-    from lzo_bench.training.train import TrainingDiverged, TrainingFailed, train
     from lzo_bench.training.config import TrainConfig
+    from lzo_bench.training.train import TrainingDiverged, TrainingFailed, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -162,8 +162,8 @@ def _run_ray(
         from ray.exceptions import RayError, RayTaskError
     except ImportError:
         raise EngineUnavailable("--engine ray needs Ray: pip install 'lzo-bench[ray]' (or pip install ray)") from None
-    from lzo_bench.training.train import TrainingInterrupted
     from lzo_bench.training.config import ConfigError
+    from lzo_bench.training.train import TrainingInterrupted
 
     started_here = not ray.is_initialized()
     if started_here:

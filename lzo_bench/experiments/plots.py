@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from lzo_bench.core.distributions import DISTRIBUTIONS, TableDistribution
-from lzo_bench.runtime.fsio import atomic_write_bytes
 from lzo_bench.core.gates import GateSpec, Method, localzo_gate, surrogate_gate
 from lzo_bench.core.rng import DrawKey, draw_uniform
+from lzo_bench.runtime.fsio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from lzo_bench.experiments.recipe import Recipe

@@ -65,7 +65,6 @@ def _is_int(v: Any) -> bool:
 def _field_problem(key: str, value: Any) -> str | None:
     """What a recipe field must be, if ``value`` is not that; ``None`` when it is fine."""
     from lzo_bench.core.gates import Method
-
     from lzo_bench.data import DATASET_INFO
 
     if key == "name":  # the grid folder's name under runs/: no path of its own

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from lzo_bench.core.conv import nchw_order
+from lzo_bench.core.model import NetworkSpec
 from lzo_bench.core.timescale import tau_of
 from lzo_bench.export.source import ExportError, ExportSource
 from lzo_bench.runtime.fsio import atomic_write_bytes
-from lzo_bench.core.model import NetworkSpec
 
 NIR_RESET_NOTE = (
     "lzo-bench LIF neurons reset by subtraction (u <- u - theta after a spike); NIR's LIF resets "

@@ -34,9 +34,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lzo_bench import __version__
+from lzo_bench.core.model import NetworkSpec
 from lzo_bench.export.source import ExportError, ExportSource
 from lzo_bench.runtime.fsio import atomic_write_bytes
-from lzo_bench.core.model import NetworkSpec
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 21, 17
 #: the oldest onnxruntime pyproject.toml declares, and the newest opset / IR version it implements

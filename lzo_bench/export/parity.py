@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lzo_bench.ops.backends import BackendName, BackendUnavailable, select_backend
+from lzo_bench.core.model import SNN
 from lzo_bench.data import load_dataset
 from lzo_bench.export.onnx_model import WEIGHT_DTYPES, initial_step_state
 from lzo_bench.export.source import ExportSource
-from lzo_bench.core.model import SNN
+from lzo_bench.ops.backends import BackendName, BackendUnavailable, select_backend
 from lzo_bench.runtime.threads import torch_threads
 
 RTOL, ATOL = 1e-4, 1e-5

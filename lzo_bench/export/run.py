@@ -14,11 +14,11 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from lzo_bench.core.model import SNN
 from lzo_bench.export import parity as chk
 from lzo_bench.export.nir_graph import read_back
 from lzo_bench.export.onnx_model import node_count, sequence_model
 from lzo_bench.export.source import ExportSource
-from lzo_bench.core.model import SNN
 
 #: the file each format is written to inside the run folder when no ``--out`` is given
 DEFAULT_EXPORT_NAME = {"onnx": "model.onnx", "onnx-step": "model_step.onnx", "nir": "model.nir"}

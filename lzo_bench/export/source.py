@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from lzo_bench import __version__
-from lzo_bench.training.checkpoint import checkpoint_steps, weights_fingerprint
 from lzo_bench.core.model import NetworkSpec
+from lzo_bench.training.checkpoint import checkpoint_steps, weights_fingerprint
 
 
 class ExportError(ValueError):

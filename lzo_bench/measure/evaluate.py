@@ -14,9 +14,9 @@ from typing import Any, Callable
 import torch
 
 from lzo_bench import __version__
-from lzo_bench.training.checkpoint import checkpoint_steps, load_checkpoint
 from lzo_bench.data import batches, load_dataset
 from lzo_bench.measure.nbmetrics import NeuroBenchTally, layer_names, static_metrics
+from lzo_bench.training.checkpoint import checkpoint_steps, load_checkpoint
 
 
 @torch.no_grad()

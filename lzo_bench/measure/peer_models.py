@@ -116,10 +116,10 @@ def our_update_factory(method: str, shape: Workload, weights: list[torch.Tensor]
     (as the training loader hands them); ``"dense"``: the dense float tensor every peer gets, converted
     inside the update.
     """
-    from lzo_bench.ops.backends import select_backend
     from lzo_bench.core.gates import GateSpec
     from lzo_bench.core.model import SNN, SpikeRegularizer, classification_loss
     from lzo_bench.core.rng import DrawKey
+    from lzo_bench.ops.backends import select_backend
 
     spec = GateSpec.build(method, "normal", DELTA)
     be = select_backend(backend, "cpu", spec)

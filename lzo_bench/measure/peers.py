@@ -41,11 +41,19 @@ import torch
 from torch import nn
 
 from lzo_bench.measure.peer_models import (
-    CONV_PEERS, FORWARD_NOTES, PEER_CONV_FACTORIES, PEER_FACTORIES, PEERS, REFERENCE, ForwardLoss, PeerMissing,
+    CONV_PEERS,
+    FORWARD_NOTES,
+    PEER_CONV_FACTORIES,
+    PEER_FACTORIES,
+    PEERS,
+    REFERENCE,
+    ForwardLoss,
+    PeerMissing,
     our_update_factory,
 )
 from lzo_bench.measure.stats import median_iqr
-from lzo_bench.measure.timing import PhaseClock, timed_update as phase_timed_update
+from lzo_bench.measure.timing import PhaseClock
+from lzo_bench.measure.timing import timed_update as phase_timed_update
 from lzo_bench.measure.workloads import WORKLOADS, Workload
 from lzo_bench.runtime.memory import saved_bytes
 

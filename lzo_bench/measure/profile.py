@@ -29,23 +29,24 @@ from typing import Any, Callable
 import torch
 
 from lzo_bench import __version__
-from lzo_bench.ops.backends import AUTOGRAD_LOOP, Backend, select_backend
-from lzo_bench.training.checkpoint import checkpoint_steps, load_checkpoint
+from lzo_bench.core.events import SpikeEvents
+from lzo_bench.core.gates import GateSpec
+from lzo_bench.core.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
+from lzo_bench.core.rng import DrawKey
 from lzo_bench.data import DatasetMissing, load_dataset
 from lzo_bench.measure.energy import MeterUnavailable, NullMeter, NvmlMeter, PowerSampler, counter_period_ms, open_meter
 from lzo_bench.measure.energy_windows import EnergyConfig, EnergyRun, MethodEnergy, Step, measure_energy
-from lzo_bench.runtime.fsio import atomic_write_json, atomic_write_text
-from lzo_bench.core.gates import GateSpec
-from lzo_bench.runtime.memory import saved_bytes
-from lzo_bench.ops.event_network import as_events
-from lzo_bench.core.events import SpikeEvents
-from lzo_bench.core.model import SNN, Forward, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.measure.nbmetrics import NeuroBenchTally, layer_names, static_metrics
-from lzo_bench.core.rng import DrawKey
 from lzo_bench.measure.stats import median_iqr
-from lzo_bench.measure.timing import PhaseClock, timed_update as phase_timed_update
-from lzo_bench.runtime.devices import cpu_facts, sync_device
+from lzo_bench.measure.timing import PhaseClock
+from lzo_bench.measure.timing import timed_update as phase_timed_update
 from lzo_bench.measure.workloads import WORKLOADS, Workload, calibrate_deeper_layers, calibrate_gain, conv_workload
+from lzo_bench.ops.backends import AUTOGRAD_LOOP, Backend, select_backend
+from lzo_bench.ops.event_network import as_events
+from lzo_bench.runtime.devices import cpu_facts, sync_device
+from lzo_bench.runtime.fsio import atomic_write_json, atomic_write_text
+from lzo_bench.runtime.memory import saved_bytes
+from lzo_bench.training.checkpoint import checkpoint_steps, load_checkpoint
 
 BASELINE = "autograd-loop"
 

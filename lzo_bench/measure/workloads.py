@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lzo_bench.ops.backends import select_backend
 from lzo_bench.core.conv import CONV_NETWORKS, ConvLayer
-from lzo_bench.data import DATASET_INFO
 from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.data import DATASET_INFO
+from lzo_bench.ops.backends import select_backend
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ in for networks written elsewhere (docs/your-model.md, "Bring your own network")
   (``to_snntorch``, ``to_spikingjelly``).
 """
 
-from lzo_bench.nn.layers import LIF, ConvLIF, Flatten, LeakyReadout, Sequential, SumPool2d
-from lzo_bench.nn.from_nir import from_nir
 from lzo_bench.nn.from_libraries import from_snntorch, from_spikingjelly, to_snntorch, to_spikingjelly
+from lzo_bench.nn.from_nir import from_nir
+from lzo_bench.nn.layers import LIF, ConvLIF, Flatten, LeakyReadout, Sequential, SumPool2d
 
 __all__ = ["LIF", "ConvLIF", "SumPool2d", "Flatten", "LeakyReadout", "Sequential", "from_nir",
            "from_snntorch", "from_spikingjelly", "to_snntorch", "to_spikingjelly"]

@@ -48,10 +48,6 @@ import torch
 from torch import nn
 
 from lzo_bench import spike
-
-from lzo_bench.ops import library
-from lzo_bench.ops.backends import Backend, BackendName, BackendUnavailable, select_backend
-from lzo_bench.ops.event_network import as_events, check_input
 from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames
 from lzo_bench.core.events import SpikeEvents, all_finite
 from lzo_bench.core.forward import Forward, leaky_readout
@@ -59,6 +55,9 @@ from lzo_bench.core.lif import lif_membrane
 from lzo_bench.core.model import lif_problem, readout_problem
 from lzo_bench.core.network import Hidden, Readout, Stack, dense_network, readout_logits
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import library
+from lzo_bench.ops.backends import Backend, BackendName, BackendUnavailable, select_backend
+from lzo_bench.ops.event_network import as_events, check_input
 
 
 def _checked(x: torch.Tensor | SpikeEvents) -> torch.Tensor | SpikeEvents:

@@ -14,15 +14,13 @@ from typing import Any, Callable
 import torch
 
 from lzo_bench import spike
-
 from lzo_bench.core import lif
-
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
 from lzo_bench.core.conv import ConvShape
-from lzo_bench.ops.event_network import event_network
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
+from lzo_bench.ops.event_network import event_network
 
 
 class BackendName(str, Enum):

@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lzo_bench.ops import extension as ops
-from lzo_bench.ops import library
 from lzo_bench.core.conv import frames, pool_events, units, unpool_columns, unpool_dense
 from lzo_bench.core.events import SpikeEvents, all_finite
 from lzo_bench.core.forward import Forward
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.network import Hidden, Stack, readout_logits, with_bias_unit
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.ops import extension as ops
+from lzo_bench.ops import library
 
 if TYPE_CHECKING:
     from lzo_bench.core.model import SNN

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from lzo_bench.runtime.devices import fp32_convolutions
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.rng import DrawKey
+from lzo_bench.runtime.devices import fp32_convolutions
 
 if TYPE_CHECKING:
     from lzo_bench.ops.backends import Backend

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import torch
 
 from lzo_bench import __version__
+from lzo_bench.core.model import SNN, NetworkSpec, lif_problem, readout_problem
 from lzo_bench.data.base import DatasetInfo
 from lzo_bench.runtime.fsio import atomic_torch_save
 from lzo_bench.training.limits import MAX_NEURONS, MAX_STEPS
-from lzo_bench.core.model import SNN, NetworkSpec, lif_problem, readout_problem
 
 CHECKPOINT_FORMAT = "lzo-bench-checkpoint"
 CHECKPOINT_VERSION = 1

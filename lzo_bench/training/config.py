@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from lzo_bench.ops.backends import BackendName
 from lzo_bench.core.conv import ARCHS, CONV_NETWORKS
-from lzo_bench.data import DATASET_INFO
 from lzo_bench.core.gates import DIST_NAMES, SURROGATE_DISTRIBUTIONS, Method
-from lzo_bench.training.limits import FLOAT32_MAX, FLOAT32_TINY, LIMIT_WHY, MAX_EPOCHS, MAX_NEURONS, MAX_STEPS
 from lzo_bench.core.rng import MAX_SAMPLES, MAX_SEED
+from lzo_bench.data import DATASET_INFO
+from lzo_bench.ops.backends import BackendName
 from lzo_bench.runtime.threads import threads_problem
+from lzo_bench.training.limits import FLOAT32_MAX, FLOAT32_TINY, LIMIT_WHY, MAX_EPOCHS, MAX_NEURONS, MAX_STEPS
 
 
 class ConfigError(ValueError):

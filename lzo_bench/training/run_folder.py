@@ -20,15 +20,14 @@ from pathlib import Path
 
 import torch
 
-from lzo_bench.ops.backends import Backend
-from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
-from lzo_bench.data.base import DatasetInfo
-from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir, fault_point
 from lzo_bench.core.gates import GateSpec
 from lzo_bench.core.model import SNN, NetworkSpec
+from lzo_bench.data.base import DatasetInfo
+from lzo_bench.ops.backends import Backend
+from lzo_bench.runtime.fsio import atomic_write_json, check_creatable_dir, ensure_writable_dir, fault_point
+from lzo_bench.training.checkpoint import CheckpointError, load_checkpoint
 from lzo_bench.training.config import ConfigError, TrainConfig
 from lzo_bench.training.limits import MAX_EPOCHS
-
 
 #: this process, as recorded in every run's metrics: speed-ups are only taken between runs timed by one process
 PROCESS_ID = f"{platform.node()}:{os.getpid()}:{time.time_ns()}"

@@ -20,24 +20,36 @@ from pathlib import Path
 import torch
 
 from lzo_bench import __version__
-from lzo_bench.ops.backends import Backend, BackendUnavailable, select_backend
-from lzo_bench.training.checkpoint import save_checkpoint
-from lzo_bench.training.reporter import Reporter
 from lzo_bench.core.conv import CONV_NETWORKS
-from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
-from lzo_bench.data.encoding import TooLarge
-from lzo_bench.runtime.devices import device_name, sync_device
-from lzo_bench.measure.energy import Meter, counter_period_ms, epoch_energy_j, open_meter
-from lzo_bench.measure.timing import PhaseClock, timed_update
 from lzo_bench.core.gates import GateSpec, Method
 from lzo_bench.core.model import SNN, NetworkSpec, SpikeRegularizer, classification_loss
 from lzo_bench.core.rng import MAX_SEED, DrawKey
-from lzo_bench.training.run_folder import (LOCK_NAME, PROCESS_ID, RESUME_MAY_CHANGE, RUN_ARTEFACTS, EpochRecord, RunFolder,
-                                  RunResult, earlier_environment, prepare_out_dir, remove_exports, restore_run, resume_config,
-                                  write_config)
-from lzo_bench.runtime.signals import pause_point, sigterm_as_interrupt, signum_of
+from lzo_bench.data import DATASET_INFO, DatasetError, DatasetMissing, SpikeDataset, batches, load_dataset
+from lzo_bench.data.encoding import TooLarge
+from lzo_bench.measure.energy import Meter, counter_period_ms, epoch_energy_j, open_meter
+from lzo_bench.measure.timing import PhaseClock, timed_update
+from lzo_bench.ops.backends import Backend, BackendUnavailable, select_backend
+from lzo_bench.runtime.devices import device_name, sync_device
+from lzo_bench.runtime.signals import pause_point, signum_of, sigterm_as_interrupt
 from lzo_bench.runtime.threads import torch_threads
+from lzo_bench.training.checkpoint import save_checkpoint
 from lzo_bench.training.config import ConfigError, TrainConfig, check_device_option, check_float32_positive
+from lzo_bench.training.reporter import Reporter
+from lzo_bench.training.run_folder import (
+    LOCK_NAME,
+    PROCESS_ID,
+    RESUME_MAY_CHANGE,
+    RUN_ARTEFACTS,
+    EpochRecord,
+    RunFolder,
+    RunResult,
+    earlier_environment,
+    prepare_out_dir,
+    remove_exports,
+    restore_run,
+    resume_config,
+    write_config,
+)
 
 __all__ = [
     # the loop
