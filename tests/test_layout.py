@@ -164,3 +164,12 @@ def test_nothing_points_outside_the_repository():
     marker = "../" + "shared"
     wrong = [str(p.relative_to(root)) for p in files if p.is_file() and (marker in p.read_text() or "DESIGN" + ".md" in p.read_text())]
     assert wrong == []
+
+
+def test_every_folder_of_the_package_is_packaged():
+    """A wheel holds only the packages pyproject.toml lists: a new folder left out would be missing there."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()
