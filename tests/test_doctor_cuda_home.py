@@ -73,12 +73,28 @@ def test_a_wrapper_loop_or_a_wrapper_to_nothing_stops(tmp_path):
     assert home is None and "no CUDA toolkit" in why
 
 
+@pytest.fixture(autouse=True)
+def _real_cuda_home():
+    """use_cuda_home() writes $CUDA_HOME and torch's cpp_extension.CUDA_HOME itself: put both back after
+    every test, so that later tests (the nvcc compile check) see this machine's real toolkit."""
+    cpp = ops._cpp_extension()
+    saved = os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp.CUDA_HOME
+    yield
+    for name, value in zip(("CUDA_HOME", "CUDA_PATH"), saved[:2]):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    cpp.CUDA_HOME = saved[2]
+
+
 def _fake_machine(monkeypatch, tmp_path) -> Path:
     """This process sees only the fake wrapper and toolkit."""
     kit = _toolkit(tmp_path / "cuda-13.0")
     wrapper = _wrapper(tmp_path / "local", kit / "bin" / "nvcc")
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.delenv("CUDA_PATH", raising=False)
+    for name in ("CUDA_HOME", "CUDA_PATH"):  # set first, so that teardown restores the real value (or its absence)
+        monkeypatch.setenv(name, "")  # after use_cuda_home() writes os.environ itself
+        monkeypatch.delenv(name)
     monkeypatch.setattr(ops.shutil, "which", _which(wrapper))
     monkeypatch.setattr(ops, "_CUDA_HOME_FIX", [])
     monkeypatch.setattr(torch.version, "cuda", "13.0")
@@ -113,7 +129,14 @@ def test_doctor_cuda_home_row_on_a_cpu_only_torch(monkeypatch):
 @pytest.mark.skipif(not Path("/usr/local/bin/nvcc").is_file() or not Path("/usr/local/cuda").is_dir(),
                     reason="no /usr/local/bin/nvcc wrapper here")
 def test_this_machine_wrapper(monkeypatch):
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.delenv("CUDA_PATH", raising=False)
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     home, _ = ops.find_cuda_home()
     assert home is not None and ops.is_cuda_toolkit(home) and Path(home).resolve() == Path("/usr/local/cuda").resolve()
+
+
+def test_the_fake_machine_leaves_no_cuda_home_behind():
+    """A later test (the nvcc compile check) must see this process's real CUDA_HOME, not the fake toolkit."""
+    assert "pytest-of" not in os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_HOME")
+    assert "pytest-of" not in str(ops._cpp_extension().CUDA_HOME), ops._cpp_extension().CUDA_HOME
