@@ -22,7 +22,10 @@
 //              Default: atomicAdd into one dW^T (float rounding order varies run to run). With
 //              torch.use_deterministic_algorithms(True): every group of rows owns a partial dW^T
 //              (plain adds; groups sized so the partials fit kDeterministicBytes), summed after; when
-//              that leaves few blocks, the neurons j are split into slices (grid z) as well.
+//              that leaves few blocks, the neurons j are split into slices (grid z) as well, and a
+//              step's input x_i is gathered by its thread in list order (no shared atomics), so a
+//              column listed twice in a row adds as on the CPU; the dense rows of rows_from_events
+//              likewise (scatter_rows_ordered_kernel): the deterministic mode is bitwise repeatable.
 //              (torch then also needs CUBLAS_WORKSPACE_CONFIG=:4096:8 for the GEMMs of `surrogate`
 //              and of a forced GEMM current.)
 //   dL/ds of the previous layer: blocks over (input tile, batch row), the reverse recurrence
@@ -210,13 +213,20 @@ std::tuple<Tensor, Tensor, Tensor> list_of_nonzeros(const Tensor& x, int64_t T, 
   return {ptr, col, val};
 }
 
+// Dense rows [rows, width] from a list; a column listed twice in a row adds: by atomics (any order), or in the
+// deterministic mode in list order (the CPU's), so the bits repeat.
 Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
                         const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
-  if (rows > 0 && col.numel() > 0)
-    LZO_LAUNCH(scatter_rows_kernel, grid(rows * kWarp), kThreads)(
-        ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr,
-        out.data_ptr<float>(), rows, width);
+  const float* v = val.numel() ? val.data_ptr<float>() : nullptr;
+  if (rows > 0 && col.numel() > 0) {
+    if (at::globalContext().deterministicAlgorithms())
+      LZO_LAUNCH(scatter_rows_ordered_kernel, grid(rows * kWarp), kThreads)(
+          ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), v, out.data_ptr<float>(), rows, width);
+    else
+      LZO_LAUNCH(scatter_rows_kernel, grid(rows * kWarp), kThreads)(
+          ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), v, out.data_ptr<float>(), rows, width);
+  }
   LZO_LAUNCH_CHECK();
   return out;
 }
@@ -389,7 +399,8 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
                                       static_cast<unsigned>(slices)), kThreads)(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
                                    x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(),
                                    x_val.numel() ? x_val.data_ptr<float>() : nullptr, dwt.data_ptr<float>(), T, B,
-                                   Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic);
+                                   Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic,
+                                   deterministic);
   LZO_LAUNCH_CHECK();
   Tensor dw = (deterministic ? dwt.sum(0) : dwt).t().contiguous();
   if (!with_prev) return {dw, empty};

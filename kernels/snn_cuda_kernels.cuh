@@ -212,6 +212,23 @@ __global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* 
     }
 }
 
+// scatter_rows_kernel for the deterministic mode: lane l of a row's warp owns the columns c with c % 32 == l and
+// walks the whole row, adding its own columns' values in list order (the CPU's order) with plain adds, so a
+// column listed twice in a row gives the same bits on every run. Each lane reads every entry of the row (a
+// broadcast load per entry for the warp): the row costs its length per lane instead of length / 32.
+__global__ void scatter_rows_ordered_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
+                                            const float* __restrict__ val, float* __restrict__ out, int64_t rows,
+                                            int64_t width) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = ptr[r]; q < ptr[r + 1]; ++q) {
+      const int32_t c = col[q];
+      CUDA_KERNEL_ASSERT(c >= 0 && c < width);
+      if ((c & (kWarp - 1)) == lane) out[r * width + c] += val ? val[q] : 1.0f;
+    }
+}
+
 __global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32_t* __restrict__ scol,
                                        const float* __restrict__ W, float* __restrict__ o, int64_t T, int64_t B,
                                        int64_t N, int64_t C, float bo, float omb) {
@@ -288,12 +305,15 @@ __global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t*
 // dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of
 // rows, slice of neurons j): a block adds only the entries whose j lies in its slice (blockIdx.z of
 // gridDim.z), so slices write disjoint rows of dW^T and the deterministic mode, which has few groups
-// when dW^T is large, still fills the GPU.
+// when dW^T is large, still fills the GPU. A step's input x_i is gathered through shared memory with
+// atomics (a column listed twice in a row adds in any order) or, ordered_x (the deterministic mode), by
+// each thread walking the row's events in list order for its own input (the row's length per thread
+// instead of length / blockDim, no barrier).
 __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
                                  const float* __restrict__ e, const Ptr* __restrict__ xptr,
                                  const int32_t* __restrict__ xcol, const float* __restrict__ xval,
                                  float* __restrict__ dwt, int64_t T, int64_t B, int64_t Nin, int64_t N, float beta,
-                                 int64_t group_rows, int64_t groups, bool shared_out) {
+                                 int64_t group_rows, int64_t groups, bool shared_out, bool ordered_x) {
   __shared__ float sh_x[kThreads];
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
   const bool mine = i < Nin;
@@ -309,7 +329,11 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
         const int64_t r = b * T + t;
         if (aptr[r] == last) break;  // no active entry left in this batch row
         float x = 0.0f;
-        if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
+        if (ordered_x) {  // deterministic mode: own input's events in list order (the CPU's), no shared atomics
+          if (mine)
+            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q)
+              if (xcol[q] == i) x += xval ? xval[q] : 1.0f;
+        } else if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
           sh_x[threadIdx.x] = 0.0f;
           __syncthreads();
           for (int64_t q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {

@@ -211,6 +211,53 @@ def test_deterministic_mode_is_bitwise_repeatable(method, kern):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kern", KERNELS)
+def test_deterministic_mode_adds_a_repeated_column_in_list_order(kern):
+    """Issue 31 item 4: a column listed three times in one row with values 1e8, -1e8, 1 sums to 1 in list order
+    (the CPU's) and to 0 when 1 meets 1e8 first, as the atomics may add it. Under
+    torch.use_deterministic_algorithms(True) the sparse dW (sparse_dw_kernel's input gather) and the dense dW
+    (the rows of scatter_rows_ordered_kernel) give one result over 50 runs, with the grid capped at 1, 2, 3
+    and 65535 blocks, equal bit for bit to the CPU op's (chosen so that the CPU's rebased trace and the GPU's
+    running trace round alike: powers of two, the events at t = 0)."""
+    T, beta = 2, 0.9
+    ptr = torch.tensor([0, 4, 4], dtype=torch.int32)  # B = 1: row t = 0 has the events, t = 1 none
+    col = torch.tensor([0, 0, 2, 0], dtype=torch.int32)
+    val = torch.tensor([1e8, -1e8, 0.5, 1.0])
+    w = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    a_ptr = torch.tensor([0, 2, 4], dtype=torch.int32)
+    a_col = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    g_act = torch.tensor([0.25, -1.5, 2.0, 0.75])
+    a_gate = torch.tensor([0.5, 1.0, 0.25, 2.0])
+    grad = torch.tensor([[0.25, -1.5], [2.0, 0.75]])
+    gate = torch.tensor([[0.5, 2.0], [0.0, 0.0]])
+    e = torch.zeros(0)
+    ei = torch.zeros(0, dtype=torch.int32)
+
+    def both(lib, d):
+        sparse = lib.lif_sparse_backward(g_act.to(d), a_ptr.to(d), a_col.to(d), a_gate.to(d), e.to(d), ptr.to(d),
+                                         col.to(d), val.to(d), w.to(d), beta, T, ei.to(d), ei.to(d))[0]
+        dense = lib.lif_dense_backward(grad.to(d), gate.to(d), e.to(d), ptr.to(d), col.to(d), val.to(d), w.to(d),
+                                       beta, T, False, 1)[0]
+        return sparse.cpu(), dense.cpu()
+
+    want = both(torch.ops.lzo, "cpu")
+    assert want[0][0].abs().sum() > 0 and want[1][0].abs().sum() > 0  # the 1 survived: list order
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    old = kern.lib.set_cuda_max_grid(65535)
+    try:
+        seen = set()
+        for run in range(50):
+            kern.lib.set_cuda_max_grid((1, 2, 3, 65535)[run % 4])
+            got = both(kern.lib, kern.device)
+            seen.add(tuple(t.numpy().tobytes() for t in got))
+    finally:
+        kern.lib.set_cuda_max_grid(old)
+        torch.use_deterministic_algorithms(was)
+    assert len(seen) == 1, f"{len(seen)} different results in deterministic mode"
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
+
+
 @pytest.mark.parametrize("ptr,message", [
     ([0, 5, 2, 3], "row pointers must not decrease"),
     ([0, 1, 2, 9], "ptr[B*T] must not exceed the number of columns"),
