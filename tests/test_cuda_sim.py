@@ -258,6 +258,35 @@ def test_deterministic_mode_adds_a_repeated_column_in_list_order(kern):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
 
 
+@pytest.mark.parametrize("method", ["surrogate", "localzo"])
+def test_a_training_update_validates_only_its_input_list(method, tmp_path, monkeypatch):
+    """Issue 31 item 5: through the network's autograd node only the first layer's forward validates a list (the
+    input); the spike, active and saved lists are the extension's own (library.own_lists). The launch log
+    (LZO_SIM_LAUNCH_LOG, kernels/cuda_sim.h) shows it; the results are the reference's (the other tests)."""
+    log = tmp_path / "launches.txt"
+    model, x, y = make(6, 2, 11, (13, 9), seed=4)
+    monkeypatch.setenv("LZO_SIM_LAUNCH_LOG", str(log))
+    step(model, x, y, GateSpec.build(method, "normal", delta=0.4), SIM)
+    monkeypatch.delenv("LZO_SIM_LAUNCH_LOG")
+    names = [line.split()[0] for line in log.read_text().splitlines()]
+    assert names.count("validate_list_kernel") == 1, names
+    assert "readout_backward_kernel" in names  # the log spans the backward too
+    assert LIB.own_lists(False) is False  # the scopes left the thread as they found it
+
+
+def test_a_list_from_outside_is_validated_on_a_capped_grid(tmp_path, monkeypatch):
+    """A direct op call validates its list, on at most 528 blocks (4 per SM of an H100; the kernel grid-strides):
+    40000 entries would take 625 blocks of the simulator's 64 threads."""
+    log = tmp_path / "launches.txt"
+    ptr = torch.tensor([0, 20000, 40000], dtype=torch.int32)
+    monkeypatch.setenv("LZO_SIM_LAUNCH_LOG", str(log))
+    LIB.readout_forward(ptr, torch.zeros(40000, dtype=torch.int32), torch.randn(1, 2), 2, 0.9)
+    monkeypatch.delenv("LZO_SIM_LAUNCH_LOG")
+    launches = [line.split() for line in log.read_text().splitlines()]
+    assert [v[:6] for v in launches if v[0] == "validate_list_kernel"] == [
+        ["validate_list_kernel", "528", "1", "1", "64", "0"]]
+
+
 @pytest.mark.parametrize("ptr,message", [
     ([0, 5, 2, 3], "row pointers must not decrease"),
     ([0, 1, 2, 9], "ptr[B*T] must not exceed the number of columns"),
@@ -386,6 +415,19 @@ def test_pool_events_equal_the_cpu_op(graded, kern):
     n = int(got[0][-1])
     assert torch.equal(got[0].cpu(), want[0]) and n == want[1].numel()
     assert torch.equal(got[1][:n].cpu(), want[1]) and torch.equal(got[2][:n].cpu(), want[2])
+    # allocated at min(input length, rows * pooled width) (issue 31 item 5): here the second, 18 rows of 2*3*3
+    bound = (ptr.numel() - 1) * 2 * 3 * 3
+    assert bound < col.numel() and got[1].numel() == got[2].numel() == bound
+
+
+def test_pool_events_fake_has_the_kernels_bound():
+    """The fake kernel of the simulated pool_events gives the list length the kernel allocates (opcheck's fake
+    tensor test compares them), on a list longer than rows * pooled width and on one shorter."""
+    gen = torch.Generator().manual_seed(3)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for rate in (0.3, 0.02):
+        ptr, col, val = torch.ops.lzo.to_events((torch.rand(6, 3, 5 * 7 * 3, generator=gen) < rate).float())
+        torch.library.opcheck(LIB.pool_events.default, (ptr, col, val, [3, 5, 7], 2), test_utils=utils)
 
 
 def test_the_self_check_passes_on_the_simulated_cuda_kernels():
