@@ -486,6 +486,9 @@ std::tuple<Tensor, Tensor> conv_sparse_backward_cuda(
   const Tensor empty = at::empty({0}, W.options());
   check_backward_lists(grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col, x_val, prev_ptr, prev_col, W,
                        N, nin, units, op);
+  constexpr int64_t k31 = int64_t(1) << 31;  // the conv kernels' 32-bit tap and offset arithmetic (TapWalk)
+  TORCH_CHECK(cg.cout * cg.weight_cols() < k31 && nin < k31 && N < k31, op,
+              ": C_out*(C_in*K*K + 1), C_in*H*W + 1 and H_o*W_o*C_out must stay below 2^31");
   const bool with_prev = prev_ptr.numel() > 0;
   LZO_GUARD(W.device());
   const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
