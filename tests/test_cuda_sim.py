@@ -448,3 +448,17 @@ def test_an_empty_row_pointer_tensor_is_refused_before_any_read(ns):
         getattr(torch.ops, ns).pool_events(empty_ptr, col, torch.zeros(0), [2, 4, 4], 2)
     with pytest.raises(RuntimeError, match=r"s_ptr must .*row pointers \(at least 1\)"):
         getattr(torch.ops, ns).readout_forward(empty_ptr, col, torch.randn(4, 2), 1, 0.9)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_launch_shapes_formulas_match_the_simulators_launches(arch):
+    """benchmarks/launch_shapes.py computes each kernel's GPU grid from snn_cuda.cu's launch formulas after
+    checking them against the simulator's launch log at the run's shape (it stops on a mismatch): a small
+    batch and T, every rule."""
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import launch_shapes
+    out = launch_shapes.table(arch, "nmnist", 2, batch=3)
+    for rule in ("surrogate", "sparsegrad", "localzo"):
+        assert f"| {rule} |" in out
+    assert "validate_list_kernel" in out and ("conv_dw_kernel" if arch == "conv" else "sparse_dw_kernel") in out
