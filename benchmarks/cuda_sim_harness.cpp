@@ -121,7 +121,7 @@ void sparse_backward(const List& act, const std::vector<float>& grad_act, const 
                                             deterministic ? 3u : 1u),  // slices of neurons, as snn_cuda.cu splits them
                     dim3(kThreads))(act.ptr.data(), act.col.data(), e.data(), x.ptr.data(), x.col.data(),
                                     x.val.empty() ? nullptr : x.val.data(), dwt.data(), T, B, Nin, N, 0.9f,
-                                    group_rows, groups, !deterministic);
+                                    group_rows, groups, !deterministic, deterministic);
   if (!prev || prev->col.empty()) return;
   validate(*prev, rows, Nin);
   std::vector<float> wt(N * Nin), g_prev(prev->col.size());
@@ -175,9 +175,14 @@ int64_t network_case(int method, int64_t T, int64_t B, int64_t Nin, int64_t N1, 
     std::vector<float> grad(rows * N2, 0.05f), ghat(rows * N2), xrows(rows * N1, 0.0f);
     lzo_sim::launch(&dense_reverse_kernel, dim3(grid(B * N2)), dim3(kThreads))(
         grad.data(), l2.dense_gate.data(), l2.counts.data(), ghat.data(), T, B, N2, 0.9f);
-    if (!l1.spikes.col.empty())
-      lzo_sim::launch(&scatter_rows_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
-          l1.spikes.ptr.data(), l1.spikes.col.data(), nullptr, xrows.data(), rows, N1);
+    if (!l1.spikes.col.empty()) {
+      if (deterministic)
+        lzo_sim::launch(&scatter_rows_ordered_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+            l1.spikes.ptr.data(), l1.spikes.col.data(), nullptr, xrows.data(), rows, N1);
+      else
+        lzo_sim::launch(&scatter_rows_kernel, dim3(grid(rows * kWarp)), dim3(kThreads))(
+            l1.spikes.ptr.data(), l1.spikes.col.data(), nullptr, xrows.data(), rows, N1);
+    }
     return static_cast<int64_t>(l1.spikes.col.size() + l2.spikes.col.size());
   }
   std::vector<float> g_act(std::max<size_t>(1, l2.active.col.size()));

@@ -135,20 +135,37 @@ void run(void (*kernel)(P...), dim3 blocks, dim3 threads, A&&... args) {
   block = nullptr;
 }
 
-// launch(&kernel, blocks, threads)(args...): the <<<blocks, threads>>> of the simulator.
+// The launch log: with LZO_SIM_LAUNCH_LOG=path in the environment, every launch appends one line
+// "kernel grid.x grid.y grid.z block.x dynamic_shared_bytes" to path (the variable is read at every launch, so a
+// process starts and stops the log by setting and unsetting it; benchmarks/launch_shapes.py reads it). Our
+// kernels use static __shared__ only: the dynamic bytes are 0.
+inline void log_launch(const char* name, dim3 g, dim3 b, unsigned shared) {
+  const char* path = std::getenv("LZO_SIM_LAUNCH_LOG");
+  if (!path || !*path) return;
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s %u %u %u %u %u\n", name, g.x, g.y, g.z, b.x, shared);
+    std::fclose(f);
+  }
+}
+
+// launch(&kernel, blocks, threads[, name])(args...): the <<<blocks, threads>>> of the simulator.
 template <typename... P>
 struct Launch {
   void (*kernel)(P...);
   dim3 blocks, threads;
+  const char* name;
   template <typename... A>
   void operator()(A&&... args) const {
+    log_launch(name, blocks, threads, 0);
     run(kernel, blocks, threads, std::forward<A>(args)...);
   }
 };
 
 template <typename... P>
-Launch<P...> launch(void (*kernel)(P...), dim3 blocks, dim3 threads) {
-  return {kernel, blocks, threads};
+Launch<P...> launch(void (*kernel)(P...), dim3 blocks, dim3 threads, const char* name = "kernel") {
+  return {kernel, blocks, threads, name};
 }
 
 }  // namespace lzo_sim

@@ -6,7 +6,9 @@
 //   - row pointers come from a device cumsum of per-row counts;
 //   - loops are grid-stride, so any size runs with the grids capped at g_max_grid blocks
 //     (65535; lzo::set_cuda_max_grid lowers it so tests make the loops take several passes);
-//   - a list an op receives is validated on the device (validate_list_kernel), without a host read.
+//   - a list an op receives is validated on the device (validate_list_kernel, at most kValidateBlocks
+//     blocks), without a host read, unless the caller says the extension made it (lzo::own_lists: the
+//     network's autograd node, for every list after the first layer's input; thread-local).
 // Exception: to_events (a dense tensor from the user) reads its event count back once, since its
 // bound would be twice the dense tensor.
 //
@@ -22,7 +24,10 @@
 //              Default: atomicAdd into one dW^T (float rounding order varies run to run). With
 //              torch.use_deterministic_algorithms(True): every group of rows owns a partial dW^T
 //              (plain adds; groups sized so the partials fit kDeterministicBytes), summed after; when
-//              that leaves few blocks, the neurons j are split into slices (grid z) as well.
+//              that leaves few blocks, the neurons j are split into slices (grid z) as well, and a
+//              step's input x_i is gathered by its thread in list order (no shared atomics), so a
+//              column listed twice in a row adds as on the CPU; the dense rows of rows_from_events
+//              likewise (scatter_rows_ordered_kernel): the deterministic mode is bitwise repeatable.
 //              (torch then also needs CUBLAS_WORKSPACE_CONFIG=:4096:8 for the GEMMs of `surrogate`
 //              and of a forced GEMM current.)
 //   dL/ds of the previous layer: blocks over (input tile, batch row), the reverse recurrence
@@ -47,7 +52,7 @@
 
 #ifdef LZO_CUDA_SIM
 #include "cuda_sim.h"
-#define LZO_LAUNCH(kernel, blocks, threads) ::lzo_sim::launch(&kernel, dim3(blocks), dim3(threads))
+#define LZO_LAUNCH(kernel, blocks, threads) ::lzo_sim::launch(&kernel, dim3(blocks), dim3(threads), #kernel)
 #define LZO_LAUNCH_CHECK() ((void)0)     // a failed device assert already ended the process
 #define LZO_GUARD(device) ((void)0)
 #define LZO_ON_DEVICE(t) ((t).is_cpu())  // the simulator's "device" memory is the CPU's
@@ -76,6 +81,8 @@ int64_t g_max_grid = 65535;  // blocks per grid dimension; lzo::set_cuda_max_gri
 constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
 constexpr int64_t kTargetBlocks = 1024;  // the sparse dW's grid in the deterministic mode: ~8 blocks per SM of an H100/H200
 constexpr int64_t kMaxSlices = 64;       // each slice re-reads the rows' entries and input events
+constexpr unsigned kValidateBlocks = 528;  // validate_list_kernel's grid: 4 blocks per SM of an H100 (132 SMs); it grid-strides
+thread_local bool t_own_lists = false;    // lzo::own_lists: the lists handed in were made by the extension
 
 #ifndef LZO_CUDA_SIM
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -108,8 +115,9 @@ void check_list(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t
   check_cuda(col, ref, op, name);
   check_cuda(val, ref, op, name);
   TORCH_CHECK(LZO_ON_DEVICE(ptr) && LZO_ON_DEVICE(col), op, ": ", name, " list must be on the weights' device");
+  if (t_own_lists) return;  // made by our own ops (a layer's spikes, an active list, a pooled list): valid
   LZO_GUARD(ptr.device());
-  LZO_LAUNCH(validate_list_kernel, grid(std::max<int64_t>(rows, col.numel())), kThreads)(
+  LZO_LAUNCH(validate_list_kernel, std::min(grid(std::max<int64_t>(rows, col.numel())), kValidateBlocks), kThreads)(
       ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), rows, col.numel(), width);
   LZO_LAUNCH_CHECK();
 }
@@ -210,13 +218,20 @@ std::tuple<Tensor, Tensor, Tensor> list_of_nonzeros(const Tensor& x, int64_t T, 
   return {ptr, col, val};
 }
 
+// Dense rows [rows, width] from a list; a column listed twice in a row adds: by atomics (any order), or in the
+// deterministic mode in list order (the CPU's), so the bits repeat.
 Tensor rows_from_events(const Tensor& ptr, const Tensor& col, const Tensor& val, int64_t rows, int64_t width,
                         const at::TensorOptions& opts) {
   Tensor out = at::zeros({rows, width}, opts);
-  if (rows > 0 && col.numel() > 0)
-    LZO_LAUNCH(scatter_rows_kernel, grid(rows * kWarp), kThreads)(
-        ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), val.numel() ? val.data_ptr<float>() : nullptr,
-        out.data_ptr<float>(), rows, width);
+  const float* v = val.numel() ? val.data_ptr<float>() : nullptr;
+  if (rows > 0 && col.numel() > 0) {
+    if (at::globalContext().deterministicAlgorithms())
+      LZO_LAUNCH(scatter_rows_ordered_kernel, grid(rows * kWarp), kThreads)(
+          ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), v, out.data_ptr<float>(), rows, width);
+    else
+      LZO_LAUNCH(scatter_rows_kernel, grid(rows * kWarp), kThreads)(
+          ptr.data_ptr<Ptr>(), col.data_ptr<int32_t>(), v, out.data_ptr<float>(), rows, width);
+  }
   LZO_LAUNCH_CHECK();
   return out;
 }
@@ -389,7 +404,8 @@ std::tuple<Tensor, Tensor> lif_sparse_backward_cuda(
                                       static_cast<unsigned>(slices)), kThreads)(act_ptr.data_ptr<Ptr>(), act_col.data_ptr<int32_t>(), e.data_ptr<float>(),
                                    x_ptr.data_ptr<Ptr>(), x_col.data_ptr<int32_t>(),
                                    x_val.numel() ? x_val.data_ptr<float>() : nullptr, dwt.data_ptr<float>(), T, B,
-                                   Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic);
+                                   Nin, N, static_cast<float>(beta), group_rows, groups, !deterministic,
+                                   deterministic);
   LZO_LAUNCH_CHECK();
   Tensor dw = (deterministic ? dwt.sum(0) : dwt).t().contiguous();
   if (!with_prev) return {dw, empty};
@@ -470,6 +486,9 @@ std::tuple<Tensor, Tensor> conv_sparse_backward_cuda(
   const Tensor empty = at::empty({0}, W.options());
   check_backward_lists(grad_act, act_ptr, act_col, act_gate, count_grad, x_ptr, x_col, x_val, prev_ptr, prev_col, W,
                        N, nin, units, op);
+  constexpr int64_t k31 = int64_t(1) << 31;  // the conv kernels' 32-bit tap and offset arithmetic (TapWalk)
+  TORCH_CHECK(cg.cout * cg.weight_cols() < k31 && nin < k31 && N < k31, op,
+              ": C_out*(C_in*K*K + 1), C_in*H*W + 1 and H_o*W_o*C_out must stay below 2^31");
   const bool with_prev = prev_ptr.numel() > 0;
   LZO_GUARD(W.device());
   const Tensor e = active_errors(grad_act, act_ptr, act_col, act_gate, count_grad, T, N);
@@ -532,7 +551,9 @@ std::tuple<Tensor, Tensor> conv_dense_backward_cuda(const Tensor& grad, const Te
 }
 
 // Sum pooling of a list: dense pooled rows (pool_rows_kernel), then compacted as to_events does, into a list sized
-// by its bound, the input's length (pooling never adds events).
+// by its bound: min(the input's length, since pooling never adds events; rows * pooled width, since a pooled row
+// holds each unit once). At 2x2 pooling the second is 4x smaller (N-MNIST's conv layer at B = 32: 104 MB for
+// the columns instead of the input's 415 MB).
 std::tuple<Tensor, Tensor, Tensor> pool_events_cuda(const Tensor& ptr, const Tensor& col, const Tensor& val,
                                                     c10::IntArrayRef frame, int64_t pool) {
   const char* op = "lzo::pool_events";
@@ -550,7 +571,7 @@ std::tuple<Tensor, Tensor, Tensor> pool_events_cuda(const Tensor& ptr, const Ten
                                                        val.numel() ? val.data_ptr<float>() : nullptr,
                                                        dense.data_ptr<float>(), rows, C, H, W, pool);
   LZO_LAUNCH_CHECK();
-  return list_of_nonzeros(dense, 1, rows, width, col.numel());
+  return list_of_nonzeros(dense, 1, rows, width, std::min(col.numel(), rows * width));
 }
 
 // The grid cap of every launch (at most 65535, the default); returns the previous cap. Tests lower it
@@ -562,16 +583,29 @@ int64_t set_cuda_max_grid(int64_t blocks) {
   return old;
 }
 
+// Whether the lists handed to this thread's ops were made by the extension itself (the device-side validation is
+// then skipped; the host-side shape checks stay); returns the previous setting. Thread-local: the autograd engine
+// runs a CUDA backward in its own thread, which says so itself (lzo_bench.ops.library.own_lists).
+bool own_lists(bool own) {
+  const bool old = t_own_lists;
+  t_own_lists = own;
+  return old;
+}
+
 #ifdef LZO_CUDA_SIM
 // The simulated ops: the event ops' schemas (lif_common.h) under their own namespace, on CPU tensors.
 TORCH_LIBRARY(lzo_sim, m) {
   LZO_EVENT_OP_SCHEMAS(m);
   LZO_CONV_OP_SCHEMAS(m);
   m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid);
+  m.def("own_lists(bool own) -> bool", &own_lists);
 }
 TORCH_LIBRARY_IMPL(lzo_sim, CPU, m) {
 #else
-TORCH_LIBRARY_FRAGMENT(lzo, m) { m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid); }
+TORCH_LIBRARY_FRAGMENT(lzo, m) {
+  m.def("set_cuda_max_grid(int blocks) -> int", &set_cuda_max_grid);
+  m.def("own_lists(bool own) -> bool", &own_lists);
+}
 
 TORCH_LIBRARY_IMPL(lzo, CUDA, m) {
 #endif

@@ -212,6 +212,23 @@ __global__ void scatter_rows_kernel(const Ptr* __restrict__ ptr, const int32_t* 
     }
 }
 
+// scatter_rows_kernel for the deterministic mode: lane l of a row's warp owns the columns c with c % 32 == l and
+// walks the whole row, adding its own columns' values in list order (the CPU's order) with plain adds, so a
+// column listed twice in a row gives the same bits on every run. Each lane reads every entry of the row (a
+// broadcast load per entry for the warp): the row costs its length per lane instead of length / 32.
+__global__ void scatter_rows_ordered_kernel(const Ptr* __restrict__ ptr, const int32_t* __restrict__ col,
+                                            const float* __restrict__ val, float* __restrict__ out, int64_t rows,
+                                            int64_t width) {
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps)
+    for (int64_t q = ptr[r]; q < ptr[r + 1]; ++q) {
+      const int32_t c = col[q];
+      CUDA_KERNEL_ASSERT(c >= 0 && c < width);
+      if ((c & (kWarp - 1)) == lane) out[r * width + c] += val ? val[q] : 1.0f;
+    }
+}
+
 __global__ void readout_forward_kernel(const Ptr* __restrict__ sptr, const int32_t* __restrict__ scol,
                                        const float* __restrict__ W, float* __restrict__ o, int64_t T, int64_t B,
                                        int64_t N, int64_t C, float bo, float omb) {
@@ -288,12 +305,15 @@ __global__ void active_error_kernel(const Ptr* __restrict__ aptr, const int32_t*
 // dW^T[j, i] += e * xbar[t, b, i] over the active entries (t, b, j); blocks over (input tile, group of
 // rows, slice of neurons j): a block adds only the entries whose j lies in its slice (blockIdx.z of
 // gridDim.z), so slices write disjoint rows of dW^T and the deterministic mode, which has few groups
-// when dW^T is large, still fills the GPU.
+// when dW^T is large, still fills the GPU. A step's input x_i is gathered through shared memory with
+// atomics (a column listed twice in a row adds in any order) or, ordered_x (the deterministic mode), by
+// each thread walking the row's events in list order for its own input (the row's length per thread
+// instead of length / blockDim, no barrier).
 __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __restrict__ acol,
                                  const float* __restrict__ e, const Ptr* __restrict__ xptr,
                                  const int32_t* __restrict__ xcol, const float* __restrict__ xval,
                                  float* __restrict__ dwt, int64_t T, int64_t B, int64_t Nin, int64_t N, float beta,
-                                 int64_t group_rows, int64_t groups, bool shared_out) {
+                                 int64_t group_rows, int64_t groups, bool shared_out, bool ordered_x) {
   __shared__ float sh_x[kThreads];
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x, i = i0 + threadIdx.x;
   const bool mine = i < Nin;
@@ -309,7 +329,11 @@ __global__ void sparse_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __
         const int64_t r = b * T + t;
         if (aptr[r] == last) break;  // no active entry left in this batch row
         float x = 0.0f;
-        if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
+        if (ordered_x) {  // deterministic mode: own input's events in list order (the CPU's), no shared atomics
+          if (mine)
+            for (int64_t q = xptr[r]; q < xptr[r + 1]; ++q)
+              if (xcol[q] == i) x += xval ? xval[q] : 1.0f;
+        } else if (xptr[r + 1] > xptr[r]) {  // this step's inputs of the tile, through shared memory
           sh_x[threadIdx.x] = 0.0f;
           __syncthreads();
           for (int64_t q = xptr[r] + threadIdx.x; q < xptr[r + 1]; q += blockDim.x) {
@@ -438,6 +462,33 @@ __global__ void scan_rows_kernel(float* __restrict__ buf, int64_t T, int64_t B, 
   }
 }
 
+// The taps (c, ky, kx) of tap = (c*K + ky)*K + kx that lane `lane` of a warp visits, tap = lane, lane + 32, ...:
+// decoded once per lane (TapWalk), then stepped by kWarp taps as a mixed-radix increment with carries (kx + dkx
+// < 2K and ky + 1 + dky < 2K, so one carry each), so the conv kernels' entry loops divide by nothing but the
+// output's shape. 32-bit throughout: conv_sparse_backward_cuda checks C_out*(C_in*K*K + 1), C_in*H*W and
+// H_o*W_o*C_out below 2^31 (a column is an int32 in any case), so every in-row offset, tap and output index fits.
+struct TapWalk {
+  int32_t c0, ky0, kx0, dc, dky, dkx;
+  __device__ TapWalk(const ConvGeom& g, int lane) {
+    const int32_t k = static_cast<int32_t>(g.k), kk = k * k;
+    c0 = lane / kk, ky0 = lane % kk / k, kx0 = lane % k;
+    dc = kWarp / kk, dky = kWarp % kk / k, dkx = kWarp % k;
+  }
+};
+
+// An active entry's output j = (oy, ox, o) as its channel o and the input corner (y0, x0) of its window.
+struct ConvEntry {
+  int32_t o, y0, x0;
+  __device__ ConvEntry(const ConvGeom& g, int32_t j) {
+    const uint32_t cout = static_cast<uint32_t>(g.cout), wo = static_cast<uint32_t>(g.wo);
+    const uint32_t uj = static_cast<uint32_t>(j), pos = uj / cout;  // j >= 0: a validated column
+    o = static_cast<int32_t>(uj - pos * cout);
+    const uint32_t oy = pos / wo, ox = pos - oy * wo;
+    y0 = static_cast<int32_t>(oy) * static_cast<int32_t>(g.stride) - static_cast<int32_t>(g.pad);
+    x0 = static_cast<int32_t>(ox) * static_cast<int32_t>(g.stride) - static_cast<int32_t>(g.pad);
+  }
+};
+
 // dW[part, o, tap] += e * xbar[r, input of tap] over the active entries (r, j = (oy, ox, o)) of rows
 // [part*rows_per, (part+1)*rows_per): one warp per part, its lanes over the taps (c, ky, kx) of one entry at a
 // time. A tap's address is a function of (o, tap) and tap a function of the lane, so every address has one
@@ -447,7 +498,11 @@ __global__ void conv_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __re
                                ConvGeom g, int64_t rows, int64_t rows_per, int64_t parts) {
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  const int64_t nin = g.units_in() + (g.bias ? 1 : 0), cols = g.weight_cols(), kk = g.k * g.k;
+  const int64_t nin = g.units_in() + (g.bias ? 1 : 0);
+  const int32_t cols = static_cast<int32_t>(g.weight_cols()), taps = static_cast<int32_t>(g.taps());
+  const int32_t k = static_cast<int32_t>(g.k), H = static_cast<int32_t>(g.h), W = static_cast<int32_t>(g.w);
+  const int32_t cin = static_cast<int32_t>(g.cin), units = static_cast<int32_t>(g.units_in());
+  const TapWalk tw(g, lane);
   for (int64_t part = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; part < parts;
        part += warps) {
     float* dst = dw + part * g.cout * cols;
@@ -455,15 +510,20 @@ __global__ void conv_dw_kernel(const Ptr* __restrict__ aptr, const int32_t* __re
     for (int64_t r = part * rows_per; r < r_end; ++r) {
       const float* h = xbar + r * nin;
       for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
-        const int64_t j = acol[q], o = j % g.cout, pos = j / g.cout;
-        const int64_t y0 = (pos / g.wo) * g.stride - g.pad, x0 = (pos % g.wo) * g.stride - g.pad;
+        const ConvEntry en(g, acol[q]);
         const float f = e[q];
-        for (int64_t tap = lane; tap < g.taps(); tap += kWarp) {
-          const int64_t c = tap / kk, iy = y0 + (tap / g.k) % g.k, ix = x0 + tap % g.k;
-          if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-          dst[o * cols + tap] += f * h[(iy * g.w + ix) * g.cin + c];
+        float* row = dst + en.o * cols;
+        int32_t c = tw.c0, ky = tw.ky0, kx = tw.kx0;
+        for (int32_t tap = lane; tap < taps; tap += kWarp) {
+          const int32_t iy = en.y0 + ky, ix = en.x0 + kx;
+          if (iy >= 0 && iy < H && ix >= 0 && ix < W) row[tap] += f * h[(iy * W + ix) * cin + c];
+          kx += tw.dkx;
+          if (kx >= k) kx -= k, ++ky;
+          ky += tw.dky;
+          if (ky >= k) ky -= k, ++c;
+          c += tw.dc;
         }
-        if (g.bias && lane == 0) dst[o * cols + g.taps()] += f * h[g.units_in()];
+        if (g.bias && lane == 0) row[taps] += f * h[units];
       }
     }
   }
@@ -477,17 +537,26 @@ __global__ void conv_dx_scatter_kernel(const Ptr* __restrict__ aptr, const int32
                                        float* __restrict__ dy, ConvGeom g, int64_t rows) {
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
-  const int64_t cols = g.weight_cols(), kk = g.k * g.k, units = g.units_in();
+  const int32_t cols = static_cast<int32_t>(g.weight_cols()), taps = static_cast<int32_t>(g.taps());
+  const int32_t k = static_cast<int32_t>(g.k), H = static_cast<int32_t>(g.h), Wd = static_cast<int32_t>(g.w);
+  const int32_t cin = static_cast<int32_t>(g.cin);
+  const int64_t units = g.units_in();
+  const TapWalk tw(g, lane);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp; r < rows; r += warps) {
     float* out = dy + r * units;
     for (int64_t q = aptr[r]; q < aptr[r + 1]; ++q) {
-      const int64_t j = acol[q], o = j % g.cout, pos = j / g.cout;
-      const int64_t y0 = (pos / g.wo) * g.stride - g.pad, x0 = (pos % g.wo) * g.stride - g.pad;
+      const ConvEntry en(g, acol[q]);
       const float f = e[q];
-      for (int64_t tap = lane; tap < g.taps(); tap += kWarp) {
-        const int64_t c = tap / kk, iy = y0 + (tap / g.k) % g.k, ix = x0 + tap % g.k;
-        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-        out[(iy * g.w + ix) * g.cin + c] += f * W[o * cols + tap];
+      const float* wrow = W + en.o * cols;
+      int32_t c = tw.c0, ky = tw.ky0, kx = tw.kx0;
+      for (int32_t tap = lane; tap < taps; tap += kWarp) {
+        const int32_t iy = en.y0 + ky, ix = en.x0 + kx;
+        if (iy >= 0 && iy < H && ix >= 0 && ix < Wd) out[(iy * Wd + ix) * cin + c] += f * wrow[tap];
+        kx += tw.dkx;
+        if (kx >= k) kx -= k, ++ky;
+        ky += tw.dky;
+        if (ky >= k) ky -= k, ++c;
+        c += tw.dc;
       }
       __syncwarp();
     }

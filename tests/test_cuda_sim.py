@@ -210,6 +210,82 @@ def test_deterministic_mode_is_bitwise_repeatable(method, kern):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kern", KERNELS)
+def test_deterministic_mode_adds_a_repeated_column_in_list_order(kern):
+    """Issue 31 item 4: a column listed three times in one row with values 1e8, -1e8, 1 sums to 1 in list order
+    (the CPU's) and to 0 when 1 meets 1e8 first, as the atomics may add it. Under
+    torch.use_deterministic_algorithms(True) the sparse dW (sparse_dw_kernel's input gather) and the dense dW
+    (the rows of scatter_rows_ordered_kernel) give one result over 50 runs, with the grid capped at 1, 2, 3
+    and 65535 blocks, equal bit for bit to the CPU op's (chosen so that the CPU's rebased trace and the GPU's
+    running trace round alike: powers of two, the events at t = 0)."""
+    T, beta = 2, 0.9
+    ptr = torch.tensor([0, 4, 4], dtype=torch.int32)  # B = 1: row t = 0 has the events, t = 1 none
+    col = torch.tensor([0, 0, 2, 0], dtype=torch.int32)
+    val = torch.tensor([1e8, -1e8, 0.5, 1.0])
+    w = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    a_ptr = torch.tensor([0, 2, 4], dtype=torch.int32)
+    a_col = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    g_act = torch.tensor([0.25, -1.5, 2.0, 0.75])
+    a_gate = torch.tensor([0.5, 1.0, 0.25, 2.0])
+    grad = torch.tensor([[0.25, -1.5], [2.0, 0.75]])
+    gate = torch.tensor([[0.5, 2.0], [0.0, 0.0]])
+    e = torch.zeros(0)
+    ei = torch.zeros(0, dtype=torch.int32)
+
+    def both(lib, d):
+        sparse = lib.lif_sparse_backward(g_act.to(d), a_ptr.to(d), a_col.to(d), a_gate.to(d), e.to(d), ptr.to(d),
+                                         col.to(d), val.to(d), w.to(d), beta, T, ei.to(d), ei.to(d))[0]
+        dense = lib.lif_dense_backward(grad.to(d), gate.to(d), e.to(d), ptr.to(d), col.to(d), val.to(d), w.to(d),
+                                       beta, T, False, 1)[0]
+        return sparse.cpu(), dense.cpu()
+
+    want = both(torch.ops.lzo, "cpu")
+    assert want[0][0].abs().sum() > 0 and want[1][0].abs().sum() > 0  # the 1 survived: list order
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    old = kern.lib.set_cuda_max_grid(65535)
+    try:
+        seen = set()
+        for run in range(50):
+            kern.lib.set_cuda_max_grid((1, 2, 3, 65535)[run % 4])
+            got = both(kern.lib, kern.device)
+            seen.add(tuple(t.numpy().tobytes() for t in got))
+    finally:
+        kern.lib.set_cuda_max_grid(old)
+        torch.use_deterministic_algorithms(was)
+    assert len(seen) == 1, f"{len(seen)} different results in deterministic mode"
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
+
+
+@pytest.mark.parametrize("method", ["surrogate", "localzo"])
+def test_a_training_update_validates_only_its_input_list(method, tmp_path, monkeypatch):
+    """Issue 31 item 5: through the network's autograd node only the first layer's forward validates a list (the
+    input); the spike, active and saved lists are the extension's own (library.own_lists). The launch log
+    (LZO_SIM_LAUNCH_LOG, kernels/cuda_sim.h) shows it; the results are the reference's (the other tests)."""
+    log = tmp_path / "launches.txt"
+    model, x, y = make(6, 2, 11, (13, 9), seed=4)
+    monkeypatch.setenv("LZO_SIM_LAUNCH_LOG", str(log))
+    step(model, x, y, GateSpec.build(method, "normal", delta=0.4), SIM)
+    monkeypatch.delenv("LZO_SIM_LAUNCH_LOG")
+    names = [line.split()[0] for line in log.read_text().splitlines()]
+    assert names.count("validate_list_kernel") == 1, names
+    assert "readout_backward_kernel" in names  # the log spans the backward too
+    assert LIB.own_lists(False) is False  # the scopes left the thread as they found it
+
+
+def test_a_list_from_outside_is_validated_on_a_capped_grid(tmp_path, monkeypatch):
+    """A direct op call validates its list, on at most 528 blocks (4 per SM of an H100; the kernel grid-strides):
+    40000 entries would take 625 blocks of the simulator's 64 threads."""
+    log = tmp_path / "launches.txt"
+    ptr = torch.tensor([0, 20000, 40000], dtype=torch.int32)
+    monkeypatch.setenv("LZO_SIM_LAUNCH_LOG", str(log))
+    LIB.readout_forward(ptr, torch.zeros(40000, dtype=torch.int32), torch.randn(1, 2), 2, 0.9)
+    monkeypatch.delenv("LZO_SIM_LAUNCH_LOG")
+    launches = [line.split() for line in log.read_text().splitlines()]
+    assert [v[:6] for v in launches if v[0] == "validate_list_kernel"] == [
+        ["validate_list_kernel", "528", "1", "1", "64", "0"]]
+
+
 @pytest.mark.parametrize("ptr,message", [
     ([0, 5, 2, 3], "row pointers must not decrease"),
     ([0, 1, 2, 9], "ptr[B*T] must not exceed the number of columns"),
@@ -340,6 +416,19 @@ def test_pool_events_equal_the_cpu_op(graded, kern):
     n = int(got[0][-1])
     assert torch.equal(got[0].cpu(), want[0]) and n == want[1].numel()
     assert torch.equal(got[1][:n].cpu(), want[1]) and torch.equal(got[2][:n].cpu(), want[2])
+    # allocated at min(input length, rows * pooled width) (issue 31 item 5): here the second, 18 rows of 2*3*3
+    bound = (ptr.numel() - 1) * 2 * 3 * 3
+    assert bound < col.numel() and got[1].numel() == got[2].numel() == bound
+
+
+def test_pool_events_fake_has_the_kernels_bound():
+    """The fake kernel of the simulated pool_events gives the list length the kernel allocates (opcheck's fake
+    tensor test compares them), on a list longer than rows * pooled width and on one shorter."""
+    gen = torch.Generator().manual_seed(3)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for rate in (0.3, 0.02):
+        ptr, col, val = torch.ops.lzo.to_events((torch.rand(6, 3, 5 * 7 * 3, generator=gen) < rate).float())
+        torch.library.opcheck(LIB.pool_events.default, (ptr, col, val, [3, 5, 7], 2), test_utils=utils)
 
 
 def test_the_self_check_passes_on_the_simulated_cuda_kernels():
@@ -360,3 +449,17 @@ def test_an_empty_row_pointer_tensor_is_refused_before_any_read(ns):
         getattr(torch.ops, ns).pool_events(empty_ptr, col, torch.zeros(0), [2, 4, 4], 2)
     with pytest.raises(RuntimeError, match=r"s_ptr must .*row pointers \(at least 1\)"):
         getattr(torch.ops, ns).readout_forward(empty_ptr, col, torch.randn(4, 2), 1, 0.9)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_launch_shapes_formulas_match_the_simulators_launches(arch):
+    """benchmarks/launch_shapes.py computes each kernel's GPU grid from snn_cuda.cu's launch formulas after
+    checking them against the simulator's launch log at the run's shape (it stops on a mismatch): a small
+    batch and T, every rule."""
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import launch_shapes
+    out = launch_shapes.table(arch, "nmnist", 2, batch=3)
+    for rule in ("surrogate", "sparsegrad", "localzo"):
+        assert f"| {rule} |" in out
+    assert "validate_list_kernel" in out and ("conv_dw_kernel" if arch == "conv" else "sparse_dw_kernel") in out

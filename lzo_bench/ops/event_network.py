@@ -106,7 +106,15 @@ def _kernel_weight(hid: Hidden) -> torch.Tensor:
 
 def _forward_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """``weights``: per hidden layer ``W`` or ``[W; b]`` (a bias is one more input unit), then ``W_out``."""
-    return library.readout_forward(run.lib, _hidden_all(run, weights[:-1]), weights[-1], run.stack.readout.beta)
+    h = _hidden_all(run, weights[:-1])
+    with library.own_lists(run.lib, _own(run)):
+        return library.readout_forward(run.lib, h, weights[-1], run.stack.readout.beta)
+
+
+def _own(run: _Run) -> bool:
+    """Whether every list after the input is the extension's own: the first hidden layer's forward validates the
+    input (``validate_list_kernel``), the later ops take lists our ops made (:func:`library.own_lists`)."""
+    return len(run.stack.hidden) > 0
 
 
 def _backend_name(run: _Run) -> str:
@@ -129,10 +137,12 @@ def _hidden_all(run: _Run, weights: tuple[torch.Tensor, ...]) -> SpikeEvents:
         if run.stack.hidden[layer].bias is not None:
             h = with_bias_unit(h)
         run.inputs.append(h)
-        state = _layer_forward(run, h, w, layer)
+        with library.own_lists(run.lib, layer > 0):  # the first layer's forward validates the input list
+            state = _layer_forward(run, h, w, layer)
         run.layers.append(state)
         hid = run.stack.hidden[layer]
-        h = pool_events(state.spikes, hid.conv, run.lib) if hid.conv else state.spikes
+        with library.own_lists(run.lib):
+            h = pool_events(state.spikes, hid.conv, run.lib) if hid.conv else state.spikes
     return h
 
 
@@ -144,15 +154,17 @@ class _Readout(torch.autograd.Function):
     def forward(ctx, run: _Run, s_ptr: torch.Tensor, s_col: torch.Tensor, w_out: torch.Tensor):  # type: ignore[override]
         ctx.save_for_backward(s_ptr, s_col, w_out)
         ctx.run = replace(run, inputs=[], layers=[])
-        return run.lib.readout_forward(s_ptr, s_col, w_out, run.x.steps, run.stack.readout.beta)
+        with library.own_lists(run.lib, _own(run)):
+            return run.lib.readout_forward(s_ptr, s_col, w_out, run.x.steps, run.stack.readout.beta)
 
     @staticmethod
     def backward(ctx, grad_o: torch.Tensor):  # type: ignore[override]
         _no_second_derivative(ctx.run)
         s_ptr, s_col, w_out = ctx.saved_tensors
         empty = s_ptr.new_empty(0)
-        dw, _, _ = library.readout_backward(ctx.run.lib, grad_o.contiguous(), s_ptr, s_col, w_out,
-                                            ctx.run.stack.readout.beta, empty, empty)
+        with library.own_lists(ctx.run.lib, _own(ctx.run)):
+            dw, _, _ = library.readout_backward(ctx.run.lib, grad_o.contiguous(), s_ptr, s_col, w_out,
+                                                ctx.run.stack.readout.beta, empty, empty)
         return None, None, None, dw
 
 
@@ -208,8 +220,14 @@ class _EventNetwork(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_o: torch.Tensor | None, *grad_counts: torch.Tensor | None):  # type: ignore[override]
+        _no_second_derivative(ctx.run)
+        # every list here was saved by the forward: made by our ops, or the input its first layer validated
+        with library.own_lists(ctx.run.lib, _own(ctx.run)):
+            return _EventNetwork._backward(ctx, grad_o, *grad_counts)
+
+    @staticmethod
+    def _backward(ctx, grad_o: torch.Tensor | None, *grad_counts: torch.Tensor | None):
         run: _Run = ctx.run
-        _no_second_derivative(run)
         want_dx = ctx.x_like is not None and ctx.needs_input_grad[1]
         dx: torch.Tensor | None = None
         saved = ctx.saved_tensors
@@ -340,7 +358,8 @@ def event_network(model: "SNN | Stack", x: torch.Tensor | SpikeEvents, spec: Gat
         if torch.is_grad_enabled() and weights[-1].requires_grad:
             o = _Readout.apply(run, h.ptr, h.col, weights[-1])
         else:
-            o = library.readout_forward(run.lib, h, weights[-1], stack.readout.beta)
+            with library.own_lists(run.lib, _own(run)):
+                o = library.readout_forward(run.lib, h, weights[-1], stack.readout.beta)
         counts = [st.counts for st in run.layers]
     else:
         dense = isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()

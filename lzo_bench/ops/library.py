@@ -12,7 +12,8 @@ their bound ``B·T·N``; on the CPU they are exactly ``nnz`` long). docs/ARCHITE
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 
@@ -90,6 +91,28 @@ class _Fake:
 
     def list_len(self, like: Tensor, bound: int) -> int:
         return bound if self.bound_sized(like) else self.dyn()
+
+
+@contextmanager
+def own_lists(lib: Any, own: bool = True) -> Iterator[None]:
+    """Within (``own``): every list handed to ``lib``'s CUDA ops (or their simulator, ``torch.ops.lzo_sim``) was
+    made by the extension itself — a layer's spikes and active list, a pooled list, the lists the forward saved
+    for the backward (the first of them validated by the first layer's forward) — so the ops skip their
+    device-side validation (``validate_list_kernel``, one launch per list); the host-side shape checks stay.
+    A no-op where ``lib`` has no CUDA ops (the CPU ops check on the host). Thread-local in the extension: the
+    autograd engine runs a CUDA backward in its own thread, which enters this itself."""
+    try:
+        op = lib.own_lists
+    except (AttributeError, RuntimeError):
+        op = None
+    if op is None or not own:
+        yield
+        return
+    old = op(True)
+    try:
+        yield
+    finally:
+        op(old)
 
 
 def _fake(op: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -180,7 +203,9 @@ def _conv_lif_forward(f: _Fake, x_ptr, x_col, x_val, weight, shape, table, steps
 
 @_fake("pool_events")
 def _pool_events(f: _Fake, ptr, col, val, frame, pool):
-    nnz = col.shape[0] if f.bound_sized(col) else f.dyn()  # pooling never adds events: the input's length bounds it
+    # bound-sized (CUDA): pooling never adds events, and a pooled row holds each of its units once
+    rows, (c, h, w) = ptr.shape[0] - 1, frame
+    nnz = torch.sym_min(col.shape[0], rows * ((h // pool) * (w // pool) * c)) if f.bound_sized(col) else f.dyn()
     return ptr.new_empty(ptr.shape), col.new_empty((nnz,)), col.new_empty((nnz,), dtype=torch.float32)
 
 
