@@ -158,8 +158,8 @@ def test_the_public_api_keeps_its_paths(name):
 def test_nothing_points_outside_the_repository():
     """Design references cite docs/ARCHITECTURE.md, which a clone carries, never a file beside it."""
     root = PACKAGE.parent
-    files = [p for d in ("lzo_bench", "kernels", "tests", "benchmarks", "examples", "docs") for p in (root / d).rglob("*")
-             if p.suffix in {".py", ".h", ".cpp", ".cu", ".cuh", ".sh", ".md"}]
+    files = [p for d in ("lzo_bench", "kernels", "tests", "benchmarks", "examples", "docs", "profiles") for p in (root / d).rglob("*")
+             if p.suffix in {".py", ".h", ".cpp", ".cu", ".cuh", ".sh", ".md", ".toml"}]
     files += [root / "README.md", root / "BENCHMARKS.md"]
     marker = "../" + "shared"
     wrong = [str(p.relative_to(root)) for p in files if p.is_file() and (marker in p.read_text() or "DESIGN" + ".md" in p.read_text())]
