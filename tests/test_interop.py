@@ -367,6 +367,17 @@ def test_a_reset_none_leaky_is_the_leaky_readout():
     assert torch.allclose(ours.logits, mem.amax(0), rtol=1e-5, atol=1e-5)
 
 
+def _far_from_theta(us: list[torch.Tensor], fan_ins: list[int], theta: float = 1.0) -> None:
+    """Exact spike-count equality between two float computations (a library's conv layers against ours) is
+    sound on any CPU only if no reference potential lies within rounding of θ: every |u − θ| must exceed
+    2·γ_n·max|u| (the bound on the two computations' difference) (n = fan-in + 3T roundings; lzo_bench.core.floatcmp), layer by layer."""
+    from lzo_bench.core.floatcmp import gamma
+
+    for u, n in zip(us, fan_ins, strict=True):
+        bound = 2 * gamma(n + 3 * u.shape[0]) * float(u.abs().max() + theta)
+        assert float((u - theta).abs().min()) > bound, "a potential lies within rounding of θ: pick another seed"
+
+
 def test_from_snntorch_conv_with_avg_pooling():
     torch.manual_seed(6)
     model = torch.nn.Sequential(
@@ -386,6 +397,7 @@ def test_from_snntorch_conv_with_avg_pooling():
     from lzo_bench.core.conv import units
 
     counts = [units(torch.stack(rec["1"]["s"]).sum(0)), torch.stack(rec["5"]["s"]).sum(0)]
+    _far_from_theta([torch.stack(rec["1"]["u"]), torch.stack(rec["5"]["u"])], [9, 27])
     assert all(torch.equal(a, b) for a, b in zip(ours.counts, counts)) and float(ours.counts[1].sum()) > 0
     assert torch.allclose(ours.logits, out.amax(0), rtol=1e-5, atol=1e-5)
 
@@ -505,8 +517,8 @@ def test_from_spikingjelly_conv_and_back():
     functional, layer, neuron = _spikingjelly()
     torch.manual_seed(8)
     model = torch.nn.Sequential(
-        layer.Conv2d(1, 3, 3, padding=1), neuron.IFNode(v_reset=None), layer.AvgPool2d(2), layer.Flatten(),
-        layer.Linear(27, 5), neuron.IFNode(v_reset=None), layer.Linear(5, 3))
+        layer.Conv2d(1, 3, 3, padding=1), neuron.IFNode(v_reset=None, store_v_seq=True), layer.AvgPool2d(2),
+        layer.Flatten(), layer.Linear(27, 5), neuron.IFNode(v_reset=None, store_v_seq=True), layer.Linear(5, 3))
     functional.set_step_mode(model, "m")
     net = nn.from_spikingjelly(model, input_shape=(1, 6, 6), reduce="sum", backend="torch")
     frames = (torch.rand(10, 2, 1, 6, 6, generator=torch.Generator().manual_seed(2)) < 0.5).float()
@@ -518,6 +530,8 @@ def test_from_spikingjelly_conv_and_back():
     from lzo_bench.core.conv import units
 
     counts = [units(rec["1"]["s"][0].sum(0)), rec["5"]["s"][0].sum(0)]
+    nodes = dict(model.named_children())  # v_seq is after the reset: the potential compared to θ is v + θ·s
+    _far_from_theta([nodes[k].v_seq + rec[k]["s"][0] for k in ("1", "5")], [9, 27])
     assert all(torch.equal(a, b) for a, b in zip(ours.counts, counts)) and float(ours.counts[1].sum()) > 0
     assert torch.allclose(ours.logits, out.sum(0), rtol=1e-5, atol=1e-5)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
