@@ -151,11 +151,11 @@ class _Readout(torch.autograd.Function):
     backend, but ``W_out`` is)."""
 
     @staticmethod
-    def forward(ctx, run: _Run, s_ptr: torch.Tensor, s_col: torch.Tensor, w_out: torch.Tensor):  # type: ignore[override]
-        ctx.save_for_backward(s_ptr, s_col, w_out)
+    def forward(ctx, run: _Run, h: SpikeEvents, w_out: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(h.ptr, h.col, w_out)
         ctx.run = replace(run, inputs=[], layers=[])
         with library.own_lists(run.lib, _own(run)):
-            return run.lib.readout_forward(s_ptr, s_col, w_out, run.x.steps, run.stack.readout.beta)
+            return library.readout_forward(run.lib, h, w_out, run.stack.readout.beta)
 
     @staticmethod
     def backward(ctx, grad_o: torch.Tensor):  # type: ignore[override]
@@ -165,7 +165,7 @@ class _Readout(torch.autograd.Function):
         with library.own_lists(ctx.run.lib, _own(ctx.run)):
             dw, _, _ = library.readout_backward(ctx.run.lib, grad_o.contiguous(), s_ptr, s_col, w_out,
                                                 ctx.run.stack.readout.beta, empty, empty)
-        return None, None, None, dw
+        return None, None, dw
 
 
 def _sparse_input_grad(run: _Run, g: torch.Tensor, layer: tuple[torch.Tensor, ...], count_grad: torch.Tensor,
@@ -356,7 +356,7 @@ def event_network(model: "SNN | Stack", x: torch.Tensor | SpikeEvents, spec: Gat
         with torch.no_grad():
             h = _hidden_all(run, weights[:-1])
         if torch.is_grad_enabled() and weights[-1].requires_grad:
-            o = _Readout.apply(run, h.ptr, h.col, weights[-1])
+            o = _Readout.apply(run, h, weights[-1])
         else:
             with library.own_lists(run.lib, _own(run)):
                 o = library.readout_forward(run.lib, h, weights[-1], stack.readout.beta)
