@@ -69,43 +69,41 @@ class Verdict:
 _VERDICTS: dict[tuple[str, str], Verdict] = {}
 
 
+def _sampled(net, seed: int, steps: int, batch: int, device: torch.device):
+    """``(net, weights, x, y)``: ``net``'s weights drawn from ``seed``, input spikes at 20 % from ``seed + 1``."""
+    from lzo_bench.core.model import SNN
+
+    state = SNN(net, torch.Generator().manual_seed(seed)).state_dict()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (torch.rand(steps, batch, net.n_in, generator=gen) < 0.2).float().to(device)
+    y = (torch.arange(batch) % net.n_out).to(device)
+    return net, state, x, y
+
+
 def _case(device: torch.device):
-    from lzo_bench.core.model import SNN, NetworkSpec
+    from lzo_bench.core.model import NetworkSpec
 
     steps, batch, n_in, hidden, n_out = SHAPE
     net = NetworkSpec(n_in, hidden, n_out, beta=0.9, beta_out=0.85, init="uniform", init_gain=2.0)
-    state = SNN(net, torch.Generator().manual_seed(0)).state_dict()
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.rand(steps, batch, n_in, generator=gen) < 0.2).float().to(device)
-    y = (torch.arange(batch) % n_out).to(device)
-    return net, state, x, y
+    return _sampled(net, 0, steps, batch, device)
 
 
 def _wide_case(device: torch.device):
-    from lzo_bench.core.model import SNN, NetworkSpec
+    from lzo_bench.core.model import NetworkSpec
 
     steps, batch, n_in, hidden, n_out = WIDE_SHAPE
     net = NetworkSpec(n_in, hidden, n_out, beta=0.9, beta_out=0.85, init="uniform", init_gain=WIDE_GAIN)
-    state = SNN(net, torch.Generator().manual_seed(WIDE_SEED)).state_dict()
-    gen = torch.Generator().manual_seed(WIDE_SEED + 1)
-    x = (torch.rand(steps, batch, n_in, generator=gen) < 0.2).float().to(device)
-    y = (torch.arange(batch) % n_out).to(device)
-    return net, state, x, y
+    return _sampled(net, WIDE_SEED, steps, batch, device)
 
 
 def _conv_case(device: torch.device):
     from lzo_bench.core.conv import ConvLayer
-    from lzo_bench.core.model import SNN, NetworkSpec
+    from lzo_bench.core.model import NetworkSpec
 
     steps, batch, frame, hidden, n_out = CONV_SHAPE
-    n_in = frame[0] * frame[1] * frame[2]
-    net = NetworkSpec(n_in, hidden, n_out, beta=0.9, beta_out=0.85, init_gain=10.0, frame=frame,
-                      conv=(ConvLayer(3, 3, 1, 1, pool=2), ConvLayer(4, 3, 2, 1)))
-    state = SNN(net, torch.Generator().manual_seed(CONV_SEED)).state_dict()
-    gen = torch.Generator().manual_seed(CONV_SEED + 1)
-    x = (torch.rand(steps, batch, n_in, generator=gen) < 0.2).float().to(device)
-    y = (torch.arange(batch) % n_out).to(device)
-    return net, state, x, y
+    net = NetworkSpec(frame[0] * frame[1] * frame[2], hidden, n_out, beta=0.9, beta_out=0.85, init_gain=10.0,
+                      frame=frame, conv=(ConvLayer(3, 3, 1, 1, pool=2), ConvLayer(4, 3, 2, 1)))
+    return _sampled(net, CONV_SEED, steps, batch, device)
 
 
 #: the self-check's networks, by the name its findings carry ("" for the fully connected one)
