@@ -573,3 +573,16 @@ def test_a_graph_in_snntorchs_convention_converts_at_its_dt():
     assert np.float32(net.layers[0].beta) == beta and torch.equal(net.layers[0].weight, torch.from_numpy(w1.T))
     out = net.layers[1]
     assert out.beta == 0.0 and torch.equal(out.weight, torch.from_numpy(w2.T)) and torch.equal(out.bias, torch.full((2,), 0.5))
+
+
+def test_a_fractional_conv_stride_in_a_graph_is_refused_not_truncated():
+    """NIR stores strides as arrays: 1.5 used to be cast to 1 and run as another network."""
+    nodes = {"input": nir.Input({"input": np.array([1, 8, 8])}),
+             "conv": nir.Conv2d(input_shape=(8, 8), weight=np.ones((2, 1, 3, 3), np.float32),
+                                stride=np.array([1.5, 1.5]), padding=0, dilation=1, groups=1,
+                                bias=np.zeros(2, np.float32)),
+             "output": nir.Output({"output": np.array([2, 4, 4])})}
+    order = list(nodes)
+    with pytest.raises(ValueError, match=r"Conv2d 'conv'.*stride must be an integer, got 1\.5") as e:
+        nn.from_nir(nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:]))), dt=1e-3, backend="torch")
+    assert "\n" not in str(e.value)

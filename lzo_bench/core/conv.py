@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -223,3 +224,12 @@ def unpool_dense(g: torch.Tensor, shape: ConvShape) -> torch.Tensor:
     if shape.out_height != hp * k or shape.out_width != wp * k:  # the dropped remainder gets 0
         up = F.pad(up, (0, shape.out_width - wp * k, 0, shape.out_height - hp * k))
     return units(up)
+
+
+def square_size(value: Any) -> Any:
+    """The one size of a square kernel, stride or padding as torch and NIR give it: ``K``, ``(K, K)`` or an
+    array ``[K]`` / ``[K, K]``; ``None`` where the two axes differ. Not checked to be an integer."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        v = np.asarray(value).reshape(-1).tolist()
+        return v[0] if len(v) in (1, 2) and v[0] == v[-1] else None
+    return value

@@ -38,7 +38,7 @@ import torch
 from torch import nn as tnn
 
 from lzo_bench import spike
-from lzo_bench.core.conv import nchw_order
+from lzo_bench.core.conv import nchw_order, square_size
 from lzo_bench.nn.layers import LIF, ConvLIF, Flatten, LeakyReadout, Sequential, SumPool2d
 
 __all__ = ["UnsupportedModel", "from_snntorch", "from_spikingjelly", "to_snntorch", "to_spikingjelly"]
@@ -138,10 +138,10 @@ def _spikingjelly_neuron(name: str, m: tnn.Module) -> _Neuron | None:
 
 
 def _square(name: str, field: str, value: Any) -> int:
-    v = (value, value) if isinstance(value, int) else tuple(value)
-    if isinstance(value, str) or len(v) != 2 or v[0] != v[1]:
+    side = None if isinstance(value, str) else square_size(value)
+    if side is None:
         raise UnsupportedModel(f"{name}: {field}={value!r}; these layers take one integer size for both axes")
-    return int(v[0])
+    return int(side)
 
 
 class _Walk:

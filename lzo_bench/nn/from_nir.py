@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from lzo_bench import spike
-from lzo_bench.core.conv import nchw_order
+from lzo_bench.core.conv import nchw_order, square_size
 from lzo_bench.core.timescale import SNNTORCH_DT, beta_of, dt_of
 from lzo_bench.nn.layers import LIF, ConvLIF, Flatten, LeakyReadout, Sequential, SumPool2d
 
@@ -125,11 +125,14 @@ def _side(key: str, node: Any, field: str, value: Any) -> int:
     """One integer for both axes."""
     if isinstance(value, str):
         raise UnsupportedGraph(f"{_name(key, node)}: {field}={value!r}; give it as numbers")
-    v = np.atleast_1d(np.asarray(value)).astype(np.int64).reshape(-1)
-    if v.size not in (1, 2) or not np.all(v == v[0]):
-        raise UnsupportedGraph(f"{_name(key, node)}: {field} {tuple(v.tolist())} differs between the axes; these layers "
-                               "take one size for both")
-    return int(v[0])
+    side = square_size(np.atleast_1d(np.asarray(value)))
+    if side is None:
+        raise UnsupportedGraph(f"{_name(key, node)}: {field} {tuple(np.asarray(value).reshape(-1).tolist())} differs "
+                               "between the axes; these layers take one size for both")
+    try:
+        return spike.integer(field, side, 0)  # refused rather than truncated: a stride of 1.5 is not 1
+    except (TypeError, ValueError) as e:
+        raise UnsupportedGraph(f"{_name(key, node)}: {e}") from None
 
 
 class _Builder:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from lzo_bench import spike
-from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames
+from lzo_bench.core.conv import ConvShape, channels_last, conv_current, frames, square_size
 from lzo_bench.core.events import SpikeEvents, all_finite
 from lzo_bench.core.forward import Forward, leaky_readout
 from lzo_bench.core.lif import lif_membrane
@@ -82,10 +82,11 @@ def _rule(rule: spike.SpikeFunction | None) -> spike.SpikeFunction:
 def _side(name: str, value: int | tuple[int, int], minimum: int) -> int:
     """A square size: ``K`` or ``(K, K)`` (as torch's conv2d takes it); a non-square pair is refused."""
     if isinstance(value, (tuple, list)):
-        if len(value) != 2 or value[0] != value[1]:
+        side = square_size(value)
+        if side is None:
             raise ValueError(f"{name} must be square, K or (K, K): these layers take one size for both axes, "
                              f"got {tuple(value)}")
-        value = value[0]
+        value = side
     return spike.integer(name, value, minimum)
 
 
